@@ -1,0 +1,36 @@
+"""Loads the compiled kernels (affext._C) and describes how they were built."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+try:
+    from . import _C
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "affext's compiled kernels (affext._C) could not be loaded: build them with "
+        "`pip install --no-build-isolation -e .` in the affext checkout, against the torch "
+        f"installed here ({torch.__version__}). Cause: {exc}") from exc
+
+
+def build_info() -> dict:
+    """How the kernels were built, and what this process can run them on.
+
+    Keys: "cuda" (CUDA kernels compiled), "cuda_version" (CUDA of the torch built against),
+    "cuda_arch" (list of compute capabilities compiled), "openmp", "torch" (version built
+    against), "torch_runtime" (version imported now), "cuda_available" (a GPU is usable now),
+    "threads", "machine".
+    """
+    archs = [a for a in _C.cuda_arch.replace(",", ";").split(";") if a]
+    return {
+        "cuda": bool(_C.cuda),
+        "cuda_version": _C.cuda_version,
+        "cuda_arch": archs,
+        "openmp": bool(_C.openmp),
+        "torch": _C.torch,
+        "torch_runtime": torch.__version__,
+        "cuda_available": bool(_C.cuda) and torch.cuda.is_available(),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
+    }

@@ -1,0 +1,27 @@
+// Op schemas of the affext namespace and the Python module init; kernels live in their own
+// folders and register themselves with TORCH_LIBRARY_IMPL.
+#include <torch/extension.h>
+
+#ifndef AFFEXT_CUDA_ARCHS
+#define AFFEXT_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(affext, m) {
+  // Section 3: aff[b, k, y, x] = exp(-mean_c |feat[b,c,y,x] - feat[b,c,y+dy_k,x+dx_k]|).
+  m.def("pairwise_affinity(Tensor feat, int radius) -> Tensor");
+  m.def("pairwise_affinity_backward(Tensor grad, Tensor feat, Tensor aff, int radius) -> Tensor");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "affext kernels; the ops are registered under torch.ops.affext";
+#ifdef AFFEXT_WITH_CUDA
+  m.attr("cuda") = true;
+  m.attr("cuda_version") = AFFEXT_CUDA_VERSION;
+#else
+  m.attr("cuda") = false;
+  m.attr("cuda_version") = pybind11::none();
+#endif
+  m.attr("cuda_arch") = AFFEXT_CUDA_ARCHS;
+  m.attr("openmp") = static_cast<bool>(AFFEXT_OPENMP);
+  m.attr("torch") = AFFEXT_TORCH_VERSION;
+}

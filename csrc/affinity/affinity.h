@@ -1,0 +1,45 @@
+// Pairwise L1 affinity over the half-disk (method.md section 3):
+//   aff[b, k, y, x] = exp(-mean_c |feat[b, c, y, x] - feat[b, c, y + dy_k, x + dx_k]|),
+//   0 where the neighbour lies outside the map.
+// The per-element math below is shared by the CPU and the CUDA kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "common/macros.h"
+#include "common/neighborhood.h"
+#include "common/scalar_math.h"
+
+namespace affext {
+
+// Affinity from the channel sum of absolute differences.
+template <typename acc_t>
+AFFEXT_HOST_DEVICE acc_t affinity_from_l1(acc_t l1_sum, acc_t inv_channels) {
+  return exp_acc(-l1_sum * inv_channels);
+}
+
+// d|a - b| / da with psa's (autograd's) convention sign(0) = 0.
+template <typename T>
+AFFEXT_HOST_DEVICE T sign_of_difference(T a, T b) {
+  return static_cast<T>((a > b) - (a < b));
+}
+
+// Weight of a pair in the backward pass: d loss / d l1_sum = -grad * aff / C.
+template <typename acc_t>
+AFFEXT_HOST_DEVICE acc_t pair_weight(acc_t grad, acc_t aff, acc_t inv_channels) {
+  return grad * aff * inv_channels;
+}
+
+at::Tensor pairwise_affinity_cpu(const at::Tensor& feat, int64_t radius);
+at::Tensor pairwise_affinity_backward_cpu(const at::Tensor& grad, const at::Tensor& feat,
+                                          const at::Tensor& aff, int64_t radius);
+#ifdef AFFEXT_WITH_CUDA
+at::Tensor pairwise_affinity_cuda(const at::Tensor& feat, int64_t radius);
+at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad, const at::Tensor& feat,
+                                           const at::Tensor& aff, int64_t radius);
+#endif
+
+// Shared argument checks of the forward and backward launchers.
+void check_affinity_args(const at::Tensor& feat, int64_t radius);
+
+}  // namespace affext

@@ -2,6 +2,11 @@
 // folders and register themselves with TORCH_LIBRARY_IMPL.
 #include <torch/extension.h>
 
+#include <utility>
+#include <vector>
+
+#include "common/checks.h"
+
 #ifndef AFFEXT_CUDA_ARCHS
 #define AFFEXT_CUDA_ARCHS ""
 #endif
@@ -24,4 +29,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("cuda_arch") = AFFEXT_CUDA_ARCHS;
   m.attr("openmp") = static_cast<bool>(AFFEXT_OPENMP);
   m.attr("torch") = AFFEXT_TORCH_VERSION;
+  // The kernels' own offsets, so a test can tie them to affext/neighborhood.py.
+  m.def("neighborhood_offsets", [](int64_t radius) {
+    const affext::Offsets o = affext::offsets_for(radius);
+    std::vector<std::pair<int, int>> out;
+    for (int k = 0; k < o.count; ++k) out.emplace_back(o.dy[k], o.dx[k]);
+    return out;
+  });
 }

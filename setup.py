@@ -8,12 +8,44 @@ defaults to "8.0;9.0" (A100 and H100/H200).
 import glob
 import os
 import platform
+import shutil
 
 from setuptools import setup
-from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;9.0"
+
+
+def _is_real_nvcc(path: str) -> bool:
+    """True for the compiler binary itself, not a shell wrapper that execs it elsewhere."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def _find_cuda_home() -> None:
+    """Point CUDA_HOME at a toolkit root whose bin/nvcc is the real compiler.
+
+    torch derives CUDA_HOME from the nvcc on PATH; where that is a wrapper script (as in
+    /usr/local/bin/nvcc -> exec /usr/local/cuda-X/bin/nvcc) it guesses the wrong root.
+    Must run before torch.utils.cpp_extension is imported, which reads CUDA_HOME once.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    on_path = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(on_path)))] if on_path else []
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in candidates:
+        if _is_real_nvcc(os.path.join(root, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = os.path.realpath(root)
+            return
+
+
+_find_cuda_home()
+
+from torch.utils import cpp_extension  # noqa: E402  (after CUDA_HOME is settled)
 
 
 def _want_cuda() -> bool:

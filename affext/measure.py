@@ -68,6 +68,15 @@ def time_work(work: Work, device: str = "cpu", repeats: int = 5, warmup: int = 1
 
 
 def _peak_rss_bytes() -> int:
+    # VmHWM belongs to this process image; ru_maxrss survives exec on Linux, so a child of a
+    # big process (pytest after running a dense reference) would start at its parent's peak.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
@@ -97,9 +106,12 @@ def _register_builtin_cases() -> None:
 
 
 def _main(argv: list[str]) -> None:
-    _register_builtin_cases()
+    # Run as __main__, this file is a second copy of the module: use the package's registry.
+    from affext import measure
+
+    measure._register_builtin_cases()
     name, params = argv[0], json.loads(argv[1])
-    work = build(name, "cpu", **params)
+    work = measure.build(name, "cpu", **params)
     base = _peak_rss_bytes()
     work()
     print(_peak_rss_bytes() - base)

@@ -39,7 +39,15 @@ at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad, const at::Ten
                                            const at::Tensor& aff, int64_t radius);
 #endif
 
-// Shared argument checks of the forward and backward launchers.
+// Shared argument checks of the forward and backward launchers (affinity_args.cpp).
 void check_affinity_args(const at::Tensor& feat, int64_t radius);
+
+// The backward's inputs, checked, contiguous and in feat's dtype.
+struct BackwardArgs {
+  at::Tensor grad, feat, aff;
+  Offsets offsets;
+};
+BackwardArgs prepare_backward_args(const at::Tensor& grad, const at::Tensor& feat,
+                                   const at::Tensor& aff, int64_t radius);
 
 }  // namespace affext

@@ -11,14 +11,6 @@
 
 namespace affext {
 
-void check_affinity_args(const at::Tensor& feat, int64_t radius) {
-  check_dim("feat", feat, 4, "(B, C, H, W)");
-  check_floating("feat", feat);
-  check_radius(radius);
-  TORCH_CHECK_VALUE(feat.size(1) > 0, "feat must have at least one channel, got ", feat.sizes());
-  check_map_size("feat", feat.size(2), feat.size(3), radius);
-}
-
 namespace {
 
 // Valid x range [x0, x1) for a neighbour at column offset dx on a row of width W.
@@ -132,18 +124,10 @@ at::Tensor pairwise_affinity_cpu(const at::Tensor& feat_in, int64_t radius) {
 
 at::Tensor pairwise_affinity_backward_cpu(const at::Tensor& grad_in, const at::Tensor& feat_in,
                                           const at::Tensor& aff_in, int64_t radius) {
-  check_affinity_args(feat_in, radius);
-  check_same_device("grad", grad_in, "feat", feat_in);
-  check_same_device("aff", aff_in, "feat", feat_in);
-  const Offsets o = offsets_for(radius);
-  const at::Tensor feat = feat_in.contiguous();
+  const BackwardArgs args = prepare_backward_args(grad_in, feat_in, aff_in, radius);
+  const Offsets& o = args.offsets;
+  const at::Tensor &grad = args.grad, &feat = args.feat, &aff = args.aff;
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  const std::vector<int64_t> aff_shape{B, o.count, H, W};
-  TORCH_CHECK_VALUE(grad_in.sizes() == aff_shape && aff_in.sizes() == aff_shape,
-              "grad and aff must have shape (B, K, H, W) = ", aff_shape, ", got ",
-              grad_in.sizes(), " and ", aff_in.sizes());
-  const at::Tensor grad = grad_in.to(feat.scalar_type()).contiguous();
-  const at::Tensor aff = aff_in.to(feat.scalar_type()).contiguous();
   at::Tensor grad_feat = at::empty_like(feat);
   if (B == 0) return grad_feat;
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "pairwise_affinity_backward_cpu", [&] {

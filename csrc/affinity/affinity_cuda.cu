@@ -111,19 +111,11 @@ at::Tensor pairwise_affinity_cuda(const at::Tensor& feat_in, int64_t radius) {
 
 at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad_in, const at::Tensor& feat_in,
                                            const at::Tensor& aff_in, int64_t radius) {
-  check_affinity_args(feat_in, radius);
-  check_same_device("grad", grad_in, "feat", feat_in);
-  check_same_device("aff", aff_in, "feat", feat_in);
-  const Offsets o = offsets_for(radius);
   c10::cuda::CUDAGuard guard(feat_in.device());
-  const at::Tensor feat = feat_in.contiguous();
+  const BackwardArgs args = prepare_backward_args(grad_in, feat_in, aff_in, radius);
+  const Offsets& o = args.offsets;
+  const at::Tensor &grad = args.grad, &feat = args.feat, &aff = args.aff;
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  const std::vector<int64_t> aff_shape{B, o.count, H, W};
-  TORCH_CHECK_VALUE(grad_in.sizes() == aff_shape && aff_in.sizes() == aff_shape,
-              "grad and aff must have shape (B, K, H, W) = ", aff_shape, ", got ",
-              grad_in.sizes(), " and ", aff_in.sizes());
-  const at::Tensor grad = grad_in.to(feat.scalar_type()).contiguous();
-  const at::Tensor aff = aff_in.to(feat.scalar_type()).contiguous();
   at::Tensor grad_feat = at::empty_like(feat);
   if (grad_feat.numel() == 0) return grad_feat;
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -131,7 +123,7 @@ at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad_in, const at::
                                   "pairwise_affinity_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor weight =
-        at::empty(aff_shape, feat.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        at::empty(aff.sizes(), feat.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     weight_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
         grad.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(),
         aff.numel(), C);

@@ -3,19 +3,28 @@
 A *case* is a named function that, given its parameters and a device, prepares inputs and
 returns a zero-argument callable doing the measured work. Cases are registered with
 `@case("name")`; the benchmarks (benchmarks/) and `affext bench` time the same callables.
+A case may also register an estimate of its peak extra bytes (so that `affext bench` can skip
+a size that cannot fit before trying it) and how its time grows with the map's area N.
 
 Peak memory: on CUDA torch.cuda.max_memory_allocated around one call; on the CPU the growth
-of the process's peak RSS over one call, in a fresh subprocess per case (so that earlier
-allocations cannot hide it), as `python -m affext.measure CASE JSON-PARAMS`.
+of the process's peak RSS (VmHWM) over one call in a process of its own, so that earlier
+allocations cannot hide it. A `MemoryProbe` is a subprocess (`python -m affext.measure
+--serve`) that imports torch and affext once and forks one child per measured call; the child
+resets its peak RSS to its current RSS (/proc/self/clear_refs), builds the case, runs it once,
+and reports the growth and the time of that call. `python -m affext.measure CASE JSON-PARAMS`
+measures one case the same way and prints the bytes.
 """
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,12 +33,37 @@ Work = Callable[[], object]
 CASES: dict[str, Callable[..., Work]] = {}
 
 
-def case(name: str):
+@dataclass(frozen=True)
+class CaseInfo:
+    """What is known of a case before running it.
+
+    peak_bytes(**params): estimated peak extra bytes of one call (None: not estimated).
+    time_exponent: time grows about as N ** time_exponent with the map's area N = H * W
+    (1 for the stencil kernels, 3 for psa's dense N x N matrix products).
+    """
+    peak_bytes: Callable[..., float] | None = None
+    time_exponent: float = 1.0
+
+
+CASE_INFO: dict[str, CaseInfo] = {}
+
+
+def case(name: str, *, peak_bytes: Callable[..., float] | None = None,
+         time_exponent: float = 1.0):
     """Register a case builder: builder(device, **params) -> zero-argument callable."""
     def register(builder):
         CASES[name] = builder
+        CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent)
         return builder
     return register
+
+
+def estimate_peak_bytes(name: str, **params) -> int | None:
+    """The registered estimate of a case's peak extra bytes with these parameters, if any."""
+    info = CASE_INFO.get(name)
+    if info is None or info.peak_bytes is None:
+        return None
+    return int(info.peak_bytes(**params))
 
 
 def build(name: str, device: str = "cpu", **params) -> Work:
@@ -67,37 +101,118 @@ def time_work(work: Work, device: str = "cpu", repeats: int = 5, warmup: int = 1
             "repeats": len(times)}
 
 
-def _peak_rss_bytes() -> int:
-    # VmHWM belongs to this process image; ru_maxrss survives exec on Linux, so a child of a
-    # big process (pytest after running a dense reference) would start at its parent's peak.
+def _status_bytes(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _peak_rss_bytes() -> int:
+    # VmHWM belongs to this process image; ru_maxrss survives exec on Linux, so a child of a
+    # big process (pytest after running a dense reference) would start at its parent's peak.
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def peak_memory(name: str, device: str = "cpu", timeout_s: float = 600, **params) -> int:
-    """Peak extra memory (bytes) of one call of a case, beyond its prepared inputs."""
+def _reset_peak_rss() -> None:
+    # "5" resets VmHWM to the current RSS (Linux >= 4.0); a forked child starts with its
+    # parent's peak otherwise. Where it is not possible the growth is measured from that peak.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _measure_here(name: str, params: dict) -> dict:
+    """Build a CPU case, then run it once: its peak RSS growth (bytes) and time (s)."""
+    work = build(name, "cpu", **params)
+    _reset_peak_rss()
+    base = _peak_rss_bytes()
+    start = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - start
+    return {"peak_extra_bytes": _peak_rss_bytes() - base, "seconds": seconds}
+
+
+class MemoryProbe:
+    """Measures CPU cases one call each, in forked children of one prepared subprocess.
+
+    Forking from a process that has imported torch (and run nothing) costs milliseconds where
+    a fresh interpreter costs seconds. Use as a context manager; `measure` raises
+    RuntimeError when the call fails, runs past its timeout, or its child is killed.
+    """
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "affext.measure", "--serve"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, bufsize=1)
+
+    def measure(self, name: str, timeout_s: float | None = None, **params) -> dict:
+        """{"peak_extra_bytes": int, "seconds": float} of one call of a CPU case."""
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"the memory probe exited with status {self._proc.returncode}")
+        request = {"case": name, "params": params, "timeout_s": timeout_s}
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the memory probe exited (status {self._proc.wait()}) "
+                               f"while measuring {name}")
+        result = json.loads(line)
+        if "error" in result:
+            raise RuntimeError(f"measuring {name} {params}: {result['error']}")
+        return result
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait()
+
+    def __enter__(self) -> "MemoryProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def measure_call(name: str, device: str = "cpu", timeout_s: float | None = None,
+                 probe: MemoryProbe | None = None, **params) -> dict:
+    """Peak extra memory (bytes, beyond the prepared inputs) and time (s) of one call.
+
+    CUDA: in this process, from the allocator's statistics. CPU: in a child of `probe` (one
+    is started for this call if not given), so that nothing allocated here can hide the peak.
+    """
     dev = torch.device(device)
     if dev.type == "cuda":
         work = build(name, device, **params)
         _sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
+        start = time.perf_counter()
         work()
         _sync(dev)
-        return torch.cuda.max_memory_allocated(dev) - base
-    proc = subprocess.run([sys.executable, "-m", "affext.measure", name, json.dumps(params)],
-                          capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement of {name} failed:\n{proc.stderr[-2000:]}")
-    return int(proc.stdout.strip().splitlines()[-1])
+        seconds = time.perf_counter() - start
+        return {"peak_extra_bytes": torch.cuda.max_memory_allocated(dev) - base,
+                "seconds": seconds}
+    if probe is not None:
+        return probe.measure(name, timeout_s=timeout_s, **params)
+    with MemoryProbe() as own:
+        return own.measure(name, timeout_s=timeout_s, **params)
+
+
+def peak_memory(name: str, device: str = "cpu", timeout_s: float = 600, **params) -> int:
+    """Peak extra memory (bytes) of one call of a case, beyond its prepared inputs."""
+    return measure_call(name, device, timeout_s=timeout_s, **params)["peak_extra_bytes"]
 
 
 def _register_builtin_cases() -> None:
@@ -105,16 +220,54 @@ def _register_builtin_cases() -> None:
     from . import bench_cases  # noqa: F401
 
 
+def _child_failure(status: int, timeout_s: float | None) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGALRM:
+            return f"timed out after {timeout_s:g} s"
+        if sig == signal.SIGKILL:
+            return "killed (SIGKILL: out of memory?)"
+        return f"killed by signal {signal.Signals(sig).name}"
+    return f"exited with status {os.WEXITSTATUS(status)} without a result"
+
+
+def _serve(measure_module) -> None:
+    """Answer one JSON request a line on stdin with one JSON result a line on stdout."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        timeout_s = request.get("timeout_s")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: measure, write the result, leave without cleanup
+            os.close(read_end)
+            try:
+                if timeout_s:
+                    signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends the child
+                result = measure_module._measure_here(request["case"], request["params"])
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            os.write(write_end, json.dumps(result).encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            payload = f.read()
+        _, status = os.waitpid(pid, 0)
+        if not payload:
+            payload = json.dumps({"error": _child_failure(status, timeout_s)}).encode()
+        sys.stdout.write(payload.decode() + "\n")
+        sys.stdout.flush()
+
+
 def _main(argv: list[str]) -> None:
     # Run as __main__, this file is a second copy of the module: use the package's registry.
     from affext import measure
 
     measure._register_builtin_cases()
+    if argv == ["--serve"]:
+        _serve(measure)
+        return
     name, params = argv[0], json.loads(argv[1])
-    work = measure.build(name, "cpu", **params)
-    base = _peak_rss_bytes()
-    work()
-    print(_peak_rss_bytes() - base)
+    print(measure_call(name, "cpu", **params)["peak_extra_bytes"])
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ A call that fails anyway (out of memory, past its timeout) is reported as failed
 goes on. An op missing from this build is reported as unavailable.
 
 Time: the median, min and max over `repeats` calls after `warmup` calls, stopping early once
-`budget_s` seconds are spent; a call longer than the budget is timed once, cold. Peak memory:
-the peak extra bytes of one call beyond its prepared inputs (CPU: growth of the peak RSS in a
-forked child; CUDA: torch.cuda.max_memory_allocated), see affext.measure.
+`budget_s` seconds are spent; where one call is too long for that, the single warm call of the
+memory measurement is its time. Peak memory: the peak extra bytes of one warm call beyond its
+prepared inputs (CPU: growth of the peak RSS in a forked child; CUDA:
+torch.cuda.max_memory_allocated), see affext.measure.
 `--quick` uses smaller shapes, fewer repeats and a 1 s budget (under 2 minutes on 2 cores);
 its figures say that the machinery works, not how fast affext is.
 
@@ -56,8 +57,8 @@ change of meaning raises the version). Numbers are finite; times in seconds, mem
         case                    the affext.measure case name
         status                  "ok" | "skipped" | "failed" | "unavailable"
         reason                  why not ok (absent when ok)
-        time                    {median_s, min_s, max_s, repeats, cold} (ok only; cold: one
-                                call timed without a warm-up, as it was longer than budget_s)
+        time                    {median_s, min_s, max_s, repeats} (ok only; repeats 1: one
+                                call was too long to repeat within budget_s)
         peak_extra_bytes        measured (ok only)
         estimated_peak_bytes    the case's estimate, or null
       ratios                    {reference: {time, memory}} for each reference that ran, when
@@ -325,16 +326,15 @@ class Runner:
         if reason:
             return dict(result, status="skipped", reason=reason)
         try:
-            # One call alone first: its peak memory, and whether it is too long to repeat.
+            # One warm call alone first: its peak memory, and whether it is too long to repeat.
             one = measure.measure_call(case_name, self.device, timeout_s=s.timeout_s,
                                        probe=self.probe, **point.params)
             if one["seconds"] * (s.warmup + 1) > s.budget_s:
                 timing = {"median_s": one["seconds"], "min_s": one["seconds"],
-                          "max_s": one["seconds"], "repeats": 1, "cold": True}
+                          "max_s": one["seconds"], "repeats": 1}
             else:
                 work = measure.build(case_name, self.device, **point.params)
                 timing = measure.time_work(work, self.device, s.repeats, s.warmup, s.budget_s)
-                timing["cold"] = False
                 del work
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             _release(self.device)
@@ -358,7 +358,7 @@ def _describe(result: dict) -> str:
         return result["reason"]
     t = result["time"]
     return (f"{fmt_seconds(t['median_s'])} (min {fmt_seconds(t['min_s'])}, max "
-            f"{fmt_seconds(t['max_s'])}, {t['repeats']} calls{', cold' if t['cold'] else ''})"
+            f"{fmt_seconds(t['max_s'])}, {t['repeats']} calls)"
             f", peak +{fmt_bytes(result['peak_extra_bytes'])}")
 
 
@@ -457,7 +457,7 @@ def _time_cell(res: dict) -> str:
         return res["reason"]
     t = res["time"]
     spread = (f"{fmt_seconds(t['min_s'])}-{fmt_seconds(t['max_s'])}, {t['repeats']}"
-              if t["repeats"] > 1 else "1, cold" if t["cold"] else "1")
+              if t["repeats"] > 1 else "1 call")
     return f"{fmt_seconds(t['median_s'])} ({spread})"
 
 

@@ -6,16 +6,20 @@ returns a zero-argument callable doing the measured work. Cases are registered w
 A case may also register an estimate of its peak extra bytes (so that `affext bench` can skip
 a size that cannot fit before trying it) and how its time grows with the map's area N.
 
-Peak memory: on CUDA torch.cuda.max_memory_allocated around one call; on the CPU the growth
-of the process's peak RSS (VmHWM) over one call in a process of its own, so that earlier
-allocations cannot hide it. A `MemoryProbe` is a subprocess (`python -m affext.measure
---serve`) that imports torch and affext once and forks one child per measured call; the child
-resets its peak RSS to its current RSS (/proc/self/clear_refs), builds the case, runs it once,
-and reports the growth and the time of that call. `python -m affext.measure CASE JSON-PARAMS`
+Peak memory of a warm call (the case built and run once, freed, built again, then measured;
+so one-time costs such as thread pools and library handles are left out): on CUDA
+torch.cuda.max_memory_allocated around the call; on the CPU the growth of the process's peak
+RSS (VmHWM) over the call in a process of its own, so that earlier allocations cannot hide it.
+A `MemoryProbe` is a subprocess (`python -m affext.measure --serve`) that imports torch and
+affext once and forks one child per measured case; the child frees the warm-up's memory
+(malloc_trim), resets its peak RSS to its current RSS (/proc/self/clear_refs) and reports the
+growth and the time of the measured call. `python -m affext.measure CASE JSON-PARAMS`
 measures one case the same way and prints the bytes.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -133,15 +137,47 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _measure_here(name: str, params: dict) -> dict:
-    """Build a CPU case, then run it once: its peak RSS growth (bytes) and time (s)."""
-    work = build(name, "cpu", **params)
-    _reset_peak_rss()
-    base = _peak_rss_bytes()
+def _release_freed_memory(device: torch.device) -> None:
+    # Give freed heap pages back to the system, so that a later call's growth is not hidden
+    # by pages the allocator kept (glibc only; elsewhere the probe may under-count a little).
+    if device.type == "cuda":
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_warm_call(name: str, device: str = "cpu", **params) -> dict:
+    """Peak extra memory (bytes, beyond its prepared inputs) and time (s) of a warm call.
+
+    Builds the case and runs it once (one-time costs: thread pools, library handles, lazy
+    initialisation), frees it, builds it again and measures one call. CUDA: from the
+    allocator's statistics; CPU: the growth of this process's peak RSS, which is meaningful
+    only in a process of its own (MemoryProbe).
+    """
+    dev = torch.device(device)
+    work = build(name, device, **params)
+    work()
+    _sync(dev)
+    del work
+    gc.collect()
+    _release_freed_memory(dev)
+    work = build(name, device, **params)
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        _reset_peak_rss()
+        base = _peak_rss_bytes()
     start = time.perf_counter()
     work()
+    _sync(dev)
     seconds = time.perf_counter() - start
-    return {"peak_extra_bytes": _peak_rss_bytes() - base, "seconds": seconds}
+    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+            else _peak_rss_bytes())
+    return {"peak_extra_bytes": peak - base, "seconds": seconds}
 
 
 class MemoryProbe:
@@ -187,23 +223,11 @@ class MemoryProbe:
 
 def measure_call(name: str, device: str = "cpu", timeout_s: float | None = None,
                  probe: MemoryProbe | None = None, **params) -> dict:
-    """Peak extra memory (bytes, beyond the prepared inputs) and time (s) of one call.
-
-    CUDA: in this process, from the allocator's statistics. CPU: in a child of `probe` (one
-    is started for this call if not given), so that nothing allocated here can hide the peak.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        work = build(name, device, **params)
-        _sync(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-        start = time.perf_counter()
-        work()
-        _sync(dev)
-        seconds = time.perf_counter() - start
-        return {"peak_extra_bytes": torch.cuda.max_memory_allocated(dev) - base,
-                "seconds": seconds}
+    """measure_warm_call where it is meaningful: CUDA in this process; CPU in a child of
+    `probe` (one is started for this call if not given), so that nothing allocated here can
+    hide the peak. timeout_s applies to the CPU child."""
+    if torch.device(device).type == "cuda":
+        return measure_warm_call(name, device, **params)
     if probe is not None:
         return probe.measure(name, timeout_s=timeout_s, **params)
     with MemoryProbe() as own:
@@ -243,7 +267,8 @@ def _serve(measure_module) -> None:
             try:
                 if timeout_s:
                     signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends the child
-                result = measure_module._measure_here(request["case"], request["params"])
+                result = measure_module.measure_warm_call(request["case"], "cpu",
+                                                           **request["params"])
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             os.write(write_end, json.dumps(result).encode())

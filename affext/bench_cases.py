@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .measure import case
-from .neighborhood import neighborhood_offsets
+from .neighborhood import neighborhood_offsets, psa_layout
 from .ops.affinity import pairwise_affinity
 from .reference.affinity import psa_affinity
 
@@ -52,12 +52,15 @@ case("affinity/psa-dense", peak_bytes=_affinity_dense_bytes)(_affinity_case(psa_
 
 
 # --- Random walk (method.md section 5): psa's inference of one image, B = 1. ---------------
-# Registered only where the random-walk op and its references exist in this checkout.
+# Registered only where the random-walk op exists in this checkout.
 try:
     from .ops.random_walk import random_walk
-    from .reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
-except ImportError:
+except ModuleNotFoundError as exc:
+    if exc.name != f"{__package__}.ops.random_walk":
+        raise
     random_walk = None
+else:
+    from .reference.random_walk import psa_dense_walk, torch_sparse_walk
 
 # psa's CAMs on a VOC image: background and the image's classes live, every absent class
 # exactly zero (method.md section 5). Two classes is the common case.
@@ -93,15 +96,27 @@ def walk_inputs(device: torch.device, size: int = 56, channels: int = 21, live: 
     return cam.to(device), aff.to(device)
 
 
-def _walk_case(walk):
+def _walk_case(kind: str):
+    """Builder of the walk by affext ("affext") or a reference ("psa-dense", "torch-sparse").
+
+    The references take one image in psa's layout, (C, H, W) CAMs and (K, n_from) affinities
+    (what psa's network returns); that conversion is input preparation, outside the timing.
+    """
     def builder(device: torch.device, size: int = 56, channels: int = 21, live: str = "psa",
                 beta: float = 8, iterations: int = 256, radius: int = 5):
         cam, aff = walk_inputs(device, size, channels, live, radius)
-
-        def work():
-            return walk(cam, aff, beta=beta, iterations=iterations, radius=radius,
-                        region="psa")
-        return work
+        if kind == "affext":
+            return lambda: random_walk(cam, aff, beta=beta, iterations=iterations,
+                                       radius=radius, region="psa")
+        cam_one, aff_psa = cam[0], psa_layout(aff, radius)[0].contiguous()
+        if kind == "torch-sparse":
+            return lambda: torch_sparse_walk(cam_one, aff_psa, size, size, beta=beta,
+                                             iterations=iterations, radius=radius)
+        logt = iterations.bit_length() - 1  # psa squares T logt times: t = 2 ** logt
+        if iterations != 1 << logt:
+            raise ValueError(f"psa's dense walk needs iterations a power of 2, got {iterations}")
+        return lambda: psa_dense_walk(cam_one, aff_psa, size, size, beta=beta, logt=logt,
+                                      radius=radius)
     return builder
 
 
@@ -127,8 +142,8 @@ def _walk_dense_bytes(size: int = 56, **_) -> float:
 
 if random_walk is not None:
     # time_exponent: the dense walk squares an N x N matrix (N ** 3), the others are stencils.
-    case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case(random_walk))
+    case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case("affext"))
     case("random_walk/psa-dense", peak_bytes=_walk_dense_bytes, time_exponent=3)(
-        _walk_case(psa_dense_random_walk))
+        _walk_case("psa-dense"))
     case("random_walk/torch-sparse", peak_bytes=_walk_sparse_bytes)(
-        _walk_case(torch_sparse_random_walk))
+        _walk_case("torch-sparse"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .measure import case
-from .neighborhood import neighborhood_offsets, psa_layout
+from .neighborhood import neighborhood_offsets
 from .ops.affinity import pairwise_affinity
 from .reference.affinity import psa_affinity
 
@@ -60,7 +60,7 @@ except ModuleNotFoundError as exc:
         raise
     random_walk = None
 else:
-    from .reference.random_walk import psa_dense_walk, torch_sparse_walk
+    from .reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
 
 # psa's CAMs on a VOC image: background and the image's classes live, every absent class
 # exactly zero (method.md section 5). Two classes is the common case.
@@ -96,27 +96,14 @@ def walk_inputs(device: torch.device, size: int = 56, channels: int = 21, live: 
     return cam.to(device), aff.to(device)
 
 
-def _walk_case(kind: str):
-    """Builder of the walk by affext ("affext") or a reference ("psa-dense", "torch-sparse").
-
-    The references take one image in psa's layout, (C, H, W) CAMs and (K, n_from) affinities
-    (what psa's network returns); that conversion is input preparation, outside the timing.
-    """
+def _walk_case(walk):
+    """Builder of a walk with affext.random_walk's signature: (B, C, H, W) CAMs, (B, K, H, W)
+    affinities in, (B, C, H, W) out; psa's region (psa's matrix exactly)."""
     def builder(device: torch.device, size: int = 56, channels: int = 21, live: str = "psa",
                 beta: float = 8, iterations: int = 256, radius: int = 5):
         cam, aff = walk_inputs(device, size, channels, live, radius)
-        if kind == "affext":
-            return lambda: random_walk(cam, aff, beta=beta, iterations=iterations,
-                                       radius=radius, region="psa")
-        cam_one, aff_psa = cam[0], psa_layout(aff, radius)[0].contiguous()
-        if kind == "torch-sparse":
-            return lambda: torch_sparse_walk(cam_one, aff_psa, size, size, beta=beta,
-                                             iterations=iterations, radius=radius)
-        logt = iterations.bit_length() - 1  # psa squares T logt times: t = 2 ** logt
-        if iterations != 1 << logt:
-            raise ValueError(f"psa's dense walk needs iterations a power of 2, got {iterations}")
-        return lambda: psa_dense_walk(cam_one, aff_psa, size, size, beta=beta, logt=logt,
-                                      radius=radius)
+        return lambda: walk(cam, aff, beta=beta, iterations=iterations, radius=radius,
+                            region="psa")
     return builder
 
 
@@ -142,8 +129,8 @@ def _walk_dense_bytes(size: int = 56, **_) -> float:
 
 if random_walk is not None:
     # time_exponent: the dense walk squares an N x N matrix (N ** 3), the others are stencils.
-    case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case("affext"))
+    case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case(random_walk))
     case("random_walk/psa-dense", peak_bytes=_walk_dense_bytes, time_exponent=3)(
-        _walk_case("psa-dense"))
+        _walk_case(psa_dense_random_walk))
     case("random_walk/torch-sparse", peak_bytes=_walk_sparse_bytes)(
-        _walk_case("torch-sparse"))
+        _walk_case(torch_sparse_random_walk))

@@ -38,6 +38,7 @@ change of meaning raises the version). Numbers are finite; times in seconds, mem
     note                        what the mode means for the figures
     device                      "cpu" | "cuda"
     settings                    {repeats, warmup, budget_s, memory_limit_bytes, timeout_s,
+                                 threads (--threads, or null: torch's default),
                                  memory_ratio_floor_bytes}
     environment                 {affext, build (affext.build_info()), python, platform, cpu,
                                  cpu_count, threads, interop_threads, torch, cuda (torch's
@@ -77,7 +78,8 @@ import math
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Callable, TextIO
 
 import torch
@@ -117,6 +119,7 @@ class Settings:
     budget_s: float = 30.0
     memory_limit_bytes: int = 0
     timeout_s: float = 300.0
+    threads: int | None = None  # torch's intra-op threads; None: torch's default
 
 
 # Shapes of a real run: a 448 crop is a 56x56 map at stride 8 (method.md sections 3-5).
@@ -125,10 +128,11 @@ WALK = dict(channels=21, beta=8, iterations=256, radius=5)
 SCALING_SIZES = (28, 56, 84, 112, 160, 224, 320, 448, 512)
 # --quick: small enough for the test suite; the same code paths.
 QUICK_TRAIN = dict(batch=1, size=28, radius=5)
-QUICK_WALK = dict(channels=21, beta=8, iterations=256, radius=5)
-QUICK_SCALING_SIZES = (16, 24, 32)
-QUICK_NOTE = ("quick: smaller shapes (batch 1, 28x28 maps, C=64 features; walk maps up to "
-              "32x32), 3 repeats, 1 s budget; checks the harness, not affext's speed")
+QUICK_WALK = dict(channels=21, beta=8, iterations=32, radius=5)
+QUICK_SCALING_SIZES = (12, 16, 24)
+QUICK_NOTE = ("quick: smaller shapes (batch 1, 28x28 maps, C=64 features; walks of t=32 on "
+              "maps up to 24x24), 3 repeats, 1 s budget; checks the harness, not affext's "
+              "speed")
 FULL_NOTE = "full: the shapes of a real run (448 crop, batch 8) and the walk up to 512x512"
 
 
@@ -138,7 +142,7 @@ def plan(quick: bool = False) -> list[Point]:
     walk = QUICK_WALK if quick else WALK
     sizes = QUICK_SCALING_SIZES if quick else SCALING_SIZES
     channels = 64 if quick else 448
-    walk_size = 24 if quick else 56
+    walk_size = 16 if quick else 56
     aff = {AFFEXT: "affinity/affext", "psa-dense": "affinity/psa-dense"}
     loss = {AFFEXT: "pair_loss/affext", "psa-dense": "pair_loss/psa"}
     rw = {AFFEXT: "random_walk/affext", "psa-dense": "random_walk/psa-dense",
@@ -394,19 +398,28 @@ def run_bench(device: str = "cpu", quick: bool = False, settings: Settings | Non
         "settings": {"repeats": settings.repeats, "warmup": settings.warmup,
                      "budget_s": settings.budget_s,
                      "memory_limit_bytes": settings.memory_limit_bytes,
-                     "timeout_s": settings.timeout_s,
+                     "timeout_s": settings.timeout_s, "threads": settings.threads,
                      "memory_ratio_floor_bytes": MEMORY_RATIO_FLOOR_BYTES},
-        "environment": environment(device),
+        "environment": None,
         "benchmarks": [],
     }
-    probe = measure.MemoryProbe() if torch.device(device).type == "cpu" else None
+    threads = torch.get_num_threads()
+    probe = None
     try:
-        runner = Runner(device, settings, probe, log)
-        for point in points:
-            report["benchmarks"].append(runner.run(point))
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        report["environment"] = environment(device)
+        if torch.device(device).type == "cpu":
+            probe = measure.MemoryProbe(threads=settings.threads)
+        with warnings.catch_warnings():
+            measure.quiet_reference_warnings()
+            runner = Runner(device, settings, probe, log)
+            for point in points:
+                report["benchmarks"].append(runner.run(point))
     finally:
         if probe is not None:
             probe.close()
+        torch.set_num_threads(threads)
     return report
 
 
@@ -417,7 +430,7 @@ def format_report(report: dict) -> str:
     env = report["environment"]
     lines = [f"affext bench, {report['mode']} ({report['note']})",
              f"device {report['device']}{' (' + env['gpu'] + ')' if env['gpu'] else ''}; "
-             f"{env['cpu']}, {env['threads']} threads; torch {env['torch']}, CUDA "
+             f"{env['cpu']}, {_threads(env['threads'])}; torch {env['torch']}, CUDA "
              f"{env['cuda'] or '-'}; {env['dtype']}; load {env['load_average']}",
              "",
              "| work | implementation | time: median (min-max, calls) | peak extra memory "
@@ -452,6 +465,10 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 def _time_cell(res: dict) -> str:
     if res["status"] != "ok":
         return res["reason"]
@@ -471,7 +488,7 @@ def plot_report(report: dict, path: str) -> None:
     sweep = [e for e in report["benchmarks"] if e["group"] == "scaling"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     env = report["environment"]
-    where = env["gpu"] or f"{env['cpu']}, {env['threads']} threads"
+    where = env["gpu"] or f"{env['cpu']}, {_threads(env['threads'])}"
     fig.suptitle(f"affext bench ({report['mode']}): random walk, C=21, t=256, psa-shaped "
                  f"CAMs, {report['device']} ({where})", fontsize=9)
     impls = list(sweep[0]["results"]) if sweep else []
@@ -519,6 +536,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds one implementation may take at one size: longer "
                              "predicted calls are skipped, repeats stop there (default 30, "
                              "quick 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch's CPU threads for every implementation (default: torch's)")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
                         help="skip an implementation whose estimated peak exceeds this "
                              "(default: half the free RAM, or 90%% of the free GPU memory)")
@@ -537,6 +556,8 @@ def main(args: argparse.Namespace) -> int:
     if args.budget_s is not None:
         settings.budget_s = args.budget_s
         settings.timeout_s = max(settings.timeout_s, 4 * args.budget_s)
+    if args.threads is not None:
+        settings.threads = max(1, args.threads)
     if args.memory_limit_gb is not None:
         settings.memory_limit_bytes = int(args.memory_limit_gb * 1e9)
 

@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -188,7 +189,8 @@ class MemoryProbe:
     RuntimeError when the call fails, runs past its timeout, or its child is killed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
+        self._threads = threads
         self._proc = subprocess.Popen([sys.executable, "-m", "affext.measure", "--serve"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, bufsize=1)
@@ -197,7 +199,8 @@ class MemoryProbe:
         """{"peak_extra_bytes": int, "seconds": float} of one call of a CPU case."""
         if self._proc.poll() is not None:
             raise RuntimeError(f"the memory probe exited with status {self._proc.returncode}")
-        request = {"case": name, "params": params, "timeout_s": timeout_s}
+        request = {"case": name, "params": params, "timeout_s": timeout_s,
+                   "threads": self._threads}
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
@@ -239,6 +242,13 @@ def peak_memory(name: str, device: str = "cpu", timeout_s: float = 600, **params
     return measure_call(name, device, timeout_s=timeout_s, **params)["peak_extra_bytes"]
 
 
+def quiet_reference_warnings() -> None:
+    """Silence the warnings torch's sparse tensors give on every use (the torch-sparse
+    references), which would bury a benchmark's output."""
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message="Sparse (CSR tensor support is in beta|invariant checks)")
+
+
 def _register_builtin_cases() -> None:
     # Importing the modules registers their cases.
     from . import bench_cases  # noqa: F401
@@ -265,6 +275,8 @@ def _serve(measure_module) -> None:
         if pid == 0:  # the child: measure, write the result, leave without cleanup
             os.close(read_end)
             try:
+                if request.get("threads"):
+                    torch.set_num_threads(request["threads"])
                 if timeout_s:
                     signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends the child
                 result = measure_module.measure_warm_call(request["case"], "cpu",
@@ -289,6 +301,7 @@ def _main(argv: list[str]) -> None:
 
     measure._register_builtin_cases()
     if argv == ["--serve"]:
+        quiet_reference_warnings()
         _serve(measure)
         return
     name, params = argv[0], json.loads(argv[1])

@@ -23,7 +23,7 @@ A call that fails anyway (out of memory, past its timeout) is reported as failed
 goes on. An op missing from this build is reported as unavailable.
 
 Time: the median, min and max over `repeats` calls after `warmup` calls, stopping early once
-`budget_s` seconds are spent; where one call is too long for that, the single warm call of the
+half of `budget_s` is spent; where one call is too long for that, the single warm call of the
 memory measurement is its time. Peak memory: the peak extra bytes of one warm call beyond its
 prepared inputs (CPU: growth of the peak RSS in a forked child; CUDA:
 torch.cuda.max_memory_allocated), see affext.measure.
@@ -61,6 +61,9 @@ change of meaning raises the version). Numbers are finite; times in seconds, mem
         time                    {median_s, min_s, max_s, repeats} (ok only; repeats 1: one
                                 call was too long to repeat within budget_s)
         peak_extra_bytes        measured (ok only)
+        memory_after_warm_up    true: the measured call followed a warm-up call (its one-time
+                                costs left out); false for calls predicted to take over a
+                                tenth of budget_s (ok only)
         estimated_peak_bytes    the case's estimate, or null
       ratios                    {reference: {time, memory}} for each reference that ran, when
                                 affext ran: reference median / affext median, and reference
@@ -116,7 +119,7 @@ class Point:
 class Settings:
     repeats: int = 5
     warmup: int = 1
-    budget_s: float = 30.0
+    budget_s: float = 60.0
     memory_limit_bytes: int = 0
     timeout_s: float = 300.0
     threads: int | None = None  # torch's intra-op threads; None: torch's default
@@ -322,6 +325,12 @@ class Runner:
                            self.settings.memory_limit_bytes, predicted,
                            self.settings.budget_s, basis)
 
+    def _warm_up(self, case_name: str, point: Point) -> bool:
+        # A call predicted to take more than a tenth of the budget is measured without a
+        # warm-up call before it: its one-time costs are small beside it, and time is not.
+        predicted, _ = self._predict(case_name, point)
+        return predicted is None or predicted < self.settings.budget_s / 10
+
     def _measure(self, impl: str, case_name: str, point: Point) -> dict:
         s = self.settings
         estimate = measure.estimate_peak_bytes(case_name, **point.params)
@@ -331,20 +340,24 @@ class Runner:
             return dict(result, status="skipped", reason=reason)
         try:
             # One warm call alone first: its peak memory, and whether it is too long to repeat.
+            warm_up = self._warm_up(case_name, point)
             one = measure.measure_call(case_name, self.device, timeout_s=s.timeout_s,
-                                       probe=self.probe, **point.params)
+                                       probe=self.probe, warm_up=warm_up, **point.params)
             if one["seconds"] * (s.warmup + 1) > s.budget_s:
                 timing = {"median_s": one["seconds"], "min_s": one["seconds"],
                           "max_s": one["seconds"], "repeats": 1}
             else:
                 work = measure.build(case_name, self.device, **point.params)
-                timing = measure.time_work(work, self.device, s.repeats, s.warmup, s.budget_s)
+                # Repeats stop after half the budget: the other half is the probe's.
+                timing = measure.time_work(work, self.device, s.repeats, s.warmup,
+                                           s.budget_s / 2)
                 del work
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             _release(self.device)
             return dict(result, status="failed", reason=f"failed: {_first_line(exc)}")
         _release(self.device)
-        return dict(result, time=timing, peak_extra_bytes=int(one["peak_extra_bytes"]))
+        return dict(result, time=timing, peak_extra_bytes=int(one["peak_extra_bytes"]),
+                    memory_after_warm_up=warm_up)
 
 
 def _release(device: str) -> None:
@@ -534,7 +547,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed calls a case (default 5, quick 3)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="seconds one implementation may take at one size: longer "
-                             "predicted calls are skipped, repeats stop there (default 30, "
+                             "predicted calls are skipped, repeats stop there (default 60, "
                              "quick 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch's CPU threads for every implementation (default: torch's)")

@@ -149,21 +149,23 @@ def _release_freed_memory(device: torch.device) -> None:
         pass
 
 
-def measure_warm_call(name: str, device: str = "cpu", **params) -> dict:
+def measure_warm_call(name: str, device: str = "cpu", warm_up: bool = True, **params) -> dict:
     """Peak extra memory (bytes, beyond its prepared inputs) and time (s) of a warm call.
 
     Builds the case and runs it once (one-time costs: thread pools, library handles, lazy
-    initialisation), frees it, builds it again and measures one call. CUDA: from the
+    initialisation), frees it, builds it again and measures one call; warm_up=False measures
+    the first call (for calls so long that one-time costs do not matter). CUDA: from the
     allocator's statistics; CPU: the growth of this process's peak RSS, which is meaningful
     only in a process of its own (MemoryProbe).
     """
     dev = torch.device(device)
-    work = build(name, device, **params)
-    work()
-    _sync(dev)
-    del work
-    gc.collect()
-    _release_freed_memory(dev)
+    if warm_up:
+        work = build(name, device, **params)
+        work()
+        _sync(dev)
+        del work
+        gc.collect()
+        _release_freed_memory(dev)
     work = build(name, device, **params)
     _sync(dev)
     if dev.type == "cuda":
@@ -195,12 +197,13 @@ class MemoryProbe:
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, bufsize=1)
 
-    def measure(self, name: str, timeout_s: float | None = None, **params) -> dict:
+    def measure(self, name: str, timeout_s: float | None = None, warm_up: bool = True,
+                **params) -> dict:
         """{"peak_extra_bytes": int, "seconds": float} of one call of a CPU case."""
         if self._proc.poll() is not None:
             raise RuntimeError(f"the memory probe exited with status {self._proc.returncode}")
         request = {"case": name, "params": params, "timeout_s": timeout_s,
-                   "threads": self._threads}
+                   "threads": self._threads, "warm_up": warm_up}
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
@@ -225,16 +228,16 @@ class MemoryProbe:
 
 
 def measure_call(name: str, device: str = "cpu", timeout_s: float | None = None,
-                 probe: MemoryProbe | None = None, **params) -> dict:
+                 probe: MemoryProbe | None = None, warm_up: bool = True, **params) -> dict:
     """measure_warm_call where it is meaningful: CUDA in this process; CPU in a child of
     `probe` (one is started for this call if not given), so that nothing allocated here can
     hide the peak. timeout_s applies to the CPU child."""
     if torch.device(device).type == "cuda":
-        return measure_warm_call(name, device, **params)
+        return measure_warm_call(name, device, warm_up, **params)
     if probe is not None:
-        return probe.measure(name, timeout_s=timeout_s, **params)
+        return probe.measure(name, timeout_s=timeout_s, warm_up=warm_up, **params)
     with MemoryProbe() as own:
-        return own.measure(name, timeout_s=timeout_s, **params)
+        return own.measure(name, timeout_s=timeout_s, warm_up=warm_up, **params)
 
 
 def peak_memory(name: str, device: str = "cpu", timeout_s: float = 600, **params) -> int:
@@ -279,8 +282,8 @@ def _serve(measure_module) -> None:
                     torch.set_num_threads(request["threads"])
                 if timeout_s:
                     signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends the child
-                result = measure_module.measure_warm_call(request["case"], "cpu",
-                                                           **request["params"])
+                result = measure_module.measure_warm_call(
+                    request["case"], "cpu", request.get("warm_up", True), **request["params"])
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             os.write(write_end, json.dumps(result).encode())

@@ -3,9 +3,9 @@
     affext bench [--device cpu|cuda] [--quick] [--json FILE] [--plot FILE.png]
     python -m affext.bench ...          (the same, without the `affext` command)
 
-Every implementation runs in this one process on the same inputs (the cases of
+Every implementation is timed in this one process on the same inputs (the cases of
 affext.bench_cases, seeded), so that the ratios hold on a shared, noisy machine
-(docs: performance.md). Measured:
+(performance.md). Measured:
 
 - affinity forward+backward at a training step's shape (448 crop: C=448, 56x56, radius 5,
   batch 8): affext vs psa-dense;
@@ -22,13 +22,14 @@ previous size (time ~ N ** e, e = 3 for the dense walk, 1 otherwise) against the
 A call that fails anyway (out of memory, past its timeout) is reported as failed; the report
 goes on. An op missing from this build is reported as unavailable.
 
-Time: the median, min and max over `repeats` calls after `warmup` calls, stopping early once
-half of `budget_s` is spent; where one call is too long for that, the single warm call of the
-memory measurement is its time. Peak memory: the peak extra bytes of one warm call beyond its
-prepared inputs (CPU: growth of the peak RSS in a forked child; CUDA:
-torch.cuda.max_memory_allocated), see affext.measure.
-`--quick` uses smaller shapes, fewer repeats and a 1 s budget (under 2 minutes on 2 cores);
-its figures say that the machinery works, not how fast affext is.
+Peak memory first, from one call after a warm-up call (left out for calls predicted to take
+over a tenth of the budget): the peak extra bytes beyond the prepared inputs (CPU: growth of
+the peak RSS in a forked child; CUDA: torch.cuda.max_memory_allocated), see affext.measure.
+Then time: the median, min and max over `repeats` calls after `warmup` calls, stopping early
+once half of `budget_s` is spent; where (warmup + 1) calls would not fit in the budget, the
+memory measurement's single call is the time (repeats = 1).
+`--quick` uses smaller shapes, shorter walks, fewer repeats and a 1 s budget (well under 2
+minutes on 2 cores); its figures show that the harness works, not how fast affext is.
 
 JSON report (schema "affext-bench", schema_version 1; stable: fields are only ever added, a
 change of meaning raises the version). Numbers are finite; times in seconds, memory in bytes.

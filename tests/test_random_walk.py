@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import affext
-from affext.reference.random_walk import dense_transition, psa_dense_walk, torch_sparse_walk
+from affext.reference.random_walk import (dense_transition, psa_dense_random_walk,
+                                          psa_dense_walk, torch_sparse_random_walk,
+                                          torch_sparse_walk)
 from conftest import requires_cuda
 
 
@@ -78,9 +80,13 @@ def test_psa_region_non_power_of_two_iterations():
 
 def test_torch_sparse_reference_agrees():
     h, w = 16, 16
-    cam, aff = realistic_inputs(1, 3, h, w, torch.float64)
+    cam, aff = realistic_inputs(2, 3, h, w, torch.float64)
     sparse = torch_sparse_walk(cam[0], affext.psa_layout(aff, 5)[0], h, w, iterations=64)
-    torch.testing.assert_close(affext.random_walk(cam, aff, iterations=64)[0], sparse)
+    ours = affext.random_walk(cam, aff, iterations=64)
+    torch.testing.assert_close(ours[0], sparse)
+    # the batched forms the benchmarks time
+    torch.testing.assert_close(torch_sparse_random_walk(cam, aff, iterations=64), ours)
+    torch.testing.assert_close(psa_dense_random_walk(cam, aff, iterations=64), ours)
 
 
 def test_batch_equals_one_by_one_and_strides():

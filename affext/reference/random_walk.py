@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from ..neighborhood import neighborhood_offsets
+from ..neighborhood import neighborhood_offsets, psa_layout
 from .affinity import psa_pair_indices
 
 
@@ -89,3 +89,32 @@ def torch_sparse_walk(cam: torch.Tensor, aff_psa: torch.Tensor, height: int, wid
     for _ in range(iterations):
         v = trans_t @ v
     return v.t().reshape(cam.shape)
+
+
+def _per_image(walk_one, cam: torch.Tensor, aff: torch.Tensor, radius: int,
+               region: str) -> torch.Tensor:
+    if region != "psa":
+        raise ValueError(f"the references build psa's matrix only (region 'psa'), got {region!r}")
+    h, w = cam.shape[-2:]
+    aff_psa = psa_layout(aff, radius)
+    return torch.stack([walk_one(cam[i], aff_psa[i], h, w) for i in range(cam.shape[0])])
+
+
+def psa_dense_random_walk(cam: torch.Tensor, aff: torch.Tensor, beta: float = 8,
+                          iterations: int = 256, radius: int = 5,
+                          region: str = "psa") -> torch.Tensor:
+    """psa_dense_walk with affext.random_walk's signature: (B, C, H, W) CAMs and (B, K, H, W)
+    affinities in. iterations must be a power of two (psa squares T log2(t) times)."""
+    logt = iterations.bit_length() - 1
+    if iterations < 1 or 1 << logt != iterations:
+        raise ValueError(f"psa's dense walk needs a power-of-two iterations, got {iterations}")
+    return _per_image(lambda c, a, h, w: psa_dense_walk(c, a, h, w, beta, logt, radius),
+                      cam, aff, radius, region)
+
+
+def torch_sparse_random_walk(cam: torch.Tensor, aff: torch.Tensor, beta: float = 8,
+                             iterations: int = 256, radius: int = 5,
+                             region: str = "psa") -> torch.Tensor:
+    """torch_sparse_walk with affext.random_walk's signature."""
+    return _per_image(lambda c, a, h, w: torch_sparse_walk(c, a, h, w, beta, iterations, radius),
+                      cam, aff, radius, region)

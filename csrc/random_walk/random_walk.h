@@ -23,10 +23,11 @@ AFFEXT_HOST_DEVICE acc_t walk_pair_weight(acc_t aff, acc_t beta) {
 }
 
 // The 2K + 1 unnormalised taps of pixel (y, x) and their sum d_q (the column sum of A^beta).
-// aff points at aff[b], (K, H, W) contiguous; taps[j] receives tap j.
+// aff points at aff[b], (K, H, W) contiguous; taps[j * stride] receives tap j.
 template <typename scalar_t, typename acc_t>
 AFFEXT_HOST_DEVICE acc_t walk_taps(const scalar_t* aff, int y, int x, int H, int W,
-                                   const Offsets& o, int region, acc_t beta, acc_t* taps) {
+                                   const Offsets& o, int region, acc_t beta, acc_t* taps,
+                                   int64_t stride) {
   const int K = o.count;
   const int64_t HW = static_cast<int64_t>(H) * W;
   acc_t d = acc_t(1);
@@ -36,14 +37,14 @@ AFFEXT_HOST_DEVICE acc_t walk_taps(const scalar_t* aff, int y, int x, int H, int
     acc_t w = 0;  // pair (q, k): partner q + o_k
     if (pair_in_region(y, x, dy, dx, H, W, o.radius, region))
       w = walk_pair_weight(static_cast<acc_t>(aff[k * HW + static_cast<int64_t>(y) * W + x]), beta);
-    taps[1 + k] = w;
+    taps[(1 + k) * stride] = w;
     d += w;
     w = 0;  // pair (q - o_k, k): partner q - o_k
     const int py = y - dy, px = x - dx;
     if (py >= 0 && px >= 0 && px < W && pair_in_region(py, px, dy, dx, H, W, o.radius, region))
       w = walk_pair_weight(static_cast<acc_t>(aff[k * HW + static_cast<int64_t>(py) * W + px]),
                            beta);
-    taps[1 + K + k] = w;
+    taps[(1 + K + k) * stride] = w;
     d += w;
   }
   return d;

@@ -177,7 +177,7 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
       scalar_t* dst = taps.data() + row * g.J * g.Ws;
       for (int64_t x = 0; x < W; ++x) {
         const acc_t d = walk_taps<scalar_t, acc_t>(aff_p + b * o.count * HW, y, x, H, W, o,
-                                                   region, static_cast<acc_t>(beta), t.data());
+                                                   region, static_cast<acc_t>(beta), t.data(), 1);
         for (int64_t j = 0; j < g.J; ++j) dst[j * g.Ws + x] = t[j] / d;
       }
     }

@@ -6,7 +6,9 @@ import torch
 from .measure import case
 from .neighborhood import neighborhood_offsets
 from .ops.affinity import pairwise_affinity
+from .ops.random_walk import random_walk
 from .reference.affinity import psa_affinity
+from .reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
 
 FLOAT32_BYTES = 4
 
@@ -52,16 +54,6 @@ case("affinity/psa-dense", peak_bytes=_affinity_dense_bytes)(_affinity_case(psa_
 
 
 # --- Random walk (method.md section 5): psa's inference of one image, B = 1. ---------------
-# Registered only where the random-walk op exists in this checkout.
-try:
-    from .ops.random_walk import random_walk
-except ModuleNotFoundError as exc:
-    if exc.name != f"{__package__}.ops.random_walk":
-        raise
-    random_walk = None
-else:
-    from .reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
-
 # psa's CAMs on a VOC image: background and the image's classes live, every absent class
 # exactly zero (method.md section 5). Two classes is the common case.
 _PSA_LIVE_CLASSES = (5, 12)
@@ -127,10 +119,9 @@ def _walk_dense_bytes(size: int = 56, **_) -> float:
     return 3 * FLOAT32_BYTES * n * n
 
 
-if random_walk is not None:
-    # time_exponent: the dense walk squares an N x N matrix (N ** 3), the others are stencils.
-    case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case(random_walk))
-    case("random_walk/psa-dense", peak_bytes=_walk_dense_bytes, time_exponent=3)(
-        _walk_case(psa_dense_random_walk))
-    case("random_walk/torch-sparse", peak_bytes=_walk_sparse_bytes)(
-        _walk_case(torch_sparse_random_walk))
+# time_exponent: the dense walk squares an N x N matrix (N ** 3), the others are stencils.
+case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case(random_walk))
+case("random_walk/psa-dense", peak_bytes=_walk_dense_bytes, time_exponent=3)(
+    _walk_case(psa_dense_random_walk))
+case("random_walk/torch-sparse", peak_bytes=_walk_sparse_bytes)(
+    _walk_case(torch_sparse_random_walk))

@@ -464,7 +464,9 @@ def format_report(report: dict) -> str:
     sweep = [e for e in report["benchmarks"] if e["group"] == "scaling"]
     if sweep:
         impls = list(sweep[0]["results"])
-        lines += ["", "random walk scaling (psa-shaped CAMs): time, peak extra memory",
+        walk = sweep[0]["params"]
+        lines += ["", f"random walk scaling, C={walk['channels']}, t={walk['iterations']}, "
+                  "psa-shaped CAMs: time (median), peak extra memory",
                   "| map (N) | " + " | ".join(impls) + " |",
                   "| --- |" + " --- |" * len(impls)]
         for entry in sweep:
@@ -503,8 +505,10 @@ def plot_report(report: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     env = report["environment"]
     where = env["gpu"] or f"{env['cpu']}, {_threads(env['threads'])}"
-    fig.suptitle(f"affext bench ({report['mode']}): random walk, C=21, t=256, psa-shaped "
-                 f"CAMs, {report['device']} ({where})", fontsize=9)
+    walk = (f"C={sweep[0]['params']['channels']}, t={sweep[0]['params']['iterations']}, "
+            if sweep else "")
+    fig.suptitle(f"affext bench ({report['mode']}): random walk, {walk}psa-shaped CAMs, "
+                 f"{report['device']} ({where})", fontsize=9)
     impls = list(sweep[0]["results"]) if sweep else []
     for impl, marker in zip(impls, "os^v"):
         ok = [e for e in sweep if e["results"][impl]["status"] == "ok"]

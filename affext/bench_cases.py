@@ -7,8 +7,12 @@ from .measure import case
 from .neighborhood import neighborhood_offsets
 from .ops.affinity import pairwise_affinity
 from .ops.pair_loss import pair_loss
+from .ops.random_walk import random_walk
 from .reference.affinity import psa_affinity
 from .reference.pair_loss import psa_affinity_labels, psa_pair_loss
+from .reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
+
+FLOAT32_BYTES = 4
 
 
 def _features(device: torch.device, batch: int, channels: int, size: int,
@@ -30,11 +34,28 @@ def _affinity_case(forward):
     return builder
 
 
+def _affinity_affext_bytes(batch: int = 1, channels: int = 448, size: int = 56,
+                           radius: int = 5) -> float:
+    # The (B, K, H, W) output and its gradient, and the features' gradient.
+    k = len(neighborhood_offsets(radius))
+    return FLOAT32_BYTES * batch * (2 * k + channels) * size * size
+
+
+def _affinity_dense_bytes(batch: int = 1, channels: int = 448, size: int = 56,
+                          radius: int = 5) -> float:
+    # About four (B, C, K, n_from) tensors: the gathered "to" features, their difference and
+    # its absolute value, and a gradient of that size in the backward (measured: 4.1 at B=1).
+    k = len(neighborhood_offsets(radius))
+    n_from = (size - radius + 1) * (size - 2 * radius + 2)
+    return 4 * FLOAT32_BYTES * batch * channels * k * n_from
+
+
 # Forward + backward of the affinity, C=448 on a 56x56 map (a 448 crop at stride 8).
-case("affinity/affext")(_affinity_case(pairwise_affinity))
-case("affinity/psa-dense")(_affinity_case(psa_affinity))
+case("affinity/affext", peak_bytes=_affinity_affext_bytes)(_affinity_case(pairwise_affinity))
+case("affinity/psa-dense", peak_bytes=_affinity_dense_bytes)(_affinity_case(psa_affinity))
 
 
+# --- Balanced pair loss (method.md section 4), batch 8, 56x56. ---------------------------
 def _label_map(device: torch.device, batch: int, size: int, block: int = 4) -> torch.Tensor:
     """(B, size, size) uint8 label map of blocks: background, two classes and 255 regions."""
     gen = torch.Generator().manual_seed(1)
@@ -76,3 +97,77 @@ def _pair_loss_psa(device: torch.device, batch: int = 8, size: int = 56, radius:
         masks = psa_affinity_labels(labels, radius)
         psa_pair_loss(aff, *masks)["loss"].backward()
     return work
+
+
+# --- Random walk (method.md section 5): psa's inference of one image, B = 1. ---------------
+# psa's CAMs on a VOC image: background and the image's classes live, every absent class
+# exactly zero (method.md section 5). Two classes is the common case.
+_PSA_LIVE_CLASSES = (5, 12)
+
+
+def _smooth_maps(gen: torch.Generator, channels: int, size: int) -> torch.Tensor:
+    """(1, channels, size, size) smooth random maps: blobs a few pixels across, like CAMs."""
+    coarse = torch.randn(1, channels, max(2, size // 8), max(2, size // 8), generator=gen)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear",
+                                           align_corners=False)
+
+
+def walk_inputs(device: torch.device, size: int = 56, channels: int = 21, live: str = "psa",
+                radius: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cam (1, C, H, W), aff (1, K, H, W)) for a walk on a size x size map.
+
+    aff: pairwise_affinity of smooth 16-channel features (values spread over (0, 1], near 1
+    inside blobs, as a trained AffinityNet gives). cam: non-negative smooth maps; with
+    live="psa" only channel 0 (background) and two classes are non-zero, with live="all"
+    every channel is.
+    """
+    if live not in ("psa", "all"):
+        raise ValueError(f"live must be 'psa' or 'all', got {live!r}")
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        aff = pairwise_affinity(_smooth_maps(gen, 16, size), radius)
+        cam = _smooth_maps(gen, channels, size).abs()
+        if live == "psa":
+            keep = torch.zeros(channels, dtype=torch.bool)
+            keep[[0, *(c for c in _PSA_LIVE_CLASSES if c < channels)]] = True
+            cam[:, ~keep] = 0
+    return cam.to(device), aff.to(device)
+
+
+def _walk_case(walk):
+    """Builder of a walk with affext.random_walk's signature: (B, C, H, W) CAMs, (B, K, H, W)
+    affinities in, (B, C, H, W) out; psa's region (psa's matrix exactly)."""
+    def builder(device: torch.device, size: int = 56, channels: int = 21, live: str = "psa",
+                beta: float = 8, iterations: int = 256, radius: int = 5):
+        cam, aff = walk_inputs(device, size, channels, live, radius)
+        return lambda: walk(cam, aff, beta=beta, iterations=iterations, radius=radius,
+                            region="psa")
+    return builder
+
+
+def _walk_affext_bytes(size: int = 56, channels: int = 21, radius: int = 5, **_) -> float:
+    # O((K + C) N): the transition weights and a few (C, N) iterates.
+    k = len(neighborhood_offsets(radius))
+    return 4 * FLOAT32_BYTES * (k + channels) * size * size
+
+
+def _walk_sparse_bytes(size: int = 56, channels: int = 21, radius: int = 5, **_) -> float:
+    # A CSR matrix with 2K + 1 entries a column (4-byte values, 8-byte indices), the COO
+    # triplets it is built from, and the (N, C) iterates.
+    n = size * size
+    nnz = (2 * len(neighborhood_offsets(radius)) + 1) * n
+    return 3 * nnz * (FLOAT32_BYTES + 2 * 8) + 4 * FLOAT32_BYTES * channels * n
+
+
+def _walk_dense_bytes(size: int = 56, **_) -> float:
+    # Three N x N float32 matrices: A ** beta, the normalised T, and each squaring's product.
+    n = size * size
+    return 3 * FLOAT32_BYTES * n * n
+
+
+# time_exponent: the dense walk squares an N x N matrix (N ** 3), the others are stencils.
+case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case(random_walk))
+case("random_walk/psa-dense", peak_bytes=_walk_dense_bytes, time_exponent=3)(
+    _walk_case(psa_dense_random_walk))
+case("random_walk/torch-sparse", peak_bytes=_walk_sparse_bytes)(
+    _walk_case(torch_sparse_random_walk))

@@ -1,0 +1,1 @@
+"""The pipeline stages: CAMs, affinity labels, AffinityNet, random walk, evaluation."""

@@ -112,14 +112,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pending(ids: Iterable[str], out_dirs: Iterable[str | os.PathLike], suffix: str,
+def pending(ids: Iterable[str], templates: Iterable[str | os.PathLike],
             overwrite: bool = False) -> list[str]:
-    """The ids whose outputs are not all there yet (per-image stages skip finished ones)."""
+    """The ids whose outputs are not all there yet (per-image stages skip finished ones).
+
+    templates: output paths with "{}" for the image id, e.g. "work/cam/{}.npy".
+    """
     ids = list(ids)
     if overwrite:
         return ids
-    dirs = [Path(d) for d in out_dirs]
-    return [i for i in ids if not all((d / f"{i}{suffix}").is_file() for d in dirs)]
+    templates = [str(t) for t in templates]
+    return [i for i in ids if not all(os.path.isfile(t.format(i)) for t in templates)]
 
 
 # -- per-image score files (psa's dict .npy) ---------------------------------------------

@@ -159,16 +159,17 @@ def _cmd_info(args) -> None:
 
 
 def _load_bench():
-    try:
-        from . import bench
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("affext.bench",):
-            raise
+    """affext.bench, or None where this installation lacks it (imported only for `bench`)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.bench") is None:
         return None
-    return bench
+    return importlib.import_module(f"{__package__}.bench")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; `with_bench` imports affext.bench for its arguments."""
     parser = argparse.ArgumentParser(
         prog="affext", description="AffinityNet (PSA) pseudo labels from image-level labels, "
         "with fast kernels. `affext data synth --out D` then `affext run --voc-root D ...`.")
@@ -261,25 +262,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
-    bench = _load_bench()
+    bench = _load_bench() if with_bench else None
     p = sub.add_parser("bench", help="benchmarks against the reference formulations")
     if bench is not None:
         bench.add_arguments(p)
         p.set_defaults(func=bench.main)
     else:
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         p.set_defaults(func=_no_bench)
     return parser
 
 
 def _no_bench(args) -> None:
+    if _load_bench() is not None:
+        return
     raise SystemExit("affext bench: this installation has no affext.bench module (the "
                      "benchmark harness); reinstall affext from a checkout that includes "
                      "affext/bench.py")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     try:
         args.func(args)
     except (DatasetError, FileNotFoundError, ValueError) as exc:

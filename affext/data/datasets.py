@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import colour_jitter, normalize, random_crop, random_resize_long
+from .transforms import (colour_jitter, limit_size, normalize, random_crop, random_resize_long,
+                         resize_maps)
 from .voc import VOCDataset
 
 
@@ -35,17 +36,18 @@ class ClsTrainDataset(_Epoched):
 
     def __init__(self, voc: VOCDataset, ids: Sequence[str], labels: np.ndarray,
                  resize_long: tuple[int, int], crop_size: int, jitter: tuple[float, ...],
-                 seed: int = 0):
+                 seed: int = 0, max_side: int | None = None):
         self.voc, self.ids, self.labels = voc, list(ids), np.asarray(labels, np.float32)
         self.resize_long, self.crop_size, self.jitter, self.seed = (
             resize_long, crop_size, jitter, seed)
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
         rng = self._rng(index)
-        image = self.voc.load_pil(self.ids[index])
+        image = limit_size(self.voc.load_pil(self.ids[index]), self.max_side)
         image = random_resize_long(image, *self.resize_long, rng)
         if rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
@@ -55,25 +57,28 @@ class ClsTrainDataset(_Epoched):
 
 
 class MultiScaleDataset(Dataset):
-    """CAM inference (psa infer_cls): the image at each scale (bicubic), normalised.
-    Items: (id, [(3, h_s, w_s) float32 per scale], labels (20,), (H, W))."""
+    """CAM inference (psa infer_cls): the image (at most max_side) at each scale (bicubic),
+    normalised. Items: (id, [(3, h_s, w_s) float32 per scale], labels (20,), original (H, W))."""
 
     def __init__(self, voc: VOCDataset, ids: Sequence[str], labels: np.ndarray,
-                 scales: Sequence[float]):
+                 scales: Sequence[float], max_side: int | None = None):
         self.voc, self.ids, self.labels, self.scales = voc, list(ids), labels, tuple(scales)
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
         image = self.voc.load_pil(self.ids[index])
+        original = image.size[::-1]
+        image = limit_size(image, self.max_side)
         w, h = image.size
         scaled = []
         for s in self.scales:
             size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
             im = image if size == (w, h) else image.resize(size, Image.BICUBIC)
             scaled.append(torch.from_numpy(normalize(np.asarray(im))))
-        return self.ids[index], scaled, torch.from_numpy(self.labels[index]), (h, w)
+        return self.ids[index], scaled, torch.from_numpy(self.labels[index]), original
 
 
 class ImageDataset(Dataset):
@@ -132,12 +137,13 @@ class AffTrainDataset(_Epoched):
 
     def __init__(self, voc: VOCDataset, ids: Sequence[str], la_dir: str | os.PathLike,
                  ha_dir: str | os.PathLike, crop_size: int, jitter: tuple[float, ...],
-                 stride: int = 8, seed: int = 0):
+                 stride: int = 8, seed: int = 0, max_side: int | None = None):
         if crop_size % stride:
             raise ValueError(f"crop_size {crop_size} must be a multiple of the stride {stride}")
         self.voc, self.ids = voc, list(ids)
         self.la_dir, self.ha_dir = Path(la_dir), Path(ha_dir)
         self.crop_size, self.jitter, self.stride, self.seed = crop_size, jitter, stride, seed
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -147,11 +153,13 @@ class AffTrainDataset(_Epoched):
         image_id = self.ids[index]
         la_keys, la = _load_scores(self.la_dir / f"{image_id}.npy")
         ha_keys, ha = _load_scores(self.ha_dir / f"{image_id}.npy")
-        image = colour_jitter(self.voc.load_pil(image_id), rng, *self.jitter)
-        x = normalize(np.asarray(image))
-        if la.shape[1:] != x.shape[1:] or ha.shape[1:] != x.shape[1:]:
+        image = self.voc.load_pil(image_id)
+        if la.shape[1:] != image.size[::-1] or ha.shape[1:] != image.size[::-1]:
             raise ValueError(f"affinity-label scores of {image_id!r} are {la.shape[1:]} but the "
-                             f"image is {x.shape[1:]}: they come from another dataset")
+                             f"image is {image.size[::-1]}: they come from another dataset")
+        image = limit_size(image, self.max_side)
+        la, ha = (resize_maps(a, image.size[::-1]) for a in (la, ha))
+        x = normalize(np.asarray(colour_jitter(image, rng, *self.jitter)))
         x, la, ha = random_crop([x, la, ha], self.crop_size, rng)
         if rng.random() < 0.5:
             x, la, ha = (np.ascontiguousarray(a[..., ::-1]) for a in (x, la, ha))

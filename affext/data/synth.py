@@ -1,12 +1,12 @@
 """The embedded default dataset: small synthetic scenes in the VOC 2012 layout.
 
 Each image holds 1-3 objects on a textured background. An object is a shape of one uniform,
-muted colour (any hue, shared by every class) carrying a small saturated "mark" whose hue and
-pattern say its class. So the image-level label is decided by the marks alone: a classifier
-looks at them and its CAMs cover a small part of each object (method.md section 1's premise),
-while the rest of the object is one flat colour bounded by a clear edge, which is what an
-affinity can learn and a random walk can spread over. Plain blobs without a mark are
-background clutter, so "a flat coloured region" alone does not mean "object".
+muted colour carrying a small saturated "mark" whose hue and pattern say its class. The body's
+hue leans towards its class's hue but flat blobs of every muted hue lie around as background
+clutter, so the body is weak evidence and the mark is the discriminative part: a classifier's
+CAMs are strong on the mark and weak over the rest of the object (method.md section 1's
+premise). The rest of the object is one flat colour bounded by a clear edge, which is what an
+affinity can learn and a random walk can spread over.
 
 Everything is generated from a seed, deterministically; nothing is downloaded or shipped.
 """
@@ -36,28 +36,32 @@ class SynthConfig:
     num_train: int = 300
     num_val: int = 100
     seed: int = 0
-    min_size: int = 112          # image height and width are drawn from [min_size, max_size]
-    max_size: int = 160
+    min_size: int = 96           # image height and width are drawn from [min_size, max_size]
+    max_size: int = 128
     max_objects: int = 3
     max_clutter: int = 2         # flat blobs without a mark (background)
     mark_fraction: float = 0.32  # mark diameter / object's smaller extent
+    body_hue_spread: float = 0.07  # body hue = class hue +- this (turns); clutter: any hue
     void_width: int = 2          # VOC-like 255 band around object boundaries
     jpeg_quality: int = 92
 
 
-def _class_marks() -> dict[int, tuple[tuple[int, int, int], str]]:
-    """Class index (1..20) -> (mark RGB, pattern); hues evenly spaced, patterns alternating."""
+def _class_marks() -> dict[int, tuple[float, tuple[int, int, int], str]]:
+    """Class index (1..20) -> (hue, mark RGB, pattern); hues evenly spaced, patterns cycling."""
     marks = {}
     n = len(SYNTH_CLASSES)
     for i, name in enumerate(SYNTH_CLASSES):
         r, g, b = colorsys.hsv_to_rgb(i / n, 1.0, 1.0)
-        marks[VOC_CLASSES.index(name) + 1] = ((int(r * 255), int(g * 255), int(b * 255)),
+        marks[VOC_CLASSES.index(name) + 1] = (i / n, (int(r * 255), int(g * 255), int(b * 255)),
                                               _PATTERNS[i % len(_PATTERNS)])
     return marks
 
 
-def _muted_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.45), rng.uniform(0.3, 0.85))
+def _muted_colour(rng: np.random.Generator, hue: float | None = None,
+                  saturation: tuple[float, float] = (0.25, 0.5)) -> tuple[int, int, int]:
+    """A flat, muted colour (objects' bodies and clutter); random hue unless given."""
+    h = rng.random() if hue is None else hue % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(*saturation), rng.uniform(0.45, 0.85))
     return int(r * 255), int(g * 255), int(b * 255)
 
 
@@ -101,7 +105,8 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth muted colour field plus fine grain: texture, no flat regions."""
     cells = rng.integers(3, 7)
-    coarse = np.stack([np.array(_muted_colour(rng), np.uint8) for _ in range(cells * cells)])
+    coarse = np.stack([np.array(_muted_colour(rng, saturation=(0.05, 0.3)), np.uint8)
+                       for _ in range(cells * cells)])
     small = Image.fromarray(coarse.reshape(cells, cells, 3))
     field = np.asarray(small.resize((w, h), Image.BICUBIC), np.float32)
     grain = Image.fromarray(rng.integers(0, 255, (h // 4 + 1, w // 4 + 1), np.uint8))
@@ -168,13 +173,15 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig, marks: dict):
                for i in range(len(objects))):
             continue
         cls = classes[int(rng.integers(len(classes)))]
-        body_colour = np.array(_muted_colour(rng), np.float32)
+        hue, rgb, pattern = marks[cls]
+        spread = cfg.body_hue_spread
+        body_colour = np.array(_muted_colour(rng, hue + rng.uniform(-spread, spread)),
+                               np.float32)
         trial = image.copy()
         trial[body] = body_colour
         ys, xs = np.nonzero(body)
         extent = min(ys.max() - ys.min(), xs.max() - xs.min()) + 1
         diameter = max(6, int(round(cfg.mark_fraction * extent)))
-        rgb, pattern = marks[cls]
         mark = _draw_mark(rng, trial, body, rgb, pattern, diameter)
         if mark is None:
             continue

@@ -15,6 +15,34 @@ def normalize(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def limit_size(image: Image.Image, max_side: int | None) -> Image.Image:
+    """Downscale (bicubic) so the long side is at most max_side; None or a smaller image: as is.
+
+    The working size of the small presets: every stage sees the image at this size, and
+    per-pixel outputs are brought back to the original size.
+    """
+    size = limited_size(image.size, max_side)
+    return image if size == image.size else image.resize(size, Image.BICUBIC)
+
+
+def limited_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The (w, h) limit_size gives an image of size (w, h)."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return w, h
+    s = max_side / max(w, h)
+    return max(1, int(round(w * s))), max(1, int(round(h * s)))
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) float maps resized bilinearly to size = (h, w)."""
+    if maps.shape[1:] == tuple(size):
+        return maps
+    h, w = size
+    return np.stack([np.asarray(Image.fromarray(np.asarray(m, np.float32), "F")
+                                .resize((w, h), Image.BILINEAR)) for m in maps])
+
+
 def random_resize_long(image: Image.Image, low: int, high: int,
                        rng: np.random.Generator) -> Image.Image:
     """Resize so the long side is an integer drawn from [low, high] (bicubic), as psa."""

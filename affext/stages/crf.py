@@ -33,7 +33,7 @@ def crf_inference(image: np.ndarray, scores: np.ndarray,
     except ImportError as exc:  # pragma: no cover - the dependency is declared
         raise ImportError("the dense CRF needs pydensecrf: `pip install pydensecrf2`") from exc
     cfg = config or CRFConfig()
-    image = np.ascontiguousarray(image, dtype=np.uint8)
+    image = np.array(image, dtype=np.uint8, order="C")  # pydensecrf needs a writable buffer
     h, w = image.shape[:2]
     scores = np.asarray(scores, np.float32)
     if scores.ndim != 3 or scores.shape[1:] != (h, w):

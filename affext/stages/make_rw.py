@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.transforms import normalize
+from ..data.transforms import limit_size, limited_size, normalize, resize_maps
 from ..data.voc import VOCDataset, save_label_png
 from .common import (background_score, cam_stack, default_workers, load_score_dict, pending,
                      record_config, resolve_device)
@@ -40,6 +40,7 @@ class MakeRwConfig:
     batch_size: int = 8
     crf: CRFConfig = field(default_factory=CRFConfig)
     write_crf: bool = True
+    max_side: int | None = None   # working size: long side at most this (None: as is)
     num_workers: int = default_workers()
     device: str = "auto"
 
@@ -49,29 +50,34 @@ def padded(n: int) -> int:
 
 
 class _RwDataset(Dataset):
-    """Items: (id, image (3, Hp, Wp) zero-padded, cams (21, Hp/8, Wp/8), (H, W), rgb)."""
+    """Items: (id, image (3, Hp, Wp) zero-padded, cams (21, Hp/8, Wp/8), working (h, w),
+    present classes, original RGB (H, W, 3))."""
 
-    def __init__(self, voc: VOCDataset, ids: Sequence[str], cam_dir: Path, alpha: float):
+    def __init__(self, voc: VOCDataset, ids: Sequence[str], cam_dir: Path, alpha: float,
+                 max_side: int | None = None):
         self.voc, self.ids, self.cam_dir, self.alpha = voc, list(ids), cam_dir, alpha
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
-        rgb = self.voc.load_image(image_id)
-        h, w = rgb.shape[:2]
+        pil = self.voc.load_pil(image_id)
+        rgb = np.asarray(pil)
         cam = load_score_dict(self.cam_dir / f"{image_id}.npy", "CAM")
         for k, v in cam.items():
-            if np.shape(v) != (h, w):
+            if np.shape(v) != rgb.shape[:2]:
                 raise ValueError(f"CAM of {image_id!r} class {k} is {np.shape(v)} but the image "
-                                 f"is {(h, w)}: the CAMs come from another dataset")
-        fg = cam_stack(cam, (h, w))
+                                 f"is {rgb.shape[:2]}: the CAMs come from another dataset")
+        work = np.asarray(limit_size(pil, self.max_side))
+        h, w = work.shape[:2]
+        fg = resize_maps(cam_stack(cam, rgb.shape[:2]), (h, w))
         # method.md section 5: [M_bg (alpha); M_1..M_20], zero-padded, pooled by 8
         scores = np.concatenate([background_score(fg, self.alpha)[None], fg])
         hp, wp = padded(h), padded(w)
         x = np.zeros((3, hp, wp), np.float32)
-        x[:, :h, :w] = normalize(rgb)
+        x[:, :h, :w] = normalize(work)
         full = np.zeros((21, hp, wp), np.float32)
         full[:, :h, :w] = scores
         pooled = full.reshape(21, hp // STRIDE, STRIDE, wp // STRIDE, STRIDE).mean(axis=(2, 4))
@@ -84,12 +90,13 @@ def _collate(items):
     return list(ids), torch.stack(xs), torch.stack(cams), list(sizes), list(present), list(rgbs)
 
 
-def _size_batches(voc: VOCDataset, ids: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Index batches of images with the same padded size (read from the file headers)."""
+def _size_batches(voc: VOCDataset, ids: Sequence[str], batch_size: int,
+                  max_side: int | None) -> list[list[int]]:
+    """Index batches of images with the same padded working size (from the file headers)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for n, image_id in enumerate(ids):
         with Image.open(voc.image_path(image_id)) as im:
-            w, h = im.size
+            w, h = limited_size(im.size, max_side)
         groups.setdefault((padded(h), padded(w)), []).append(n)
     batches = []
     for members in groups.values():
@@ -132,8 +139,9 @@ def make_rw(voc_root: str | os.PathLike, ids: Sequence[str], cam_dir: str | os.P
     model = load_aff_net(aff_net_dir, cfg.backbone, device)
     record_config(out_dir, "make-rw", cfg)
     todo = pending(ids, outputs, overwrite)
-    dataset = _RwDataset(voc, todo, cam_dir, cfg.alpha)
-    loader = DataLoader(dataset, batch_sampler=_size_batches(voc, todo, cfg.batch_size),
+    dataset = _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.max_side)
+    loader = DataLoader(dataset,
+                        batch_sampler=_size_batches(voc, todo, cfg.batch_size, cfg.max_side),
                         collate_fn=_collate,
                         num_workers=cfg.num_workers if len(todo) > 1 else 0)
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="make-rw",
@@ -148,17 +156,22 @@ def make_rw(voc_root: str | os.PathLike, ids: Sequence[str], cam_dir: str | os.P
             walked = random_walk(cams, aff.to(cams.dtype), beta=cfg.beta,
                                  iterations=cfg.iterations, radius=cfg.radius,
                                  region=cfg.region)
+            # method.md section 5: upsample to the padded size, crop to the image
             walked = F.interpolate(walked, size=x.shape[-2:], mode="bilinear",
                                    align_corners=False)
-            labels = walked.argmax(dim=1).to(torch.uint8).cpu().numpy()
-            walked = walked.cpu().numpy()
             for j, image_id in enumerate(batch_ids):
                 h, w = sizes[j]
+                scores = walked[j:j + 1, :, :h, :w]
+                full = rgbs[j].shape[:2]
+                if (h, w) != full:  # a reduced working size: back to the original
+                    scores = F.interpolate(scores, size=full, mode="bilinear",
+                                           align_corners=False)
+                scores = scores[0].cpu()
                 if cfg.write_crf:
                     save_label_png(crf_dir / f"{image_id}.png",
-                                   rw_crf_label(rgbs[j], walked[j, :, :h, :w], present[j],
-                                                cfg.crf))
-                save_label_png(rw_dir / f"{image_id}.png", labels[j, :h, :w])
+                                   rw_crf_label(rgbs[j], scores.numpy(), present[j], cfg.crf))
+                save_label_png(rw_dir / f"{image_id}.png",
+                               scores.argmax(dim=0).to(torch.uint8).numpy())
                 bar.update()
     bar.close()
     return out_dir

@@ -29,13 +29,16 @@ from .make_rw import MakeRwConfig, make_rw
 from .train_aff import TrainAffConfig, train_aff
 from .train_cam import TrainCamConfig, train_cam
 
-# Smaller sizes and fewer epochs for the tiny backbone, so a CPU runs the whole pipeline in
-# minutes. Chosen for compute, the same for every dataset; everything else stays psa's.
+# The tiny backbone's preset: a CPU runs the whole pipeline in minutes. Images are worked on
+# at a long side of at most 160 pixels (outputs are brought back to full size), crops are 128,
+# epochs are fewer; chosen for compute, the same for every dataset. Everything else is psa's.
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
-        "train_cam": {"epochs": 6, "batch_size": 16, "crop_size": 160,
-                      "resize_long": (128, 192)},
-        "train_aff": {"epochs": 4, "batch_size": 8, "crop_size": 160},
+        "train_cam": {"epochs": 6, "batch_size": 16, "crop_size": 128,
+                      "resize_long": (80, 160), "max_side": 160},
+        "make_cam": {"max_side": 160},
+        "train_aff": {"epochs": 4, "batch_size": 8, "crop_size": 128, "max_side": 160},
+        "make_rw": {"max_side": 160},
     },
 }
 

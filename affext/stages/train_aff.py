@@ -30,6 +30,7 @@ class TrainAffConfig:
     radius: int = 5
     region: str = "psa"
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    max_side: int | None = None   # working size: long side at most this (None: as is)
     num_workers: int = default_workers()
     seed: int = 0
     device: str = "auto"
@@ -93,7 +94,7 @@ def train_aff(voc_root: str | os.PathLike, ids: Sequence[str],
                                 "make-aff-labels first")
     record_config(out_dir, "train-aff", cfg, {"images": len(ids)})
     dataset = AffTrainDataset(voc, ids, aff_label_dir / "la", aff_label_dir / "ha",
-                              cfg.crop_size, cfg.jitter, seed=cfg.seed)
+                              cfg.crop_size, cfg.jitter, seed=cfg.seed, max_side=cfg.max_side)
     model = build_aff_net(cfg.backbone)
     fit(model, dataset, _aff_step(cfg.radius, cfg.region), name="train-aff", out_dir=out_dir,
         backbone=cfg.backbone, epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)),

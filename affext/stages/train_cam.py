@@ -31,6 +31,7 @@ class TrainCamConfig:
     crop_size: int = 448
     resize_long: tuple[int, int] = (256, 512)
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    max_side: int | None = None   # working size: long side at most this (None: as is)
     label_source: str = "auto"
     cls_labels: str | None = None
     num_workers: int = default_workers()
@@ -85,7 +86,7 @@ def train_cam(voc_root: str | os.PathLike, ids: Sequence[str], out_dir: str | os
     record_config(out_dir, "train-cam", cfg, {"images": len(ids),
                                                "label_source": voc.label_source})
     dataset = ClsTrainDataset(voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter,
-                              cfg.seed)
+                              cfg.seed, cfg.max_side)
     model = build_cam_net(cfg.backbone)
     fit(model, dataset, _cls_step, name="train-cam", out_dir=out_dir, backbone=cfg.backbone,
         epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)), lr=cfg.lr,

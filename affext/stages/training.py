@@ -77,6 +77,9 @@ def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: 
         start_epoch, log = state["epoch"], state["log"]
     for epoch in range(start_epoch, epochs):
         dataset.set_epoch(epoch)
+        # dropout and friends draw from torch's global generator: seed it per epoch so a
+        # resumed run trains exactly as an uninterrupted one
+        torch.manual_seed(seed * 1000003 + epoch)
         gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                             num_workers=num_workers, generator=gen,

@@ -1,8 +1,9 @@
 """affext: fast AffinityNet (PSA) kernels and the weakly supervised pseudo-label pipeline."""
 from ._extension import build_info
 from .neighborhood import neighborhood_offsets, psa_layout
-from .ops import pairwise_affinity
+from .ops import AffinityLabels, PairLoss, affinity_labels, pair_loss, pairwise_affinity
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "neighborhood_offsets", "pairwise_affinity", "psa_layout"]
+__all__ = ["AffinityLabels", "PairLoss", "affinity_labels", "build_info", "neighborhood_offsets",
+           "pair_loss", "pairwise_affinity", "psa_layout"]

@@ -67,4 +67,4 @@ def psa_layout(aff: torch.Tensor, radius: int = 5) -> torch.Tensor:
     if aff.shape[1] != k:
         raise ValueError(f"aff has {aff.shape[1]} offsets but radius {radius} has K = {k}")
     rows, cols = from_region(aff.shape[2], aff.shape[3], radius)
-    return aff[:, :, rows, cols].reshape(aff.shape[0], k, -1)
+    return aff[:, :, rows, cols].flatten(2)

@@ -15,6 +15,13 @@ TORCH_LIBRARY(affext, m) {
   // Section 3: aff[b, k, y, x] = exp(-mean_c |feat[b,c,y,x] - feat[b,c,y+dy_k,x+dx_k]|).
   m.def("pairwise_affinity(Tensor feat, int radius) -> Tensor");
   m.def("pairwise_affinity_backward(Tensor grad, Tensor feat, Tensor aff, int radius) -> Tensor");
+  // Section 4: stats [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count] (float64) of
+  // the pairs of region (0 psa, 1 full) classified from labels; the gradient flows into aff.
+  m.def("pair_loss(Tensor aff, Tensor labels, int radius, int region) -> Tensor");
+  m.def("pair_loss_backward(Tensor grad_stats, Tensor aff, Tensor labels, int radius, "
+        "int region) -> Tensor");
+  // Section 4: (B, K, H, W) uint8 pair classes: 0 bg_pos, 1 fg_pos, 2 neg, 3 none.
+  m.def("pair_classes(Tensor labels, int radius, int region) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

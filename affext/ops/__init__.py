@@ -1,4 +1,5 @@
 """The Python face of affext's kernels: one module per op."""
 from .affinity import pairwise_affinity
+from .pair_loss import AffinityLabels, PairLoss, affinity_labels, pair_loss
 
-__all__ = ["pairwise_affinity"]
+__all__ = ["AffinityLabels", "PairLoss", "affinity_labels", "pair_loss", "pairwise_affinity"]

@@ -1,0 +1,148 @@
+"""AffinityNet's class-balanced pair loss, computed from the label map (method.md section 4)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .. import _extension  # noqa: F401  (registers torch.ops.affext)
+from ..neighborhood import check_radius, neighborhood_offsets, psa_layout, region_code
+
+_op = torch.ops.affext.pair_loss
+_backward_op = torch.ops.affext.pair_loss_backward
+_classes_op = torch.ops.affext.pair_classes
+
+# Codes of torch.ops.affext.pair_classes (csrc/pair_loss/pair_loss.h, enum PairClass).
+PAIR_BG, PAIR_FG, PAIR_NEG, PAIR_NONE = 0, 1, 2, 3
+# psa's 1e-5 in the denominators of section 4.
+_COUNT_EPS = 1e-5
+
+
+class PairLoss(NamedTuple):
+    """The balanced pair loss and its parts (0-dim tensors).
+
+    loss, bg_loss, fg_loss, neg_loss are in aff's dtype and differentiable with respect to
+    aff; the counts are int64 numbers of pairs over the whole batch (without psa's 1e-5).
+    """
+    loss: torch.Tensor
+    bg_loss: torch.Tensor
+    fg_loss: torch.Tensor
+    neg_loss: torch.Tensor
+    bg_count: torch.Tensor
+    fg_count: torch.Tensor
+    neg_count: torch.Tensor
+
+
+class AffinityLabels(NamedTuple):
+    """psa's three float32 pair masks (1 where a pair belongs to the class, else 0)."""
+    bg_pos: torch.Tensor
+    fg_pos: torch.Tensor
+    neg: torch.Tensor
+
+
+def _check_tensors(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError("aff and labels must be on the same device, got "
+                         + ", ".join(f"{n} on {d}" for n, d in devices.items()))
+
+
+def combine_pair_stats(stats: torch.Tensor, dtype: torch.dtype) -> PairLoss:
+    """The loss from the kernels' stats [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count].
+
+    Section 4: L_c = sum_c / (count_c + 1e-5), L = L_bg/4 + L_fg/4 + L_neg/2; computed in
+    float64, then cast to dtype. A class without pairs gives 0 (0 / 1e-5).
+    """
+    parts = stats[:3] / (stats[3:] + _COUNT_EPS)
+    loss = parts[0] / 4 + parts[1] / 4 + parts[2] / 2
+    counts = stats[3:].detach().to(torch.int64)
+    return PairLoss(loss.to(dtype), *(p.to(dtype) for p in parts.unbind()), *counts.unbind())
+
+
+def pair_loss(aff: torch.Tensor, labels: torch.Tensor, radius: int = 5,
+              region: str = "psa") -> PairLoss:
+    """AffinityNet's class-balanced loss over the pairs inside the radius, in one pass.
+
+    Each pair (p, p + o_k) of the region is classified from the labels of its two pixels
+    (section 4): bg_pos (both 0), fg_pos (the same class), neg (different, neither 255);
+    pairs touching 255 are ignored. No (B, K, n) masks are built.
+
+    Args:
+        aff: (B, K, H, W) affinities from `affext.pairwise_affinity`, values in [0, 1];
+            float32 or float64 (on CUDA also float16 and bfloat16). Any strides.
+        labels: (B, H, W) integer label map on aff's device: 0 background, 1..254 classes,
+            255 ignored. uint8 is used as is; other integer dtypes are range-checked (a
+            device sync on CUDA) and converted once.
+        radius: neighbourhood radius; aff must have K = len(neighborhood_offsets(radius)).
+        region: "psa" counts only pairs whose first pixel lies in psa's from-region (the
+            same pairs, hence the same loss, as psa's train_aff); "full" every pair whose
+            two pixels lie inside the map.
+
+    Returns:
+        PairLoss(loss, bg_loss, fg_loss, neg_loss, bg_count, fg_count, neg_count), counts over
+        the whole batch: loss = bg_loss/4 + fg_loss/4 + neg_loss/2 with
+        bg_loss = -sum_bg log(a + 1e-5) / (bg_count + 1e-5), fg_loss likewise and
+        neg_loss = -sum_neg log(1 + 1e-5 - a) / (neg_count + 1e-5). A class without pairs
+        gives a part of 0. Differentiable with respect to aff (through any of the four
+        losses); the reductions are deterministic (fixed-order partial sums in float64).
+    """
+    _check_tensors(aff=aff, labels=labels)
+    stats = _op(aff, labels, check_radius(radius), region_code(region))
+    return combine_pair_stats(stats, aff.dtype)
+
+
+def affinity_labels(labels: torch.Tensor, radius: int = 5,
+                    region: str = "psa") -> AffinityLabels:
+    """psa's pair masks (bg_pos, fg_pos, neg) of a label map, as float32 tensors.
+
+    Args:
+        labels: (B, H, W) integer label map: 0 background, 1..254 classes, 255 ignored.
+        radius: neighbourhood radius, K = len(neighborhood_offsets(radius)).
+        region: "psa": each mask is (B, K, n_from) in psa's layout (offset-major, then the
+            from-region row-major), element for element psa's ExtractAffinityLabelInRadius
+            stacked over the batch. "full": each mask is (B, K, H, W), aligned with
+            `affext.pairwise_affinity`'s output; a pair whose neighbour lies outside the map
+            is 0 in all three.
+
+    `pair_loss` computes the same classes without building these masks.
+    """
+    _check_tensors(labels=labels)
+    radius = check_radius(radius)
+    classes = _classes_op(labels, radius, region_code(region))
+    if region == "psa":
+        classes = psa_layout(classes, radius)
+    return AffinityLabels(*((classes == c).float() for c in (PAIR_BG, PAIR_FG, PAIR_NEG)))
+
+
+@torch.library.register_fake("affext::pair_loss")
+def _(aff, labels, radius, region):
+    return aff.new_empty((6,), dtype=torch.float64)
+
+
+@torch.library.register_fake("affext::pair_loss_backward")
+def _(grad_stats, aff, labels, radius, region):
+    return torch.empty_like(aff, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("affext::pair_classes")
+def _(labels, radius, region):
+    b, h, w = labels.shape
+    return labels.new_empty((b, len(neighborhood_offsets(radius)), h, w), dtype=torch.uint8)
+
+
+def _setup_context(ctx, inputs, output):
+    aff, labels, radius, region = inputs
+    ctx.save_for_backward(aff, labels)
+    ctx.radius, ctx.region = radius, region
+
+
+def _backward(ctx, grad_stats):
+    aff, labels = ctx.saved_tensors
+    # The counts are piecewise constant in aff: only the three sums carry a gradient.
+    return _backward_op(grad_stats, aff, labels, ctx.radius, ctx.region), None, None, None
+
+
+torch.library.register_autograd("affext::pair_loss", _backward, setup_context=_setup_context)

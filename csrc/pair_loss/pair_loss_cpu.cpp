@@ -1,0 +1,143 @@
+// CPU kernels of the pair loss. The forward works by (batch, row) chunks: each chunk sums its
+// pairs into its own slot in double and the slots are added in chunk order afterwards, so the
+// result does not depend on the number of threads.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/checks.h"
+#include "pair_loss/pair_loss.h"
+
+namespace affext {
+
+namespace {
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* aff, const uint8_t* labels, double* stats, int64_t B,
+                    int H, int W, int radius, int region, const Offsets& o) {
+  using acc_t = scalar_t;
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  const int K = o.count;
+  std::vector<double> partial(static_cast<size_t>(B) * H * kPairStats, 0.0);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H;
+      const int y = static_cast<int>(row % H);
+      const uint8_t* lb = labels + b * HW;
+      double sum[3] = {0, 0, 0};
+      int64_t count[3] = {0, 0, 0};
+      for (int k = 0; k < K; ++k) {
+        const scalar_t* a = aff + ((b * K + k) * H + y) * W;
+        for (int x = 0; x < W; ++x) {
+          const int cls = pair_class_at(lb, y, x, o.dy[k], o.dx[k], H, W, radius, region);
+          if (cls == kPairNone) continue;
+          sum[cls] += pair_term<acc_t>(cls, a[x]);
+          ++count[cls];
+        }
+      }
+      double* out = partial.data() + row * kPairStats;
+      for (int c = 0; c < 3; ++c) {
+        out[c] = sum[c];
+        out[3 + c] = static_cast<double>(count[c]);
+      }
+    }
+  });
+  for (int s = 0; s < kPairStats; ++s) stats[s] = 0;
+  for (int64_t row = 0; row < B * H; ++row)
+    for (int s = 0; s < kPairStats; ++s) stats[s] += partial[row * kPairStats + s];
+}
+
+template <typename scalar_t>
+void backward_kernel(const double* grad_stats, const scalar_t* aff, const uint8_t* labels,
+                     scalar_t* grad_aff, int64_t B, int H, int W, int radius, int region,
+                     const Offsets& o) {
+  using acc_t = scalar_t;
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  const int K = o.count;
+  const acc_t g[3] = {static_cast<acc_t>(grad_stats[0]), static_cast<acc_t>(grad_stats[1]),
+                      static_cast<acc_t>(grad_stats[2])};
+  at::parallel_for(0, B * K * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int y = static_cast<int>(row % H);
+      const int k = static_cast<int>((row / H) % K);
+      const int64_t b = row / (static_cast<int64_t>(K) * H);
+      const uint8_t* lb = labels + b * HW;
+      const scalar_t* a = aff + row * W;
+      scalar_t* out = grad_aff + row * W;
+      for (int x = 0; x < W; ++x) {
+        const int cls = pair_class_at(lb, y, x, o.dy[k], o.dx[k], H, W, radius, region);
+        out[x] = cls == kPairNone ? scalar_t(0) : g[cls] * pair_term_grad<acc_t>(cls, a[x]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor pair_loss_cpu(const at::Tensor& aff_in, const at::Tensor& labels_in, int64_t radius,
+                         int64_t region) {
+  const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
+  const at::Tensor &aff = args.aff, &labels = args.labels;
+  TORCH_CHECK_TYPE(aff.scalar_type() == at::kFloat || aff.scalar_type() == at::kDouble,
+                   "on the CPU aff must be float32 or float64, got ", aff.scalar_type());
+  const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
+  at::Tensor stats = at::zeros({kPairStats}, aff.options().dtype(at::kDouble));
+  if (aff.numel() == 0) return stats;
+  AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_cpu", [&] {
+    forward_kernel<scalar_t>(aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(),
+                             stats.data_ptr<double>(), B, static_cast<int>(H),
+                             static_cast<int>(W), static_cast<int>(radius),
+                             static_cast<int>(region), args.offsets);
+  });
+  return stats;
+}
+
+at::Tensor pair_loss_backward_cpu(const at::Tensor& grad_stats_in, const at::Tensor& aff_in,
+                                  const at::Tensor& labels_in, int64_t radius, int64_t region) {
+  const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
+  const at::Tensor &aff = args.aff, &labels = args.labels;
+  TORCH_CHECK_TYPE(aff.scalar_type() == at::kFloat || aff.scalar_type() == at::kDouble,
+                   "on the CPU aff must be float32 or float64, got ", aff.scalar_type());
+  const at::Tensor grad_stats = prepare_grad_stats(grad_stats_in, aff.device());
+  const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
+  at::Tensor grad_aff = at::empty_like(aff);
+  if (aff.numel() == 0) return grad_aff;
+  AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_stats.data_ptr<double>(), aff.data_ptr<scalar_t>(),
+                              labels.data_ptr<uint8_t>(), grad_aff.data_ptr<scalar_t>(), B,
+                              static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
+                              static_cast<int>(region), args.offsets);
+  });
+  return grad_aff;
+}
+
+at::Tensor pair_classes_cpu(const at::Tensor& labels_in, int64_t radius, int64_t region) {
+  const at::Tensor labels = prepare_labels(labels_in, radius, region);
+  const Offsets o = offsets_for(radius);
+  const int64_t B = labels.size(0), H = labels.size(1), W = labels.size(2), K = o.count;
+  at::Tensor classes = at::empty({B, K, H, W}, labels.options().dtype(at::kByte));
+  if (classes.numel() == 0) return classes;
+  const uint8_t* lab = labels.data_ptr<uint8_t>();
+  uint8_t* out = classes.data_ptr<uint8_t>();
+  at::parallel_for(0, B * K * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int y = static_cast<int>(row % H);
+      const int k = static_cast<int>((row / H) % K);
+      const uint8_t* lb = lab + (row / (K * H)) * H * W;
+      for (int x = 0; x < W; ++x)
+        out[row * W + x] = static_cast<uint8_t>(
+            pair_class_at(lb, y, x, o.dy[k], o.dx[k], static_cast<int>(H), static_cast<int>(W),
+                          static_cast<int>(radius), static_cast<int>(region)));
+    }
+  });
+  return classes;
+}
+
+TORCH_LIBRARY_IMPL(affext, CPU, m) {
+  m.impl("pair_loss", &pair_loss_cpu);
+  m.impl("pair_loss_backward", &pair_loss_backward_cpu);
+  m.impl("pair_classes", &pair_classes_cpu);
+}
+
+}  // namespace affext

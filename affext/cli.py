@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"affext {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"affext {args.command}: interrupted; run the same command again to resume",
               file=sys.stderr)
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def test_python_dash_m_affext():
 
 def test_run_end_to_end(tmp_path, capsys):
     voc = make_synthetic_voc(tmp_path / "voc", SynthConfig(num_train=8, num_val=2,
-                                                            min_size=40, max_size=56),
+                                                            min_size=72, max_size=80),
                              progress=False)
     lists = voc / "ImageSets" / "Segmentation"
     work = tmp_path / "work"
@@ -77,7 +77,7 @@ def test_run_end_to_end(tmp_path, capsys):
                                              "train-aff", "make-rw", "eval"}
     assert metrics["per_class_iou"]["rw"]["background"] is not None
     with Image.open(work / "overview.png") as im:
-        assert im.width > 4 * 40 and im.height >= 2 * 128
+        assert im.width > 4 * 72 and im.height >= 2 * 128
     # the config and versions are recorded next to each stage's outputs
     for rec in ("run.config.json", "train_cam/train-cam.config.json",
                 "make_rw/make-rw.config.json"):

@@ -20,7 +20,7 @@ FAST = dict(backbone="tiny", device="cpu", num_workers=0)
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
-    cfg = SynthConfig(num_train=6, num_val=2, min_size=40, max_size=56, seed=1)
+    cfg = SynthConfig(num_train=6, num_val=2, min_size=72, max_size=80, seed=1)
     return make_synthetic_voc(tmp_path_factory.mktemp("voc"), cfg, progress=False)
 
 
@@ -31,7 +31,7 @@ def ids(voc) -> list[str]:
 
 def cam_config(**kw):
     return TrainCamConfig(**{**FAST, "epochs": 2, "batch_size": 3, "crop_size": 48,
-                             "resize_long": (40, 56), **kw})
+                             "resize_long": (56, 80), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def trained(voc, ids, tmp_path_factory):
     make_cam(voc, ids, work / "cam_net", work / "cams", MakeCamConfig(**FAST), progress=False)
     make_aff_labels(voc, train, work / "cams" / "cam", work / "aff_labels", progress=False)
     train_aff(voc, train, work / "aff_labels", work / "aff_net",
-              TrainAffConfig(**FAST, epochs=1, batch_size=3, crop_size=48), progress=False)
+              TrainAffConfig(**FAST, epochs=1, batch_size=3, crop_size=72), progress=False)
     return work
 
 

@@ -64,7 +64,8 @@ def _cmd_synth(args) -> None:
 def _cmd_train_cam(args) -> None:
     from .stages.train_cam import TrainCamConfig, train_cam
 
-    cfg = _stage_config(TrainCamConfig, args, "train_cam", epochs=args.epochs,
+    cfg = _stage_config(TrainCamConfig, args, "train_cam", weights=args.weights,
+                        epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
     print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg,
                     progress=not args.quiet))
@@ -92,7 +93,8 @@ def _cmd_aff_labels(args) -> None:
 def _cmd_train_aff(args) -> None:
     from .stages.train_aff import TrainAffConfig, train_aff
 
-    cfg = _stage_config(TrainAffConfig, args, "train_aff", epochs=args.epochs,
+    cfg = _stage_config(TrainAffConfig, args, "train_aff", weights=args.weights,
+                        epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
     print(train_aff(args.voc_root, _ids(args.train_list), args.aff_labels, args.out, cfg,
                     progress=not args.quiet))
@@ -132,7 +134,8 @@ def _cmd_run(args) -> None:
                        "label_source": args.label_source, "cls_labels": args.cls_labels}
     if args.workers is not None:
         overrides["num_workers"] = args.workers
-    stage = {"train_cam": {"epochs": args.cam_epochs}, "train_aff": {"epochs": args.aff_epochs}}
+    stage = {"train_cam": {"epochs": args.cam_epochs, "weights": args.weights},
+             "train_aff": {"epochs": args.aff_epochs, "weights": args.weights}}
     for name, values in stage.items():
         values = {k: v for k, v in values.items() if v is not None}
         if values:
@@ -189,6 +192,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     _add_common(p)
     _add_labels(p)
     p.add_argument("--train-list", required=True)
+    p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
     p.add_argument("--out", required=True, help="folder for cam_net.pt and checkpoints")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -218,6 +222,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--train-list", required=True)
     p.add_argument("--aff-labels", required=True, help="make-aff-labels' output folder")
+    p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
     p.add_argument("--out", required=True, help="folder for aff_net.pt and checkpoints")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -253,6 +258,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--train-list", required=True)
     p.add_argument("--eval-list", required=True, help="ids scored against the ground truth")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--weights", help="pretrained backbone weights for both networks")
     p.add_argument("--cam-epochs", type=int)
     p.add_argument("--aff-epochs", type=int)
     p.add_argument("--seed", type=int, default=0)

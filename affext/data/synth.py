@@ -39,8 +39,8 @@ class SynthConfig:
     max_size: int = 128
     max_objects: int = 3
     max_clutter: int = 2         # flat blobs without a mark (background)
-    mark_fraction: float = 0.32  # mark diameter / object's smaller extent
-    body_hue_spread: float = 0.07  # body hue = class hue +- this (turns); clutter: any hue
+    mark_fraction: float = 0.25  # mark diameter / object's smaller extent
+    body_hue_spread: float = 0.1  # body hue = class hue +- this (turns); clutter: any hue
     void_width: int = 2          # VOC-like 255 band around object boundaries
     jpeg_quality: int = 92
 
@@ -160,7 +160,7 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig, marks: dict):
     for _ in range(40):
         if len(objects) == n_obj:
             break
-        ry, rx = rng.uniform(0.17, 0.3, 2) * short
+        ry, rx = rng.uniform(0.2, 0.34, 2) * short
         cy, cx = rng.uniform(ry * 0.7, h - ry * 0.7), rng.uniform(rx * 0.7, w - rx * 0.7)
         body = _shape_mask(rng, h, w, cy, cx, ry, rx)
         if body.sum() < 200:

@@ -20,6 +20,7 @@ AFF_NET_FILE = "aff_net.pt"
 class TrainAffConfig:
     """psa train_aff defaults (README command: lr 0.1, batch 8, 8 epochs, crop 448)."""
     backbone: str = "resnet38"
+    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
     epochs: int = 8
     batch_size: int = 8
     lr: float = 0.1
@@ -36,10 +37,10 @@ class TrainAffConfig:
     device: str = "auto"
 
 
-def build_aff_net(backbone: str) -> torch.nn.Module:
+def build_aff_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
     from ..models import AffinityNet, build_backbone
 
-    return AffinityNet(build_backbone(backbone))
+    return AffinityNet(build_backbone(backbone, weights))
 
 
 def load_aff_net(out_dir: str | os.PathLike, backbone: str,
@@ -95,7 +96,7 @@ def train_aff(voc_root: str | os.PathLike, ids: Sequence[str],
     record_config(out_dir, "train-aff", cfg, {"images": len(ids)})
     dataset = AffTrainDataset(voc, ids, aff_label_dir / "la", aff_label_dir / "ha",
                               cfg.crop_size, cfg.jitter, seed=cfg.seed, max_side=cfg.max_side)
-    model = build_aff_net(cfg.backbone)
+    model = build_aff_net(cfg.backbone, cfg.weights)
     fit(model, dataset, _aff_step(cfg.radius, cfg.region), name="train-aff", out_dir=out_dir,
         backbone=cfg.backbone, epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)),
         lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,

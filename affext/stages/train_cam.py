@@ -8,7 +8,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
@@ -22,6 +21,7 @@ CAM_NET_FILE = "cam_net.pt"
 class TrainCamConfig:
     """psa train_cls defaults (README command: lr 0.1, batch 16, 15 epochs, crop 448)."""
     backbone: str = "resnet38"
+    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
     epochs: int = 15
     batch_size: int = 16
     lr: float = 0.1
@@ -39,10 +39,10 @@ class TrainCamConfig:
     device: str = "auto"
 
 
-def build_cam_net(backbone: str) -> torch.nn.Module:
+def build_cam_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
     from ..models import CAMNet, build_backbone
 
-    return CAMNet(build_backbone(backbone))
+    return CAMNet(build_backbone(backbone, weights))
 
 
 def load_cam_net(out_dir: str | os.PathLike, backbone: str,
@@ -61,8 +61,10 @@ def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:
 
 
 def _cls_step(model, batch):
+    from ..models import classification_loss
+
     image, labels = batch
-    loss = F.multilabel_soft_margin_loss(model(image), labels)
+    loss = classification_loss(model(image), labels)
     return loss, {"loss": loss.item()}
 
 
@@ -87,7 +89,7 @@ def train_cam(voc_root: str | os.PathLike, ids: Sequence[str], out_dir: str | os
                                                "label_source": voc.label_source})
     dataset = ClsTrainDataset(voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter,
                               cfg.seed, cfg.max_side)
-    model = build_cam_net(cfg.backbone)
+    model = build_cam_net(cfg.backbone, cfg.weights)
     fit(model, dataset, _cls_step, name="train-cam", out_dir=out_dir, backbone=cfg.backbone,
         epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)), lr=cfg.lr,
         weight_decay=cfg.weight_decay, momentum=cfg.momentum, poly_power=cfg.poly_power,

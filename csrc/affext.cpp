@@ -15,6 +15,10 @@ TORCH_LIBRARY(affext, m) {
   // Section 3: aff[b, k, y, x] = exp(-mean_c |feat[b,c,y,x] - feat[b,c,y+dy_k,x+dx_k]|).
   m.def("pairwise_affinity(Tensor feat, int radius) -> Tensor");
   m.def("pairwise_affinity_backward(Tensor grad, Tensor feat, Tensor aff, int radius) -> Tensor");
+  // Section 5: vec(cam) T^iterations, T = A^beta D^-1 over the pairs of the region
+  // (0: psa's from-region, 1: every pair inside the map). No autograd.
+  m.def("random_walk(Tensor cam, Tensor aff, float beta, int iterations, int radius, "
+        "int region) -> Tensor");
   // Section 4: stats [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count] (float64) of
   // the pairs of region (0 psa, 1 full) classified from labels; the gradient flows into aff.
   m.def("pair_loss(Tensor aff, Tensor labels, int radius, int region) -> Tensor");

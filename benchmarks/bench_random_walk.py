@@ -1,0 +1,44 @@
+"""Random walk, affext vs psa-dense vs torch-sparse (CSR), psa's region, beta 8, t = 256,
+C = 21, on the same inputs in one run.
+
+    pytest benchmarks/bench_random_walk.py -s --benchmark-json=random_walk.json
+performance.md's CPU targets at 56x56: >= 30x psa-dense; >= 2x torch-sparse with all 21
+channels live and >= 5x on psa-shaped CAMs (background + two classes live). psa-dense is run
+where it finishes in reasonable time (56x56: ~3 s, 84x84: ~30 s); affext alone at 224x224
+and 512x512, where the dense N x N matrix would need 10 GB and 275 GB.
+"""
+import pytest
+
+from affext import bench_cases  # noqa: F401  (registers the cases)
+from affext.measure import build
+
+_times: dict = {}
+DENSE_MAX_SIZE = 84
+
+
+def _run(benchmark, device, impl, size, live, rounds):
+    benchmark.group = f"random walk {device} {size}x{size} live={live}"
+    work = build(f"random_walk/{impl}", device, size=size, live=live)
+    benchmark.pedantic(work, rounds=rounds, warmup_rounds=1 if rounds > 1 else 0)
+    median = benchmark.stats.stats.median
+    _times[(device, size, live, impl)] = median
+    ours = _times.get((device, size, live, "affext"))
+    if impl != "affext" and ours:
+        print(f"\n[{device} {size}x{size} live={live}] affext {ours * 1e3:.1f} ms, {impl} "
+              f"{median * 1e3:.1f} ms: {median / ours:.1f}x")
+
+
+@pytest.mark.parametrize("live", ["psa", "all"])
+@pytest.mark.parametrize("size", [56, 84, 112])
+@pytest.mark.parametrize("impl", ["affext", "torch-sparse", "psa-dense"])
+def test_walk_vs_references(benchmark, device, impl, size, live):
+    if impl == "psa-dense" and (size > DENSE_MAX_SIZE or (size > 56 and live == "psa")):
+        pytest.skip(f"psa-dense at {size}x{size} costs 8 N^3 = "
+                    f"{8 * (size * size) ** 3:.1e} FLOP per image")
+    rounds = {"affext": 10, "torch-sparse": 5, "psa-dense": 1}[impl]
+    _run(benchmark, device, impl, size, live, rounds)
+
+
+@pytest.mark.parametrize("size", [224, 512])
+def test_walk_large_maps(benchmark, device, size):
+    _run(benchmark, device, "affext", size, "psa", 3)

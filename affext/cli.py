@@ -1,0 +1,306 @@
+"""The `affext` command: thin argparse over the stage functions (affext.stages.*)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data.voc import DatasetError
+
+
+def _add_common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
+    p.add_argument("--voc-root", required=True, help="folder holding JPEGImages/ etc.")
+    if backbone:
+        p.add_argument("--backbone", default="resnet38",
+                       help="tiny | resnet50 | resnet38 (default: resnet38, as psa)")
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers decoding images (default: min(4, cores - 1))")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_labels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-source", default="auto", choices=("auto", "xml", "npy", "mask"),
+                   help="image-level labels: XML annotations, psa's cls_labels.npy, or the "
+                        "classes of the ground-truth masks (auto: npy, else xml, else mask)")
+    p.add_argument("--cls-labels", default=None, help="path of a cls_labels.npy")
+
+
+def _ids(path: str) -> list[str]:
+    from .data.voc import read_id_list
+
+    return read_id_list(path)
+
+
+def _stage_config(cls, args, preset_stage: str | None = None, **fields):
+    """A stage config: psa defaults, the backbone's preset, then the arguments given."""
+    import dataclasses
+
+    from .stages.pipeline import PRESETS
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    if preset_stage and getattr(args, "backbone", None):
+        values.update(PRESETS.get(args.backbone, {}).get(preset_stage, {}))
+    for key in ("backbone", "device", "label_source", "cls_labels", "seed"):
+        if key in names and getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    if "num_workers" in names and getattr(args, "workers", None) is not None:
+        values["num_workers"] = args.workers
+    values.update({k: v for k, v in fields.items() if v is not None})
+    return cls(**values)
+
+
+def _cmd_synth(args) -> None:
+    from .data.synth import SynthConfig, make_synthetic_voc
+
+    cfg = SynthConfig(num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+    out = make_synthetic_voc(args.out, cfg, progress=not args.quiet)
+    print(f"wrote the synthetic dataset to {out} ({cfg.num_train} train, {cfg.num_val} val "
+          f"images; lists in {out / 'ImageSets' / 'Segmentation'})")
+
+
+def _cmd_train_cam(args) -> None:
+    from .stages.train_cam import TrainCamConfig, train_cam
+
+    cfg = _stage_config(TrainCamConfig, args, "train_cam", weights=args.weights,
+                        epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
+    print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg,
+                    progress=not args.quiet))
+
+
+def _cmd_make_cam(args) -> None:
+    from .stages.make_cam import MakeCamConfig, make_cam
+
+    cfg = _stage_config(MakeCamConfig, args, "make_cam")
+    print(make_cam(args.voc_root, _ids(args.list), args.cam_net, args.out, cfg,
+                   progress=not args.quiet))
+
+
+def _cmd_aff_labels(args) -> None:
+    from .stages.aff_labels import AffLabelsConfig, make_aff_labels
+
+    cfg = _stage_config(AffLabelsConfig, args, None, alpha_low=args.alpha_low,
+                        alpha_high=args.alpha_high)
+    if args.workers is not None:
+        cfg.num_workers = max(1, args.workers)
+    print(make_aff_labels(args.voc_root, _ids(args.list), args.cam_dir, args.out, cfg,
+                          progress=not args.quiet))
+
+
+def _cmd_train_aff(args) -> None:
+    from .stages.train_aff import TrainAffConfig, train_aff
+
+    cfg = _stage_config(TrainAffConfig, args, "train_aff", weights=args.weights,
+                        epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
+    print(train_aff(args.voc_root, _ids(args.train_list), args.aff_labels, args.out, cfg,
+                    progress=not args.quiet))
+
+
+def _cmd_make_rw(args) -> None:
+    from .stages.make_rw import MakeRwConfig, make_rw
+
+    cfg = _stage_config(MakeRwConfig, args, "make_rw", alpha=args.alpha, beta=args.beta,
+                        iterations=args.iterations, batch_size=args.batch_size)
+    if args.no_crf:
+        cfg.write_crf = False
+    print(make_rw(args.voc_root, _ids(args.list), args.cam_dir, args.aff_net, args.out, cfg,
+                  progress=not args.quiet))
+
+
+def _cmd_eval(args) -> None:
+    from .stages.evaluate import evaluate
+
+    result = evaluate(args.voc_root, args.pred_dir, _ids(args.list), args.out,
+                      progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{'class':<14}{'IoU':>8}{'prec.':>8}{'recall':>8}")
+    for name, iou in result["iou"].items():
+        cells = [result[k][name] for k in ("iou", "precision", "recall")]
+        print(f"{name:<14}" + "".join(f"{'-' if c is None else f'{c:.1f}':>8}" for c in cells))
+    print(f"{'mIoU':<14}{result['miou']:>8.2f}   ({result['images']} images, "
+          f"{result['classes_counted']} classes counted)")
+
+
+def _cmd_run(args) -> None:
+    from .stages.pipeline import RunConfig, run
+
+    overrides: dict = {"device": args.device, "seed": args.seed,
+                       "label_source": args.label_source, "cls_labels": args.cls_labels}
+    if args.workers is not None:
+        overrides["num_workers"] = args.workers
+    stage = {"train_cam": {"epochs": args.cam_epochs, "weights": args.weights},
+             "train_aff": {"epochs": args.aff_epochs, "weights": args.weights}}
+    for name, values in stage.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            overrides[name] = values
+    cfg = RunConfig.for_backbone(args.backbone, **overrides)
+    metrics = run(args.voc_root, args.train_list, args.eval_list, args.workdir, cfg,
+                  progress=not args.quiet)
+    summary = {k: metrics[k] for k in ("cam_miou", "rw_miou", "rw_crf_miou") if k in metrics}
+    print(json.dumps({**summary, "stage_seconds": metrics["stage_seconds"]}, indent=2))
+    print(f"metrics: {Path(args.workdir) / 'metrics.json'}   "
+          f"overview: {Path(args.workdir) / 'overview.png'}")
+
+
+def _cmd_info(args) -> None:
+    from . import build_info
+
+    info = build_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        print(f"{k:<{width}}  {', '.join(v) if isinstance(v, list) else v}")
+
+
+def _load_bench():
+    """affext.bench, or None where this installation lacks it (imported only for `bench`)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.bench") is None:
+        return None
+    return importlib.import_module(f"{__package__}.bench")
+
+
+def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; `with_bench` imports affext.bench for its arguments."""
+    parser = argparse.ArgumentParser(
+        prog="affext", description="AffinityNet (PSA) pseudo labels from image-level labels, "
+        "with fast kernels. `affext data synth --out D` then `affext run --voc-root D ...`.")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="command", required=True)
+    p = data_sub.add_parser("synth", help="write the embedded synthetic dataset (VOC layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-train", type=int, default=300)
+    p.add_argument("--num-val", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("train-cam", help="train the classifier that gives CAMs")
+    _add_common(p)
+    _add_labels(p)
+    p.add_argument("--train-list", required=True)
+    p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
+    p.add_argument("--out", required=True, help="folder for cam_net.pt and checkpoints")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_cam)
+
+    p = sub.add_parser("make-cam", help="multi-scale CAMs (psa's per-image .npy dicts)")
+    _add_common(p)
+    _add_labels(p)
+    p.add_argument("--list", required=True, help="list file of image ids")
+    p.add_argument("--cam-net", required=True, help="train-cam's output folder")
+    p.add_argument("--out", required=True, help="writes OUT/cam/*.npy and OUT/cam_pred/*.png")
+    p.set_defaults(func=_cmd_make_cam)
+
+    p = sub.add_parser("make-aff-labels", help="la / ha dCRF labels for AffinityNet")
+    _add_common(p, backbone=False)
+    p.add_argument("--list", required=True)
+    p.add_argument("--cam-dir", required=True, help="folder of CAM .npy files")
+    p.add_argument("--out", required=True, help="writes OUT/la/*.npy and OUT/ha/*.npy")
+    p.add_argument("--alpha-low", type=float)
+    p.add_argument("--alpha-high", type=float)
+    p.set_defaults(func=_cmd_aff_labels)
+
+    p = sub.add_parser("train-aff", help="train AffinityNet")
+    _add_common(p)
+    p.add_argument("--train-list", required=True)
+    p.add_argument("--aff-labels", required=True, help="make-aff-labels' output folder")
+    p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
+    p.add_argument("--out", required=True, help="folder for aff_net.pt and checkpoints")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_aff)
+
+    p = sub.add_parser("make-rw", help="random walk: pseudo-label PNGs")
+    _add_common(p)
+    p.add_argument("--list", required=True)
+    p.add_argument("--cam-dir", required=True)
+    p.add_argument("--aff-net", required=True, help="train-aff's output folder")
+    p.add_argument("--out", required=True, help="writes OUT/rw/*.png and OUT/rw_crf/*.png")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--no-crf", action="store_true", help="skip the rw_crf labels")
+    p.set_defaults(func=_cmd_make_rw)
+
+    p = sub.add_parser("eval", help="mIoU of a folder of predicted PNGs")
+    _add_common(p, backbone=False)
+    p.add_argument("--list", required=True)
+    p.add_argument("--pred-dir", required=True)
+    p.add_argument("--out", default=None, help="also write the scores to this JSON file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("run", help="the whole pipeline in one work directory")
+    _add_common(p)
+    _add_labels(p)
+    p.add_argument("--train-list", required=True)
+    p.add_argument("--eval-list", required=True, help="ids scored against the ground truth")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--weights", help="pretrained backbone weights for both networks")
+    p.add_argument("--cam-epochs", type=int)
+    p.add_argument("--aff-epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("info", help="how the kernels were built")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    bench = _load_bench() if with_bench else None
+    p = sub.add_parser("bench", help="benchmarks against the reference formulations")
+    if bench is not None:
+        bench.add_arguments(p)
+        p.set_defaults(func=bench.main)
+    else:
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_no_bench)
+    return parser
+
+
+def _no_bench(args) -> None:
+    if _load_bench() is not None:
+        return
+    raise SystemExit("affext bench: this installation has no affext.bench module (the "
+                     "benchmark harness); reinstall affext from a checkout that includes "
+                     "affext/bench.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"affext {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"affext {args.command}: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Backbones at output stride 8: "tiny" (demo, tests), "resnet50", "resnet38" (psa)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .base import Backbone, StateDict, read_state_dict
+from .tiny import TinyBackbone
+
+BACKBONES: dict[str, Callable[[], Backbone]] = {
+    "tiny": TinyBackbone,
+}
+
+
+def build_backbone(name: str, weights: str | os.PathLike | StateDict | None = None, *,
+                   freeze: bool | None = None) -> Backbone:
+    """A new backbone by registry name, optionally with pretrained weights.
+
+    Args:
+        name: one of BACKBONES ("tiny", "resnet50", "resnet38").
+        weights: a torch state-dict file (or mapping) in the backbone's own parameter names:
+            torchvision's ImageNet file for resnet50, psa's ImageNet-converted dict for
+            resnet38. Loaded strictly apart from a classifier head (fc.* / fc8.*).
+        freeze: freeze BatchNorm and the first blocks (`Backbone.freeze`), psa's way of
+            fine-tuning. Default: only when weights are given.
+    """
+    try:
+        factory = BACKBONES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+    backbone = factory()
+    if weights is not None:
+        backbone.load_pretrained(weights)
+    if freeze if freeze is not None else weights is not None:
+        backbone.freeze()
+    return backbone
+
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "read_state_dict"]

@@ -1,0 +1,92 @@
+"""Stage `make-cam`: multi-scale, flipped CAM inference (method.md section 1, psa infer_cls).
+
+OUT/cam/<id>.npy: psa's dict {class_index 0..19: (H, W) float32}, present classes only, each
+map divided by (its max + 1e-5). OUT/cam_pred/<id>.png: the CAM-only prediction, argmax over
+[bg_threshold, M_1..M_20] (psa's --out_cam_pred), for the CAM mIoU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.datasets import MultiScaleDataset
+from ..data.voc import VOCDataset, save_label_png
+from .common import (default_workers, pending, record_config, resolve_device,
+                     save_score_dict)
+from .train_cam import image_labels, load_cam_net
+
+
+@dataclass
+class MakeCamConfig:
+    backbone: str = "resnet38"
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    bg_threshold: float = 0.2   # constant background score of the CAM-only prediction
+    max_side: int | None = None   # working size: long side at most this (None: as is)
+    label_source: str = "auto"
+    cls_labels: str | None = None
+    num_workers: int = default_workers()
+    device: str = "auto"
+
+
+@torch.no_grad()
+def multiscale_cam(model: torch.nn.Module, scaled: Sequence[torch.Tensor],
+                   labels: torch.Tensor, size: tuple[int, int], flip: bool = True) -> torch.Tensor:
+    """Sum over scales (and flips) of the CAMs upsampled to `size`, absent classes zeroed,
+    each class map then divided by (its max + 1e-5). scaled: (3, h_s, w_s) tensors;
+    labels: (20,). Returns (20, H, W) float32."""
+    total = None
+    for x in scaled:
+        batch = torch.stack([x, x.flip(-1)]) if flip else x[None]
+        cams = F.relu(model.cams(batch))
+        cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
+        if flip:
+            cams = cams[0] + cams[1].flip(-1)
+        else:
+            cams = cams[0]
+        total = cams if total is None else total + cams
+    total = total * labels.to(total)[:, None, None]
+    peak = total.flatten(1).max(dim=1).values[:, None, None]
+    return (total / (peak + 1e-5)).float()
+
+
+def cam_prediction(cams: np.ndarray, bg_threshold: float = 0.2) -> np.ndarray:
+    """(H, W) uint8 argmax over [bg_threshold, M_1..M_20]; cams (20, H, W)."""
+    bg = np.full((1,) + cams.shape[1:], bg_threshold, np.float32)
+    return np.argmax(np.concatenate([bg, cams]), axis=0).astype(np.uint8)
+
+
+def make_cam(voc_root: str | os.PathLike, ids: Sequence[str], cam_net_dir: str | os.PathLike,
+             out_dir: str | os.PathLike, config: MakeCamConfig | None = None,
+             progress: bool = True, overwrite: bool = False) -> Path:
+    """Write OUT_DIR/cam/<id>.npy and OUT_DIR/cam_pred/<id>.png; existing ones are kept."""
+    cfg = config or MakeCamConfig()
+    device = resolve_device(cfg.device)
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
+    out_dir = Path(out_dir)
+    cam_dir, pred_dir = out_dir / "cam", out_dir / "cam_pred"
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    model = load_cam_net(cam_net_dir, cfg.backbone, device)
+    record_config(out_dir, "make-cam", cfg)
+    todo = pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite)
+    labels = image_labels(voc, todo)
+    loader = DataLoader(MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.max_side), batch_size=None,
+                        num_workers=cfg.num_workers if len(todo) > 1 else 0)
+    bar = tqdm(loader, total=len(ids), initial=len(ids) - len(todo), desc="make-cam",
+               disable=not progress)
+    for image_id, scaled, label, size in bar:
+        scaled = [x.to(device) for x in scaled]
+        cams = multiscale_cam(model, scaled, label, tuple(size), cfg.flip).cpu().numpy()
+        present = np.nonzero(label.numpy() > 1e-5)[0]
+        save_score_dict(cam_dir / f"{image_id}.npy", {int(c): cams[c] for c in present})
+        save_label_png(pred_dir / f"{image_id}.png", cam_prediction(cams, cfg.bg_threshold))
+    return out_dir

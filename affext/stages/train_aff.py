@@ -1,0 +1,106 @@
+"""Stage `train-aff`: AffinityNet from the la / ha labels (method.md sections 2-4)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..data.datasets import AffTrainDataset
+from ..data.voc import VOCDataset
+from .common import default_workers, record_config, resolve_device, seed_everything
+from .training import fit, load_checkpoint, save_checkpoint
+
+AFF_NET_FILE = "aff_net.pt"
+
+
+@dataclass
+class TrainAffConfig:
+    """psa train_aff defaults (README command: lr 0.1, batch 8, 8 epochs, crop 448)."""
+    backbone: str = "resnet38"
+    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    crop_size: int = 448
+    radius: int = 5
+    region: str = "psa"
+    jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    max_side: int | None = None   # working size: long side at most this (None: as is)
+    num_workers: int = default_workers()
+    seed: int = 0
+    device: str = "auto"
+
+
+def build_aff_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
+    from ..models import AffinityNet, build_backbone
+
+    return AffinityNet(build_backbone(backbone, weights))
+
+
+def load_aff_net(out_dir: str | os.PathLike, backbone: str,
+                 device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The trained AffinityNet from OUT_DIR/aff_net.pt (refuses another backbone's)."""
+    state = load_checkpoint(Path(out_dir) / AFF_NET_FILE, backbone, "train-aff")
+    model = build_aff_net(backbone)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def _aff_step(radius: int, region: str):
+    from .. import pair_loss
+
+    def step(model, batch):
+        image, labels = batch
+        aff = model.affinity(image, radius)
+        if aff.shape[-2:] != labels.shape[-2:]:
+            raise ValueError(f"AffinityNet gives a {tuple(aff.shape[-2:])} map for a "
+                             f"{tuple(image.shape[-2:])} crop but the labels are "
+                             f"{tuple(labels.shape[-2:])}: the backbone's stride must be 8")
+        out = pair_loss(aff, labels, radius=radius, region=region)
+        return out.loss, {"loss": out.loss.item(), "bg_loss": out.bg_loss.item(),
+                          "fg_loss": out.fg_loss.item(), "neg_loss": out.neg_loss.item(),
+                          "bg_count": float(out.bg_count), "fg_count": float(out.fg_count),
+                          "neg_count": float(out.neg_count)}
+    return step
+
+
+def train_aff(voc_root: str | os.PathLike, ids: Sequence[str],
+              aff_label_dir: str | os.PathLike, out_dir: str | os.PathLike,
+              config: TrainAffConfig | None = None, progress: bool = True) -> Path:
+    """Train AffinityNet on `ids` with AFF_LABEL_DIR/{la,ha}/<id>.npy; writes
+    OUT_DIR/aff_net.pt and returns its path. Resumes per epoch; a no-op once finished."""
+    cfg = config or TrainAffConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / AFF_NET_FILE
+    if final.is_file():
+        load_checkpoint(final, cfg.backbone, "train-aff")
+        return final
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    voc = VOCDataset(voc_root, label_source="mask")  # image-level labels are not used here
+    voc.check_ids(ids)
+    aff_label_dir = Path(aff_label_dir)
+    missing = [i for i in ids if not ((aff_label_dir / "la" / f"{i}.npy").is_file() and
+                                      (aff_label_dir / "ha" / f"{i}.npy").is_file())]
+    if missing:
+        raise FileNotFoundError(f"missing affinity labels for {len(missing)} image(s) in "
+                                f"{str(aff_label_dir)!r}, e.g. {missing[:3]}: run "
+                                "make-aff-labels first")
+    record_config(out_dir, "train-aff", cfg, {"images": len(ids)})
+    dataset = AffTrainDataset(voc, ids, aff_label_dir / "la", aff_label_dir / "ha",
+                              cfg.crop_size, cfg.jitter, seed=cfg.seed, max_side=cfg.max_side)
+    model = build_aff_net(cfg.backbone, cfg.weights)
+    fit(model, dataset, _aff_step(cfg.radius, cfg.region), name="train-aff", out_dir=out_dir,
+        backbone=cfg.backbone, epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)),
+        lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+        poly_power=cfg.poly_power, num_workers=cfg.num_workers, seed=cfg.seed, device=device,
+        progress=progress)
+    save_checkpoint(final, model, cfg.backbone)
+    return final

@@ -1,0 +1,98 @@
+"""Stage `train-cam`: the classification network that gives CAMs (method.md section 1)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.datasets import ClsTrainDataset
+from ..data.voc import VOCDataset
+from .common import default_workers, record_config, resolve_device, seed_everything
+from .training import fit, load_checkpoint, save_checkpoint
+
+CAM_NET_FILE = "cam_net.pt"
+
+
+@dataclass
+class TrainCamConfig:
+    """psa train_cls defaults (README command: lr 0.1, batch 16, 15 epochs, crop 448)."""
+    backbone: str = "resnet38"
+    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    crop_size: int = 448
+    resize_long: tuple[int, int] = (256, 512)
+    jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    max_side: int | None = None   # working size: long side at most this (None: as is)
+    label_source: str = "auto"
+    cls_labels: str | None = None
+    num_workers: int = default_workers()
+    seed: int = 0
+    device: str = "auto"
+
+
+def build_cam_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
+    from ..models import CAMNet, build_backbone
+
+    return CAMNet(build_backbone(backbone, weights))
+
+
+def load_cam_net(out_dir: str | os.PathLike, backbone: str,
+                 device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The trained classifier from OUT_DIR/cam_net.pt (refuses another backbone's)."""
+    state = load_checkpoint(Path(out_dir) / CAM_NET_FILE, backbone, "train-cam")
+    model = build_cam_net(backbone)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:
+    """(N, 20) image-level labels of ids (raises for an id with no image)."""
+    voc.check_ids(ids)
+    return np.stack([voc.image_labels(i) for i in ids]) if ids else np.zeros((0, 20), np.float32)
+
+
+def _cls_step(model, batch):
+    from ..models import classification_loss
+
+    image, labels = batch
+    loss = classification_loss(model(image), labels)
+    return loss, {"loss": loss.item()}
+
+
+def train_cam(voc_root: str | os.PathLike, ids: Sequence[str], out_dir: str | os.PathLike,
+              config: TrainCamConfig | None = None, progress: bool = True) -> Path:
+    """Train the classifier on `ids`; writes OUT_DIR/cam_net.pt and returns its path.
+
+    Resumes from the last finished epoch; does nothing when cam_net.pt is already there.
+    """
+    cfg = config or TrainCamConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / CAM_NET_FILE
+    if final.is_file():
+        load_checkpoint(final, cfg.backbone, "train-cam")  # a clear error for another backbone
+        return final
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
+    labels = image_labels(voc, ids)
+    record_config(out_dir, "train-cam", cfg, {"images": len(ids),
+                                               "label_source": voc.label_source})
+    dataset = ClsTrainDataset(voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter,
+                              cfg.seed, cfg.max_side)
+    model = build_cam_net(cfg.backbone, cfg.weights)
+    fit(model, dataset, _cls_step, name="train-cam", out_dir=out_dir, backbone=cfg.backbone,
+        epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)), lr=cfg.lr,
+        weight_decay=cfg.weight_decay, momentum=cfg.momentum, poly_power=cfg.poly_power,
+        num_workers=cfg.num_workers, seed=cfg.seed, device=device, progress=progress)
+    save_checkpoint(final, model, cfg.backbone)
+    return final

@@ -1,0 +1,115 @@
+"""The training loop shared by train-cam and train-aff (method.md section 4's optimiser):
+SGD with momentum, psa's four parameter groups, poly learning rate, a checkpoint per epoch."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .common import atomic_save, atomic_write_json
+
+
+def poly_lr_factor(step: int, max_step: int, power: float = 0.9) -> float:
+    """psa PolyOptimizer: (1 - step / max_step) ** power."""
+    return (1.0 - step / max_step) ** power if step < max_step else 0.0
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   momentum: float) -> torch.optim.SGD:
+    """SGD over psa's groups: pretrained weights (lr, decay), pretrained biases (2 lr, no
+    decay), new weights (10 lr, decay), new biases (20 lr, no decay)."""
+    groups = model.param_groups(lr=lr, weight_decay=weight_decay)
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, backbone: str, **extra) -> None:
+    state = {"backbone": backbone, "model": model.state_dict(), **extra}
+    atomic_save(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike, backbone: str, what: str,
+                    map_location="cpu") -> dict:
+    """Load a checkpoint, refusing one made with another backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} checkpoint at {str(path)!r}: train it first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"cannot read {what} checkpoint {str(path)!r}: {exc}") from exc
+    found = state.get("backbone") if isinstance(state, dict) else None
+    if found != backbone:
+        raise ValueError(f"{what} checkpoint {str(path)!r} was trained with backbone "
+                         f"{found!r}, not {backbone!r}: pass --backbone {found} or retrain "
+                         "in a fresh work directory")
+    return state
+
+
+def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: str,
+        out_dir: Path, backbone: str, epochs: int, batch_size: int, lr: float,
+        weight_decay: float, momentum: float, poly_power: float, num_workers: int,
+        seed: int, device: torch.device, progress: bool = True) -> list[dict]:
+    """Train `model` for `epochs`, resuming from OUT_DIR/<name>.checkpoint.pt if present.
+
+    step_loss(model, batch) -> (loss tensor, {name: float} for the log). Returns the per-epoch
+    log (also written to OUT_DIR/<name>.log.json).
+    """
+    steps_per_epoch = len(dataset) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{name}: {len(dataset)} training images are fewer than one batch of "
+                         f"{batch_size}; lower --batch-size")
+    max_step = steps_per_epoch * epochs
+    model.to(device)
+    optimizer = make_optimizer(model, lr, weight_decay, momentum)
+    ckpt_path = out_dir / f"{name}.checkpoint.pt"
+    start_epoch, log = 0, []
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, backbone, name, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, log = state["epoch"], state["log"]
+    for epoch in range(start_epoch, epochs):
+        dataset.set_epoch(epoch)
+        # dropout and friends draw from torch's global generator: seed it per epoch so a
+        # resumed run trains exactly as an uninterrupted one
+        torch.manual_seed(seed * 1000003 + epoch)
+        gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                            num_workers=num_workers, generator=gen,
+                            pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress,
+                   leave=False)
+        for i, batch in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            factor = poly_lr_factor(step, max_step, poly_power)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            batch = [b.to(device, non_blocking=True) for b in batch]
+            loss, parts = step_loss(model, batch)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"{name}: the loss became {loss.item()} at epoch "
+                                         f"{epoch + 1} step {i}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        save_checkpoint(ckpt_path, model, backbone, optimizer=optimizer.state_dict(),
+                        epoch=epoch + 1, log=log)
+        if progress:
+            tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: " +
+                       " ".join(f"{k} {v:.4f}" for k, v in log[-1].items() if k != "epoch"))
+    atomic_write_json(out_dir / f"{name}.log.json", log)
+    return log

@@ -5,10 +5,12 @@ import os
 from collections.abc import Callable
 
 from .base import Backbone, StateDict, read_state_dict
+from .resnet50 import ResNet50
 from .tiny import TinyBackbone
 
 BACKBONES: dict[str, Callable[[], Backbone]] = {
     "tiny": TinyBackbone,
+    "resnet50": ResNet50,
 }
 
 

@@ -16,7 +16,7 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class TinyBackbone(Backbone):
-    """Eight 3x3 conv-BN-ReLU layers, output stride 8, about 0.3 M parameters.
+    """Eight 3x3 conv-BN-ReLU layers, output stride 8, about 0.4 M parameters.
 
     Three stride-2 layers bring a 96x96 image to 12x12. No dilation: the receptive field
     stays near 90 px, so on ~96 px images a stride-8 cell cannot see the whole image and the

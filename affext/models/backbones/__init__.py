@@ -5,12 +5,14 @@ import os
 from collections.abc import Callable
 
 from .base import Backbone, StateDict, read_state_dict
+from .resnet38 import ResNet38
 from .resnet50 import ResNet50
 from .tiny import TinyBackbone
 
 BACKBONES: dict[str, Callable[[], Backbone]] = {
     "tiny": TinyBackbone,
     "resnet50": ResNet50,
+    "resnet38": ResNet38,
 }
 
 

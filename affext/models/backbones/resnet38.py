@@ -99,6 +99,7 @@ class ResNet38(Backbone):
 
     name = "resnet38"
     feature_channels = (512, 1024, 4096)
+    signature_key = "conv1a.weight"
     ignored_weight_prefixes = ("fc8.",)
 
     def __init__(self) -> None:

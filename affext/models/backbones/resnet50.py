@@ -46,6 +46,7 @@ class ResNet50(Backbone):
 
     name = "resnet50"
     feature_channels = (512, 1024, 2048)
+    signature_key = "layer1.0.conv1.weight"
     ignored_weight_prefixes = ("fc.",)
 
     def __init__(self) -> None:

@@ -31,6 +31,7 @@ class TinyBackbone(Backbone):
 
     name = "tiny"
     feature_channels = (64, 96, 128)
+    signature_key = "stage1.0.weight"
 
     def __init__(self) -> None:
         super().__init__()

@@ -2,14 +2,30 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Mapping
+
+import torch
 
 from .base import Backbone, StateDict, read_state_dict
+from .resnet38 import ResNet38
+from .resnet50 import ResNet50
 from .tiny import TinyBackbone
 
-BACKBONES: dict[str, Callable[[], Backbone]] = {
+BACKBONES: dict[str, type[Backbone]] = {
     "tiny": TinyBackbone,
+    "resnet50": ResNet50,
+    "resnet38": ResNet38,
 }
+
+
+def detect_backbone(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The registry name of the backbone whose parameters a state dict holds, or None.
+
+    Keys may carry a network's "backbone." prefix.
+    """
+    keys = {k.removeprefix("backbone.") for k in state}
+    found = [name for name, cls in BACKBONES.items() if cls.signature_key in keys]
+    return found[0] if len(found) == 1 else None
 
 
 def build_backbone(name: str, weights: str | os.PathLike | StateDict | None = None, *,
@@ -36,4 +52,4 @@ def build_backbone(name: str, weights: str | os.PathLike | StateDict | None = No
     return backbone
 
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "read_state_dict"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "detect_backbone", "read_state_dict"]

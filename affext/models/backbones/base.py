@@ -38,6 +38,8 @@ class Backbone(nn.Module):
     feature_channels: tuple[int, int, int] = (0, 0, 0)
     # Keys of a pretrained file that belong to a classifier head, not the backbone.
     ignored_weight_prefixes: tuple[str, ...] = ()
+    # A parameter name only this backbone has; tells which backbone a state dict holds.
+    signature_key: str = ""
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,12 +86,17 @@ class Backbone(nn.Module):
         must match this backbone exactly. Raises ValueError naming the missing and
         unexpected keys otherwise.
         """
+        from . import detect_backbone  # the registry imports this module
+
         state = read_state_dict(weights)
-        source = weights if isinstance(weights, (str, os.PathLike)) else "the state dict"
+        source = (f"weights file {os.fspath(weights)}" if isinstance(weights, (str, os.PathLike))
+                  else "the weights state dict")
+        found = detect_backbone(state)
+        if found is not None and found != self.name:
+            raise ValueError(f"{source} holds a {found!r} backbone, not {self.name!r}")
         state = {k: v for k, v in state.items()
                  if not k.startswith(self.ignored_weight_prefixes)}
-        load_strict(self, state, what=f"pretrained weights {source}",
-                    target=f"backbone {self.name!r}")
+        load_strict(self, state, what=source, target=f"backbone {self.name!r}")
         self.pretrained = True
         return self
 
@@ -149,7 +156,7 @@ def load_strict(module: nn.Module, state: StateDict, what: str, target: str) -> 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        parts = [f"{what} do not match {target}."]
+        parts = [f"{what} does not match {target}."]
         if missing:
             parts.append(f"Missing keys: {_describe(missing)}.")
         if unexpected:
@@ -158,5 +165,5 @@ def load_strict(module: nn.Module, state: StateDict, what: str, target: str) -> 
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
              for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
-        raise ValueError(f"{what} do not match {target}: shape mismatch in {_describe(wrong)}.")
+        raise ValueError(f"{what} does not match {target}: shape mismatch in {_describe(wrong)}.")
     module.load_state_dict(state, strict=True)

@@ -1,0 +1,185 @@
+"""Saving and loading networks: affext checkpoints and psa's plain state dicts.
+
+An affext checkpoint (`save_checkpoint`) is a dict {"affext_checkpoint": 1, "network":
+"cam" | "aff", "backbone": name, "num_classes": int (CAM only), "state_dict": ..., "meta":
+{...}}, read back with torch.load(weights_only=True). Inside it, backbone parameters are named
+"backbone.<name>" and the network's own layers keep psa's names (fc8; f8_3, f8_4, f8_5, f9).
+
+psa saved bare state dicts of its whole networks (res38_cls.pth, res38_aff.pth) in which the
+backbone's names sit at the top level (conv1a, b2, ..., bn7) beside the head's. We call that
+the "psa layout"; `load_psa_checkpoint` and `psa_state_dict` convert between the two.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .affinity_net import AffinityNet
+from .backbones import BACKBONES, build_backbone, detect_backbone
+from .backbones.base import StateDict, _describe, load_strict, read_state_dict
+from .base import Network
+from .cam import CAMNet
+
+FORMAT_VERSION = 1
+_NETWORKS = {"cam": CAMNet, "aff": AffinityNet}
+_NETWORK_NAMES = {"cam": "a CAM network (CAMNet)", "aff": "an AffinityNet"}
+_HEAD_SIGNATURES = {"cam": "fc8.weight", "aff": "f9.weight"}
+_PREFIX = "backbone."
+
+
+def _head_names(model: Network) -> set[str]:
+    return {name for name, _ in model.named_children() if name != "backbone"}
+
+
+def psa_state_dict(model: Network) -> dict[str, torch.Tensor]:
+    """model's state dict in psa's layout: backbone keys without the "backbone." prefix.
+
+    For a resnet38 CAMNet (AffinityNet) this is exactly the key set of psa's res38_cls.pth
+    (res38_aff.pth), plus BatchNorm's num_batches_tracked counters.
+    """
+    return {k.removeprefix(_PREFIX): v for k, v in model.state_dict().items()}
+
+
+def _to_affext_layout(model: Network, state: Mapping[str, torch.Tensor]) -> dict:
+    """psa's layout -> model.state_dict()'s: every key not of a head layer is the backbone's."""
+    heads = _head_names(model)
+    return {(k if k.split(".", 1)[0] in heads else _PREFIX + k): v for k, v in state.items()}
+
+
+def _detect_network(state: Mapping[str, torch.Tensor]) -> str | None:
+    found = [kind for kind, key in _HEAD_SIGNATURES.items() if key in state]
+    return found[0] if len(found) == 1 else None
+
+
+def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) -> Network:
+    """Load a bare state dict of a whole network strictly, e.g. psa's res38_cls.pth.
+
+    Accepts psa's layout (backbone keys at the top level) or affext's ("backbone."
+    prefixed), a file or a mapping, with or without DataParallel's "module." prefix and
+    BatchNorm's num_batches_tracked counters. psa's res38_cls.pth loads into
+    CAMNet(build_backbone("resnet38")), res38_aff.pth into AffinityNet(build_backbone(
+    "resnet38")). Raises ValueError when the backbone or the network differs, naming both,
+    or listing the missing and unexpected keys (in psa's layout).
+    """
+    if not isinstance(model, Network):
+        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+    source = (f"checkpoint {os.fspath(weights)}" if isinstance(weights, (str, os.PathLike))
+              else "the state dict")
+    state = read_state_dict(weights)
+    name = model.backbone.name
+    found = detect_backbone(state)
+    if found is not None and found != name:
+        raise ValueError(f"{source} holds a {found!r} backbone, but the model's backbone is "
+                         f"{name!r}: build it with build_backbone({found!r})")
+    flat = {k.removeprefix(_PREFIX): v for k, v in state.items()}
+    kind = _detect_network(flat)
+    if kind is not None and kind != model.kind:
+        raise ValueError(f"{source} holds {_NETWORK_NAMES[kind]}, not "
+                         f"{_NETWORK_NAMES[model.kind]}: load it into {_NETWORKS[kind].__name__}")
+    expected = psa_state_dict(model)
+    missing = [k for k in expected if k not in flat and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in flat if k not in expected]
+    if missing or unexpected:
+        parts = [f"{source} does not match {type(model).__name__} with backbone {name!r}."]
+        if missing:
+            parts.append(f"Missing keys: {_describe(missing)}.")
+        if unexpected:
+            parts.append(f"Unexpected keys: {_describe(unexpected)}.")
+        raise ValueError(" ".join(parts))
+    load_strict(model, _to_affext_layout(model, flat), what=source,
+                target=f"{type(model).__name__} with backbone {name!r}")
+    return model
+
+
+def save_checkpoint(model: Network, path: str | os.PathLike, **meta: Any) -> None:
+    """Save model with its network kind and backbone name recorded.
+
+    meta: extra plain values (numbers, strings, lists, dicts of them) kept under "meta",
+    e.g. epoch or training settings; they must survive torch.load(weights_only=True).
+    """
+    if not isinstance(model, Network):
+        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+    ckpt = {"affext_checkpoint": FORMAT_VERSION, "network": model.kind,
+            "backbone": model.backbone.name, "state_dict": model.state_dict(), "meta": meta}
+    if isinstance(model, CAMNet):
+        ckpt["num_classes"] = model.num_classes
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(ckpt, path)
+
+
+def read_checkpoint(path: str | os.PathLike | Mapping) -> dict:
+    """An affext checkpoint as a dict, or a bare state dict (psa's) described the same way.
+
+    For a bare state dict, "network", "backbone" and "num_classes" are inferred from its keys
+    (None where they cannot be) and "affext_checkpoint" is 0.
+    """
+    if isinstance(path, Mapping):
+        obj = path
+    else:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    if isinstance(obj, Mapping) and "affext_checkpoint" in obj:
+        return dict(obj)
+    state = read_state_dict(obj)
+    flat = {k.removeprefix(_PREFIX): v for k, v in state.items()}
+    kind = _detect_network(flat)
+    return {"affext_checkpoint": 0, "network": kind, "backbone": detect_backbone(state),
+            "num_classes": flat["fc8.weight"].shape[0] if kind == "cam" else None,
+            "state_dict": state, "meta": {}}
+
+
+def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
+    """Load a checkpoint into model strictly; returns its "meta" dict.
+
+    Takes an affext checkpoint (`save_checkpoint`) or a bare state dict such as psa's
+    res38_cls.pth (then as `load_psa_checkpoint`). Raises ValueError when the checkpoint was
+    trained with another backbone ("checkpoint ... was trained with backbone X, not Y") or
+    holds the other network.
+    """
+    if not isinstance(model, Network):
+        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+    source = (f"checkpoint {os.fspath(path)}" if isinstance(path, (str, os.PathLike))
+              else "the checkpoint")
+    ckpt = read_checkpoint(path)
+    if not ckpt["affext_checkpoint"]:
+        load_psa_checkpoint(model, ckpt["state_dict"])
+        return {}
+    if ckpt["backbone"] != model.backbone.name:
+        raise ValueError(f"{source} was trained with backbone {ckpt['backbone']!r}, not "
+                         f"{model.backbone.name!r}: build the network with "
+                         f"build_backbone({ckpt['backbone']!r})")
+    if ckpt["network"] != model.kind:
+        raise ValueError(f"{source} holds {_NETWORK_NAMES.get(ckpt['network'], ckpt['network'])}"
+                         f", not {_NETWORK_NAMES[model.kind]}")
+    load_strict(model, ckpt["state_dict"], what=source,
+                target=f"{type(model).__name__} with backbone {model.backbone.name!r}")
+    return dict(ckpt.get("meta") or {})
+
+
+def build_from_checkpoint(path: str | os.PathLike | Mapping) -> Network:
+    """A CAMNet or AffinityNet built for the checkpoint (its backbone, its classes) and loaded.
+
+    Works for affext checkpoints and for psa's bare state dicts. The network is returned in
+    eval mode, its backbone not marked pretrained and not frozen.
+    """
+    ckpt = read_checkpoint(path)
+    kind, name = ckpt["network"], ckpt["backbone"]
+    if kind not in _NETWORKS:
+        raise ValueError("cannot tell whether the checkpoint holds a CAM network (fc8) or an "
+                         "AffinityNet (f8_3..f9); build the network and use load_checkpoint")
+    if name not in BACKBONES:
+        raise ValueError(f"cannot tell the checkpoint's backbone (got {name!r}); build the "
+                         f"network with one of {sorted(BACKBONES)} and use load_checkpoint")
+    backbone = build_backbone(name)
+    model = CAMNet(backbone, ckpt["num_classes"]) if kind == "cam" else AffinityNet(backbone)
+    load_checkpoint(model, ckpt if ckpt["affext_checkpoint"] else ckpt["state_dict"])
+    return model.eval()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import (colour_jitter, limit_size, normalize, random_crop, random_resize_long,
+from .transforms import (colour_jitter, to_long_side, normalize, random_crop, random_resize_long,
                          resize_maps)
 from .voc import VOCDataset
 
@@ -36,18 +36,18 @@ class ClsTrainDataset(_Epoched):
 
     def __init__(self, voc: VOCDataset, ids: Sequence[str], labels: np.ndarray,
                  resize_long: tuple[int, int], crop_size: int, jitter: tuple[float, ...],
-                 seed: int = 0, max_side: int | None = None):
+                 seed: int = 0, long_side: int | None = None):
         self.voc, self.ids, self.labels = voc, list(ids), np.asarray(labels, np.float32)
         self.resize_long, self.crop_size, self.jitter, self.seed = (
             resize_long, crop_size, jitter, seed)
-        self.max_side = max_side
+        self.long_side = long_side
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
         rng = self._rng(index)
-        image = limit_size(self.voc.load_pil(self.ids[index]), self.max_side)
+        image = to_long_side(self.voc.load_pil(self.ids[index]), self.long_side)
         image = random_resize_long(image, *self.resize_long, rng)
         if rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
@@ -57,13 +57,13 @@ class ClsTrainDataset(_Epoched):
 
 
 class MultiScaleDataset(Dataset):
-    """CAM inference (psa infer_cls): the image (at most max_side) at each scale (bicubic),
+    """CAM inference (psa infer_cls): the image (long side resized to long_side) at each scale (bicubic),
     normalised. Items: (id, [(3, h_s, w_s) float32 per scale], labels (20,), original (H, W))."""
 
     def __init__(self, voc: VOCDataset, ids: Sequence[str], labels: np.ndarray,
-                 scales: Sequence[float], max_side: int | None = None):
+                 scales: Sequence[float], long_side: int | None = None):
         self.voc, self.ids, self.labels, self.scales = voc, list(ids), labels, tuple(scales)
-        self.max_side = max_side
+        self.long_side = long_side
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,7 +71,7 @@ class MultiScaleDataset(Dataset):
     def __getitem__(self, index: int):
         image = self.voc.load_pil(self.ids[index])
         original = image.size[::-1]
-        image = limit_size(image, self.max_side)
+        image = to_long_side(image, self.long_side)
         w, h = image.size
         scaled = []
         for s in self.scales:
@@ -137,13 +137,13 @@ class AffTrainDataset(_Epoched):
 
     def __init__(self, voc: VOCDataset, ids: Sequence[str], la_dir: str | os.PathLike,
                  ha_dir: str | os.PathLike, crop_size: int, jitter: tuple[float, ...],
-                 stride: int = 8, seed: int = 0, max_side: int | None = None):
+                 stride: int = 8, seed: int = 0, long_side: int | None = None):
         if crop_size % stride:
             raise ValueError(f"crop_size {crop_size} must be a multiple of the stride {stride}")
         self.voc, self.ids = voc, list(ids)
         self.la_dir, self.ha_dir = Path(la_dir), Path(ha_dir)
         self.crop_size, self.jitter, self.stride, self.seed = crop_size, jitter, stride, seed
-        self.max_side = max_side
+        self.long_side = long_side
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -157,7 +157,7 @@ class AffTrainDataset(_Epoched):
         if la.shape[1:] != image.size[::-1] or ha.shape[1:] != image.size[::-1]:
             raise ValueError(f"affinity-label scores of {image_id!r} are {la.shape[1:]} but the "
                              f"image is {image.size[::-1]}: they come from another dataset")
-        image = limit_size(image, self.max_side)
+        image = to_long_side(image, self.long_side)
         la, ha = (resize_maps(a, image.size[::-1]) for a in (la, ha))
         x = normalize(np.asarray(colour_jitter(image, rng, *self.jitter)))
         x, la, ha = random_crop([x, la, ha], self.crop_size, rng)

@@ -15,22 +15,25 @@ def normalize(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def limit_size(image: Image.Image, max_side: int | None) -> Image.Image:
-    """Downscale (bicubic) so the long side is at most max_side; None or a smaller image: as is.
+def to_long_side(image: Image.Image, long_side: int | None) -> Image.Image:
+    """Resize (bicubic, up or down) so the long side is long_side; None: as is.
 
     The working size of the small presets: every stage sees the image at this size, and
-    per-pixel outputs are brought back to the original size.
+    per-pixel outputs are brought back to the original size. Small images are enlarged so
+    that a stride-8 network still has enough cells per object.
     """
-    size = limited_size(image.size, max_side)
+    size = long_side_size(image.size, long_side)
     return image if size == image.size else image.resize(size, Image.BICUBIC)
 
 
-def limited_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """The (w, h) limit_size gives an image of size (w, h)."""
+def long_side_size(size: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """The (w, h) to_long_side gives an image of size (w, h)."""
     w, h = size
-    if not max_side or max(w, h) <= max_side:
+    if not long_side or max(w, h) == long_side:
         return w, h
-    s = max_side / max(w, h)
+    if long_side < 1:
+        raise ValueError(f"long_side must be positive, got {long_side}")
+    s = long_side / max(w, h)
     return max(1, int(round(w * s))), max(1, int(round(h * s)))
 
 

@@ -30,7 +30,7 @@ class MakeCamConfig:
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
     bg_threshold: float = 0.2   # constant background score of the CAM-only prediction
-    max_side: int | None = None   # working size: long side at most this (None: as is)
+    long_side: int | None = None  # working size: long side resized to this (None: as is)
     label_source: str = "auto"
     cls_labels: str | None = None
     num_workers: int = default_workers()
@@ -79,7 +79,7 @@ def make_cam(voc_root: str | os.PathLike, ids: Sequence[str], cam_net_dir: str |
     record_config(out_dir, "make-cam", cfg)
     todo = pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite)
     labels = image_labels(voc, todo)
-    loader = DataLoader(MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.max_side), batch_size=None,
+    loader = DataLoader(MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side), batch_size=None,
                         num_workers=cfg.num_workers if len(todo) > 1 else 0)
     bar = tqdm(loader, total=len(ids), initial=len(ids) - len(todo), desc="make-cam",
                disable=not progress)

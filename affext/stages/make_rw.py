@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.transforms import limit_size, limited_size, normalize, resize_maps
+from ..data.transforms import to_long_side, long_side_size, normalize, resize_maps
 from ..data.voc import VOCDataset, save_label_png
 from .common import (background_score, cam_stack, default_workers, load_score_dict, pending,
                      record_config, resolve_device)
@@ -40,7 +40,7 @@ class MakeRwConfig:
     batch_size: int = 8
     crf: CRFConfig = field(default_factory=CRFConfig)
     write_crf: bool = True
-    max_side: int | None = None   # working size: long side at most this (None: as is)
+    long_side: int | None = None  # working size: long side resized to this (None: as is)
     num_workers: int = default_workers()
     device: str = "auto"
 
@@ -54,9 +54,9 @@ class _RwDataset(Dataset):
     present classes, original RGB (H, W, 3))."""
 
     def __init__(self, voc: VOCDataset, ids: Sequence[str], cam_dir: Path, alpha: float,
-                 max_side: int | None = None):
+                 long_side: int | None = None):
         self.voc, self.ids, self.cam_dir, self.alpha = voc, list(ids), cam_dir, alpha
-        self.max_side = max_side
+        self.long_side = long_side
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -70,7 +70,7 @@ class _RwDataset(Dataset):
             if np.shape(v) != rgb.shape[:2]:
                 raise ValueError(f"CAM of {image_id!r} class {k} is {np.shape(v)} but the image "
                                  f"is {rgb.shape[:2]}: the CAMs come from another dataset")
-        work = np.asarray(limit_size(pil, self.max_side))
+        work = np.asarray(to_long_side(pil, self.long_side))
         h, w = work.shape[:2]
         fg = resize_maps(cam_stack(cam, rgb.shape[:2]), (h, w))
         # method.md section 5: [M_bg (alpha); M_1..M_20], zero-padded, pooled by 8
@@ -91,12 +91,12 @@ def _collate(items):
 
 
 def _size_batches(voc: VOCDataset, ids: Sequence[str], batch_size: int,
-                  max_side: int | None) -> list[list[int]]:
+                  long_side: int | None) -> list[list[int]]:
     """Index batches of images with the same padded working size (from the file headers)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for n, image_id in enumerate(ids):
         with Image.open(voc.image_path(image_id)) as im:
-            w, h = limited_size(im.size, max_side)
+            w, h = long_side_size(im.size, long_side)
         groups.setdefault((padded(h), padded(w)), []).append(n)
     batches = []
     for members in groups.values():
@@ -139,9 +139,9 @@ def make_rw(voc_root: str | os.PathLike, ids: Sequence[str], cam_dir: str | os.P
     model = load_aff_net(aff_net_dir, cfg.backbone, device)
     record_config(out_dir, "make-rw", cfg)
     todo = pending(ids, outputs, overwrite)
-    dataset = _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.max_side)
+    dataset = _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.long_side)
     loader = DataLoader(dataset,
-                        batch_sampler=_size_batches(voc, todo, cfg.batch_size, cfg.max_side),
+                        batch_sampler=_size_batches(voc, todo, cfg.batch_size, cfg.long_side),
                         collate_fn=_collate,
                         num_workers=cfg.num_workers if len(todo) > 1 else 0)
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="make-rw",

@@ -35,10 +35,10 @@ from .train_cam import TrainCamConfig, train_cam
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "train_cam": {"epochs": 6, "batch_size": 16, "crop_size": 128,
-                      "resize_long": (80, 160), "max_side": 160},
-        "make_cam": {"max_side": 160},
-        "train_aff": {"epochs": 4, "batch_size": 8, "crop_size": 128, "max_side": 160},
-        "make_rw": {"max_side": 160},
+                      "resize_long": (80, 160), "long_side": 160},
+        "make_cam": {"long_side": 160},
+        "train_aff": {"epochs": 4, "batch_size": 8, "crop_size": 128, "long_side": 160},
+        "make_rw": {"long_side": 160},
     },
 }
 

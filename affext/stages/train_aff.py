@@ -26,12 +26,13 @@ class TrainAffConfig:
     lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9
+    optimizer: str = "sgd"        # "sgd" (psa) or "adam" (AdamW; presets training from scratch)
     poly_power: float = 0.9
     crop_size: int = 448
     radius: int = 5
     region: str = "psa"
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    max_side: int | None = None   # working size: long side at most this (None: as is)
+    long_side: int | None = None  # working size: long side resized to this (None: as is)
     num_workers: int = default_workers()
     seed: int = 0
     device: str = "auto"
@@ -95,12 +96,12 @@ def train_aff(voc_root: str | os.PathLike, ids: Sequence[str],
                                 "make-aff-labels first")
     record_config(out_dir, "train-aff", cfg, {"images": len(ids)})
     dataset = AffTrainDataset(voc, ids, aff_label_dir / "la", aff_label_dir / "ha",
-                              cfg.crop_size, cfg.jitter, seed=cfg.seed, max_side=cfg.max_side)
+                              cfg.crop_size, cfg.jitter, seed=cfg.seed, long_side=cfg.long_side)
     model = build_aff_net(cfg.backbone, cfg.weights)
     fit(model, dataset, _aff_step(cfg.radius, cfg.region), name="train-aff", out_dir=out_dir,
         backbone=cfg.backbone, epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)),
         lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
         poly_power=cfg.poly_power, num_workers=cfg.num_workers, seed=cfg.seed, device=device,
-        progress=progress)
+        progress=progress, optimizer=cfg.optimizer)
     save_checkpoint(final, model, cfg.backbone)
     return final

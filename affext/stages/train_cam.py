@@ -27,11 +27,13 @@ class TrainCamConfig:
     lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9
+    optimizer: str = "sgd"        # "sgd" (psa) or "adam" (AdamW; presets training from scratch)
+    dropout: float = 0.5          # psa's Dropout2d before the classifier
     poly_power: float = 0.9
     crop_size: int = 448
     resize_long: tuple[int, int] = (256, 512)
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    max_side: int | None = None   # working size: long side at most this (None: as is)
+    long_side: int | None = None  # working size: long side resized to this (None: as is)
     label_source: str = "auto"
     cls_labels: str | None = None
     num_workers: int = default_workers()
@@ -39,10 +41,11 @@ class TrainCamConfig:
     device: str = "auto"
 
 
-def build_cam_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
+def build_cam_net(backbone: str, weights: str | None = None,
+                  dropout: float = 0.5) -> torch.nn.Module:
     from ..models import CAMNet, build_backbone
 
-    return CAMNet(build_backbone(backbone, weights))
+    return CAMNet(build_backbone(backbone, weights), dropout=dropout)
 
 
 def load_cam_net(out_dir: str | os.PathLike, backbone: str,
@@ -88,11 +91,12 @@ def train_cam(voc_root: str | os.PathLike, ids: Sequence[str], out_dir: str | os
     record_config(out_dir, "train-cam", cfg, {"images": len(ids),
                                                "label_source": voc.label_source})
     dataset = ClsTrainDataset(voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter,
-                              cfg.seed, cfg.max_side)
-    model = build_cam_net(cfg.backbone, cfg.weights)
+                              cfg.seed, cfg.long_side)
+    model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout)
     fit(model, dataset, _cls_step, name="train-cam", out_dir=out_dir, backbone=cfg.backbone,
         epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)), lr=cfg.lr,
         weight_decay=cfg.weight_decay, momentum=cfg.momentum, poly_power=cfg.poly_power,
-        num_workers=cfg.num_workers, seed=cfg.seed, device=device, progress=progress)
+        num_workers=cfg.num_workers, seed=cfg.seed, device=device, progress=progress,
+        optimizer=cfg.optimizer)
     save_checkpoint(final, model, cfg.backbone)
     return final

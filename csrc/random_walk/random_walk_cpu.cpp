@@ -30,10 +30,13 @@
 namespace affext {
 namespace {
 
-// Channels sharing one load of the taps. 12 accumulators and a tap fit the 16 vector
-// registers of AVX2; blocks are sized to share out evenly over the threads (see walk).
-constexpr int kChanBlock = 12;
+// Channels sharing one load of the taps: a block of 6 on two rows is 12 accumulators, and
+// with two taps and a pixel it fills the 16 vector registers of AVX2. Blocks are sized to
+// share out evenly over the threads (see walk).
+constexpr int kChanBlock = 6;
 constexpr int kVecRegs = 16;
+// Blocks of at least this many channels step two rows at once (see step_run).
+constexpr int kTwoRowChannels = 4;
 
 // 32-byte vectors (one AVX register; two SSE registers in the baseline build), loaded from
 // any address.
@@ -43,12 +46,15 @@ struct Vec {
   static constexpr int lanes = 32 / sizeof(T);
 };
 
-// U vectors along x times CB channels per pass: an FMA has a latency of several cycles, so
-// a block of few channels needs more than one x vector in flight to keep the FMA units busy.
-// U is the most that fits the registers with one tap per x vector (the pixels are memory
-// operands of the FMAs).
+// R rows (1 or 2) times U vectors along x times CB channels per pass: an FMA has a latency
+// of several cycles, so a block of few channels needs more than one x vector in flight to
+// keep the FMA units busy. U is the most that fits the registers with a tap per row and x
+// vector, and a pixel.
+constexpr int rows_for(int channels) { return channels >= kTwoRowChannels ? 2 : 1; }
 constexpr int x_unroll(int channels) {
-  return (kVecRegs - 1) / (channels + 1) > 1 ? (kVecRegs - 1) / (channels + 1) : 1;
+  return (kVecRegs - 1) / (rows_for(channels) * (channels + 1)) > 1
+             ? (kVecRegs - 1) / (rows_for(channels) * (channels + 1))
+             : 1;
 }
 
 // Geometry of the padded buffers. Each row is covered by G x vectors starting at column xs
@@ -62,16 +68,19 @@ struct Layout {
   int64_t at(int64_t y, int64_t x) const { return row(y) - xs + x; }
 };
 
-// The taps of one image for runs of U x vectors: for each (row, run), the list of taps that
-// are non-zero in some lane of the run, each as its buffer shift and u * lanes weights (u = U,
-// or fewer in a row's last run).
+// The taps of one image for units of R rows and runs of U x vectors: for each (unit, run),
+// the list of taps that are non-zero in some lane of the run, each as its buffer shift from
+// the unit's first row and u * lanes weights (u = U, or fewer in a row's last run). With two
+// rows, the pixel vectors that both rows read are loaded once for both: the lists of a
+// (unit, run) are those taps (weights of row 0, then of row 1), then row 0's other taps,
+// then row 1's.
 template <typename scalar_t>
 struct TapRuns {
-  int U = 1;
-  int64_t runs = 0;                 // per row
-  std::vector<int64_t> first;       // (H * runs + 1) entry bounds
+  int R = 1, U = 1;
+  int64_t runs = 0;                 // per unit
+  std::vector<int64_t> first;       // 3 * units * runs + 1 entry bounds
+  std::vector<int64_t> w_first;     // units * runs, into w
   std::vector<int64_t> shift;       // per entry
-  std::vector<int64_t> w_first;     // per entry, into w
   std::vector<scalar_t> w;
 };
 
@@ -81,69 +90,96 @@ struct ChannelBlock {
   int n;
 };
 
-// Runs [run_begin, run_end) of one row, U x vectors of CB channels at a time.
-template <typename scalar_t, int CB, int U>
-__attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, int64_t run,
-                                                    int64_t y, const scalar_t* const* in,
-                                                    scalar_t* const* out, int64_t x0) {
+// One run of U x vectors of one unit of R rows, CB channels. With Pin, a pixel vector both
+// rows use is held in a register for their two FMAs: left alone, the compiler folds the load
+// into each FMA and loads it twice, which costs as much as the FMAs (the loads cross cache
+// lines at most shifts).
+template <typename scalar_t, int CB, int U, int R, bool Pin>
+__attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, int64_t index,
+                                                    const scalar_t* const* in,
+                                                    scalar_t* const* out, int64_t x0,
+                                                    int64_t Wp) {
   using vec = typename Vec<scalar_t>::type;
   constexpr int lanes = Vec<scalar_t>::lanes;
-  vec acc[U][CB];
-  for (int u = 0; u < U; ++u)
-    for (int c = 0; c < CB; ++c) acc[u][c] = vec{};
-  const int64_t e0 = t.first[y * t.runs + run], e1 = t.first[y * t.runs + run + 1];
-  const scalar_t* __restrict__ w_p = t.w.data() + (e0 < e1 ? t.w_first[e0] : 0);
+  vec acc[R][U][CB];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u)
+      for (int c = 0; c < CB; ++c) acc[r][u][c] = vec{};
+  const int64_t* bounds = t.first.data() + 3 * index;
+  const scalar_t* __restrict__ w_p = t.w.data() + t.w_first[index];
   const int64_t* __restrict__ shift = t.shift.data();
-  for (int64_t e = e0; e < e1; ++e, w_p += U * lanes) {
-    vec w[U];
-    for (int u = 0; u < U; ++u) w[u] = *reinterpret_cast<const vec*>(w_p + u * lanes);
-    const int64_t off = x0 + shift[e];
-    for (int c = 0; c < CB; ++c)
-      for (int u = 0; u < U; ++u)
-        acc[u][c] += w[u] * *reinterpret_cast<const vec*>(in[c] + off + u * lanes);
+  if constexpr (R == 2) {
+    for (int64_t e = bounds[0]; e < bounds[1]; ++e, w_p += 2 * U * lanes) {
+      vec w0[U], w1[U];
+      for (int u = 0; u < U; ++u) {
+        w0[u] = *reinterpret_cast<const vec*>(w_p + u * lanes);
+        w1[u] = *reinterpret_cast<const vec*>(w_p + (U + u) * lanes);
+      }
+      const int64_t off = x0 + shift[e];
+      for (int c = 0; c < CB; ++c)
+        for (int u = 0; u < U; ++u) {
+          vec v = *reinterpret_cast<const vec*>(in[c] + off + u * lanes);
+          if constexpr (Pin) __asm__("" : "+x"(v));
+          acc[0][u][c] += w0[u] * v;
+          acc[1][u][c] += w1[u] * v;
+        }
+    }
   }
-  for (int u = 0; u < U; ++u)
-    for (int c = 0; c < CB; ++c) *reinterpret_cast<vec*>(out[c] + x0 + u * lanes) = acc[u][c];
+  for (int r = 0; r < R; ++r) {
+    for (int64_t e = bounds[1 + r]; e < bounds[2 + r]; ++e, w_p += U * lanes) {
+      vec w[U];
+      for (int u = 0; u < U; ++u) w[u] = *reinterpret_cast<const vec*>(w_p + u * lanes);
+      const int64_t off = x0 + shift[e];
+      for (int c = 0; c < CB; ++c)
+        for (int u = 0; u < U; ++u)
+          acc[r][u][c] += w[u] * *reinterpret_cast<const vec*>(in[c] + off + u * lanes);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u)
+      for (int c = 0; c < CB; ++c)
+        *reinterpret_cast<vec*>(out[c] + r * Wp + x0 + u * lanes) = acc[r][u][c];
 }
 
-// The last run of a row may be shorter than U vectors.
-template <typename scalar_t, int CB, int U>
+// The last run of a unit may be shorter than U vectors.
+template <typename scalar_t, int CB, int U, int R, bool Pin>
 __attribute__((always_inline)) inline void step_short_run(const TapRuns<scalar_t>& t,
-                                                          int64_t run, int64_t y,
+                                                          int64_t index,
                                                           const scalar_t* const* in,
                                                           scalar_t* const* out, int64_t x0,
-                                                          int u) {
+                                                          int64_t Wp, int u) {
   if constexpr (U > 1) {
     if (u == U)
-      step_run<scalar_t, CB, U>(t, run, y, in, out, x0);
+      step_run<scalar_t, CB, U, R, Pin>(t, index, in, out, x0, Wp);
     else
-      step_short_run<scalar_t, CB, U - 1>(t, run, y, in, out, x0, u);
+      step_short_run<scalar_t, CB, U - 1, R, Pin>(t, index, in, out, x0, Wp, u);
   } else {
-    step_run<scalar_t, CB, 1>(t, run, y, in, out, x0);
+    step_run<scalar_t, CB, 1, R, Pin>(t, index, in, out, x0, Wp);
   }
 }
 
-template <typename scalar_t, int CB>
-__attribute__((always_inline)) inline void step_row(const TapRuns<scalar_t>& t, int64_t y,
-                                                    const scalar_t* const* in,
-                                                    scalar_t* const* out, const Layout& g) {
-  constexpr int U = x_unroll(CB);
+template <typename scalar_t, int CB, bool Pin>
+__attribute__((always_inline)) inline void step_unit(const TapRuns<scalar_t>& t, int64_t unit,
+                                                     const scalar_t* const* in,
+                                                     scalar_t* const* out, const Layout& g) {
+  constexpr int U = x_unroll(CB), R = rows_for(CB);
   constexpr int lanes = Vec<scalar_t>::lanes;
   const int64_t full = g.G / U;
   for (int64_t run = 0; run < full; ++run)
-    step_run<scalar_t, CB, U>(t, run, y, in, out, run * U * lanes);
+    step_run<scalar_t, CB, U, R, Pin>(t, unit * t.runs + run, in, out, run * U * lanes, g.Wp);
   if (full < t.runs)
-    step_short_run<scalar_t, CB, U>(t, full, y, in, out, full * U * lanes,
-                                    static_cast<int>(g.G - full * U));
+    step_short_run<scalar_t, CB, U, R, Pin>(t, unit * t.runs + full, in, out, full * U * lanes, g.Wp,
+                                       static_cast<int>(g.G - full * U));
 }
 
-// One row y of one channel block: out = stencil(in). `in`/`out` point at the block's first
-// channel plane.
-template <typename scalar_t>
-__attribute__((always_inline)) inline void step_block_row(const TapRuns<scalar_t>& t,
-                                                          const scalar_t* in, scalar_t* out,
-                                                          int n, int64_t y, const Layout& g) {
-  const int64_t row = g.row(y);
+// One unit (rows_for(n) rows from row unit * rows_for(n)) of one channel block:
+// out = stencil(in). `in`/`out` point at the block's first channel plane.
+template <typename scalar_t, bool Pin>
+__attribute__((always_inline)) inline void step_block_unit(const TapRuns<scalar_t>& t,
+                                                           const scalar_t* in, scalar_t* out,
+                                                           int n, int64_t unit,
+                                                           const Layout& g) {
+  const int64_t row = g.row(unit * t.R);
   const scalar_t* ins[kChanBlock];
   scalar_t* outs[kChanBlock];
   for (int c = 0; c < n; ++c) {
@@ -151,18 +187,12 @@ __attribute__((always_inline)) inline void step_block_row(const TapRuns<scalar_t
     outs[c] = out + c * g.plane() + row;
   }
   switch (n) {
-    case 12: step_row<scalar_t, 12>(t, y, ins, outs, g); break;
-    case 11: step_row<scalar_t, 11>(t, y, ins, outs, g); break;
-    case 10: step_row<scalar_t, 10>(t, y, ins, outs, g); break;
-    case 9: step_row<scalar_t, 9>(t, y, ins, outs, g); break;
-    case 8: step_row<scalar_t, 8>(t, y, ins, outs, g); break;
-    case 7: step_row<scalar_t, 7>(t, y, ins, outs, g); break;
-    case 6: step_row<scalar_t, 6>(t, y, ins, outs, g); break;
-    case 5: step_row<scalar_t, 5>(t, y, ins, outs, g); break;
-    case 4: step_row<scalar_t, 4>(t, y, ins, outs, g); break;
-    case 3: step_row<scalar_t, 3>(t, y, ins, outs, g); break;
-    case 2: step_row<scalar_t, 2>(t, y, ins, outs, g); break;
-    default: step_row<scalar_t, 1>(t, y, ins, outs, g); break;
+    case 6: step_unit<scalar_t, 6, Pin>(t, unit, ins, outs, g); break;
+    case 5: step_unit<scalar_t, 5, Pin>(t, unit, ins, outs, g); break;
+    case 4: step_unit<scalar_t, 4, Pin>(t, unit, ins, outs, g); break;
+    case 3: step_unit<scalar_t, 3, Pin>(t, unit, ins, outs, g); break;
+    case 2: step_unit<scalar_t, 2, Pin>(t, unit, ins, outs, g); break;
+    default: step_unit<scalar_t, 1, Pin>(t, unit, ins, outs, g); break;
   }
 }
 
@@ -172,8 +202,8 @@ __attribute__((always_inline)) inline void step_block_row(const TapRuns<scalar_t
 template <typename scalar_t>
 __attribute__((target("avx2,fma"))) void step_avx2(const TapRuns<scalar_t>& t,
                                                   const scalar_t* in, scalar_t* out, int n,
-                                                  int64_t y, const Layout& g) {
-  step_block_row<scalar_t>(t, in, out, n, y, g);
+                                                  int64_t unit, const Layout& g) {
+  step_block_unit<scalar_t, true>(t, in, out, n, unit, g);
 }
 
 inline bool cpu_has_avx2_fma() {
@@ -184,8 +214,8 @@ inline bool cpu_has_avx2_fma() {
 
 template <typename scalar_t>
 void step_baseline(const TapRuns<scalar_t>& t, const scalar_t* in, scalar_t* out, int n,
-                   int64_t y, const Layout& g) {
-  step_block_row<scalar_t>(t, in, out, n, y, g);
+                   int64_t unit, const Layout& g) {
+  step_block_unit<scalar_t, false>(t, in, out, n, unit, g);
 }
 
 template <typename scalar_t>
@@ -204,6 +234,7 @@ StepFn<scalar_t> pick_step() {
 template <typename scalar_t>
 bool tap_live(const scalar_t* taps, const Layout& g, int64_t J, int64_t y, int64_t j,
               int64_t x0, int64_t n) {
+  if (y >= g.H) return false;  // the second row of a unit past the last row
   const scalar_t* r = taps + (y * J + j) * g.W;
   for (int64_t x = std::max<int64_t>(x0, 0); x < std::min(x0 + n, g.W); ++x)
     if (r[x] != scalar_t(0)) return true;
@@ -226,25 +257,48 @@ int64_t grid_cost(const std::vector<scalar_t>& taps, const Layout& g, int64_t J,
 
 template <typename scalar_t>
 void build_runs(TapRuns<scalar_t>& t, const scalar_t* taps, const Layout& g,
-                const std::vector<int64_t>& shift, int U) {
+                const std::vector<int64_t>& shift, int R, int U) {
   constexpr int lanes = Vec<scalar_t>::lanes;
   const int64_t J = static_cast<int64_t>(shift.size());
+  t.R = R;
   t.U = U;
   t.runs = (g.G + U - 1) / U;
   t.first.assign(1, 0);
-  for (int64_t y = 0; y < g.H; ++y) {
+  auto push_weights = [&](int64_t y, int64_t j, int64_t x0, int64_t u) {
+    const scalar_t* r = taps + (y * J + j) * g.W;
+    for (int64_t x = x0; x < x0 + u * lanes; ++x)
+      t.w.push_back(x >= 0 && x < g.W ? r[x] : scalar_t(0));
+  };
+  for (int64_t y = 0; y < g.H; y += R) {
     for (int64_t run = 0; run < t.runs; ++run) {
       const int64_t x0 = g.xs + run * U * lanes;
       const int64_t u = std::min<int64_t>(U, g.G - run * U);
-      for (int64_t j = 0; j < J; ++j) {
-        if (!tap_live(taps, g, J, y, j, x0, u * lanes)) continue;
-        t.shift.push_back(shift[j]);
-        t.w_first.push_back(static_cast<int64_t>(t.w.size()));
-        const scalar_t* r = taps + (y * J + j) * g.W;
-        for (int64_t x = x0; x < x0 + u * lanes; ++x)
-          t.w.push_back(x >= 0 && x < g.W ? r[x] : scalar_t(0));
+      // Live taps of each row by shift from row y: tap j of row y + 1 reads shift[j] + Wp.
+      std::map<int64_t, std::pair<int64_t, int64_t>> by_shift;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < J; ++j) {
+          if (!tap_live(taps, g, J, y + r, j, x0, u * lanes)) continue;
+          auto it = by_shift.emplace(shift[j] + r * g.Wp, std::make_pair(-1, -1)).first;
+          (r == 0 ? it->second.first : it->second.second) = j;
+        }
+      t.w_first.push_back(static_cast<int64_t>(t.w.size()));
+      for (const auto& [sh, js] : by_shift) {  // both rows
+        if (js.first < 0 || js.second < 0) continue;
+        t.shift.push_back(sh);
+        push_weights(y, js.first, x0, u);
+        push_weights(y + 1, js.second, x0, u);
       }
       t.first.push_back(static_cast<int64_t>(t.shift.size()));
+      for (int64_t r = 0; r < 2; ++r) {  // one row only
+        for (const auto& [sh, js] : by_shift) {
+          const int64_t mine = r == 0 ? js.first : js.second;
+          const int64_t other = r == 0 ? js.second : js.first;
+          if (mine < 0 || other >= 0) continue;
+          t.shift.push_back(sh);
+          push_weights(y + r, mine, x0, u);
+        }
+        t.first.push_back(static_cast<int64_t>(t.shift.size()));
+      }
     }
   }
 }
@@ -330,15 +384,20 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
   for (int j = 0; j < J; ++j) shift[j] = tap_dy(o, j) * g.Wp + tap_dx(o, j);
 
   // Tap runs of every image for each x unroll the blocks use.
+  // Tap runs of every image for each (rows, x unroll) the blocks use, keyed by block size.
   std::map<int, std::vector<TapRuns<scalar_t>>> runs;
-  for (const ChannelBlock& blk : blocks) runs[x_unroll(blk.n)];
-  for (auto& [U, per_image] : runs) {
+  for (const ChannelBlock& blk : blocks) runs[blk.n];
+  for (auto& [n, per_image] : runs) {
     per_image.resize(B);
     for (int64_t b = 0; b < B; ++b)
-      build_runs(per_image[b], taps.data() + b * H * J * W, g, shift, U);
+      build_runs(per_image[b], taps.data() + b * H * J * W, g, shift, rows_for(n), x_unroll(n));
   }
   std::vector<const TapRuns<scalar_t>*> block_runs;
-  for (const ChannelBlock& blk : blocks) block_runs.push_back(&runs[x_unroll(blk.n)][blk.b]);
+  std::vector<int64_t> block_units;
+  for (const ChannelBlock& blk : blocks) {
+    block_runs.push_back(&runs[blk.n][blk.b]);
+    block_units.push_back((H + rows_for(blk.n) - 1) / rows_for(blk.n));
+  }
 
   // Ping-pong buffers of the live channels, zero-padded: one allocation, aligned to a cache
   // line, so that the odd plane stride also separates the two buffers' planes.
@@ -356,10 +415,10 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
   scalar_t* bufs[2] = {buf0, buf1};
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());
   const StepFn<scalar_t> step = pick_step<scalar_t>();
-  auto step_item = [&](int64_t it, int64_t blk_index, int64_t y) {
+  auto step_item = [&](int64_t it, int64_t blk_index, int64_t unit) {
     const ChannelBlock& blk = blocks[blk_index];
     step(*block_runs[blk_index], bufs[it % 2] + blk.first * g.plane(),
-         bufs[(it + 1) % 2] + blk.first * g.plane(), blk.n, y, g);
+         bufs[(it + 1) % 2] + blk.first * g.plane(), blk.n, unit, g);
   };
   if (n_blocks >= threads) {
     // Enough independent channel blocks: each thread walks whole blocks, with no barrier;
@@ -369,10 +428,13 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
 #endif
     for (int64_t blk = 0; blk < n_blocks; ++blk)
       for (int64_t it = 0; it < iterations; ++it)
-        for (int64_t y = 0; y < H; ++y) step_item(it, blk, y);
+        for (int64_t unit = 0; unit < block_units[blk]; ++unit) step_item(it, blk, unit);
   } else {
-    // Few channels: split each step by rows, one barrier per step.
-    const int64_t items = n_blocks * H;
+    // Few channels: split each step by (block, unit of rows), one barrier per step.
+    std::vector<std::pair<int64_t, int64_t>> work;
+    for (int64_t blk = 0; blk < n_blocks; ++blk)
+      for (int64_t unit = 0; unit < block_units[blk]; ++unit) work.emplace_back(blk, unit);
+    const int64_t items = static_cast<int64_t>(work.size());
 #ifdef _OPENMP
 #pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(threads, items)))
 #endif
@@ -380,7 +442,7 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-      for (int64_t item = 0; item < items; ++item) step_item(it, item / H, item % H);
+      for (int64_t item = 0; item < items; ++item) step_item(it, work[item].first, work[item].second);
       // implicit barrier: the next step reads every row of this one
     }
   }

@@ -35,8 +35,9 @@ namespace {
 // share out evenly over the threads (see walk).
 constexpr int kChanBlock = 6;
 constexpr int kVecRegs = 16;
-// Blocks of at least this many channels step two rows at once (see step_run).
-constexpr int kTwoRowChannels = 4;
+// Rows stepped at once (see step_run); even for a single channel, sharing pixel loads between
+// rows beats running more x vectors at once.
+constexpr int kRows = 2;
 
 // 32-byte vectors (one AVX register; two SSE registers in the baseline build), loaded from
 // any address.
@@ -46,14 +47,13 @@ struct Vec {
   static constexpr int lanes = 32 / sizeof(T);
 };
 
-// R rows (1 or 2) times U vectors along x times CB channels per pass: an FMA has a latency
-// of several cycles, so a block of few channels needs more than one x vector in flight to
-// keep the FMA units busy. U is the most that fits the registers with a tap per row and x
-// vector, and a pixel.
-constexpr int rows_for(int channels) { return channels >= kTwoRowChannels ? 2 : 1; }
+// kRows rows times U vectors along x times CB channels per pass: an FMA has a latency of
+// several cycles, so a block of few channels needs more than one x vector in flight to keep
+// the FMA units busy. U is the most that fits the registers with a tap per row and x vector,
+// and a pixel.
 constexpr int x_unroll(int channels) {
-  return (kVecRegs - 1) / (rows_for(channels) * (channels + 1)) > 1
-             ? (kVecRegs - 1) / (rows_for(channels) * (channels + 1))
+  return (kVecRegs - 1) / (kRows * (channels + 1)) > 1
+             ? (kVecRegs - 1) / (kRows * (channels + 1))
              : 1;
 }
 
@@ -162,7 +162,7 @@ template <typename scalar_t, int CB, bool Pin>
 __attribute__((always_inline)) inline void step_unit(const TapRuns<scalar_t>& t, int64_t unit,
                                                      const scalar_t* const* in,
                                                      scalar_t* const* out, const Layout& g) {
-  constexpr int U = x_unroll(CB), R = rows_for(CB);
+  constexpr int U = x_unroll(CB), R = kRows;
   constexpr int lanes = Vec<scalar_t>::lanes;
   const int64_t full = g.G / U;
   for (int64_t run = 0; run < full; ++run)
@@ -172,7 +172,7 @@ __attribute__((always_inline)) inline void step_unit(const TapRuns<scalar_t>& t,
                                        static_cast<int>(g.G - full * U));
 }
 
-// One unit (rows_for(n) rows from row unit * rows_for(n)) of one channel block:
+// One unit (kRows rows from row unit * kRows) of one channel block:
 // out = stencil(in). `in`/`out` point at the block's first channel plane.
 template <typename scalar_t, bool Pin>
 __attribute__((always_inline)) inline void step_block_unit(const TapRuns<scalar_t>& t,
@@ -384,19 +384,19 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
   for (int j = 0; j < J; ++j) shift[j] = tap_dy(o, j) * g.Wp + tap_dx(o, j);
 
   // Tap runs of every image for each x unroll the blocks use.
-  // Tap runs of every image for each (rows, x unroll) the blocks use, keyed by block size.
+  // Tap runs of every image for each x unroll the blocks use, keyed by block size.
   std::map<int, std::vector<TapRuns<scalar_t>>> runs;
   for (const ChannelBlock& blk : blocks) runs[blk.n];
   for (auto& [n, per_image] : runs) {
     per_image.resize(B);
     for (int64_t b = 0; b < B; ++b)
-      build_runs(per_image[b], taps.data() + b * H * J * W, g, shift, rows_for(n), x_unroll(n));
+      build_runs(per_image[b], taps.data() + b * H * J * W, g, shift, kRows, x_unroll(n));
   }
   std::vector<const TapRuns<scalar_t>*> block_runs;
   std::vector<int64_t> block_units;
   for (const ChannelBlock& blk : blocks) {
     block_runs.push_back(&runs[blk.n][blk.b]);
-    block_units.push_back((H + rows_for(blk.n) - 1) / rows_for(blk.n));
+    block_units.push_back((H + kRows - 1) / kRows);
   }
 
   // Ping-pong buffers of the live channels, zero-padded: one allocation, aligned to a cache

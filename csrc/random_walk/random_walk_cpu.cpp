@@ -267,23 +267,29 @@ void build_runs(TapRuns<scalar_t>& t, const scalar_t* taps, const Layout& g,
   auto push_weights = [&](int64_t y, int64_t j, int64_t x0, int64_t u) {
     const scalar_t* r = taps + (y * J + j) * g.W;
     for (int64_t x = x0; x < x0 + u * lanes; ++x)
-      t.w.push_back(x >= 0 && x < g.W ? r[x] : scalar_t(0));
+      t.w.push_back(y < g.H && x >= 0 && x < g.W ? r[x] : scalar_t(0));
   };
+  // The taps of each row by shift from the unit's first row (tap j of row y + r reads
+  // shift[j] + r * Wp). Which taps two rows share, and so the order in which a pixel sums
+  // its taps, is fixed by the stencil alone; only lists of zeros are dropped. The result
+  // therefore does not depend on U, that is on the block sizes and the thread count.
+  std::map<int64_t, std::pair<int64_t, int64_t>> by_shift;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < J; ++j) {
+      auto it = by_shift.emplace(shift[j] + r * g.Wp, std::make_pair(-1, -1)).first;
+      (r == 0 ? it->second.first : it->second.second) = j;
+    }
   for (int64_t y = 0; y < g.H; y += R) {
     for (int64_t run = 0; run < t.runs; ++run) {
       const int64_t x0 = g.xs + run * U * lanes;
       const int64_t u = std::min<int64_t>(U, g.G - run * U);
-      // Live taps of each row by shift from row y: tap j of row y + 1 reads shift[j] + Wp.
-      std::map<int64_t, std::pair<int64_t, int64_t>> by_shift;
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t j = 0; j < J; ++j) {
-          if (!tap_live(taps, g, J, y + r, j, x0, u * lanes)) continue;
-          auto it = by_shift.emplace(shift[j] + r * g.Wp, std::make_pair(-1, -1)).first;
-          (r == 0 ? it->second.first : it->second.second) = j;
-        }
+      auto live = [&](int64_t r, int64_t j) {
+        return j >= 0 && tap_live(taps, g, J, y + r, j, x0, u * lanes);
+      };
       t.w_first.push_back(static_cast<int64_t>(t.w.size()));
       for (const auto& [sh, js] : by_shift) {  // both rows
-        if (js.first < 0 || js.second < 0) continue;
+        if (js.first < 0 || js.second < 0 || !(live(0, js.first) || live(1, js.second)))
+          continue;
         t.shift.push_back(sh);
         push_weights(y, js.first, x0, u);
         push_weights(y + 1, js.second, x0, u);
@@ -293,7 +299,7 @@ void build_runs(TapRuns<scalar_t>& t, const scalar_t* taps, const Layout& g,
         for (const auto& [sh, js] : by_shift) {
           const int64_t mine = r == 0 ? js.first : js.second;
           const int64_t other = r == 0 ? js.second : js.first;
-          if (mine < 0 || other >= 0) continue;
+          if (other >= 0 || !live(r, mine)) continue;
           t.shift.push_back(sh);
           push_weights(y + r, mine, x0, u);
         }

@@ -2,14 +2,15 @@
 // buffers, so that the inner loop along x has no branch and vectorises. All-zero channels stay
 // zero under the walk (it is linear per channel) and are skipped.
 //
-// A step costs one FMA per tap, pixel and channel, so the taps are stored per run of x
-// vectors as a list of only those taps that are non-zero somewhere in the run: psa's region
-// leaves the pairs of the outer r - 1 columns and last r - 1 rows out, and with the x grid
-// shifted to start at those columns' edge about a seventh of the tap vectors at 56 x 56 are
-// zero and skipped.
+// A step costs one FMA and one pixel load (most of them across a cache line) per tap, pixel
+// and channel. Rows are stepped in pairs, so that a pixel vector both rows read is loaded
+// once, and the taps are stored per (row pair, run of x vectors) as lists of only those taps
+// that are non-zero somewhere in the run: psa's region leaves the pairs of the outer r - 1
+// columns and last r - 1 rows out, and with the x grid shifted to start at those columns'
+// edge about a seventh of the tap vectors at 56 x 56 are zero and skipped.
 //
-// Threads: one OpenMP team for the whole walk, splitting each step by (channel block, row),
-// with one barrier per step, or, with enough channels, whole blocks per thread and no
+// Threads: one OpenMP team for the whole walk, splitting each step by (channel block, row
+// pair), with one barrier per step, or, with enough channels, whole blocks per thread and no
 // barrier. The step kernel is compiled twice (AVX2+FMA and baseline) and picked at run time,
 // so a portable build still runs 8 floats wide where the CPU can.
 #include <ATen/Parallel.h>

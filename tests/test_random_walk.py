@@ -100,6 +100,21 @@ def test_batch_equals_one_by_one_and_strides():
     torch.testing.assert_close(strided, batched)
 
 
+@pytest.mark.parametrize("live", [{0, 3, 11}, set(range(7)), set(range(21))])
+def test_deterministic_across_threads(live):
+    # Channel blocks are sized by the thread count; a pixel's sum must not depend on them.
+    cam, aff = realistic_inputs(2, 21, 23, 26, live=live)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3, 5):
+            torch.set_num_threads(n)
+            results.append(affext.random_walk(cam, aff, iterations=21))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
 def test_requires_grad_inputs_give_detached_result():
     cam, aff = realistic_inputs(1, 2, 9, 10)
     out = affext.random_walk(cam.requires_grad_(), aff.requires_grad_(), iterations=3)

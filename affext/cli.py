@@ -161,16 +161,6 @@ def _cmd_info(args) -> None:
         print(f"{k:<{width}}  {', '.join(v) if isinstance(v, list) else v}")
 
 
-def _load_bench():
-    """affext.bench, or None where this installation lacks it (imported only for `bench`)."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__package__}.bench") is None:
-        return None
-    return importlib.import_module(f"{__package__}.bench")
-
-
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     """The argument parser; `with_bench` imports affext.bench for its arguments."""
     parser = argparse.ArgumentParser(
@@ -268,23 +258,13 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
-    bench = _load_bench() if with_bench else None
     p = sub.add_parser("bench", help="benchmarks against the reference formulations")
-    if bench is not None:
+    if with_bench:  # imported only when asked for: it pulls in the reference formulations
+        from . import bench
+
         bench.add_arguments(p)
         p.set_defaults(func=bench.main)
-    else:
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_no_bench)
     return parser
-
-
-def _no_bench(args) -> None:
-    if _load_bench() is not None:
-        return
-    raise SystemExit("affext bench: this installation has no affext.bench module (the "
-                     "benchmark harness); reinstall affext from a checkout that includes "
-                     "affext/bench.py")
 
 
 def main(argv: list[str] | None = None) -> int:

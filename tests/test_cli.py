@@ -1,5 +1,4 @@
 """The `affext` command: subcommands, errors, and one end-to-end `affext run`."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,13 +20,6 @@ def test_info_prints_build_info(capsys):
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(affext.build_info()))
     assert main(["info"]) == 0
     assert "cuda_available" in capsys.readouterr().out
-
-
-@pytest.mark.skipif(importlib.util.find_spec("affext.bench") is not None,
-                    reason="affext.bench is installed")
-def test_bench_without_module_says_so():
-    with pytest.raises(SystemExit, match="no affext.bench module"):
-        main(["bench"])
 
 
 def test_data_synth(tmp_path, capsys):

@@ -1,11 +1,11 @@
 """The embedded default dataset: small synthetic scenes in the VOC 2012 layout.
 
 Each image holds 1-3 objects on a textured background. An object is a shape of one uniform,
-muted colour carrying a small saturated "mark" whose hue and pattern say its class. The body's
-hue leans towards its class's hue but flat blobs of every muted hue lie around as background
-clutter, so the body is weak evidence and the mark is the discriminative part: a classifier's
-CAMs are strong on the mark and weak over the rest of the object (method.md section 1's
-premise). The rest of the object is one flat colour bounded by a clear edge, which is what an
+muted colour carrying a saturated "mark" whose hue and pattern say its class. The body's hue
+is drawn independently of the class (by default) and flat blobs of every muted hue lie around
+as background clutter, so the body is no evidence and the mark is the discriminative part: a
+classifier's CAMs are strong on the mark and weak over the rest of the object (method.md
+section 1's premise). The rest of the object is one flat colour bounded by a clear edge, which is what an
 affinity can learn and a random walk can spread over.
 
 Everything is generated from a seed, deterministically; nothing is downloaded or shipped.
@@ -39,8 +39,8 @@ class SynthConfig:
     max_size: int = 128
     max_objects: int = 3
     max_clutter: int = 2         # flat blobs without a mark (background)
-    mark_fraction: float = 0.25  # mark diameter / object's smaller extent
-    body_hue_spread: float = 0.1  # body hue = class hue +- this (turns); clutter: any hue
+    mark_fraction: float = 0.4   # mark diameter / object's smaller extent
+    body_hue_spread: float = 0.5  # body hue = class hue +- this (turns; 0.5: any hue)
     void_width: int = 2          # VOC-like 255 band around object boundaries
     jpeg_quality: int = 92
 

@@ -1,9 +1,10 @@
 """Build of the affext._C extension.
 
 The CPU kernels are always compiled. The CUDA kernels are compiled when torch is a
-CUDA build and nvcc is found; AFFEXT_CUDA=1 forces them (and fails loudly if that is
-impossible), AFFEXT_CUDA=0 leaves them out. TORCH_CUDA_ARCH_LIST is respected and
-defaults to "8.0;9.0" (A100 and H100/H200).
+CUDA build, nvcc is found and a GPU is visible (a CPU-only machine then builds in a minute
+instead of four); AFFEXT_CUDA=1 forces them (and fails loudly if that is impossible; CI and
+GPU-less build hosts use it), AFFEXT_CUDA=0 leaves them out. TORCH_CUDA_ARCH_LIST is
+respected and defaults to "8.0;9.0" (A100 and H100/H200).
 """
 import glob
 import os
@@ -62,7 +63,7 @@ def _want_cuda() -> bool:
             raise RuntimeError("AFFEXT_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME "
                                "to the toolkit root (the folder whose bin/ holds nvcc)")
         return True
-    return available
+    return available and torch.cuda.is_available()
 
 
 def _openmp_flags() -> list[str]:

@@ -64,9 +64,7 @@ def _cmd_synth(args) -> None:
 def _cmd_train_cam(args) -> None:
     from .stages.train_cam import TrainCamConfig, train_cam
 
-    cfg = _stage_config(TrainCamConfig, args, "train_cam", weights=args.weights,
-                        epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
+    cfg = _stage_config(TrainCamConfig, args, "train_cam", **_training_fields(args))
     print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg,
                     progress=not args.quiet))
 
@@ -93,9 +91,7 @@ def _cmd_aff_labels(args) -> None:
 def _cmd_train_aff(args) -> None:
     from .stages.train_aff import TrainAffConfig, train_aff
 
-    cfg = _stage_config(TrainAffConfig, args, "train_aff", weights=args.weights,
-                        epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
+    cfg = _stage_config(TrainAffConfig, args, "train_aff", **_training_fields(args))
     print(train_aff(args.voc_root, _ids(args.train_list), args.aff_labels, args.out, cfg,
                     progress=not args.quiet))
 
@@ -161,6 +157,23 @@ def _cmd_info(args) -> None:
         print(f"{k:<{width}}  {', '.join(v) if isinstance(v, list) else v}")
 
 
+def _add_training(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The options train-cam and train-aff share (unset: the backbone's preset, then psa's)."""
+    p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=("sgd", "adam"))
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _training_fields(args) -> dict:
+    return {"weights": args.weights, "epochs": args.epochs, "batch_size": args.batch_size,
+            "lr": args.lr, "optimizer": args.optimizer, "crop_size": args.crop_size}
+
+
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     """The argument parser; `with_bench` imports affext.bench for its arguments."""
     parser = argparse.ArgumentParser(
@@ -182,13 +195,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     _add_common(p)
     _add_labels(p)
     p.add_argument("--train-list", required=True)
-    p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
-    p.add_argument("--out", required=True, help="folder for cam_net.pt and checkpoints")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    _add_training(p, "folder for cam_net.pt and checkpoints")
     p.set_defaults(func=_cmd_train_cam)
 
     p = sub.add_parser("make-cam", help="multi-scale CAMs (psa's per-image .npy dicts)")
@@ -212,13 +219,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--train-list", required=True)
     p.add_argument("--aff-labels", required=True, help="make-aff-labels' output folder")
-    p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
-    p.add_argument("--out", required=True, help="folder for aff_net.pt and checkpoints")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    _add_training(p, "folder for aff_net.pt and checkpoints")
     p.set_defaults(func=_cmd_train_aff)
 
     p = sub.add_parser("make-rw", help="random walk: pseudo-label PNGs")

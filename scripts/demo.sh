@@ -15,4 +15,3 @@ if [ ! -f "$DATA/synth.config.json" ]; then
 fi
 affext run --voc-root "$DATA" --train-list "$LISTS/train.txt" --eval-list "$LISTS/val.txt" \
   --workdir "$WORK" --backbone tiny --device cpu
-echo "metrics: $WORK/metrics.json   overview: $WORK/overview.png"

@@ -115,6 +115,23 @@ def test_deterministic_across_threads(live):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+def test_large_map_few_channels_any_thread_count():
+    # Maps of 128 x 128 or more with a few live channels split each step by rows (with a
+    # barrier) rather than by channel: same sums, at every thread count, as the reference.
+    cam, aff = realistic_inputs(1, 21, 130, 131, torch.float64, live={0, 4, 11})
+    ref = torch_sparse_random_walk(cam, aff, iterations=7)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(affext.random_walk(cam, aff, iterations=7))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    assert max_relative_error(results[0], ref) < 1e-12
+
+
 def test_requires_grad_inputs_give_detached_result():
     cam, aff = realistic_inputs(1, 2, 9, 10)
     out = affext.random_walk(cam.requires_grad_(), aff.requires_grad_(), iterations=3)

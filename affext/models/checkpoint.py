@@ -19,7 +19,7 @@ import torch
 
 from .affinity_net import AffinityNet
 from .backbones import BACKBONES, build_backbone, detect_backbone
-from .backbones.base import StateDict, _describe, load_strict, read_state_dict
+from .backbones.base import StateDict, check_keys, load_strict, read_state_dict
 from .base import Network
 from .cam import CAMNet
 
@@ -79,16 +79,8 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
     if kind is not None and kind != model.kind:
         raise ValueError(f"{source} holds {_NETWORK_NAMES[kind]}, not "
                          f"{_NETWORK_NAMES[model.kind]}: load it into {_NETWORKS[kind].__name__}")
-    expected = psa_state_dict(model)
-    missing = [k for k in expected if k not in flat and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in flat if k not in expected]
-    if missing or unexpected:
-        parts = [f"{source} does not match {type(model).__name__} with backbone {name!r}."]
-        if missing:
-            parts.append(f"Missing keys: {_describe(missing)}.")
-        if unexpected:
-            parts.append(f"Unexpected keys: {_describe(unexpected)}.")
-        raise ValueError(" ".join(parts))
+    check_keys(psa_state_dict(model), flat, source,
+               f"{type(model).__name__} with backbone {name!r}")
     load_strict(model, _to_affext_layout(model, flat), what=source,
                 target=f"{type(model).__name__} with backbone {name!r}")
     return model

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.voc import VOCDataset
-from .common import (background_score, load_score_dict, pending, record_config,
+from .common import (background_score, load_score_dict, pending, record_config, require_cams,
                      save_score_dict)
 from .crf import CRFConfig, crf_inference
 
@@ -71,10 +71,7 @@ def make_aff_labels(voc_root: str | os.PathLike, ids: Sequence[str],
     voc = VOCDataset(voc_root)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
-    missing = [i for i in ids if not (cam_dir / f"{i}.npy").is_file()]
-    if missing:
-        raise FileNotFoundError(f"missing CAMs for {len(missing)} image(s) in {str(cam_dir)!r}, "
-                                f"e.g. {missing[:3]}: run make-cam on them first")
+    require_cams(cam_dir, ids)
     la_dir, ha_dir = out_dir / "la", out_dir / "ha"
     la_dir.mkdir(parents=True, exist_ok=True)
     ha_dir.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,14 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def require_cams(cam_dir: Path, ids: Iterable[str]) -> None:
+    """Raise FileNotFoundError naming the ids that have no CAM file CAM_DIR/<id>.npy."""
+    missing = [i for i in ids if not (Path(cam_dir) / f"{i}.npy").is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing CAMs for {len(missing)} image(s) in {str(cam_dir)!r}, "
+                                f"e.g. {missing[:3]}: run make-cam on them first")
+
+
 def seed_everything(seed: int) -> None:
     import random
 

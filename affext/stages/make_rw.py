@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..data.transforms import to_long_side, long_side_size, normalize, resize_maps
 from ..data.voc import VOCDataset, save_label_png
 from .common import (background_score, cam_stack, default_workers, load_score_dict, pending,
-                     record_config, resolve_device)
+                     record_config, require_cams, resolve_device)
 from .crf import CRFConfig, crf_inference
 from .train_aff import load_aff_net
 
@@ -126,10 +126,7 @@ def make_rw(voc_root: str | os.PathLike, ids: Sequence[str], cam_dir: str | os.P
     voc = VOCDataset(voc_root, label_source="mask")
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
-    missing = [i for i in ids if not (cam_dir / f"{i}.npy").is_file()]
-    if missing:
-        raise FileNotFoundError(f"missing CAMs for {len(missing)} image(s) in {str(cam_dir)!r}, "
-                                f"e.g. {missing[:3]}: run make-cam on them first")
+    require_cams(cam_dir, ids)
     rw_dir, crf_dir = out_dir / "rw", out_dir / "rw_crf"
     rw_dir.mkdir(parents=True, exist_ok=True)
     outputs = [rw_dir / "{}.png"]

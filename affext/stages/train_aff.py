@@ -10,32 +10,17 @@ import torch
 
 from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
-from .common import default_workers, record_config, resolve_device, seed_everything
-from .training import fit, load_checkpoint, save_checkpoint
+from .common import record_config, resolve_device, seed_everything
+from .training import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 AFF_NET_FILE = "aff_net.pt"
 
 
 @dataclass
-class TrainAffConfig:
+class TrainAffConfig(TrainConfig):
     """psa train_aff defaults (README command: lr 0.1, batch 8, 8 epochs, crop 448)."""
-    backbone: str = "resnet38"
-    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
-    epochs: int = 8
-    batch_size: int = 8
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    optimizer: str = "sgd"        # "sgd" (psa) or "adam" (AdamW; presets training from scratch)
-    poly_power: float = 0.9
-    crop_size: int = 448
     radius: int = 5
     region: str = "psa"
-    jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    long_side: int | None = None  # working size: long side resized to this (None: as is)
-    num_workers: int = default_workers()
-    seed: int = 0
-    device: str = "auto"
 
 
 def build_aff_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
@@ -99,9 +84,6 @@ def train_aff(voc_root: str | os.PathLike, ids: Sequence[str],
                               cfg.crop_size, cfg.jitter, seed=cfg.seed, long_side=cfg.long_side)
     model = build_aff_net(cfg.backbone, cfg.weights)
     fit(model, dataset, _aff_step(cfg.radius, cfg.region), name="train-aff", out_dir=out_dir,
-        backbone=cfg.backbone, epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)),
-        lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-        poly_power=cfg.poly_power, num_workers=cfg.num_workers, seed=cfg.seed, device=device,
-        progress=progress, optimizer=cfg.optimizer)
+        config=cfg, device=device, progress=progress)
     save_checkpoint(final, model, cfg.backbone)
     return final

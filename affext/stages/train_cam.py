@@ -11,34 +11,21 @@ import torch
 
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
-from .common import default_workers, record_config, resolve_device, seed_everything
-from .training import fit, load_checkpoint, save_checkpoint
+from .common import record_config, resolve_device, seed_everything
+from .training import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 CAM_NET_FILE = "cam_net.pt"
 
 
 @dataclass
-class TrainCamConfig:
+class TrainCamConfig(TrainConfig):
     """psa train_cls defaults (README command: lr 0.1, batch 16, 15 epochs, crop 448)."""
-    backbone: str = "resnet38"
-    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
     epochs: int = 15
     batch_size: int = 16
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    optimizer: str = "sgd"        # "sgd" (psa) or "adam" (AdamW; presets training from scratch)
     dropout: float = 0.5          # psa's Dropout2d before the classifier
-    poly_power: float = 0.9
-    crop_size: int = 448
     resize_long: tuple[int, int] = (256, 512)
-    jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    long_side: int | None = None  # working size: long side resized to this (None: as is)
     label_source: str = "auto"
     cls_labels: str | None = None
-    num_workers: int = default_workers()
-    seed: int = 0
-    device: str = "auto"
 
 
 def build_cam_net(backbone: str, weights: str | None = None,
@@ -93,10 +80,7 @@ def train_cam(voc_root: str | os.PathLike, ids: Sequence[str], out_dir: str | os
     dataset = ClsTrainDataset(voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter,
                               cfg.seed, cfg.long_side)
     model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout)
-    fit(model, dataset, _cls_step, name="train-cam", out_dir=out_dir, backbone=cfg.backbone,
-        epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(ids)), lr=cfg.lr,
-        weight_decay=cfg.weight_decay, momentum=cfg.momentum, poly_power=cfg.poly_power,
-        num_workers=cfg.num_workers, seed=cfg.seed, device=device, progress=progress,
-        optimizer=cfg.optimizer)
+    fit(model, dataset, _cls_step, name="train-cam", out_dir=out_dir, config=cfg, device=device,
+        progress=progress)
     save_checkpoint(final, model, cfg.backbone)
     return final

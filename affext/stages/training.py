@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .common import atomic_save, atomic_write_json
+from .common import atomic_save, atomic_write_json, default_workers
 
 
 def poly_lr_factor(step: int, max_step: int, power: float = 0.9) -> float:
@@ -22,6 +23,26 @@ def poly_lr_factor(step: int, max_step: int, power: float = 0.9) -> float:
 
 
 OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TrainConfig:
+    """What train-cam and train-aff share; psa's values (both READMEs: lr 0.1, crop 448)."""
+    backbone: str = "resnet38"
+    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    optimizer: str = "sgd"        # "sgd" (psa) or "adam" (AdamW; presets training from scratch)
+    poly_power: float = 0.9
+    crop_size: int = 448
+    jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    long_side: int | None = None  # working size: long side resized to this (None: as is)
+    num_workers: int = default_workers()
+    seed: int = 0
+    device: str = "auto"
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
@@ -62,22 +83,22 @@ def load_checkpoint(path: str | os.PathLike, backbone: str, what: str,
 
 
 def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: str,
-        out_dir: Path, backbone: str, epochs: int, batch_size: int, lr: float,
-        weight_decay: float, momentum: float, poly_power: float, num_workers: int,
-        seed: int, device: torch.device, progress: bool = True,
-        optimizer: str = "sgd") -> list[dict]:
-    """Train `model` for `epochs`, resuming from OUT_DIR/<name>.checkpoint.pt if present.
+        out_dir: Path, config: TrainConfig, device: torch.device,
+        progress: bool = True) -> list[dict]:
+    """Train `model` for config.epochs, resuming from OUT_DIR/<name>.checkpoint.pt if present.
 
-    step_loss(model, batch) -> (loss tensor, {name: float} for the log). Returns the per-epoch
-    log (also written to OUT_DIR/<name>.log.json).
+    step_loss(model, batch) -> (loss tensor, {name: float} for the log). The batch size is at
+    most len(dataset). Returns the per-epoch log (also written to OUT_DIR/<name>.log.json).
     """
+    cfg = config
+    backbone, epochs, seed = cfg.backbone, cfg.epochs, cfg.seed
+    if len(dataset) == 0:
+        raise ValueError(f"{name}: no training images")
+    batch_size = min(cfg.batch_size, len(dataset))
     steps_per_epoch = len(dataset) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{name}: {len(dataset)} training images are fewer than one batch of "
-                         f"{batch_size}; lower --batch-size")
     max_step = steps_per_epoch * epochs
     model.to(device)
-    opt = make_optimizer(model, lr, weight_decay, momentum, optimizer)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.optimizer)
     ckpt_path = out_dir / f"{name}.checkpoint.pt"
     start_epoch, log = 0, []
     if ckpt_path.is_file():
@@ -92,7 +113,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: 
         torch.manual_seed(seed * 1000003 + epoch)
         gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                            num_workers=num_workers, generator=gen,
+                            num_workers=cfg.num_workers, generator=gen,
                             pin_memory=device.type == "cuda",
                             persistent_workers=False)
         model.train()
@@ -101,7 +122,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: 
                    leave=False)
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
-            factor = poly_lr_factor(step, max_step, poly_power)
+            factor = poly_lr_factor(step, max_step, cfg.poly_power)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * factor
             batch = [b.to(device, non_blocking=True) for b in batch]

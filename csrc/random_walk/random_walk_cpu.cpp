@@ -325,6 +325,10 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
   // 2 threads run as 1 + 2 rather than split by rows, as fast in the median on a busy
   // machine and without the rare walks that took 50 times longer, a thread stalled at one of
   // the 256 barriers while the other had lost its core.
+  // On large maps a step is long enough that its barrier costs little, and whole blocks that
+  // do not share out evenly (3 channels on 2 threads: 1 + 2) would leave a thread idle a third
+  // of the time: there, unless the imbalance is under an eighth, the rows are split instead.
+  constexpr int64_t kRowSplitArea = 128 * 128;
   const bool* live_p = live.data_ptr<bool>();
   std::vector<int64_t> slot_b, slot_c;
   std::vector<ChannelBlock> blocks;
@@ -337,7 +341,9 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
     }
     const int64_t n_live = static_cast<int64_t>(slot_b.size()) - first;
     int64_t n_blocks = (n_live + kChanBlock - 1) / kChanBlock;
-    if (n_live >= threads) n_blocks = (n_blocks + threads - 1) / threads * threads;
+    if (n_live >= threads && (H * W < kRowSplitArea || 8 * (n_live % threads) == 0 ||
+                              8 * (threads - n_live % threads) <= n_live))
+      n_blocks = (n_blocks + threads - 1) / threads * threads;
     for (int64_t i = 0, start = first; i < n_blocks; ++i) {
       const int n = static_cast<int>((n_live * (i + 1)) / n_blocks - (n_live * i) / n_blocks);
       blocks.push_back({b, start, n});

@@ -141,6 +141,22 @@ def _describe(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def check_keys(expected: Mapping[str, object], found: Mapping[str, object], what: str,
+               target: str) -> None:
+    """Raise ValueError listing the keys of `expected` missing from `found` and the keys of
+    `found` that `expected` lacks. BatchNorm `num_batches_tracked` counters may be missing."""
+    missing = [k for k in expected
+               if k not in found and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in found if k not in expected]
+    if missing or unexpected:
+        parts = [f"{what} does not match {target}."]
+        if missing:
+            parts.append(f"Missing keys: {_describe(missing)}.")
+        if unexpected:
+            parts.append(f"Unexpected keys: {_describe(unexpected)}.")
+        raise ValueError(" ".join(parts))
+
+
 def load_strict(module: nn.Module, state: StateDict, what: str, target: str) -> None:
     """module.load_state_dict(state, strict=True) with an error a user can act on.
 
@@ -153,15 +169,7 @@ def load_strict(module: nn.Module, state: StateDict, what: str, target: str) -> 
     for key, value in expected.items():
         if key.endswith(".num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(value)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = [f"{what} does not match {target}."]
-        if missing:
-            parts.append(f"Missing keys: {_describe(missing)}.")
-        if unexpected:
-            parts.append(f"Unexpected keys: {_describe(unexpected)}.")
-        raise ValueError(" ".join(parts))
+    check_keys(expected, state, what, target)
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
              for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:

@@ -19,7 +19,8 @@ import torch
 
 from .affinity_net import AffinityNet
 from .backbones import BACKBONES, build_backbone, detect_backbone
-from .backbones.base import StateDict, check_keys, load_strict, read_state_dict
+from .backbones.base import (StateDict, check_keys, load_strict, load_torch_file,
+                             read_state_dict)
 from .base import Network
 from .cam import CAMNet
 
@@ -112,13 +113,7 @@ def read_checkpoint(path: str | os.PathLike | Mapping) -> dict:
     if isinstance(path, Mapping):
         obj = path
     else:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+        obj = load_torch_file(path, "checkpoint")
     if isinstance(obj, Mapping) and "affext_checkpoint" in obj:
         return dict(obj)
     state = read_state_dict(obj)

@@ -101,6 +101,19 @@ class Backbone(nn.Module):
         return self
 
 
+def load_torch_file(path: str | os.PathLike, what: str, hint: str = "") -> object:
+    """torch.load of a file of tensors (weights_only) onto the CPU, with errors naming `what`:
+    FileNotFoundError when it is missing, ValueError (plus `hint`) when it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"could not read {what} {path} as torch tensors ({exc}). "
+                         f"{hint}".rstrip()) from exc
+
+
 def read_state_dict(weights: str | os.PathLike | StateDict) -> dict[str, torch.Tensor]:
     """A state dict from a file (torch.save of a dict of tensors) or a mapping.
 
@@ -108,18 +121,12 @@ def read_state_dict(weights: str | os.PathLike | StateDict) -> dict[str, torch.T
     prefix, which is how many released checkpoints are stored.
     """
     if isinstance(weights, (str, os.PathLike)):
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"weights file not found: {path}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            hint = ""
-            if path.endswith(".params"):
-                hint = (" It looks like an MXNet .params file: convert it to a torch state dict "
-                        "first (psa's network/resnet38d.convert_mxnet_to_torch, which needs "
-                        "mxnet) and torch.save the result.")
-            raise ValueError(f"could not read {path} as a torch state dict ({exc}).{hint}") from exc
+        hint = ""
+        if os.fspath(weights).endswith(".params"):
+            hint = ("It looks like an MXNet .params file: convert it to a torch state dict "
+                    "first (psa's network/resnet38d.convert_mxnet_to_torch, which needs "
+                    "mxnet) and torch.save the result.")
+        obj = load_torch_file(weights, "weights file", hint)
     else:
         obj = weights
     if isinstance(obj, Mapping):

@@ -21,13 +21,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ feat, scalar_t* __re
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * o.count * HW;
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t p = i % HW;
-    const int64_t bk = i / HW;
-    const int k = static_cast<int>(bk % o.count);
-    const int64_t b = bk / o.count;
-    const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
+  for (int64_t i = grid_first(); i < total; i += grid_stride()) {
+    const auto [b, k, p, y, x] = pair_index(i, HW, W, o.count);
     const int qy = y + o.dy[k], qx = x + o.dx[k];
     if (qy >= H || qx < 0 || qx >= W) {
       aff[i] = scalar_t(0);
@@ -48,8 +43,7 @@ __global__ void weight_kernel(const scalar_t* __restrict__ grad, const scalar_t*
                               int64_t C) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  for (int64_t i = grid_first(); i < n; i += grid_stride())
     weight[i] = pair_weight<acc_t>(static_cast<acc_t>(grad[i]), static_cast<acc_t>(aff[i]), inv_c);
 }
 
@@ -61,8 +55,7 @@ __global__ void backward_kernel(const at::opmath_type<scalar_t>* __restrict__ we
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * C * HW;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t i = grid_first(); i < total; i += grid_stride()) {
     const int64_t p = i % HW;
     const int64_t b = i / (C * HW);
     const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);

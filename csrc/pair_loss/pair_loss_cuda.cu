@@ -41,13 +41,8 @@ __global__ void partial_kernel(const scalar_t* __restrict__ aff,
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * o.count * HW;
   double sum[3] = {0, 0, 0}, count[3] = {0, 0, 0};
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t p = i % HW;
-    const int64_t bk = i / HW;
-    const int k = static_cast<int>(bk % o.count);
-    const int64_t b = bk / o.count;
-    const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
+  for (int64_t i = grid_first(); i < total; i += grid_stride()) {
+    const auto [b, k, p, y, x] = pair_index(i, HW, W, o.count);
     const int cls =
         pair_class_at(labels + b * HW, y, x, o.dy[k], o.dx[k], H, W, radius, region);
     if (cls == kPairNone) continue;
@@ -85,13 +80,8 @@ __global__ void backward_kernel(const double* __restrict__ grad_stats,
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * o.count * HW;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t p = i % HW;
-    const int64_t bk = i / HW;
-    const int k = static_cast<int>(bk % o.count);
-    const int64_t b = bk / o.count;
-    const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
+  for (int64_t i = grid_first(); i < total; i += grid_stride()) {
+    const auto [b, k, p, y, x] = pair_index(i, HW, W, o.count);
     const int cls =
         pair_class_at(labels + b * HW, y, x, o.dy[k], o.dx[k], H, W, radius, region);
     grad_aff[i] = cls == kPairNone
@@ -105,13 +95,8 @@ __global__ void classes_kernel(const uint8_t* __restrict__ labels, uint8_t* __re
                                int64_t B, int H, int W, int radius, int region, Offsets o) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * o.count * HW;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t p = i % HW;
-    const int64_t bk = i / HW;
-    const int k = static_cast<int>(bk % o.count);
-    const int64_t b = bk / o.count;
-    const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
+  for (int64_t i = grid_first(); i < total; i += grid_stride()) {
+    const auto [b, k, p, y, x] = pair_index(i, HW, W, o.count);
     out[i] = static_cast<uint8_t>(
         pair_class_at(labels + b * HW, y, x, o.dy[k], o.dx[k], H, W, radius, region));
   }

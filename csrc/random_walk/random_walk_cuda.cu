@@ -22,8 +22,7 @@ __global__ void taps_kernel(const scalar_t* __restrict__ aff, scalar_t* __restri
                             int64_t B, int H, int W, Offsets o, int region, scalar_t beta) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int J = 2 * o.count + 1;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * HW;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t i = grid_first(); i < B * HW; i += grid_stride()) {
     const int64_t b = i / HW, p = i % HW;
     const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
     scalar_t* t = taps + b * J * HW + p;
@@ -82,8 +81,7 @@ __global__ void walk_step_kernel(const scalar_t* __restrict__ taps,
                                  int64_t L, int H, int W, Offsets o) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int J = 2 * o.count + 1;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < L * HW;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t i = grid_first(); i < L * HW; i += grid_stride()) {
     const int64_t l = i / HW, p = i % HW;
     nxt[i] = stencil(taps + slot_image[l] * J * HW, cur + l * HW, static_cast<int>(p / W),
                      static_cast<int>(p % W), H, W, o);

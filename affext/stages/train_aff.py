@@ -11,7 +11,7 @@ import torch
 from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
 from .common import record_config, resolve_device, seed_everything
-from .training import TrainConfig, fit, load_checkpoint, save_checkpoint
+from .training import TrainConfig, fit, load_checkpoint, load_trained, save_checkpoint
 
 AFF_NET_FILE = "aff_net.pt"
 
@@ -32,10 +32,8 @@ def build_aff_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
 def load_aff_net(out_dir: str | os.PathLike, backbone: str,
                  device: torch.device | str = "cpu") -> torch.nn.Module:
     """The trained AffinityNet from OUT_DIR/aff_net.pt (refuses another backbone's)."""
-    state = load_checkpoint(Path(out_dir) / AFF_NET_FILE, backbone, "train-aff")
-    model = build_aff_net(backbone)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return load_trained(Path(out_dir) / AFF_NET_FILE, backbone, "train-aff",
+                        lambda: build_aff_net(backbone), device)
 
 
 def _aff_step(radius: int, region: str):

@@ -12,7 +12,7 @@ import torch
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
 from .common import record_config, resolve_device, seed_everything
-from .training import TrainConfig, fit, load_checkpoint, save_checkpoint
+from .training import TrainConfig, fit, load_checkpoint, load_trained, save_checkpoint
 
 CAM_NET_FILE = "cam_net.pt"
 
@@ -38,10 +38,8 @@ def build_cam_net(backbone: str, weights: str | None = None,
 def load_cam_net(out_dir: str | os.PathLike, backbone: str,
                  device: torch.device | str = "cpu") -> torch.nn.Module:
     """The trained classifier from OUT_DIR/cam_net.pt (refuses another backbone's)."""
-    state = load_checkpoint(Path(out_dir) / CAM_NET_FILE, backbone, "train-cam")
-    model = build_cam_net(backbone)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return load_trained(Path(out_dir) / CAM_NET_FILE, backbone, "train-cam",
+                        lambda: build_cam_net(backbone), device)
 
 
 def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:

@@ -82,6 +82,17 @@ def load_checkpoint(path: str | os.PathLike, backbone: str, what: str,
     return state
 
 
+def load_trained(path: str | os.PathLike, backbone: str, what: str,
+                 build: Callable[[], torch.nn.Module],
+                 device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The network `build()` makes, with the weights of the final checkpoint at `path`
+    (refusing another backbone's), on `device` in eval mode."""
+    state = load_checkpoint(path, backbone, what)
+    model = build()
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
 def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: str,
         out_dir: Path, config: TrainConfig, device: torch.device,
         progress: bool = True) -> list[dict]:

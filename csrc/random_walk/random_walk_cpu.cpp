@@ -341,8 +341,8 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
     }
     const int64_t n_live = static_cast<int64_t>(slot_b.size()) - first;
     int64_t n_blocks = (n_live + kChanBlock - 1) / kChanBlock;
-    if (n_live >= threads && (H * W < kRowSplitArea || 8 * (n_live % threads) == 0 ||
-                              8 * (threads - n_live % threads) <= n_live))
+    const int64_t idle = (threads - n_live % threads) % threads;  // slots a split leaves empty
+    if (n_live >= threads && (H * W < kRowSplitArea || 8 * idle <= n_live))
       n_blocks = (n_blocks + threads - 1) / threads * threads;
     for (int64_t i = 0, start = first; i < n_blocks; ++i) {
       const int n = static_cast<int>((n_live * (i + 1)) / n_blocks - (n_live * i) / n_blocks);

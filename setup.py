@@ -6,6 +6,7 @@ instead of four); AFFEXT_CUDA=1 forces them (and fails loudly if that is impossi
 GPU-less build hosts use it), AFFEXT_CUDA=0 leaves them out. TORCH_CUDA_ARCH_LIST is
 respected and defaults to "8.0;9.0" (A100 and H100/H200).
 """
+
 import glob
 import os
 import platform
@@ -60,8 +61,10 @@ def _want_cuda() -> bool:
         if torch.version.cuda is None:
             raise RuntimeError("AFFEXT_CUDA=1 but the installed torch is a CPU-only build")
         if cpp_extension.CUDA_HOME is None:
-            raise RuntimeError("AFFEXT_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME "
-                               "to the toolkit root (the folder whose bin/ holds nvcc)")
+            raise RuntimeError(
+                "AFFEXT_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME "
+                "to the toolkit root (the folder whose bin/ holds nvcc)"
+            )
         return True
     return available and torch.cuda.is_available()
 

@@ -1,10 +1,26 @@
 """affext: fast AffinityNet (PSA) kernels and the weakly supervised pseudo-label pipeline."""
+
 from ._extension import build_info
 from .neighborhood import neighborhood_offsets, psa_layout
-from .ops import (AffinityLabels, PairLoss, affinity_labels, pair_loss, pairwise_affinity,
-                  random_walk)
+from .ops import (
+    AffinityLabels,
+    PairLoss,
+    affinity_labels,
+    pair_loss,
+    pairwise_affinity,
+    random_walk,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["AffinityLabels", "PairLoss", "affinity_labels", "build_info", "neighborhood_offsets",
-           "pair_loss", "pairwise_affinity", "psa_layout", "random_walk"]
+__all__ = [
+    "AffinityLabels",
+    "PairLoss",
+    "affinity_labels",
+    "build_info",
+    "neighborhood_offsets",
+    "pair_loss",
+    "pairwise_affinity",
+    "psa_layout",
+    "random_walk",
+]

@@ -1,4 +1,5 @@
 """`python -m affext`: the same command as `affext`."""
+
 import sys
 
 from .cli import main

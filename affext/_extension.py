@@ -1,4 +1,5 @@
 """Loads the compiled kernels (affext._C) and describes how they were built."""
+
 from __future__ import annotations
 
 import platform
@@ -11,7 +12,8 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     raise ImportError(
         "affext's compiled kernels (affext._C) could not be loaded: build them with "
         "`pip install --no-build-isolation -e .` in the affext checkout, against the torch "
-        f"installed here ({torch.__version__}). Cause: {exc}") from exc
+        f"installed here ({torch.__version__}). Cause: {exc}"
+    ) from exc
 
 
 def build_info() -> dict:

@@ -73,6 +73,7 @@ change of meaning raises the version). Numbers are finite; times in seconds, mem
                                 is faster / smaller
 The PNG (--plot) draws the sweep's time and peak memory against N on log-log axes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,14 +84,13 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TextIO
 
 import torch
 
-from . import __version__
+from . import __version__, measure
 from ._extension import build_info
-from . import measure
 
 SCHEMA = "affext-bench"
 SCHEMA_VERSION = 1
@@ -104,6 +104,7 @@ MEMORY_RATIO_FLOOR_BYTES = 4096
 @dataclass(frozen=True)
 class Point:
     """One benchmark entry: an op at one shape, run by affext and its references."""
+
     id: str
     op: str
     group: str
@@ -134,9 +135,11 @@ SCALING_SIZES = (28, 56, 84, 112, 160, 224, 320, 448, 512)
 QUICK_TRAIN = dict(batch=1, size=28, radius=5)
 QUICK_WALK = dict(channels=21, beta=8, iterations=32, radius=5)
 QUICK_SCALING_SIZES = (12, 16, 24)
-QUICK_NOTE = ("quick: smaller shapes (batch 1, 28x28 maps, C=64 features; walks of t=32 on "
-              "maps up to 24x24), 3 repeats, 1 s budget; checks the harness, not affext's "
-              "speed")
+QUICK_NOTE = (
+    "quick: smaller shapes (batch 1, 28x28 maps, C=64 features; walks of t=32 on "
+    "maps up to 24x24), 3 repeats, 1 s budget; checks the harness, not affext's "
+    "speed"
+)
 FULL_NOTE = "full: the shapes of a real run (448 crop, batch 8) and the walk up to 512x512"
 
 
@@ -149,28 +152,56 @@ def plan(quick: bool = False) -> list[Point]:
     walk_size = 16 if quick else 56
     aff = {AFFEXT: "affinity/affext", "psa-dense": "affinity/psa-dense"}
     loss = {AFFEXT: "pair_loss/affext", "psa-dense": "pair_loss/psa"}
-    rw = {AFFEXT: "random_walk/affext", "psa-dense": "random_walk/psa-dense",
-          "torch-sparse": "random_walk/torch-sparse"}
+    rw = {
+        AFFEXT: "random_walk/affext",
+        "psa-dense": "random_walk/psa-dense",
+        "torch-sparse": "random_walk/torch-sparse",
+    }
     b, s, r = train["batch"], train["size"], train["radius"]
     points = [
-        Point("affinity/train", "affinity", "shapes",
-              f"affinity fwd+bwd, B={b}, C={channels}, {s}x{s}, r={r}",
-              dict(train, channels=channels), aff),
-        Point("pair_loss/train", "pair_loss", "shapes",
-              f"pair loss fwd+bwd from labels, B={b}, {s}x{s}, r={r}", dict(train), loss),
+        Point(
+            "affinity/train",
+            "affinity",
+            "shapes",
+            f"affinity fwd+bwd, B={b}, C={channels}, {s}x{s}, r={r}",
+            dict(train, channels=channels),
+            aff,
+        ),
+        Point(
+            "pair_loss/train",
+            "pair_loss",
+            "shapes",
+            f"pair loss fwd+bwd from labels, B={b}, {s}x{s}, r={r}",
+            dict(train),
+            loss,
+        ),
     ]
     t, c = walk["iterations"], walk["channels"]
-    for live, words in (("psa", "psa-shaped CAMs (bg + 2 classes live)"),
-                        ("all", f"all {c} channels live")):
-        points.append(Point(
-            f"random_walk/{walk_size}-{live}", "random_walk", "shapes",
-            f"random walk, {walk_size}x{walk_size}, C={c}, t={t}, beta={walk['beta']}, {words}",
-            dict(walk, size=walk_size, live=live), rw))
+    for live, words in (
+        ("psa", "psa-shaped CAMs (bg + 2 classes live)"),
+        ("all", f"all {c} channels live"),
+    ):
+        points.append(
+            Point(
+                f"random_walk/{walk_size}-{live}",
+                "random_walk",
+                "shapes",
+                f"random walk, {walk_size}x{walk_size}, C={c}, t={t}, beta={walk['beta']}, {words}",
+                dict(walk, size=walk_size, live=live),
+                rw,
+            )
+        )
     for size in sizes:
-        points.append(Point(
-            f"random_walk/scaling-{size}", "random_walk", "scaling",
-            f"random walk, {size}x{size} (N={size * size}), C={c}, t={t}, psa-shaped CAMs",
-            dict(walk, size=size, live="psa"), rw))
+        points.append(
+            Point(
+                f"random_walk/scaling-{size}",
+                "random_walk",
+                "scaling",
+                f"random walk, {size}x{size} (N={size * size}), C={c}, t={t}, psa-shaped CAMs",
+                dict(walk, size=size, live="psa"),
+                rw,
+            )
+        )
     return points
 
 
@@ -250,30 +281,45 @@ def fmt_seconds(s: float) -> str:
     return f"{s * 1e6:.3g} us"
 
 
-def skip_reason(impl: str, estimated_bytes: int | None, memory_limit: int,
-                predicted_s: float | None, budget_s: float, basis: str = "") -> str | None:
+def skip_reason(
+    impl: str,
+    estimated_bytes: int | None,
+    memory_limit: int,
+    predicted_s: float | None,
+    budget_s: float,
+    basis: str = "",
+) -> str | None:
     """Why an implementation must not run at a point, or None: from its estimated peak
     memory against the limit, then from its predicted time against the budget."""
     if estimated_bytes is not None and estimated_bytes > memory_limit:
-        return (f"skipped: {impl} needs ~{fmt_bytes(estimated_bytes)} (estimate), over the "
-                f"{fmt_bytes(memory_limit)} memory limit")
+        return (
+            f"skipped: {impl} needs ~{fmt_bytes(estimated_bytes)} (estimate), over the "
+            f"{fmt_bytes(memory_limit)} memory limit"
+        )
     if predicted_s is not None and predicted_s > budget_s:
-        return (f"skipped: {impl} would take ~{fmt_seconds(predicted_s)} a call "
-                f"({basis}), over the {fmt_seconds(budget_s)} budget")
+        return (
+            f"skipped: {impl} would take ~{fmt_seconds(predicted_s)} a call "
+            f"({basis}), over the {fmt_seconds(budget_s)} budget"
+        )
     return None
 
 
 class Runner:
     """Runs the points of a plan on one device and gathers the report's entries."""
 
-    def __init__(self, device: str, settings: Settings, probe: measure.MemoryProbe | None,
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        device: str,
+        settings: Settings,
+        probe: measure.MemoryProbe | None,
+        log: Callable[[str], None],
+    ):
         self.device = device
         self.settings = settings
         self.probe = probe
         self.log = log
-        self._done: dict[tuple, dict] = {}      # (case, params) -> result, reused
-        self._history: dict[tuple, list] = {}   # (case, params but size) -> [(n, seconds)]
+        self._done: dict[tuple, dict] = {}  # (case, params) -> result, reused
+        self._history: dict[tuple, list] = {}  # (case, params but size) -> [(n, seconds)]
 
     def run(self, point: Point) -> dict:
         affext_case = point.impls[AFFEXT]
@@ -281,17 +327,30 @@ class Runner:
         for impl, case_name in point.impls.items():
             if affext_case not in measure.CASES:
                 # Without affext there is no ratio to make: do not spend time on references.
-                results[impl] = {"case": case_name, "status": "unavailable",
-                                 "reason": f"not in this build: no {point.op} op"}
+                results[impl] = {
+                    "case": case_name,
+                    "status": "unavailable",
+                    "reason": f"not in this build: no {point.op} op",
+                }
             elif case_name not in measure.CASES:
-                results[impl] = {"case": case_name, "status": "unavailable",
-                                 "reason": f"not in this build: no case {case_name}"}
+                results[impl] = {
+                    "case": case_name,
+                    "status": "unavailable",
+                    "reason": f"not in this build: no case {case_name}",
+                }
             else:
                 results[impl] = self._result(impl, case_name, point)
             self.log(f"  {point.id:28s} {impl:13s} {_describe(results[impl])}")
-        entry = {"id": point.id, "op": point.op, "group": point.group, "title": point.title,
-                 "params": dict(point.params), "n": point.n, "results": results,
-                 "ratios": ratios(results)}
+        entry = {
+            "id": point.id,
+            "op": point.op,
+            "group": point.group,
+            "title": point.title,
+            "params": dict(point.params),
+            "n": point.n,
+            "results": results,
+            "ratios": ratios(results),
+        }
         return entry
 
     def _result(self, impl: str, case_name: str, point: Point) -> dict:
@@ -300,7 +359,8 @@ class Runner:
             self._done[key] = self._measure(impl, case_name, point)
             if self._done[key]["status"] == "ok":
                 self._history.setdefault(self._series(case_name, point), []).append(
-                    (point.n, self._done[key]["time"]["median_s"]))
+                    (point.n, self._done[key]["time"]["median_s"])
+                )
         return dict(self._done[key])
 
     @staticmethod
@@ -309,22 +369,30 @@ class Runner:
         return case_name, json.dumps(rest, sort_keys=True)
 
     def _predict(self, case_name: str, point: Point) -> tuple[float | None, str]:
-        smaller = [(n, t) for n, t in self._history.get(self._series(case_name, point), [])
-                   if n < point.n]
+        smaller = [
+            (n, t) for n, t in self._history.get(self._series(case_name, point), []) if n < point.n
+        ]
         if not smaller:
             return None, ""
         n0, t0 = max(smaller)
         exponent = measure.CASE_INFO[case_name].time_exponent
         side = math.isqrt(n0)
-        return (t0 * (point.n / n0) ** exponent,
-                f"{fmt_seconds(t0)} at {side}x{side}, time ~ N^{exponent:g}")
+        return (
+            t0 * (point.n / n0) ** exponent,
+            f"{fmt_seconds(t0)} at {side}x{side}, time ~ N^{exponent:g}",
+        )
 
     def skip(self, impl: str, case_name: str, point: Point) -> str | None:
         """Why not to run this implementation at this point (see skip_reason), or None."""
         predicted, basis = self._predict(case_name, point)
-        return skip_reason(impl, measure.estimate_peak_bytes(case_name, **point.params),
-                           self.settings.memory_limit_bytes, predicted,
-                           self.settings.budget_s, basis)
+        return skip_reason(
+            impl,
+            measure.estimate_peak_bytes(case_name, **point.params),
+            self.settings.memory_limit_bytes,
+            predicted,
+            self.settings.budget_s,
+            basis,
+        )
 
     def _warm_up(self, case_name: str, point: Point) -> bool:
         # A call predicted to take more than a tenth of the budget is measured without a
@@ -342,23 +410,36 @@ class Runner:
         try:
             # One warm call alone first: its peak memory, and whether it is too long to repeat.
             warm_up = self._warm_up(case_name, point)
-            one = measure.measure_call(case_name, self.device, timeout_s=s.timeout_s,
-                                       probe=self.probe, warm_up=warm_up, **point.params)
+            one = measure.measure_call(
+                case_name,
+                self.device,
+                timeout_s=s.timeout_s,
+                probe=self.probe,
+                warm_up=warm_up,
+                **point.params,
+            )
             if one["seconds"] * (s.warmup + 1) > s.budget_s:
-                timing = {"median_s": one["seconds"], "min_s": one["seconds"],
-                          "max_s": one["seconds"], "repeats": 1}
+                timing = {
+                    "median_s": one["seconds"],
+                    "min_s": one["seconds"],
+                    "max_s": one["seconds"],
+                    "repeats": 1,
+                }
             else:
                 work = measure.build(case_name, self.device, **point.params)
                 # Repeats stop after half the budget: the other half is the probe's.
-                timing = measure.time_work(work, self.device, s.repeats, s.warmup,
-                                           s.budget_s / 2)
+                timing = measure.time_work(work, self.device, s.repeats, s.warmup, s.budget_s / 2)
                 del work
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             _release(self.device)
             return dict(result, status="failed", reason=f"failed: {_first_line(exc)}")
         _release(self.device)
-        return dict(result, time=timing, peak_extra_bytes=int(one["peak_extra_bytes"]),
-                    memory_after_warm_up=warm_up)
+        return dict(
+            result,
+            time=timing,
+            peak_extra_bytes=int(one["peak_extra_bytes"]),
+            memory_after_warm_up=warm_up,
+        )
 
 
 def _release(device: str) -> None:
@@ -375,9 +456,11 @@ def _describe(result: dict) -> str:
     if result["status"] != "ok":
         return result["reason"]
     t = result["time"]
-    return (f"{fmt_seconds(t['median_s'])} (min {fmt_seconds(t['min_s'])}, max "
-            f"{fmt_seconds(t['max_s'])}, {t['repeats']} calls)"
-            f", peak +{fmt_bytes(result['peak_extra_bytes'])}")
+    return (
+        f"{fmt_seconds(t['median_s'])} (min {fmt_seconds(t['min_s'])}, max "
+        f"{fmt_seconds(t['max_s'])}, {t['repeats']} calls)"
+        f", peak +{fmt_bytes(result['peak_extra_bytes'])}"
+    )
 
 
 def ratios(results: dict) -> dict:
@@ -391,29 +474,42 @@ def ratios(results: dict) -> dict:
             continue
         out[impl] = {
             "time": res["time"]["median_s"] / ours["time"]["median_s"],
-            "memory": (max(res["peak_extra_bytes"], MEMORY_RATIO_FLOOR_BYTES)
-                       / max(ours["peak_extra_bytes"], MEMORY_RATIO_FLOOR_BYTES)),
+            "memory": (
+                max(res["peak_extra_bytes"], MEMORY_RATIO_FLOOR_BYTES)
+                / max(ours["peak_extra_bytes"], MEMORY_RATIO_FLOOR_BYTES)
+            ),
         }
     return out
 
 
-def run_bench(device: str = "cpu", quick: bool = False, settings: Settings | None = None,
-              points: list[Point] | None = None,
-              log: Callable[[str], None] = lambda line: None) -> dict:
+def run_bench(
+    device: str = "cpu",
+    quick: bool = False,
+    settings: Settings | None = None,
+    points: list[Point] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict:
     """Run the benchmark and return the report (the JSON document described above)."""
     measure._register_builtin_cases()
     settings = settings or default_settings(device, quick)
     points = plan(quick) if points is None else points
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     report = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": created,
-        "mode": "quick" if quick else "full", "note": QUICK_NOTE if quick else FULL_NOTE,
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": created,
+        "mode": "quick" if quick else "full",
+        "note": QUICK_NOTE if quick else FULL_NOTE,
         "device": torch.device(device).type,
-        "settings": {"repeats": settings.repeats, "warmup": settings.warmup,
-                     "budget_s": settings.budget_s,
-                     "memory_limit_bytes": settings.memory_limit_bytes,
-                     "timeout_s": settings.timeout_s, "threads": settings.threads,
-                     "memory_ratio_floor_bytes": MEMORY_RATIO_FLOOR_BYTES},
+        "settings": {
+            "repeats": settings.repeats,
+            "warmup": settings.warmup,
+            "budget_s": settings.budget_s,
+            "memory_limit_bytes": settings.memory_limit_bytes,
+            "timeout_s": settings.timeout_s,
+            "threads": settings.threads,
+            "memory_ratio_floor_bytes": MEMORY_RATIO_FLOOR_BYTES,
+        },
         "environment": None,
         "benchmarks": [],
     }
@@ -439,44 +535,61 @@ def run_bench(device: str = "cpu", quick: bool = False, settings: Settings | Non
 
 # ---------------------------------------------------------------------------- the outputs
 
+
 def format_report(report: dict) -> str:
     """The report as Markdown tables: the real-run shapes, then the walk's sweep."""
     env = report["environment"]
-    lines = [f"affext bench, {report['mode']} ({report['note']})",
-             f"device {report['device']}{' (' + env['gpu'] + ')' if env['gpu'] else ''}; "
-             f"{env['cpu']}, {_threads(env['threads'])}; torch {env['torch']}, CUDA "
-             f"{env['cuda'] or '-'}; {env['dtype']}; load {env['load_average']}",
-             "",
-             "| work | implementation | time: median (min-max, calls) | peak extra memory "
-             "| affext is faster / smaller by |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"affext bench, {report['mode']} ({report['note']})",
+        f"device {report['device']}{' (' + env['gpu'] + ')' if env['gpu'] else ''}; "
+        f"{env['cpu']}, {_threads(env['threads'])}; torch {env['torch']}, CUDA "
+        f"{env['cuda'] or '-'}; {env['dtype']}; load {env['load_average']}",
+        "",
+        "| work | implementation | time: median (min-max, calls) | peak extra memory "
+        "| affext is faster / smaller by |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for entry in report["benchmarks"]:
         if entry["group"] != "shapes":
             continue
         first = True
         for impl, res in entry["results"].items():
             ratio = entry["ratios"].get(impl)
-            lines.append("| " + " | ".join([
-                entry["title"] if first else "", impl, _time_cell(res),
-                fmt_bytes(res.get("peak_extra_bytes")) if res["status"] == "ok" else "-",
-                f"{ratio['time']:.3g}x, {ratio['memory']:.3g}x" if ratio else ""]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        entry["title"] if first else "",
+                        impl,
+                        _time_cell(res),
+                        fmt_bytes(res.get("peak_extra_bytes")) if res["status"] == "ok" else "-",
+                        f"{ratio['time']:.3g}x, {ratio['memory']:.3g}x" if ratio else "",
+                    ]
+                )
+                + " |"
+            )
             first = False
     sweep = [e for e in report["benchmarks"] if e["group"] == "scaling"]
     if sweep:
         impls = list(sweep[0]["results"])
         walk = sweep[0]["params"]
-        lines += ["", f"random walk scaling, C={walk['channels']}, t={walk['iterations']}, "
-                  "psa-shaped CAMs: time (median), peak extra memory",
-                  "| map (N) | " + " | ".join(impls) + " |",
-                  "| --- |" + " --- |" * len(impls)]
+        lines += [
+            "",
+            f"random walk scaling, C={walk['channels']}, t={walk['iterations']}, "
+            "psa-shaped CAMs: time (median), peak extra memory",
+            "| map (N) | " + " | ".join(impls) + " |",
+            "| --- |" + " --- |" * len(impls),
+        ]
         for entry in sweep:
             size = entry["params"]["size"]
             cells = []
             for impl in impls:
                 res = entry["results"][impl]
-                cells.append(f"{fmt_seconds(res['time']['median_s'])}, "
-                             f"{fmt_bytes(res['peak_extra_bytes'])}"
-                             if res["status"] == "ok" else res["reason"])
+                cells.append(
+                    f"{fmt_seconds(res['time']['median_s'])}, {fmt_bytes(res['peak_extra_bytes'])}"
+                    if res["status"] == "ok"
+                    else res["reason"]
+                )
             lines.append(f"| {size}x{size} ({entry['n']}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -489,8 +602,11 @@ def _time_cell(res: dict) -> str:
     if res["status"] != "ok":
         return res["reason"]
     t = res["time"]
-    spread = (f"{fmt_seconds(t['min_s'])}-{fmt_seconds(t['max_s'])}, {t['repeats']}"
-              if t["repeats"] > 1 else "1 call")
+    spread = (
+        f"{fmt_seconds(t['min_s'])}-{fmt_seconds(t['max_s'])}, {t['repeats']}"
+        if t["repeats"] > 1
+        else "1 call"
+    )
     return f"{fmt_seconds(t['median_s'])} ({spread})"
 
 
@@ -498,6 +614,7 @@ def plot_report(report: dict, path: str) -> None:
     """The walk's sweep: time and peak extra memory against N, log-log, one line an
     implementation; the sizes where one was skipped are named in its legend entry."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -505,20 +622,31 @@ def plot_report(report: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     env = report["environment"]
     where = env["gpu"] or f"{env['cpu']}, {_threads(env['threads'])}"
-    walk = (f"C={sweep[0]['params']['channels']}, t={sweep[0]['params']['iterations']}, "
-            if sweep else "")
-    fig.suptitle(f"affext bench ({report['mode']}): random walk, {walk}psa-shaped CAMs, "
-                 f"{report['device']} ({where})", fontsize=9)
+    walk = (
+        f"C={sweep[0]['params']['channels']}, t={sweep[0]['params']['iterations']}, "
+        if sweep
+        else ""
+    )
+    fig.suptitle(
+        f"affext bench ({report['mode']}): random walk, {walk}psa-shaped CAMs, "
+        f"{report['device']} ({where})",
+        fontsize=9,
+    )
     impls = list(sweep[0]["results"]) if sweep else []
     for impl, marker in zip(impls, "os^v"):
         ok = [e for e in sweep if e["results"][impl]["status"] == "ok"]
         missed = [e["params"]["size"] for e in sweep if e["results"][impl]["status"] != "ok"]
         label = impl + (f" (not run: {', '.join(f'{s}x{s}' for s in missed)})" if missed else "")
         n = [e["n"] for e in ok]
-        axes[0].plot(n, [e["results"][impl]["time"]["median_s"] for e in ok], marker=marker,
-                     label=label)
-        axes[1].plot(n, [max(e["results"][impl]["peak_extra_bytes"], 1) / 1e6 for e in ok],
-                     marker=marker, label=label)
+        axes[0].plot(
+            n, [e["results"][impl]["time"]["median_s"] for e in ok], marker=marker, label=label
+        )
+        axes[1].plot(
+            n,
+            [max(e["results"][impl]["peak_extra_bytes"], 1) / 1e6 for e in ok],
+            marker=marker,
+            label=label,
+        )
     measured = any(e["results"][impl]["status"] == "ok" for e in sweep for impl in impls)
     for ax, ylabel in zip(axes, ("time a call (s, median)", "peak extra memory (MB)")):
         ax.set_xlabel("N = H * W (map pixels)")
@@ -529,8 +657,13 @@ def plot_report(report: dict, path: str) -> None:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         else:
-            ax.text(0.5, 0.5, "no random walk measured (not in this build)", ha="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "no random walk measured (not in this build)",
+                ha="center",
+                transform=ax.transAxes,
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -538,27 +671,51 @@ def plot_report(report: dict, path: str) -> None:
 
 # ---------------------------------------------------------------------------- command line
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `affext bench` (affext.cli calls this for its subcommand)."""
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="where to run every implementation (default: cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small shapes, few repeats: a check of the harness that ends in "
-                             "well under 2 minutes on 2 cores")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where to run every implementation (default: cpu)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes, few repeats: a check of the harness that ends in "
+        "well under 2 minutes on 2 cores",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON here")
-    parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw the walk's time and memory against N here (log-log)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls a case (default 5, quick 3)")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds one implementation may take at one size: longer "
-                             "predicted calls are skipped, repeats stop there (default 60, "
-                             "quick 1)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch's CPU threads for every implementation (default: torch's)")
-    parser.add_argument("--memory-limit-gb", type=float, default=None,
-                        help="skip an implementation whose estimated peak exceeds this "
-                             "(default: half the free RAM, or 90%% of the free GPU memory)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the walk's time and memory against N here (log-log)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls a case (default 5, quick 3)"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="seconds one implementation may take at one size: longer "
+        "predicted calls are skipped, repeats stop there (default 60, "
+        "quick 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch's CPU threads for every implementation (default: torch's)",
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        help="skip an implementation whose estimated peak exceeds this "
+        "(default: half the free RAM, or 90%% of the free GPU memory)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -566,8 +723,10 @@ def main(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("affext bench: --device cuda, but torch sees no CUDA device here")
     if args.device == "cuda" and not build_info()["cuda"]:
-        raise SystemExit("affext bench: --device cuda, but affext was built without its "
-                         "CUDA kernels (rebuild with AFFEXT_CUDA=1)")
+        raise SystemExit(
+            "affext bench: --device cuda, but affext was built without its "
+            "CUDA kernels (rebuild with AFFEXT_CUDA=1)"
+        )
     settings = default_settings(args.device, args.quick)
     if args.repeats is not None:
         settings.repeats = max(1, args.repeats)
@@ -582,9 +741,11 @@ def main(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    log(f"affext bench on {args.device} ({'quick' if args.quick else 'full'}): budget "
+    log(
+        f"affext bench on {args.device} ({'quick' if args.quick else 'full'}): budget "
         f"{settings.budget_s:g} s an implementation a size, memory limit "
-        f"{fmt_bytes(settings.memory_limit_bytes)}")
+        f"{fmt_bytes(settings.memory_limit_bytes)}"
+    )
     report = run_bench(args.device, args.quick, settings, log=log)
     if args.json:
         with open(args.json, "w") as f:

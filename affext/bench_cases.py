@@ -1,4 +1,5 @@
 """The measured cases: affext and each reference on the same inputs (performance.md)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,34 +16,40 @@ from .reference.random_walk import psa_dense_random_walk, torch_sparse_random_wa
 FLOAT32_BYTES = 4
 
 
-def _features(device: torch.device, batch: int, channels: int, size: int,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _features(
+    device: torch.device, batch: int, channels: int, size: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     feat = torch.randn(batch, channels, size, size, generator=gen, dtype=dtype)
     return feat.to(device).requires_grad_()
 
 
 def _affinity_case(forward):
-    def builder(device: torch.device, batch: int = 1, channels: int = 448, size: int = 56,
-                radius: int = 5):
+    def builder(
+        device: torch.device, batch: int = 1, channels: int = 448, size: int = 56, radius: int = 5
+    ):
         feat = _features(device, batch, channels, size)
 
         def work():
             feat.grad = None
             forward(feat, radius).sum().backward()
+
         return work
+
     return builder
 
 
-def _affinity_affext_bytes(batch: int = 1, channels: int = 448, size: int = 56,
-                           radius: int = 5) -> float:
+def _affinity_affext_bytes(
+    batch: int = 1, channels: int = 448, size: int = 56, radius: int = 5
+) -> float:
     # The (B, K, H, W) output and its gradient, and the features' gradient.
     k = len(neighborhood_offsets(radius))
     return FLOAT32_BYTES * batch * (2 * k + channels) * size * size
 
 
-def _affinity_dense_bytes(batch: int = 1, channels: int = 448, size: int = 56,
-                          radius: int = 5) -> float:
+def _affinity_dense_bytes(
+    batch: int = 1, channels: int = 448, size: int = 56, radius: int = 5
+) -> float:
     # About four (B, C, K, n_from) tensors: the gathered "to" features, their difference and
     # its absolute value, and a gradient of that size in the backward (measured: 4.1 at B=1).
     k = len(neighborhood_offsets(radius))
@@ -81,6 +88,7 @@ def _pair_loss_affext(device: torch.device, batch: int = 8, size: int = 56, radi
     def work():
         aff.grad = None
         pair_loss(aff, labels, radius).loss.backward()
+
     return work
 
 
@@ -96,6 +104,7 @@ def _pair_loss_psa(device: torch.device, batch: int = 8, size: int = 56, radius:
         aff.grad = None
         masks = psa_affinity_labels(labels, radius)
         psa_pair_loss(aff, *masks)["loss"].backward()
+
     return work
 
 
@@ -108,12 +117,14 @@ _PSA_LIVE_CLASSES = (5, 12)
 def _smooth_maps(gen: torch.Generator, channels: int, size: int) -> torch.Tensor:
     """(1, channels, size, size) smooth random maps: blobs a few pixels across, like CAMs."""
     coarse = torch.randn(1, channels, max(2, size // 8), max(2, size // 8), generator=gen)
-    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear",
-                                           align_corners=False)
+    return torch.nn.functional.interpolate(
+        coarse, size=(size, size), mode="bilinear", align_corners=False
+    )
 
 
-def walk_inputs(device: torch.device, size: int = 56, channels: int = 21, live: str = "psa",
-                radius: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def walk_inputs(
+    device: torch.device, size: int = 56, channels: int = 21, live: str = "psa", radius: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(cam (1, C, H, W), aff (1, K, H, W)) for a walk on a size x size map.
 
     aff: pairwise_affinity of smooth 16-channel features (values spread over (0, 1], near 1
@@ -137,11 +148,19 @@ def walk_inputs(device: torch.device, size: int = 56, channels: int = 21, live: 
 def _walk_case(walk):
     """Builder of a walk with affext.random_walk's signature: (B, C, H, W) CAMs, (B, K, H, W)
     affinities in, (B, C, H, W) out; psa's region (psa's matrix exactly)."""
-    def builder(device: torch.device, size: int = 56, channels: int = 21, live: str = "psa",
-                beta: float = 8, iterations: int = 256, radius: int = 5):
+
+    def builder(
+        device: torch.device,
+        size: int = 56,
+        channels: int = 21,
+        live: str = "psa",
+        beta: float = 8,
+        iterations: int = 256,
+        radius: int = 5,
+    ):
         cam, aff = walk_inputs(device, size, channels, live, radius)
-        return lambda: walk(cam, aff, beta=beta, iterations=iterations, radius=radius,
-                            region="psa")
+        return lambda: walk(cam, aff, beta=beta, iterations=iterations, radius=radius, region="psa")
+
     return builder
 
 
@@ -168,6 +187,8 @@ def _walk_dense_bytes(size: int = 56, **_) -> float:
 # time_exponent: the dense walk squares an N x N matrix (N ** 3), the others are stencils.
 case("random_walk/affext", peak_bytes=_walk_affext_bytes)(_walk_case(random_walk))
 case("random_walk/psa-dense", peak_bytes=_walk_dense_bytes, time_exponent=3)(
-    _walk_case(psa_dense_random_walk))
+    _walk_case(psa_dense_random_walk)
+)
 case("random_walk/torch-sparse", peak_bytes=_walk_sparse_bytes)(
-    _walk_case(torch_sparse_random_walk))
+    _walk_case(torch_sparse_random_walk)
+)

@@ -1,4 +1,5 @@
 """The `affext` command: thin argparse over the stage functions (affext.stages.*)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,18 +13,29 @@ from .data.voc import DatasetError
 def _add_common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
     p.add_argument("--voc-root", required=True, help="folder holding JPEGImages/ etc.")
     if backbone:
-        p.add_argument("--backbone", default="resnet38",
-                       help="tiny | resnet50 | resnet38 (default: resnet38, as psa)")
+        p.add_argument(
+            "--backbone",
+            default="resnet38",
+            help="tiny | resnet50 | resnet38 (default: resnet38, as psa)",
+        )
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers decoding images (default: min(4, cores - 1))")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers decoding images (default: min(4, cores - 1))",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_labels(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--label-source", default="auto", choices=("auto", "xml", "npy", "mask"),
-                   help="image-level labels: XML annotations, psa's cls_labels.npy, or the "
-                        "classes of the ground-truth masks (auto: npy, else xml, else mask)")
+    p.add_argument(
+        "--label-source",
+        default="auto",
+        choices=("auto", "xml", "npy", "mask"),
+        help="image-level labels: XML annotations, psa's cls_labels.npy, or the "
+        "classes of the ground-truth masks (auto: npy, else xml, else mask)",
+    )
     p.add_argument("--cls-labels", default=None, help="path of a cls_labels.npy")
 
 
@@ -57,92 +69,136 @@ def _cmd_synth(args) -> None:
 
     cfg = SynthConfig(num_train=args.num_train, num_val=args.num_val, seed=args.seed)
     out = make_synthetic_voc(args.out, cfg, progress=not args.quiet)
-    print(f"wrote the synthetic dataset to {out} ({cfg.num_train} train, {cfg.num_val} val "
-          f"images; lists in {out / 'ImageSets' / 'Segmentation'})")
+    print(
+        f"wrote the synthetic dataset to {out} ({cfg.num_train} train, {cfg.num_val} val "
+        f"images; lists in {out / 'ImageSets' / 'Segmentation'})"
+    )
 
 
 def _cmd_train_cam(args) -> None:
     from .stages.train_cam import TrainCamConfig, train_cam
 
     cfg = _stage_config(TrainCamConfig, args, "train_cam", **_training_fields(args))
-    print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg,
-                    progress=not args.quiet))
+    print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg, progress=not args.quiet))
 
 
 def _cmd_make_cam(args) -> None:
     from .stages.make_cam import MakeCamConfig, make_cam
 
     cfg = _stage_config(MakeCamConfig, args, "make_cam")
-    print(make_cam(args.voc_root, _ids(args.list), args.cam_net, args.out, cfg,
-                   progress=not args.quiet))
+    print(
+        make_cam(
+            args.voc_root, _ids(args.list), args.cam_net, args.out, cfg, progress=not args.quiet
+        )
+    )
 
 
 def _cmd_aff_labels(args) -> None:
     from .stages.aff_labels import AffLabelsConfig, make_aff_labels
 
-    cfg = _stage_config(AffLabelsConfig, args, None, alpha_low=args.alpha_low,
-                        alpha_high=args.alpha_high)
+    cfg = _stage_config(
+        AffLabelsConfig, args, None, alpha_low=args.alpha_low, alpha_high=args.alpha_high
+    )
     if args.workers is not None:
         cfg.num_workers = max(1, args.workers)
-    print(make_aff_labels(args.voc_root, _ids(args.list), args.cam_dir, args.out, cfg,
-                          progress=not args.quiet))
+    print(
+        make_aff_labels(
+            args.voc_root, _ids(args.list), args.cam_dir, args.out, cfg, progress=not args.quiet
+        )
+    )
 
 
 def _cmd_train_aff(args) -> None:
     from .stages.train_aff import TrainAffConfig, train_aff
 
     cfg = _stage_config(TrainAffConfig, args, "train_aff", **_training_fields(args))
-    print(train_aff(args.voc_root, _ids(args.train_list), args.aff_labels, args.out, cfg,
-                    progress=not args.quiet))
+    print(
+        train_aff(
+            args.voc_root,
+            _ids(args.train_list),
+            args.aff_labels,
+            args.out,
+            cfg,
+            progress=not args.quiet,
+        )
+    )
 
 
 def _cmd_make_rw(args) -> None:
     from .stages.make_rw import MakeRwConfig, make_rw
 
-    cfg = _stage_config(MakeRwConfig, args, "make_rw", alpha=args.alpha, beta=args.beta,
-                        iterations=args.iterations, batch_size=args.batch_size)
+    cfg = _stage_config(
+        MakeRwConfig,
+        args,
+        "make_rw",
+        alpha=args.alpha,
+        beta=args.beta,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+    )
     if args.no_crf:
         cfg.write_crf = False
-    print(make_rw(args.voc_root, _ids(args.list), args.cam_dir, args.aff_net, args.out, cfg,
-                  progress=not args.quiet))
+    print(
+        make_rw(
+            args.voc_root,
+            _ids(args.list),
+            args.cam_dir,
+            args.aff_net,
+            args.out,
+            cfg,
+            progress=not args.quiet,
+        )
+    )
 
 
 def _cmd_eval(args) -> None:
     from .stages.evaluate import evaluate
 
-    result = evaluate(args.voc_root, args.pred_dir, _ids(args.list), args.out,
-                      progress=not args.quiet)
+    result = evaluate(
+        args.voc_root, args.pred_dir, _ids(args.list), args.out, progress=not args.quiet
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"{'class':<14}{'IoU':>8}{'prec.':>8}{'recall':>8}")
-    for name, iou in result["iou"].items():
+    for name, _iou in result["iou"].items():
         cells = [result[k][name] for k in ("iou", "precision", "recall")]
         print(f"{name:<14}" + "".join(f"{'-' if c is None else f'{c:.1f}':>8}" for c in cells))
-    print(f"{'mIoU':<14}{result['miou']:>8.2f}   ({result['images']} images, "
-          f"{result['classes_counted']} classes counted)")
+    print(
+        f"{'mIoU':<14}{result['miou']:>8.2f}   ({result['images']} images, "
+        f"{result['classes_counted']} classes counted)"
+    )
 
 
 def _cmd_run(args) -> None:
     from .stages.pipeline import RunConfig, run
 
-    overrides: dict = {"device": args.device, "seed": args.seed,
-                       "label_source": args.label_source, "cls_labels": args.cls_labels}
+    overrides: dict = {
+        "device": args.device,
+        "seed": args.seed,
+        "label_source": args.label_source,
+        "cls_labels": args.cls_labels,
+    }
     if args.workers is not None:
         overrides["num_workers"] = args.workers
-    stage = {"train_cam": {"epochs": args.cam_epochs, "weights": args.weights},
-             "train_aff": {"epochs": args.aff_epochs, "weights": args.weights}}
+    stage = {
+        "train_cam": {"epochs": args.cam_epochs, "weights": args.weights},
+        "train_aff": {"epochs": args.aff_epochs, "weights": args.weights},
+    }
     for name, values in stage.items():
         values = {k: v for k, v in values.items() if v is not None}
         if values:
             overrides[name] = values
     cfg = RunConfig.for_backbone(args.backbone, **overrides)
-    metrics = run(args.voc_root, args.train_list, args.eval_list, args.workdir, cfg,
-                  progress=not args.quiet)
+    metrics = run(
+        args.voc_root, args.train_list, args.eval_list, args.workdir, cfg, progress=not args.quiet
+    )
     summary = {k: metrics[k] for k in ("cam_miou", "rw_miou", "rw_crf_miou") if k in metrics}
     print(json.dumps({**summary, "stage_seconds": metrics["stage_seconds"]}, indent=2))
-    print(f"metrics: {Path(args.workdir) / 'metrics.json'}   "
-          f"overview: {Path(args.workdir) / 'overview.png'}")
+    print(
+        f"metrics: {Path(args.workdir) / 'metrics.json'}   "
+        f"overview: {Path(args.workdir) / 'overview.png'}"
+    )
 
 
 def _cmd_info(args) -> None:
@@ -170,15 +226,23 @@ def _add_training(p: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def _training_fields(args) -> dict:
-    return {"weights": args.weights, "epochs": args.epochs, "batch_size": args.batch_size,
-            "lr": args.lr, "optimizer": args.optimizer, "crop_size": args.crop_size}
+    return {
+        "weights": args.weights,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "crop_size": args.crop_size,
+    }
 
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     """The argument parser; `with_bench` imports affext.bench for its arguments."""
     parser = argparse.ArgumentParser(
-        prog="affext", description="AffinityNet (PSA) pseudo labels from image-level labels, "
-        "with fast kernels. `affext data synth --out D` then `affext run --voc-root D ...`.")
+        prog="affext",
+        description="AffinityNet (PSA) pseudo labels from image-level labels, "
+        "with fast kernels. `affext data synth --out D` then `affext run --voc-root D ...`.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
 
     data = sub.add_parser("data", help="datasets")
@@ -277,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"affext {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"affext {args.command}: interrupted; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"affext {args.command}: interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     return rc if isinstance(rc, int) else 0
 

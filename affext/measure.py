@@ -16,8 +16,10 @@ affext once and forks one child per measured case; the child frees the warm-up's
 growth and the time of the measured call. `python -m affext.measure CASE JSON-PARAMS`
 measures one case the same way and prints the bytes.
 """
+
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -29,8 +31,8 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -46,6 +48,7 @@ class CaseInfo:
     time_exponent: time grows about as N ** time_exponent with the map's area N = H * W
     (1 for the stencil kernels, 3 for psa's dense N x N matrix products).
     """
+
     peak_bytes: Callable[..., float] | None = None
     time_exponent: float = 1.0
 
@@ -53,13 +56,14 @@ class CaseInfo:
 CASE_INFO: dict[str, CaseInfo] = {}
 
 
-def case(name: str, *, peak_bytes: Callable[..., float] | None = None,
-         time_exponent: float = 1.0):
+def case(name: str, *, peak_bytes: Callable[..., float] | None = None, time_exponent: float = 1.0):
     """Register a case builder: builder(device, **params) -> zero-argument callable."""
+
     def register(builder):
         CASES[name] = builder
         CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent)
         return builder
+
     return register
 
 
@@ -82,8 +86,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_work(work: Work, device: str = "cpu", repeats: int = 5, warmup: int = 1,
-              budget_s: float | None = None) -> dict:
+def time_work(
+    work: Work,
+    device: str = "cpu",
+    repeats: int = 5,
+    warmup: int = 1,
+    budget_s: float | None = None,
+) -> dict:
     """Median and spread of `repeats` timed calls (after `warmup`), in seconds.
 
     With budget_s, stops early once that much time has been spent (at least one call).
@@ -102,8 +111,12 @@ def time_work(work: Work, device: str = "cpu", repeats: int = 5, warmup: int = 1
         spent += times[-1]
         if budget_s is not None and spent > budget_s:
             break
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "repeats": len(times)}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": len(times),
+    }
 
 
 def _status_bytes(field: str) -> int | None:
@@ -143,10 +156,8 @@ def _release_freed_memory(device: torch.device) -> None:
     # by pages the allocator kept (glibc only; elsewhere the probe may under-count a little).
     if device.type == "cuda":
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def measure_warm_call(name: str, device: str = "cpu", warm_up: bool = True, **params) -> dict:
@@ -178,8 +189,7 @@ def measure_warm_call(name: str, device: str = "cpu", warm_up: bool = True, **pa
     work()
     _sync(dev)
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-            else _peak_rss_bytes())
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss_bytes()
     return {"peak_extra_bytes": peak - base, "seconds": seconds}
 
 
@@ -193,23 +203,34 @@ class MemoryProbe:
 
     def __init__(self, threads: int | None = None) -> None:
         self._threads = threads
-        self._proc = subprocess.Popen([sys.executable, "-m", "affext.measure", "--serve"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "affext.measure", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
-    def measure(self, name: str, timeout_s: float | None = None, warm_up: bool = True,
-                **params) -> dict:
+    def measure(
+        self, name: str, timeout_s: float | None = None, warm_up: bool = True, **params
+    ) -> dict:
         """{"peak_extra_bytes": int, "seconds": float} of one call of a CPU case."""
         if self._proc.poll() is not None:
             raise RuntimeError(f"the memory probe exited with status {self._proc.returncode}")
-        request = {"case": name, "params": params, "timeout_s": timeout_s,
-                   "threads": self._threads, "warm_up": warm_up}
+        request = {
+            "case": name,
+            "params": params,
+            "timeout_s": timeout_s,
+            "threads": self._threads,
+            "warm_up": warm_up,
+        }
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the memory probe exited (status {self._proc.wait()}) "
-                               f"while measuring {name}")
+            raise RuntimeError(
+                f"the memory probe exited (status {self._proc.wait()}) while measuring {name}"
+            )
         result = json.loads(line)
         if "error" in result:
             raise RuntimeError(f"measuring {name} {params}: {result['error']}")
@@ -220,15 +241,21 @@ class MemoryProbe:
             self._proc.stdin.close()
             self._proc.wait()
 
-    def __enter__(self) -> "MemoryProbe":
+    def __enter__(self) -> MemoryProbe:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def measure_call(name: str, device: str = "cpu", timeout_s: float | None = None,
-                 probe: MemoryProbe | None = None, warm_up: bool = True, **params) -> dict:
+def measure_call(
+    name: str,
+    device: str = "cpu",
+    timeout_s: float | None = None,
+    probe: MemoryProbe | None = None,
+    warm_up: bool = True,
+    **params,
+) -> dict:
     """measure_warm_call where it is meaningful: CUDA in this process; CPU in a child of
     `probe` (one is started for this call if not given), so that nothing allocated here can
     hide the peak. timeout_s applies to the CPU child."""
@@ -248,8 +275,11 @@ def peak_memory(name: str, device: str = "cpu", timeout_s: float = 600, **params
 def quiet_reference_warnings() -> None:
     """Silence the warnings torch's sparse tensors give on every use (the torch-sparse
     references), which would bury a benchmark's output."""
-    warnings.filterwarnings("ignore", category=UserWarning,
-                            message="Sparse (CSR tensor support is in beta|invariant checks)")
+    warnings.filterwarnings(
+        "ignore",
+        category=UserWarning,
+        message="Sparse (CSR tensor support is in beta|invariant checks)",
+    )
 
 
 def _register_builtin_cases() -> None:
@@ -283,7 +313,8 @@ def _serve(measure_module) -> None:
                 if timeout_s:
                     signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends the child
                 result = measure_module.measure_warm_call(
-                    request["case"], "cpu", request.get("warm_up", True), **request["params"])
+                    request["case"], "cpu", request.get("warm_up", True), **request["params"]
+                )
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             os.write(write_end, json.dumps(result).encode())

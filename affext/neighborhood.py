@@ -2,9 +2,10 @@
 
 The C++ twin is csrc/common/neighborhood.h; tests/test_affinity.py ties the two together.
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -31,7 +32,7 @@ def region_code(region: str) -> int:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def neighborhood_offsets(radius: int = 5) -> tuple[tuple[int, int], ...]:
     """The K half-disk offsets (dy, dx) in psa's order; K = 34 for radius 5.
 
@@ -41,8 +42,12 @@ def neighborhood_offsets(radius: int = 5) -> tuple[tuple[int, int], ...]:
     check_radius(radius)
     rf = radius - 1
     offsets = [(0, dx) for dx in range(1, radius)]
-    offsets += [(dy, dx) for dy in range(1, radius) for dx in range(-rf, radius)
-                if dx * dx + dy * dy < radius * radius]
+    offsets += [
+        (dy, dx)
+        for dy in range(1, radius)
+        for dx in range(-rf, radius)
+        if dx * dx + dy * dy < radius * radius
+    ]
     return tuple(offsets)
 
 
@@ -50,8 +55,10 @@ def from_region(height: int, width: int, radius: int = 5) -> tuple[slice, slice]
     """psa's "from" region as (rows, columns) slices: rows [0, H-r+1), columns [r-1, W-r+1)."""
     rf = check_radius(radius) - 1
     if height < radius or width < 2 * radius - 1:
-        raise ValueError(f"a {height}x{width} map is smaller than radius {radius} needs "
-                         f"({radius}x{2 * radius - 1})")
+        raise ValueError(
+            f"a {height}x{width} map is smaller than radius {radius} needs "
+            f"({radius}x{2 * radius - 1})"
+        )
     return slice(0, height - rf), slice(rf, width - rf)
 
 

@@ -4,6 +4,7 @@
 Prints the time and peak-extra-memory ratios; performance.md's CPU target is >= 10x faster
 and <= 1/50 of the extra memory.
 """
+
 import pytest
 
 from affext import bench_cases  # noqa: F401  (registers the cases)
@@ -24,7 +25,10 @@ def test_affinity_fwd_bwd(benchmark, device, impl, batch):
     _times[(device, batch, impl)] = (benchmark.stats.stats.median, mem)
     other = _times.get((device, batch, "psa-dense"))
     if impl == "affext" and other:
-        print(f"\n[{device} B={batch}] affext {benchmark.stats.stats.median * 1e3:.1f} ms, "
-              f"{mem / 2**20:.1f} MiB extra; psa-dense {other[0] * 1e3:.1f} ms, "
-              f"{other[1] / 2**20:.1f} MiB extra; speed-up {other[0] / benchmark.stats.stats.median:.1f}x, "
-              f"memory 1/{other[1] / max(mem, 1):.0f}")
+        print(
+            f"\n[{device} B={batch}] affext {benchmark.stats.stats.median * 1e3:.1f} ms, "
+            f"{mem / 2**20:.1f} MiB extra; psa-dense {other[0] * 1e3:.1f} ms, "
+            f"{other[1] / 2**20:.1f} MiB extra; "
+            f"speed-up {other[0] / benchmark.stats.stats.median:.1f}x, "
+            f"memory 1/{other[1] / max(mem, 1):.0f}"
+        )

@@ -5,6 +5,7 @@ psa's side builds its three (B, K, n_from) float masks from the label map (data.
 computes train_aff's loss; affext classifies the pairs inside its kernel. Prints the time and
 peak-extra-memory ratios; performance.md's target is faster, without (B, K, n) float masks.
 """
+
 import pytest
 
 from affext import bench_cases  # noqa: F401  (registers the cases)
@@ -25,7 +26,9 @@ def test_pair_loss_fwd_bwd(benchmark, device, impl):
     other = _times.get((device, "psa"))
     if impl == "affext" and other:
         ours = benchmark.stats.stats.median
-        print(f"\n[{device} B={SHAPE['batch']}] affext {ours * 1e3:.2f} ms, "
-              f"{mem / 2**20:.2f} MiB extra; psa {other[0] * 1e3:.2f} ms, "
-              f"{other[1] / 2**20:.2f} MiB extra; speed-up {other[0] / ours:.1f}x, "
-              f"memory ratio {other[1] / max(mem, 1):.1f}")
+        print(
+            f"\n[{device} B={SHAPE['batch']}] affext {ours * 1e3:.2f} ms, "
+            f"{mem / 2**20:.2f} MiB extra; psa {other[0] * 1e3:.2f} ms, "
+            f"{other[1] / 2**20:.2f} MiB extra; speed-up {other[0] / ours:.1f}x, "
+            f"memory ratio {other[1] / max(mem, 1):.1f}"
+        )

@@ -7,6 +7,7 @@ channels live and >= 5x on psa-shaped CAMs (background + two classes live). psa-
 where it finishes in reasonable time (56x56: ~3 s, 84x84: ~30 s); affext alone at 224x224
 and 512x512, where the dense N x N matrix would need 10 GB and 275 GB.
 """
+
 import pytest
 
 from affext import bench_cases  # noqa: F401  (registers the cases)
@@ -24,8 +25,10 @@ def _run(benchmark, device, impl, size, live, rounds):
     _times[(device, size, live, impl)] = median
     ours = _times.get((device, size, live, "affext"))
     if impl != "affext" and ours:
-        print(f"\n[{device} {size}x{size} live={live}] affext {ours * 1e3:.1f} ms, {impl} "
-              f"{median * 1e3:.1f} ms: {median / ours:.1f}x")
+        print(
+            f"\n[{device} {size}x{size} live={live}] affext {ours * 1e3:.1f} ms, {impl} "
+            f"{median * 1e3:.1f} ms: {median / ours:.1f}x"
+        )
 
 
 @pytest.mark.parametrize("live", ["psa", "all"])
@@ -33,8 +36,9 @@ def _run(benchmark, device, impl, size, live, rounds):
 @pytest.mark.parametrize("impl", ["affext", "torch-sparse", "psa-dense"])
 def test_walk_vs_references(benchmark, device, impl, size, live):
     if impl == "psa-dense" and (size > DENSE_MAX_SIZE or (size > 56 and live == "psa")):
-        pytest.skip(f"psa-dense at {size}x{size} costs 8 N^3 = "
-                    f"{8 * (size * size) ** 3:.1e} FLOP per image")
+        pytest.skip(
+            f"psa-dense at {size}x{size} costs 8 N^3 = {8 * (size * size) ** 3:.1e} FLOP per image"
+        )
     rounds = {"affext": 10, "torch-sparse": 5, "psa-dense": 1}[impl]
     _run(benchmark, device, impl, size, live, rounds)
 

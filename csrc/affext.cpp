@@ -17,13 +17,15 @@ TORCH_LIBRARY(affext, m) {
   m.def("pairwise_affinity_backward(Tensor grad, Tensor feat, Tensor aff, int radius) -> Tensor");
   // Section 5: vec(cam) T^iterations, T = A^beta D^-1 over the pairs of the region
   // (0: psa's from-region, 1: every pair inside the map). No autograd.
-  m.def("random_walk(Tensor cam, Tensor aff, float beta, int iterations, int radius, "
-        "int region) -> Tensor");
+  m.def(
+      "random_walk(Tensor cam, Tensor aff, float beta, int iterations, int radius, "
+      "int region) -> Tensor");
   // Section 4: stats [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count] (float64) of
   // the pairs of region (0 psa, 1 full) classified from labels; the gradient flows into aff.
   m.def("pair_loss(Tensor aff, Tensor labels, int radius, int region) -> Tensor");
-  m.def("pair_loss_backward(Tensor grad_stats, Tensor aff, Tensor labels, int radius, "
-        "int region) -> Tensor");
+  m.def(
+      "pair_loss_backward(Tensor grad_stats, Tensor aff, Tensor labels, int radius, "
+      "int region) -> Tensor");
   // Section 4: (B, K, H, W) uint8 pair classes: 0 bg_pos, 1 fg_pos, 2 neg, 3 none.
   m.def("pair_classes(Tensor labels, int radius, int region) -> Tensor");
 }

@@ -1,11 +1,12 @@
 """pairwise_affinity against psa's dense formulation, written apart from the kernels."""
+
 import pytest
 import torch
+from conftest import requires_cuda
 
 import affext
 from affext import _extension
 from affext.reference.affinity import psa_affinity
-from conftest import requires_cuda
 
 
 def full_reference(feat: torch.Tensor, radius: int) -> torch.Tensor:
@@ -16,8 +17,8 @@ def full_reference(feat: torch.Tensor, radius: int) -> torch.Tensor:
     inside = torch.nn.functional.pad(torch.ones(1, 1, h, w, dtype=feat.dtype), (pad,) * 4)
     out = []
     for dy, dx in affext.neighborhood_offsets(radius):
-        shifted = padded[:, :, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-        valid = inside[:, :, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+        shifted = padded[:, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+        valid = inside[:, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
         aff = torch.exp(-(feat - shifted).abs().mean(1, keepdim=True))
         out.append(aff * valid)
     return torch.cat(out, 1)
@@ -41,20 +42,29 @@ def test_offsets_psa_order_radius5():
 
 @pytest.mark.parametrize("radius", range(2, 17))
 def test_offsets_match_kernels(radius):
-    assert [tuple(o) for o in _extension._C.neighborhood_offsets(radius)] == \
-        list(affext.neighborhood_offsets(radius))
+    assert [tuple(o) for o in _extension._C.neighborhood_offsets(radius)] == list(
+        affext.neighborhood_offsets(radius)
+    )
 
 
-@pytest.mark.parametrize("shape,radius", [
-    ((1, 3, 8, 8), 2), ((2, 5, 9, 13), 3), ((3, 4, 12, 10), 4), ((2, 16, 17, 23), 5),
-    ((1, 7, 11, 12), 6), ((2, 448, 14, 14), 5),
-])
+@pytest.mark.parametrize(
+    "shape,radius",
+    [
+        ((1, 3, 8, 8), 2),
+        ((2, 5, 9, 13), 3),
+        ((3, 4, 12, 10), 4),
+        ((2, 16, 17, 23), 5),
+        ((1, 7, 11, 12), 6),
+        ((2, 448, 14, 14), 5),
+    ],
+)
 def test_forward_equals_psa(shape, radius):
     feat = structured_features(*shape)
     aff = affext.pairwise_affinity(feat, radius)
     assert aff.shape == (shape[0], len(affext.neighborhood_offsets(radius)), *shape[2:])
-    torch.testing.assert_close(affext.psa_layout(aff, radius), psa_affinity(feat, radius),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        affext.psa_layout(aff, radius), psa_affinity(feat, radius), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("radius", [2, 5])
@@ -63,7 +73,7 @@ def test_forward_full_map(radius):
     aff = affext.pairwise_affinity(feat, radius)
     torch.testing.assert_close(aff, full_reference(feat, radius))
     # a neighbour outside the map gives exactly 0, one inside never does
-    assert (aff[:, 0, :, -1] == 0).all() and (aff[:, 0, :, :-radius + 1] > 0).all()
+    assert (aff[:, 0, :, -1] == 0).all() and (aff[:, 0, :, : -radius + 1] > 0).all()
 
 
 @pytest.mark.parametrize("radius", [2, 5])
@@ -108,14 +118,17 @@ def test_opcheck():
     feat = torch.randn(2, 4, 9, 10, requires_grad=True)
     torch.library.opcheck(torch.ops.affext.pairwise_affinity.default, (feat, 3))
     aff = affext.pairwise_affinity(feat.detach(), 3)
-    torch.library.opcheck(torch.ops.affext.pairwise_affinity_backward.default,
-                          (torch.randn_like(aff), feat.detach(), aff, 3))
+    torch.library.opcheck(
+        torch.ops.affext.pairwise_affinity_backward.default,
+        (torch.randn_like(aff), feat.detach(), aff, 3),
+    )
 
 
 def test_torch_compile():
     feat = torch.randn(1, 4, 9, 10, requires_grad=True)
-    compiled = torch.compile(lambda f: affext.pairwise_affinity(f, 3).sum(),
-                             backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda f: affext.pairwise_affinity(f, 3).sum(), backend="aot_eager", fullgraph=True
+    )
     compiled(feat).backward()
     expected = torch.autograd.grad(affext.pairwise_affinity(feat, 3).sum(), feat)[0]
     torch.testing.assert_close(feat.grad, expected)
@@ -123,11 +136,16 @@ def test_torch_compile():
 
 def test_non_contiguous_input():
     base = structured_features(2, 9, 14, 16)
-    for feat in (base.to(memory_format=torch.channels_last), base.transpose(2, 3),
-                 base[:, ::2], base[..., 1:]):
+    for feat in (
+        base.to(memory_format=torch.channels_last),
+        base.transpose(2, 3),
+        base[:, ::2],
+        base[..., 1:],
+    ):
         assert not feat.is_contiguous()
-        torch.testing.assert_close(affext.pairwise_affinity(feat, 3),
-                                   affext.pairwise_affinity(feat.contiguous(), 3))
+        torch.testing.assert_close(
+            affext.pairwise_affinity(feat, 3), affext.pairwise_affinity(feat.contiguous(), 3)
+        )
 
 
 def test_empty_batch():
@@ -135,17 +153,20 @@ def test_empty_batch():
     assert aff.shape == (0, 34, 9, 9)
 
 
-@pytest.mark.parametrize("feat,radius,exc,match", [
-    (torch.randn(4, 9, 9), 5, ValueError, "feat must have shape"),
-    (torch.randint(0, 5, (1, 4, 9, 9)), 5, TypeError, "feat must be a floating-point"),
-    (torch.randn(1, 4, 9, 9, dtype=torch.float16), 5, TypeError, "float32 or float64"),
-    (torch.randn(1, 4, 9, 9), 1, ValueError, "radius must be in"),
-    (torch.randn(1, 4, 9, 9), 17, ValueError, "radius must be in"),
-    (torch.randn(1, 4, 9, 9), 5.0, TypeError, "radius must be an int"),
-    (torch.randn(1, 4, 4, 9), 5, ValueError, "needs a map of at least 5x9"),
-    (torch.randn(1, 4, 9, 8), 5, ValueError, "needs a map of at least 5x9"),
-    (torch.randn(1, 0, 9, 9), 5, ValueError, "at least one channel"),
-])
+@pytest.mark.parametrize(
+    "feat,radius,exc,match",
+    [
+        (torch.randn(4, 9, 9), 5, ValueError, "feat must have shape"),
+        (torch.randint(0, 5, (1, 4, 9, 9)), 5, TypeError, "feat must be a floating-point"),
+        (torch.randn(1, 4, 9, 9, dtype=torch.float16), 5, TypeError, "float32 or float64"),
+        (torch.randn(1, 4, 9, 9), 1, ValueError, "radius must be in"),
+        (torch.randn(1, 4, 9, 9), 17, ValueError, "radius must be in"),
+        (torch.randn(1, 4, 9, 9), 5.0, TypeError, "radius must be an int"),
+        (torch.randn(1, 4, 4, 9), 5, ValueError, "needs a map of at least 5x9"),
+        (torch.randn(1, 4, 9, 8), 5, ValueError, "needs a map of at least 5x9"),
+        (torch.randn(1, 0, 9, 9), 5, ValueError, "at least one channel"),
+    ],
+)
 def test_errors(feat, radius, exc, match):
     with pytest.raises(exc, match=match):
         affext.pairwise_affinity(feat, radius)
@@ -162,8 +183,10 @@ def test_psa_layout_errors():
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12),
-                                       (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)],
+)
 def test_cuda_matches_cpu(dtype, tol):
     feat = structured_features(2, 64, 19, 21)
     weights = torch.rand(2, 34, 19, 21)
@@ -172,8 +195,9 @@ def test_cuda_matches_cpu(dtype, tol):
     gpu = feat.to("cuda", dtype).requires_grad_()
     aff = affext.pairwise_affinity(gpu, 5)
     (aff * weights.to("cuda", dtype)).sum().backward()
-    torch.testing.assert_close(aff.double().cpu(), affext.pairwise_affinity(cpu, 5).detach(),
-                               rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        aff.double().cpu(), affext.pairwise_affinity(cpu, 5).detach(), rtol=tol, atol=tol
+    )
     torch.testing.assert_close(gpu.grad.double().cpu(), cpu.grad, rtol=10 * tol, atol=10 * tol)
 
 

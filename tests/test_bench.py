@@ -1,6 +1,7 @@
 """`affext bench`: the quick run end to end (its JSON schema, its plot), and the decisions it
 makes before running anything (skips from a memory estimate or a time prediction).
 No timing is asserted: only that every figure is there and is a finite number."""
+
 import argparse
 import json
 import math
@@ -11,9 +12,23 @@ from affext import bench, measure
 from affext.bench_cases import _walk_dense_bytes
 
 ENTRY_KEYS = {"id", "op", "group", "title", "params", "n", "results", "ratios"}
-ENV_KEYS = {"affext", "build", "python", "platform", "cpu", "cpu_count", "threads",
-            "interop_threads", "torch", "cuda", "gpu", "dtype", "float32_matmul_precision",
-            "load_average", "memory_total_bytes"}
+ENV_KEYS = {
+    "affext",
+    "build",
+    "python",
+    "platform",
+    "cpu",
+    "cpu_count",
+    "threads",
+    "interop_threads",
+    "torch",
+    "cuda",
+    "gpu",
+    "dtype",
+    "float32_matmul_precision",
+    "load_average",
+    "memory_total_bytes",
+}
 
 
 def _finite_positive(x) -> bool:
@@ -26,8 +41,17 @@ def quick_report(tmp_path_factory):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     # One thread: on a shared 2-core machine two threads wait on each other's time slices.
-    args = parser.parse_args(["--quick", "--threads", "1", "--json", str(out / "bench.json"),
-                              "--plot", str(out / "bench.png")])
+    args = parser.parse_args(
+        [
+            "--quick",
+            "--threads",
+            "1",
+            "--json",
+            str(out / "bench.json"),
+            "--plot",
+            str(out / "bench.png"),
+        ]
+    )
     assert bench.main(args) == 0
     with open(out / "bench.json") as f:
         report = json.load(f)
@@ -39,7 +63,7 @@ def test_quick_report_schema(quick_report):
     assert report["schema"] == "affext-bench" and report["schema_version"] == 1
     assert report["mode"] == "quick" and "quick" in report["note"]
     assert report["device"] == "cpu"
-    assert ENV_KEYS <= set(report["environment"])
+    assert set(report["environment"]) >= ENV_KEYS
     assert report["environment"]["threads"] == 1
     assert set(report["settings"]) >= {"repeats", "warmup", "budget_s", "memory_limit_bytes"}
     ids = [e["id"] for e in report["benchmarks"]]
@@ -74,8 +98,9 @@ def test_quick_report_measures_the_affinity_against_psa(quick_report):
     assert set(entry["ratios"]) == {"psa-dense"}
 
 
-@pytest.mark.skipif("random_walk/affext" not in measure.CASES,
-                    reason="the random walk is not in this build")
+@pytest.mark.skipif(
+    "random_walk/affext" not in measure.CASES, reason="the random walk is not in this build"
+)
 def test_quick_report_measures_the_walk_against_both_references(quick_report):
     report, _ = quick_report
     for entry in report["benchmarks"]:
@@ -92,7 +117,7 @@ def test_quick_plot_is_a_png(quick_report):
 def test_skip_reason_from_memory_estimate_and_predicted_time():
     # psa's dense walk on a 512x512 map: three N x N float32 matrices, N = 262144.
     need = _walk_dense_bytes(size=512)
-    assert need == 3 * 4 * 262144 ** 2
+    assert need == 3 * 4 * 262144**2
     reason = bench.skip_reason("psa-dense", int(need), 16 * 10**9, None, 30.0)
     assert reason.startswith("skipped: psa-dense needs ~825 GB") and "16 GB" in reason
     reason = bench.skip_reason("psa-dense", 10**6, 16 * 10**9, 150.0, 30.0, "basis")
@@ -110,8 +135,9 @@ def test_runner_skips_before_building(monkeypatch):
         return lambda: None
 
     monkeypatch.setitem(measure.CASES, "test/huge", builder)
-    monkeypatch.setitem(measure.CASE_INFO, "test/huge",
-                        measure.CaseInfo(peak_bytes=lambda size: 1e15))
+    monkeypatch.setitem(
+        measure.CASE_INFO, "test/huge", measure.CaseInfo(peak_bytes=lambda size: 1e15)
+    )
     monkeypatch.setitem(measure.CASES, "test/slow", builder)
     monkeypatch.setitem(measure.CASE_INFO, "test/slow", measure.CaseInfo(time_exponent=3))
     settings = bench.Settings(budget_s=10.0, memory_limit_bytes=10**9)
@@ -130,5 +156,11 @@ def test_runner_skips_before_building(monkeypatch):
 
 
 def _point(size: int) -> bench.Point:
-    return bench.Point(f"test/{size}", "test", "scaling", "test", dict(size=size),
-                       {"huge": "test/huge", "slow": "test/slow"})
+    return bench.Point(
+        f"test/{size}",
+        "test",
+        "scaling",
+        "test",
+        dict(size=size),
+        {"huge": "test/huge", "slow": "test/slow"},
+    )

@@ -1,11 +1,11 @@
 """The `affext` command: subcommands, errors, and one end-to-end `affext run`."""
+
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 import affext
@@ -23,19 +23,46 @@ def test_info_prints_build_info(capsys):
 
 
 def test_data_synth(tmp_path, capsys):
-    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--num-train", "3",
-                 "--num-val", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(tmp_path / "d"),
+                "--num-train",
+                "3",
+                "--num-val",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "3 train, 1 val" in capsys.readouterr().out
     assert len(list((tmp_path / "d" / "JPEGImages").glob("*.jpg"))) == 4
     lists = tmp_path / "d" / "ImageSets" / "Segmentation"
-    assert (lists / "train.txt").read_text().split() == ["synth_00000", "synth_00001",
-                                                         "synth_00002"]
+    assert (lists / "train.txt").read_text().split() == [
+        "synth_00000",
+        "synth_00001",
+        "synth_00002",
+    ]
 
 
 def test_errors_exit_2_with_a_sentence(tmp_path, capsys):
     (tmp_path / "l.txt").write_text("a\n")
-    code = main(["eval", "--voc-root", str(tmp_path / "nowhere"), "--list",
-                 str(tmp_path / "l.txt"), "--pred-dir", str(tmp_path), "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--voc-root",
+            str(tmp_path / "nowhere"),
+            "--list",
+            str(tmp_path / "l.txt"),
+            "--pred-dir",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "affext eval: error: dataset root" in err and "does not exist" in err
@@ -43,36 +70,80 @@ def test_errors_exit_2_with_a_sentence(tmp_path, capsys):
 
 def test_python_dash_m_affext():
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-m", "affext", "--help"], capture_output=True,
-                         text=True, env=env, check=True)
-    for command in ("data", "train-cam", "make-cam", "make-aff-labels", "train-aff", "make-rw",
-                    "eval", "run", "info", "bench"):
+    out = subprocess.run(
+        [sys.executable, "-m", "affext", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    for command in (
+        "data",
+        "train-cam",
+        "make-cam",
+        "make-aff-labels",
+        "train-aff",
+        "make-rw",
+        "eval",
+        "run",
+        "info",
+        "bench",
+    ):
         assert command in out.stdout
 
 
 def test_run_end_to_end(tmp_path, capsys):
-    voc = make_synthetic_voc(tmp_path / "voc", SynthConfig(num_train=8, num_val=2,
-                                                            min_size=72, max_size=80),
-                             progress=False)
+    voc = make_synthetic_voc(
+        tmp_path / "voc",
+        SynthConfig(num_train=8, num_val=2, min_size=72, max_size=80),
+        progress=False,
+    )
     lists = voc / "ImageSets" / "Segmentation"
     work = tmp_path / "work"
-    args = ["run", "--voc-root", str(voc), "--train-list", str(lists / "train.txt"),
-            "--eval-list", str(lists / "val.txt"), "--workdir", str(work), "--backbone",
-            "tiny", "--device", "cpu", "--workers", "0", "--cam-epochs", "1",
-            "--aff-epochs", "1", "--quiet"]
+    args = [
+        "run",
+        "--voc-root",
+        str(voc),
+        "--train-list",
+        str(lists / "train.txt"),
+        "--eval-list",
+        str(lists / "val.txt"),
+        "--workdir",
+        str(work),
+        "--backbone",
+        "tiny",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--cam-epochs",
+        "1",
+        "--aff-epochs",
+        "1",
+        "--quiet",
+    ]
     assert main(args) == 0
     metrics = json.loads((work / "metrics.json").read_text())
     for key in ("cam_miou", "rw_miou", "rw_crf_miou"):
         assert 0.0 <= metrics[key] <= 100.0
     assert metrics["eval_images"] == 2 and metrics["train_images"] == 8
-    assert set(metrics["stage_seconds"]) >= {"train-cam", "make-cam", "make-aff-labels",
-                                             "train-aff", "make-rw", "eval"}
+    assert set(metrics["stage_seconds"]) >= {
+        "train-cam",
+        "make-cam",
+        "make-aff-labels",
+        "train-aff",
+        "make-rw",
+        "eval",
+    }
     assert metrics["per_class_iou"]["rw"]["background"] is not None
     with Image.open(work / "overview.png") as im:
         assert im.width > 4 * 72 and im.height >= 2 * 128
     # the config and versions are recorded next to each stage's outputs
-    for rec in ("run.config.json", "train_cam/train-cam.config.json",
-                "make_rw/make-rw.config.json"):
+    for rec in (
+        "run.config.json",
+        "train_cam/train-cam.config.json",
+        "make_rw/make-rw.config.json",
+    ):
         data = json.loads((work / rec).read_text())
         assert data["versions"]["torch"] and "config" in data
     # a second run finds everything done and only re-evaluates

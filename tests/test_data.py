@@ -1,12 +1,22 @@
 """The VOC-layout reader, the synthetic dataset, the transforms and the affinity label map."""
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from affext.data import (VOC_CLASSES, DatasetError, SynthConfig, VOCDataset, load_label_png,
-                         make_synthetic_voc, read_id_list, save_label_png, voc_palette)
+from affext.data import (
+    VOC_CLASSES,
+    DatasetError,
+    SynthConfig,
+    VOCDataset,
+    load_label_png,
+    make_synthetic_voc,
+    read_id_list,
+    save_label_png,
+    voc_palette,
+)
 from affext.data.datasets import AffTrainDataset, affinity_label_map, pool_by
 from affext.data.transforms import colour_jitter, crop_box, normalize, random_crop
 from affext.stages.common import save_score_dict
@@ -22,9 +32,9 @@ def synth(tmp_path_factory) -> Path:
 def test_palette_matches_voc_colours():
     pal = np.asarray(voc_palette()).reshape(256, 3)
     assert pal[0].tolist() == [0, 0, 0]
-    assert pal[1].tolist() == [128, 0, 0]          # aeroplane
-    assert pal[15].tolist() == [192, 128, 128]     # person
-    assert pal[255].tolist() == [224, 224, 192]    # void
+    assert pal[1].tolist() == [128, 0, 0]  # aeroplane
+    assert pal[15].tolist() == [192, 128, 128]  # person
+    assert pal[255].tolist() == [224, 224, 192]  # void
 
 
 def test_label_png_round_trip_keeps_indices_and_palette(tmp_path):
@@ -39,8 +49,10 @@ def test_label_png_round_trip_keeps_indices_and_palette(tmp_path):
 
 def test_read_id_list_accepts_ids_and_psa_lines(tmp_path):
     f = tmp_path / "l.txt"
-    f.write_text("2007_000032\n\n# comment\n/JPEGImages/2007_000039.jpg "
-                 "/SegmentationClassAug/2007_000039.png\n  2008_000001  \n")
+    f.write_text(
+        "2007_000032\n\n# comment\n/JPEGImages/2007_000039.jpg "
+        "/SegmentationClassAug/2007_000039.png\n  2008_000001  \n"
+    )
     assert read_id_list(f) == ["2007_000032", "2007_000039", "2008_000001"]
     with pytest.raises(DatasetError, match="does not exist"):
         read_id_list(tmp_path / "nope.txt")
@@ -65,8 +77,11 @@ def test_synthetic_dataset_layout_and_labels_agree(synth):
 def test_synthetic_dataset_is_deterministic(synth, tmp_path):
     cfg = SynthConfig(num_train=6, num_val=2, min_size=48, max_size=64)
     again = make_synthetic_voc(tmp_path / "again", cfg, progress=False)
-    for sub in ("JPEGImages/synth_00003.jpg", "SegmentationClass/synth_00003.png",
-                "Annotations/synth_00003.xml"):
+    for sub in (
+        "JPEGImages/synth_00003.jpg",
+        "SegmentationClass/synth_00003.png",
+        "Annotations/synth_00003.xml",
+    ):
         assert (synth / sub).read_bytes() == (again / sub).read_bytes()
 
 
@@ -86,7 +101,8 @@ def test_xml_labels_every_object_name(tmp_path):
     (root / "Annotations").mkdir()
     (root / "Annotations" / "x.xml").write_text(
         "<annotation><object><name>dog</name><part><name>head</name></part></object>"
-        "<object><name>person</name></object><object><name>dog</name></object></annotation>")
+        "<object><name>person</name></object><object><name>dog</name></object></annotation>"
+    )
     voc = VOCDataset(root)
     assert voc.label_source == "xml"
     vec = voc.image_labels("x")
@@ -114,8 +130,11 @@ def test_normalize_and_crop():
     image = np.full((5, 7, 3), 255, np.uint8)
     x = normalize(image)
     assert x.shape == (3, 5, 7)
-    np.testing.assert_allclose(x[:, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) /
-                               np.array([0.229, 0.224, 0.225]), rtol=1e-6)
+    np.testing.assert_allclose(
+        x[:, 0, 0],
+        (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+        rtol=1e-6,
+    )
     rng = np.random.default_rng(0)
     a = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7)
     (c,) = random_crop([a], 6, rng)
@@ -159,8 +178,15 @@ def test_aff_dataset_items(synth, tmp_path):
             h, w = voc.load_image(i).shape[:2]
             scores = {0: np.full((h, w), 0.6, np.float32), 8: np.full((h, w), 0.4, np.float32)}
             save_score_dict(tmp_path / d / f"{i}.npy", scores)
-    ds = AffTrainDataset(voc, ids, tmp_path / "la", tmp_path / "ha", crop_size=64,
-                         jitter=(0.3, 0.3, 0.3, 0.1), seed=3)
+    ds = AffTrainDataset(
+        voc,
+        ids,
+        tmp_path / "la",
+        tmp_path / "ha",
+        crop_size=64,
+        jitter=(0.3, 0.3, 0.3, 0.1),
+        seed=3,
+    )
     x, label = ds[0]
     assert x.shape == (3, 64, 64) and label.shape == (8, 8)
     # background everywhere there is a score; padding (if any) is 255

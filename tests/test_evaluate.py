@@ -1,11 +1,16 @@
 """mIoU, per-class IoU, precision and recall (method.md section 7)."""
+
 import numpy as np
 import pytest
 
 from affext.data import SynthConfig, make_synthetic_voc, read_id_list, save_label_png
 from affext.data.voc import DatasetError, VOCDataset
-from affext.stages.evaluate import (confusion_matrix, evaluate, evaluate_arrays,
-                                    scores_from_confusion)
+from affext.stages.evaluate import (
+    confusion_matrix,
+    evaluate,
+    evaluate_arrays,
+    scores_from_confusion,
+)
 
 
 def test_confusion_ignores_255_and_counts_out_of_range_predictions():
@@ -22,8 +27,11 @@ def test_scores_by_hand():
     pred = np.array([0, 0, 1, 1, 2, 2])
     out = scores_from_confusion(confusion_matrix(pred, gt, 3), ("bg", "a", "b"))
     # bg: tp 2, union 3; a: tp 1, union 3 (gt 2 + pred 2 - 1); b: tp 1, union 2
-    assert out["iou"] == {"bg": pytest.approx(200 / 3, abs=1e-3),
-                          "a": pytest.approx(100 / 3, abs=1e-3), "b": 50.0}
+    assert out["iou"] == {
+        "bg": pytest.approx(200 / 3, abs=1e-3),
+        "a": pytest.approx(100 / 3, abs=1e-3),
+        "b": 50.0,
+    }
     assert out["miou"] == pytest.approx((200 / 3 + 100 / 3 + 50) / 3, abs=1e-3)
     assert out["precision"] == {"bg": 100.0, "a": 50.0, "b": 50.0}
     assert out["recall"] == {"bg": pytest.approx(200 / 3, abs=1e-3), "a": 50.0, "b": 100.0}
@@ -39,9 +47,11 @@ def test_absent_classes_are_left_out_of_the_mean():
 
 
 def test_evaluate_folder(tmp_path):
-    root = make_synthetic_voc(tmp_path / "voc", SynthConfig(num_train=3, num_val=0,
-                                                             min_size=40, max_size=48),
-                              progress=False)
+    root = make_synthetic_voc(
+        tmp_path / "voc",
+        SynthConfig(num_train=3, num_val=0, min_size=40, max_size=48),
+        progress=False,
+    )
     ids = read_id_list(root / "ImageSets/Segmentation/train.txt")
     voc = VOCDataset(root)
     for i in ids:

@@ -1,4 +1,5 @@
 """Networks: backbone strides and names, the CAM and affinity heads, lr groups, checkpoints."""
+
 from __future__ import annotations
 
 import functools
@@ -9,9 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from affext import pairwise_affinity
-from affext.models import (BACKBONES, AffinityNet, CAMNet, build_backbone, build_from_checkpoint,
-                           classification_loss, detect_backbone, load_checkpoint,
-                           load_psa_checkpoint, param_groups, psa_state_dict, save_checkpoint)
+from affext.models import (
+    BACKBONES,
+    AffinityNet,
+    CAMNet,
+    build_backbone,
+    build_from_checkpoint,
+    classification_loss,
+    detect_backbone,
+    load_checkpoint,
+    load_psa_checkpoint,
+    param_groups,
+    psa_state_dict,
+    save_checkpoint,
+)
 
 # Some tests build the big backbones on the meta device (no memory, no init time); loading a
 # state dict into those is a no-op that torch warns about. Name and shape checks still run.
@@ -29,12 +41,17 @@ def psa_resnet38_keys() -> dict[str, tuple]:
     """
     keys = {"conv1a.weight": (64, 3, 3, 3)}
     # ResBlock(in, mid, out, stride): conv_branch1 only when in != out or stride != 1
-    plain = [("b2", 64, 128, 128, 2), ("b2_1", 128, 128, 128, 1), ("b2_2", 128, 128, 128, 1),
-             ("b3", 128, 256, 256, 2), ("b3_1", 256, 256, 256, 1), ("b3_2", 256, 256, 256, 1),
-             ("b4", 256, 512, 512, 2)]
+    plain = [
+        ("b2", 64, 128, 128, 2),
+        ("b2_1", 128, 128, 128, 1),
+        ("b2_2", 128, 128, 128, 1),
+        ("b3", 128, 256, 256, 2),
+        ("b3_1", 256, 256, 256, 1),
+        ("b3_2", 256, 256, 256, 1),
+        ("b4", 256, 512, 512, 2),
+    ]
     plain += [(f"b4_{i}", 512, 512, 512, 1) for i in range(1, 6)]
-    plain += [("b5", 512, 512, 1024, 1), ("b5_1", 1024, 512, 1024, 1),
-              ("b5_2", 1024, 512, 1024, 1)]
+    plain += [("b5", 512, 512, 1024, 1), ("b5_1", 1024, 512, 1024, 1), ("b5_2", 1024, 512, 1024, 1)]
     for name, cin, mid, cout, stride in plain:
         keys.update(_bn_keys(f"{name}.bn_branch2a", cin))
         keys[f"{name}.conv_branch2a.weight"] = (mid, cin, 3, 3)
@@ -55,9 +72,13 @@ def psa_resnet38_keys() -> dict[str, tuple]:
     return keys
 
 
-PSA_CLS_HEAD = {"fc8.weight": (20, 4096, 1, 1)}                       # resnet38_cls.py
-PSA_AFF_HEAD = {"f8_3.weight": (64, 512, 1, 1), "f8_4.weight": (128, 1024, 1, 1),
-                "f8_5.weight": (256, 4096, 1, 1), "f9.weight": (448, 448, 1, 1)}  # resnet38_aff.py
+PSA_CLS_HEAD = {"fc8.weight": (20, 4096, 1, 1)}  # resnet38_cls.py
+PSA_AFF_HEAD = {
+    "f8_3.weight": (64, 512, 1, 1),
+    "f8_4.weight": (128, 1024, 1, 1),
+    "f8_5.weight": (256, 4096, 1, 1),
+    "f9.weight": (448, 448, 1, 1),
+}  # resnet38_aff.py
 
 
 def torchvision_resnet50_keys() -> dict[str, tuple]:
@@ -67,8 +88,11 @@ def torchvision_resnet50_keys() -> dict[str, tuple]:
     for layer, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
         for i in range(blocks):
             p = f"layer{layer}.{i}"
-            shapes = {"conv1": (planes, inplanes, 1, 1), "conv2": (planes, planes, 3, 3),
-                      "conv3": (planes * 4, planes, 1, 1)}
+            shapes = {
+                "conv1": (planes, inplanes, 1, 1),
+                "conv2": (planes, planes, 3, 3),
+                "conv3": (planes * 4, planes, 1, 1),
+            }
             for j, (conv, shape) in enumerate(shapes.items(), start=1):
                 keys[f"{p}.{conv}.weight"] = shape
                 keys.update(_bn_keys(f"{p}.bn{j}", shape[0]))
@@ -93,6 +117,7 @@ def _indexed(keys: dict[str, tuple]) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------- backbones
 
+
 @functools.cache
 def _eval_backbone(name: str):
     torch.manual_seed(0)
@@ -105,9 +130,17 @@ def test_registry():
         build_backbone("vgg16")
 
 
-@pytest.mark.parametrize("name,size", [("tiny", (32, 48)), ("tiny", (35, 41)), ("tiny", (1, 9)),
-                                       ("resnet50", (24, 40)), ("resnet50", (17, 23)),
-                                       ("resnet38", (24, 17))])
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        ("tiny", (32, 48)),
+        ("tiny", (35, 41)),
+        ("tiny", (1, 9)),
+        ("resnet50", (24, 40)),
+        ("resnet50", (17, 23)),
+        ("resnet38", (24, 17)),
+    ],
+)
 def test_backbone_strides(name, size):
     backbone = _eval_backbone(name)
     x = torch.randn(1, 3, *size)
@@ -132,8 +165,9 @@ def test_resnet50_torchvision_names(tmp_path):
     assert len(expected) == 320
     backbone = build_backbone("resnet50")
     state = backbone.state_dict()
-    assert {k: tuple(v.shape) for k, v in state.items()} == \
-        {k: v for k, v in expected.items() if not k.startswith("fc.")}
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        k: v for k, v in expected.items() if not k.startswith("fc.")
+    }
     # dilated like torchvision's replace_stride_with_dilation=[False, True, True]
     assert [b.conv2.dilation[0] for b in backbone.layer3] == [1, 2, 2, 2, 2, 2]
     assert [b.conv2.dilation[0] for b in backbone.layer4] == [2, 4, 4]
@@ -151,8 +185,11 @@ def test_resnet50_torchvision_names(tmp_path):
     broken = _indexed(expected)
     del broken["layer2.1.conv2.weight"]
     broken["layer2.1.conv9.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"Missing keys: layer2\.1\.conv2\.weight.*"
-                                         r"Unexpected keys: layer2\.1\.conv9\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"Missing keys: layer2\.1\.conv2\.weight.*"
+        r"Unexpected keys: layer2\.1\.conv9\.weight",
+    ):
         build_backbone("resnet50", weights=broken)
     wrong_shape = _indexed(expected)
     wrong_shape["layer1.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
@@ -169,9 +206,11 @@ def test_weights_file_errors(tmp_path):
         build_backbone("tiny", weights=tmp_path / "missing.pth")
     resnet50_file = tmp_path / "r50.pth"
     torch.save(_indexed(torchvision_resnet50_keys()), resnet50_file)
-    with torch.device("meta"):
-        with pytest.raises(ValueError, match="holds a 'resnet50' backbone, not 'resnet38'"):
-            build_backbone("resnet38", weights=resnet50_file)
+    with (
+        torch.device("meta"),
+        pytest.raises(ValueError, match="holds a 'resnet50' backbone, not 'resnet38'"),
+    ):
+        build_backbone("resnet38", weights=resnet50_file)
 
 
 def test_resnet38_accepts_psa_imagenet_dict():
@@ -200,6 +239,7 @@ def test_freeze_keeps_batchnorm_statistics():
 
 
 # ------------------------------------------------------------------------------------- heads
+
 
 def test_cam_net_logits_are_pooled_cams():
     net = CAMNet(build_backbone("tiny"), num_classes=5).eval()
@@ -235,8 +275,10 @@ def test_affinity_net():
         aff = net.affinity(x, radius=5)
     assert feat.shape == (2, 448, 6, 10)
     # method.md s3: 1x1 convs to 64/128/256, ELU, concatenation, 1x1 to 448, ELU
-    parts = [F.elu(F.conv2d(s, conv.weight)) for s, conv in
-             ((s3, net.f8_3), (s4, net.f8_4), (s5, net.f8_5))]
+    parts = [
+        F.elu(F.conv2d(s, conv.weight))
+        for s, conv in ((s3, net.f8_3), (s4, net.f8_4), (s5, net.f8_5))
+    ]
     torch.testing.assert_close(feat, F.elu(F.conv2d(torch.cat(parts, 1), net.f9.weight)))
     assert [c.weight.shape[0] for c in (net.f8_3, net.f8_4, net.f8_5)] == [64, 128, 256]
     assert all(c.bias is None for c in (net.f8_3, net.f8_4, net.f8_5, net.f9))
@@ -255,20 +297,29 @@ def _squares(cue: str, n: int, size: int, side: int, g: torch.Generator):
     labels = torch.zeros(n, 2)
     boxes = {}
     yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    fills = {"colour": [torch.tensor([0.9, 0.1, 0.1])[:, None, None].expand(3, side, side),
-                        torch.tensor([0.1, 0.1, 0.9])[:, None, None].expand(3, side, side)],
-             "texture": [(0.1 + 0.8 * (yy // 2 % 2)).expand(3, side, side),
-                         (0.1 + 0.8 * (xx // 2 % 2)).expand(3, side, side)]}[cue]
+    fills = {
+        "colour": [
+            torch.tensor([0.9, 0.1, 0.1])[:, None, None].expand(3, side, side),
+            torch.tensor([0.1, 0.1, 0.9])[:, None, None].expand(3, side, side),
+        ],
+        "texture": [
+            (0.1 + 0.8 * (yy // 2 % 2)).expand(3, side, side),
+            (0.1 + 0.8 * (xx // 2 % 2)).expand(3, side, side),
+        ],
+    }[cue]
     for i in range(n):
         for c in (0, 1):
             if not (i >> c) & 1:
                 continue
             while True:  # two squares never overlap
                 y0, x0 = torch.randint(0, size - side, (2,), generator=g).tolist()
-                if all(abs(y0 - a) >= side or abs(x0 - b) >= side
-                       for (j, _), (a, b) in boxes.items() if j == i):
+                if all(
+                    abs(y0 - a) >= side or abs(x0 - b) >= side
+                    for (j, _), (a, b) in boxes.items()
+                    if j == i
+                ):
                     break
-            x[i, :, y0:y0 + side, x0:x0 + side] = fills[c]
+            x[i, :, y0 : y0 + side, x0 : x0 + side] = fills[c]
             labels[i, c] = 1
             boxes[i, c] = (y0, x0)
     return (x - 0.5) / 0.25, labels, boxes
@@ -284,7 +335,7 @@ def test_tiny_learns_and_localises(cue):
     opt = torch.optim.SGD(param_groups(net, 0.05, 5e-4), lr=0.05, momentum=0.9)
     for _ in range(6):
         for b in range(0, n_train, 16):
-            loss = classification_loss(net(x[b:b + 16]), labels[b:b + 16])
+            loss = classification_loss(net(x[b : b + 16]), labels[b : b + 16])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -306,6 +357,7 @@ def test_tiny_learns_and_localises(cue):
 
 
 # ------------------------------------------------------------------------------- psa's names
+
 
 @pytest.mark.parametrize("network,head", [(CAMNet, PSA_CLS_HEAD), (AffinityNet, PSA_AFF_HEAD)])
 def test_resnet38_psa_names(network, head):
@@ -336,20 +388,25 @@ def test_psa_checkpoint_errors(tmp_path):
         load_psa_checkpoint(cam_net, aff_file)
     with pytest.raises(ValueError, match="holds a CAM network .*load it into CAMNet"):
         load_psa_checkpoint(aff_net, _indexed(cls_state))
-    with pytest.raises(ValueError, match="holds a 'resnet38' backbone, but the model's backbone "
-                                         "is 'resnet50'"):
+    with pytest.raises(
+        ValueError, match="holds a 'resnet38' backbone, but the model's backbone is 'resnet50'"
+    ):
         load_psa_checkpoint(r50_cam, _indexed(cls_state))
     partial = _indexed(cls_state)
     del partial["b4_3.bn_branch2b1.running_var"]
     partial["b8.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"Missing keys: b4_3\.bn_branch2b1\.running_var\. "
-                                         r"Unexpected keys: b8\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"Missing keys: b4_3\.bn_branch2b1\.running_var\. "
+        r"Unexpected keys: b8\.weight",
+    ):
         load_psa_checkpoint(cam_net, partial)
     assert detect_backbone(cls_state) == "resnet38"
     assert detect_backbone({"backbone.layer1.0.conv1.weight": 0}) == "resnet50"
 
 
 # --------------------------------------------------------------------------------- lr groups
+
 
 def _check_cover(net, groups):
     ids = [id(p) for g in groups for p in g["params"]]
@@ -362,8 +419,12 @@ def test_param_groups_pretrained():
     net = AffinityNet(build_backbone("resnet50", weights=weights))
     groups = param_groups(net, 0.1, 5e-4)
     _check_cover(net, groups)
-    assert [g["name"] for g in groups] == ["pretrained_weight", "pretrained_bias",
-                                           "new_weight", "new_bias"]
+    assert [g["name"] for g in groups] == [
+        "pretrained_weight",
+        "pretrained_bias",
+        "new_weight",
+        "new_bias",
+    ]
     assert [g["lr"] for g in groups] == pytest.approx([0.1, 0.2, 1.0, 2.0])
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0, 5e-4, 0.0]
     head = {id(c.weight) for c in (net.f8_3, net.f8_4, net.f8_5, net.f9)}
@@ -387,6 +448,7 @@ def test_param_groups_from_scratch():
 
 
 # ------------------------------------------------------------------------------- checkpoints
+
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
     net = CAMNet(build_backbone("tiny"), num_classes=7)

@@ -1,12 +1,13 @@
 """pair_loss and affinity_labels against psa's mask build + train_aff loss, written apart
 from the kernels (affext/reference/pair_loss.py)."""
+
 import pytest
 import torch
+from conftest import requires_cuda
 
 import affext
 from affext.reference.affinity import psa_affinity
 from affext.reference.pair_loss import psa_affinity_labels, psa_pair_loss
-from conftest import requires_cuda
 
 PARTS = ("loss", "bg_loss", "fg_loss", "neg_loss")
 COUNTS = ("bg_count", "fg_count", "neg_count")
@@ -21,8 +22,9 @@ def random_labels(b, h, w, dtype=torch.uint8):
 def blocky_labels(b, h, w, dtype=torch.uint8, block=4):
     """Regions of one label (a few classes, background and 255), like psa's label maps."""
     values = torch.tensor([0, 0, 0, 5, 5, 12, 255])
-    coarse = values[torch.randint(0, len(values), (b, 1, (h + block - 1) // block,
-                                                   (w + block - 1) // block))]
+    coarse = values[
+        torch.randint(0, len(values), (b, 1, (h + block - 1) // block, (w + block - 1) // block))
+    ]
     up = torch.nn.functional.interpolate(coarse.float(), scale_factor=block, mode="nearest")
     return up[:, 0, :h, :w].to(dtype)
 
@@ -75,8 +77,9 @@ def test_affinity_labels_full_layout():
     masks = affext.affinity_labels(labels, 5, "full")
     assert masks.neg.shape == (2, 34, 10, 12)
     # offset (0, 1) leaves the map from the last column: no pair there
-    assert (masks.bg_pos[:, 0, :, -1] + masks.fg_pos[:, 0, :, -1] + masks.neg[:, 0, :, -1]
-            == 0).all()
+    assert (
+        masks.bg_pos[:, 0, :, -1] + masks.fg_pos[:, 0, :, -1] + masks.neg[:, 0, :, -1] == 0
+    ).all()
     # the psa region's masks are the full ones in psa's layout
     psa = affext.affinity_labels(labels, 5, "psa")
     for full, part in zip(masks, psa):
@@ -147,6 +150,7 @@ def test_gradcheck_float64(region):
     def parts(a):
         out = affext.pair_loss(a, labels, radius, region)
         return out.loss, out.bg_loss, out.fg_loss, out.neg_loss
+
     assert torch.autograd.gradcheck(parts, (aff,))
 
 
@@ -167,8 +171,11 @@ def test_no_pairs_of_a_class_give_zero():
 def test_empty_batch():
     out = affext.pair_loss(torch.rand(0, 34, 9, 9), torch.zeros(0, 9, 9, dtype=torch.uint8))
     assert out.loss == 0 and out.bg_count == 0
-    assert affext.affinity_labels(torch.zeros(0, 9, 9, dtype=torch.uint8)).bg_pos.shape == \
-        (0, 34, 5)
+    assert affext.affinity_labels(torch.zeros(0, 9, 9, dtype=torch.uint8)).bg_pos.shape == (
+        0,
+        34,
+        5,
+    )
 
 
 def test_int32_and_uint8_labels_agree():
@@ -202,8 +209,9 @@ def test_deterministic_across_threads():
             results.append((out.loss.detach(), aff.grad.clone()))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(results[0][0], r[0]) and torch.equal(results[0][1], r[1])
-               for r in results[1:])
+    assert all(
+        torch.equal(results[0][0], r[0]) and torch.equal(results[0][1], r[1]) for r in results[1:]
+    )
 
 
 def test_opcheck():
@@ -211,53 +219,128 @@ def test_opcheck():
     aff = torch.rand(2, 12, 7, 9, requires_grad=True)
     for region in (0, 1):
         torch.library.opcheck(torch.ops.affext.pair_loss.default, (aff, labels, 3, region))
-        torch.library.opcheck(torch.ops.affext.pair_loss_backward.default,
-                              (torch.randn(6, dtype=torch.float64), aff.detach(), labels, 3,
-                               region))
+        torch.library.opcheck(
+            torch.ops.affext.pair_loss_backward.default,
+            (torch.randn(6, dtype=torch.float64), aff.detach(), labels, 3, region),
+        )
         torch.library.opcheck(torch.ops.affext.pair_classes.default, (labels, 3, region))
 
 
 def test_torch_compile():
     labels = blocky_labels(2, 9, 10)
     aff = torch.rand(2, 12, 9, 10, requires_grad=True)
-    compiled = torch.compile(lambda a: affext.pair_loss(a, labels, 3).loss,
-                             backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda a: affext.pair_loss(a, labels, 3).loss, backend="aot_eager", fullgraph=True
+    )
     compiled(aff).backward()
     expected = torch.autograd.grad(affext.pair_loss(aff, labels, 3).loss, aff)[0]
     torch.testing.assert_close(aff.grad, expected)
 
 
-@pytest.mark.parametrize("aff,labels,kwargs,exc,match", [
-    (torch.rand(2, 34, 9, 9), torch.zeros(2, 9, 10, dtype=torch.uint8), {}, ValueError,
-     "must agree in B, H and W"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(3, 9, 9, dtype=torch.uint8), {}, ValueError,
-     "must agree in B, H and W"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(9, 9, dtype=torch.uint8), {}, ValueError,
-     r"labels must have shape \(B, H, W\)"),
-    (torch.rand(34, 9, 9), torch.zeros(1, 9, 9, dtype=torch.uint8), {}, ValueError,
-     r"aff must have shape \(B, K, H, W\)"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(2, 9, 9, dtype=torch.uint8), {"radius": 4},
-     ValueError, "aff has 34 offsets but radius 4 has K = 22"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(2, 9, 9), {}, TypeError,
-     "labels must be an integer tensor"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(2, 9, 9, dtype=torch.bool), {}, TypeError,
-     "labels must be an integer tensor"),
-    (torch.rand(2, 34, 9, 9), torch.full((2, 9, 9), 256), {}, ValueError,
-     r"labels must lie in 0..255 .*got values in \[256, 256\]"),
-    (torch.rand(2, 34, 9, 9), torch.full((2, 9, 9), -1), {}, ValueError,
-     "labels must lie in 0..255"),
-    (torch.zeros(2, 34, 9, 9, dtype=torch.int64), torch.zeros(2, 9, 9, dtype=torch.uint8), {},
-     TypeError, "aff must be a floating-point"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(2, 9, 9, dtype=torch.uint8), {"region": "half"},
-     ValueError, "region must be one of"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(2, 9, 9, dtype=torch.uint8), {"radius": 5.0},
-     TypeError, "radius must be an int"),
-    (torch.rand(2, 34, 4, 9), torch.zeros(2, 4, 9, dtype=torch.uint8), {}, ValueError,
-     "needs a map of at least 5x9"),
-    (torch.rand(2, 34, 9, 9), torch.zeros(2, 9, 9, dtype=torch.uint8, device="meta"), {},
-     ValueError, "same device"),
-    (torch.rand(2, 34, 9, 9), [[0]], {}, TypeError, "labels must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "aff,labels,kwargs,exc,match",
+    [
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(2, 9, 10, dtype=torch.uint8),
+            {},
+            ValueError,
+            "must agree in B, H and W",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(3, 9, 9, dtype=torch.uint8),
+            {},
+            ValueError,
+            "must agree in B, H and W",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(9, 9, dtype=torch.uint8),
+            {},
+            ValueError,
+            r"labels must have shape \(B, H, W\)",
+        ),
+        (
+            torch.rand(34, 9, 9),
+            torch.zeros(1, 9, 9, dtype=torch.uint8),
+            {},
+            ValueError,
+            r"aff must have shape \(B, K, H, W\)",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(2, 9, 9, dtype=torch.uint8),
+            {"radius": 4},
+            ValueError,
+            "aff has 34 offsets but radius 4 has K = 22",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(2, 9, 9),
+            {},
+            TypeError,
+            "labels must be an integer tensor",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(2, 9, 9, dtype=torch.bool),
+            {},
+            TypeError,
+            "labels must be an integer tensor",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.full((2, 9, 9), 256),
+            {},
+            ValueError,
+            r"labels must lie in 0..255 .*got values in \[256, 256\]",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.full((2, 9, 9), -1),
+            {},
+            ValueError,
+            "labels must lie in 0..255",
+        ),
+        (
+            torch.zeros(2, 34, 9, 9, dtype=torch.int64),
+            torch.zeros(2, 9, 9, dtype=torch.uint8),
+            {},
+            TypeError,
+            "aff must be a floating-point",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(2, 9, 9, dtype=torch.uint8),
+            {"region": "half"},
+            ValueError,
+            "region must be one of",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(2, 9, 9, dtype=torch.uint8),
+            {"radius": 5.0},
+            TypeError,
+            "radius must be an int",
+        ),
+        (
+            torch.rand(2, 34, 4, 9),
+            torch.zeros(2, 4, 9, dtype=torch.uint8),
+            {},
+            ValueError,
+            "needs a map of at least 5x9",
+        ),
+        (
+            torch.rand(2, 34, 9, 9),
+            torch.zeros(2, 9, 9, dtype=torch.uint8, device="meta"),
+            {},
+            ValueError,
+            "same device",
+        ),
+        (torch.rand(2, 34, 9, 9), [[0]], {}, TypeError, "labels must be a torch.Tensor"),
+    ],
+)
 def test_errors(aff, labels, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         affext.pair_loss(aff, labels, **kwargs)
@@ -265,23 +348,34 @@ def test_errors(aff, labels, kwargs, exc, match):
 
 def test_full_region_small_map_and_label_errors():
     # the full region has pairs on maps smaller than psa's from-region needs
-    out = affext.pair_loss(torch.rand(1, 34, 3, 3), torch.zeros(1, 3, 3, dtype=torch.uint8),
-                           region="full")
-    assert out.bg_count == sum(1 for dy, dx in affext.neighborhood_offsets(5)
-                               for y in range(3) for x in range(3)
-                               if 0 <= y + dy < 3 and 0 <= x + dx < 3)
+    out = affext.pair_loss(
+        torch.rand(1, 34, 3, 3), torch.zeros(1, 3, 3, dtype=torch.uint8), region="full"
+    )
+    assert out.bg_count == sum(
+        1
+        for dy, dx in affext.neighborhood_offsets(5)
+        for y in range(3)
+        for x in range(3)
+        if 0 <= y + dy < 3 and 0 <= x + dx < 3
+    )
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         affext.affinity_labels(torch.zeros(1, 9, 9))
     with pytest.raises(ValueError, match="grad_stats must have shape"):
-        torch.ops.affext.pair_loss_backward(torch.zeros(3, dtype=torch.float64),
-                                            torch.rand(1, 34, 9, 9),
-                                            torch.zeros(1, 9, 9, dtype=torch.uint8), 5, 0)
+        torch.ops.affext.pair_loss_backward(
+            torch.zeros(3, dtype=torch.float64),
+            torch.rand(1, 34, 9, 9),
+            torch.zeros(1, 9, 9, dtype=torch.uint8),
+            5,
+            0,
+        )
 
 
 @requires_cuda
 @pytest.mark.parametrize("region", ["psa", "full"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12),
-                                       (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)],
+)
 def test_cuda_matches_cpu(region, dtype, tol):
     labels = blocky_labels(3, 40, 44)
     aff64 = 0.02 + 0.96 * torch.rand(3, 34, 40, 44, dtype=torch.float64)
@@ -292,14 +386,17 @@ def test_cuda_matches_cpu(region, dtype, tol):
     gpu = affext.pair_loss(gpu_aff, labels.cuda(), 5, region)
     (gpu.loss + gpu.fg_loss).backward()
     for name in PARTS:
-        torch.testing.assert_close(getattr(gpu, name).double().cpu(), getattr(cpu, name),
-                                   rtol=tol, atol=tol)
+        torch.testing.assert_close(
+            getattr(gpu, name).double().cpu(), getattr(cpu, name), rtol=tol, atol=tol
+        )
     for name in COUNTS:
         assert getattr(gpu, name).item() == getattr(cpu, name).item()
-    torch.testing.assert_close(gpu_aff.grad.double().cpu(), cpu_aff.grad, rtol=10 * tol,
-                               atol=10 * tol)
-    for got, expected in zip(affext.affinity_labels(labels.cuda(), 5, region),
-                             affext.affinity_labels(labels, 5, region)):
+    torch.testing.assert_close(
+        gpu_aff.grad.double().cpu(), cpu_aff.grad, rtol=10 * tol, atol=10 * tol
+    )
+    for got, expected in zip(
+        affext.affinity_labels(labels.cuda(), 5, region), affext.affinity_labels(labels, 5, region)
+    ):
         assert torch.equal(got.cpu(), expected)
 
 

@@ -1,13 +1,18 @@
 """random_walk against psa's dense walk and explicit dense products, written apart from the
 kernels (affext.reference.random_walk)."""
+
 import pytest
 import torch
+from conftest import requires_cuda
 
 import affext
-from affext.reference.random_walk import (dense_transition, psa_dense_random_walk,
-                                          psa_dense_walk, torch_sparse_random_walk,
-                                          torch_sparse_walk)
-from conftest import requires_cuda
+from affext.reference.random_walk import (
+    dense_transition,
+    psa_dense_random_walk,
+    psa_dense_walk,
+    torch_sparse_random_walk,
+    torch_sparse_walk,
+)
 
 
 def realistic_inputs(b, c, h, w, dtype=torch.float32, radius=5, live=None):
@@ -58,8 +63,9 @@ def test_psa_region_float32_accuracy_and_argmax():
 def test_full_region_equals_explicit_products(radius, iterations):
     h, w = 11, 13
     cam, aff = realistic_inputs(1, 3, h, w, torch.float64, radius=radius)
-    ours = affext.random_walk(cam, aff, beta=3.5, iterations=iterations, radius=radius,
-                              region="full")
+    ours = affext.random_walk(
+        cam, aff, beta=3.5, iterations=iterations, radius=radius, region="full"
+    )
     trans = dense_transition(aff[0], radius, "full", beta=3.5)
     v = cam[0].reshape(3, -1)
     for _ in range(iterations):
@@ -74,8 +80,9 @@ def test_psa_region_non_power_of_two_iterations():
     v = cam[0].reshape(2, -1)
     for _ in range(19):
         v = v @ trans
-    torch.testing.assert_close(affext.random_walk(cam, aff, iterations=19)[0],
-                               v.reshape(2, h, w), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        affext.random_walk(cam, aff, iterations=19)[0], v.reshape(2, h, w), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_torch_sparse_reference_agrees():
@@ -93,10 +100,14 @@ def test_batch_equals_one_by_one_and_strides():
     cam, aff = realistic_inputs(3, 5, 13, 16, live={0, 2, 4})
     batched = affext.random_walk(cam, aff, iterations=50)
     for i in range(3):
-        torch.testing.assert_close(batched[i:i + 1],
-                                   affext.random_walk(cam[i:i + 1], aff[i:i + 1], iterations=50))
-    strided = affext.random_walk(cam.transpose(2, 3).contiguous().transpose(2, 3),
-                                 aff.to(memory_format=torch.channels_last), iterations=50)
+        torch.testing.assert_close(
+            batched[i : i + 1], affext.random_walk(cam[i : i + 1], aff[i : i + 1], iterations=50)
+        )
+    strided = affext.random_walk(
+        cam.transpose(2, 3).contiguous().transpose(2, 3),
+        aff.to(memory_format=torch.channels_last),
+        iterations=50,
+    )
     torch.testing.assert_close(strided, batched)
 
 
@@ -148,24 +159,33 @@ def test_empty_batch():
     assert affext.random_walk(cam, aff).shape == (0, 3, 9, 9)
 
 
-@pytest.mark.parametrize("change,exc,match", [
-    (dict(aff=torch.rand(1, 33, 9, 10)), ValueError, "radius 5 has K = 34"),
-    (dict(cam=torch.rand(1, 3, 9, 11)), ValueError, "must agree"),
-    (dict(cam=torch.rand(2, 3, 9, 10)), ValueError, "must agree"),
-    (dict(cam=torch.rand(3, 9, 10)), ValueError, "cam must have shape"),
-    (dict(beta=0.0), ValueError, "beta must be > 0"),
-    (dict(iterations=0), ValueError, "iterations must be >= 1"),
-    (dict(iterations=2.0), TypeError, "iterations must be an int"),
-    (dict(region="dense"), ValueError, "region must be one of"),
-    (dict(aff=-torch.rand(1, 34, 9, 10)), ValueError, "negative"),
-    (dict(aff=torch.full((1, 34, 9, 10), float("nan"))), ValueError, "aff contains NaN"),
-    (dict(cam=torch.full((1, 3, 9, 10), float("nan"))), ValueError, "cam contains NaN"),
-    (dict(cam=torch.ones(1, 3, 9, 10, dtype=torch.int64)), TypeError, "floating-point"),
-    (dict(aff=torch.rand(1, 34, 4, 10), cam=torch.rand(1, 3, 4, 10)), ValueError, "at least"),
-])
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (dict(aff=torch.rand(1, 33, 9, 10)), ValueError, "radius 5 has K = 34"),
+        (dict(cam=torch.rand(1, 3, 9, 11)), ValueError, "must agree"),
+        (dict(cam=torch.rand(2, 3, 9, 10)), ValueError, "must agree"),
+        (dict(cam=torch.rand(3, 9, 10)), ValueError, "cam must have shape"),
+        (dict(beta=0.0), ValueError, "beta must be > 0"),
+        (dict(iterations=0), ValueError, "iterations must be >= 1"),
+        (dict(iterations=2.0), TypeError, "iterations must be an int"),
+        (dict(region="dense"), ValueError, "region must be one of"),
+        (dict(aff=-torch.rand(1, 34, 9, 10)), ValueError, "negative"),
+        (dict(aff=torch.full((1, 34, 9, 10), float("nan"))), ValueError, "aff contains NaN"),
+        (dict(cam=torch.full((1, 3, 9, 10), float("nan"))), ValueError, "cam contains NaN"),
+        (dict(cam=torch.ones(1, 3, 9, 10, dtype=torch.int64)), TypeError, "floating-point"),
+        (dict(aff=torch.rand(1, 34, 4, 10), cam=torch.rand(1, 3, 4, 10)), ValueError, "at least"),
+    ],
+)
 def test_errors(change, exc, match):
-    args = dict(cam=torch.rand(1, 3, 9, 10), aff=torch.rand(1, 34, 9, 10), beta=8.0,
-                iterations=4, radius=5, region="psa")
+    args = dict(
+        cam=torch.rand(1, 3, 9, 10),
+        aff=torch.rand(1, 34, 9, 10),
+        beta=8.0,
+        iterations=4,
+        radius=5,
+        region="psa",
+    )
     args.update(change)
     with pytest.raises(exc, match=match):
         affext.random_walk(**args)
@@ -179,6 +199,5 @@ def test_cuda_matches_cpu(size, region):
     cpu = affext.random_walk(cam, aff, iterations=60, region=region)
     gpu = affext.random_walk(cam.cuda(), aff.cuda(), iterations=60, region=region)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-12)
-    gpu32 = affext.random_walk(cam.float().cuda(), aff.float().cuda(), iterations=60,
-                               region=region)
+    gpu32 = affext.random_walk(cam.float().cuda(), aff.float().cuda(), iterations=60, region=region)
     assert max_relative_error(gpu32.cpu(), cpu) <= 1e-4

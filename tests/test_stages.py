@@ -1,4 +1,5 @@
 """Each pipeline stage on a handful of tiny synthetic images: outputs, resume, errors."""
+
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 
 from affext.data import SynthConfig, VOCDataset, make_synthetic_voc, read_id_list
 from affext.stages import training
-from affext.stages.aff_labels import AffLabelsConfig, crf_with_alpha, make_aff_labels
+from affext.stages.aff_labels import crf_with_alpha, make_aff_labels
 from affext.stages.common import load_score_dict, save_score_dict
 from affext.stages.make_cam import MakeCamConfig, cam_prediction, make_cam
 from affext.stages.make_rw import MakeRwConfig, make_rw
@@ -30,8 +31,9 @@ def ids(voc) -> list[str]:
 
 
 def cam_config(**kw):
-    return TrainCamConfig(**{**FAST, "epochs": 2, "batch_size": 3, "crop_size": 48,
-                             "resize_long": (56, 80), **kw})
+    return TrainCamConfig(
+        **{**FAST, "epochs": 2, "batch_size": 3, "crop_size": 48, "resize_long": (56, 80), **kw}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,14 @@ def trained(voc, ids, tmp_path_factory):
     train_cam(voc, train, work / "cam_net", cam_config(), progress=False)
     make_cam(voc, ids, work / "cam_net", work / "cams", MakeCamConfig(**FAST), progress=False)
     make_aff_labels(voc, train, work / "cams" / "cam", work / "aff_labels", progress=False)
-    train_aff(voc, train, work / "aff_labels", work / "aff_net",
-              TrainAffConfig(**FAST, epochs=1, batch_size=3, crop_size=72), progress=False)
+    train_aff(
+        voc,
+        train,
+        work / "aff_labels",
+        work / "aff_net",
+        TrainAffConfig(**FAST, epochs=1, batch_size=3, crop_size=72),
+        progress=False,
+    )
     return work
 
 
@@ -96,8 +104,15 @@ def test_crf_with_alpha_background_power():
 
 
 def test_make_rw_writes_palette_pngs(voc, ids, trained):
-    out = make_rw(voc, ids, trained / "cams" / "cam", trained / "aff_net", trained / "rw",
-                  MakeRwConfig(**FAST, iterations=16), progress=False)
+    out = make_rw(
+        voc,
+        ids,
+        trained / "cams" / "cam",
+        trained / "aff_net",
+        trained / "rw",
+        MakeRwConfig(**FAST, iterations=16),
+        progress=False,
+    )
     data = VOCDataset(voc)
     for i in ids:
         present = {k + 1 for k in load_score_dict(trained / "cams" / "cam" / f"{i}.npy")}
@@ -110,19 +125,16 @@ def test_make_rw_writes_palette_pngs(voc, ids, trained):
 def test_per_image_stages_skip_finished_outputs(voc, ids, trained):
     target = trained / "cams" / "cam" / f"{ids[0]}.npy"
     save_score_dict(target, {99: np.zeros((1, 1), np.float32)})  # a marker, not a real CAM
-    make_cam(voc, ids, trained / "cam_net", trained / "cams", MakeCamConfig(**FAST),
-             progress=False)
+    make_cam(voc, ids, trained / "cam_net", trained / "cams", MakeCamConfig(**FAST), progress=False)
     assert list(load_score_dict(target)) == [99]
     # only the missing image is redone
     target.unlink()
-    make_cam(voc, ids, trained / "cam_net", trained / "cams", MakeCamConfig(**FAST),
-             progress=False)
+    make_cam(voc, ids, trained / "cam_net", trained / "cams", MakeCamConfig(**FAST), progress=False)
     assert 99 not in load_score_dict(target)
     assert not list((trained / "cams" / "cam").glob("*.tmp"))
 
 
-def test_train_cam_resumes_exactly_after_interruption(voc, ids, trained, tmp_path,
-                                                      monkeypatch):
+def test_train_cam_resumes_exactly_after_interruption(voc, ids, trained, tmp_path, monkeypatch):
     real_save = training.save_checkpoint
 
     def save_then_stop(path, *args, **kwargs):
@@ -144,16 +156,28 @@ def test_train_cam_resumes_exactly_after_interruption(voc, ids, trained, tmp_pat
 
 def test_errors_are_clear(voc, ids, trained, tmp_path):
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
-        make_cam(voc, ids, trained / "cam_net", tmp_path,
-                 MakeCamConfig(**{**FAST, "backbone": "resnet50"}), progress=False)
+        make_cam(
+            voc,
+            ids,
+            trained / "cam_net",
+            tmp_path,
+            MakeCamConfig(**{**FAST, "backbone": "resnet50"}),
+            progress=False,
+        )
     with pytest.raises(FileNotFoundError, match="no train-cam checkpoint"):
-        make_cam(voc, ids, tmp_path / "nothing", tmp_path, MakeCamConfig(**FAST),
-                 progress=False)
+        make_cam(voc, ids, tmp_path / "nothing", tmp_path, MakeCamConfig(**FAST), progress=False)
     with pytest.raises(FileNotFoundError, match="missing CAMs for 1 image"):
         make_aff_labels(voc, ids[:1], tmp_path / "no_cams", tmp_path / "al", progress=False)
     with pytest.raises(FileNotFoundError, match="missing CAMs"):
-        make_rw(voc, ids[:1], tmp_path / "no_cams", trained / "aff_net", tmp_path / "rw",
-                MakeRwConfig(**FAST), progress=False)
+        make_rw(
+            voc,
+            ids[:1],
+            tmp_path / "no_cams",
+            trained / "aff_net",
+            tmp_path / "rw",
+            MakeRwConfig(**FAST),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="unknown image id"):
         train_cam(voc, ["no_such_image"], tmp_path / "x", cam_config(), progress=False)
     with pytest.raises(ValueError, match="does not exist"):
@@ -163,7 +187,9 @@ def test_errors_are_clear(voc, ids, trained, tmp_path):
     (corrupt / "JPEGImages" / "a.jpg").write_bytes(b"\xff\xd8garbage")
     (corrupt / "Annotations").mkdir()
     (corrupt / "Annotations" / "a.xml").write_text(
-        "<annotation><object><name>cat</name></object></annotation>")
+        "<annotation><object><name>cat</name></object></annotation>"
+    )
     with pytest.raises(ValueError, match="cannot decode image"):
-        train_cam(corrupt, ["a"], tmp_path / "y", cam_config(batch_size=1, epochs=1),
-                  progress=False)
+        train_cam(
+            corrupt, ["a"], tmp_path / "y", cam_config(batch_size=1, epochs=1), progress=False
+        )

@@ -3,19 +3,26 @@
 Training datasets draw their augmentation from np.random.default_rng((seed, epoch, index)),
 so an epoch resumed after an interruption is the same epoch, whatever the worker count.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import (colour_jitter, to_long_side, normalize, random_crop, random_resize_long,
-                         resize_maps)
+from .transforms import (
+    colour_jitter,
+    normalize,
+    random_crop,
+    random_resize_long,
+    resize_maps,
+    to_long_side,
+)
 from .voc import VOCDataset
 
 
@@ -34,12 +41,24 @@ class ClsTrainDataset(_Epoched):
     """Classifier training (psa train_cls): random long-side resize, flip, colour jitter,
     normalisation, random crop. Items: (image (3, S, S) float32, labels (20,) float32)."""
 
-    def __init__(self, voc: VOCDataset, ids: Sequence[str], labels: np.ndarray,
-                 resize_long: tuple[int, int], crop_size: int, jitter: tuple[float, ...],
-                 seed: int = 0, long_side: int | None = None):
+    def __init__(
+        self,
+        voc: VOCDataset,
+        ids: Sequence[str],
+        labels: np.ndarray,
+        resize_long: tuple[int, int],
+        crop_size: int,
+        jitter: tuple[float, ...],
+        seed: int = 0,
+        long_side: int | None = None,
+    ):
         self.voc, self.ids, self.labels = voc, list(ids), np.asarray(labels, np.float32)
         self.resize_long, self.crop_size, self.jitter, self.seed = (
-            resize_long, crop_size, jitter, seed)
+            resize_long,
+            crop_size,
+            jitter,
+            seed,
+        )
         self.long_side = long_side
 
     def __len__(self) -> int:
@@ -57,11 +76,18 @@ class ClsTrainDataset(_Epoched):
 
 
 class MultiScaleDataset(Dataset):
-    """CAM inference (psa infer_cls): the image (long side resized to long_side) at each scale (bicubic),
-    normalised. Items: (id, [(3, h_s, w_s) float32 per scale], labels (20,), original (H, W))."""
+    """CAM inference (psa infer_cls): the image (long side resized to long_side) at each scale
+    (bicubic), normalised. Items: (id, [(3, h_s, w_s) float32 per scale], labels (20,),
+    original (H, W))."""
 
-    def __init__(self, voc: VOCDataset, ids: Sequence[str], labels: np.ndarray,
-                 scales: Sequence[float], long_side: int | None = None):
+    def __init__(
+        self,
+        voc: VOCDataset,
+        ids: Sequence[str],
+        labels: np.ndarray,
+        scales: Sequence[float],
+        long_side: int | None = None,
+    ):
         self.voc, self.ids, self.labels, self.scales = voc, list(ids), labels, tuple(scales)
         self.long_side = long_side
 
@@ -95,8 +121,9 @@ class ImageDataset(Dataset):
         return self.ids[index], torch.from_numpy(normalize(image))
 
 
-def affinity_label_map(la: np.ndarray, la_keys: Sequence[int], ha: np.ndarray,
-                       ha_keys: Sequence[int]) -> np.ndarray:
+def affinity_label_map(
+    la: np.ndarray, la_keys: Sequence[int], ha: np.ndarray, ha_keys: Sequence[int]
+) -> np.ndarray:
     """AffinityNet's training label map from the la / ha dCRF scores (method.md section 2).
 
     la: (n_la, h, w) and ha: (n_ha, h, w) scores (already cropped and pooled), whose channels
@@ -135,9 +162,18 @@ class AffTrainDataset(_Epoched):
     and flip of image and la/ha scores, scores pooled by 8, label map of method.md section 2.
     Items: (image (3, S, S) float32, labels (S/8, S/8) uint8)."""
 
-    def __init__(self, voc: VOCDataset, ids: Sequence[str], la_dir: str | os.PathLike,
-                 ha_dir: str | os.PathLike, crop_size: int, jitter: tuple[float, ...],
-                 stride: int = 8, seed: int = 0, long_side: int | None = None):
+    def __init__(
+        self,
+        voc: VOCDataset,
+        ids: Sequence[str],
+        la_dir: str | os.PathLike,
+        ha_dir: str | os.PathLike,
+        crop_size: int,
+        jitter: tuple[float, ...],
+        stride: int = 8,
+        seed: int = 0,
+        long_side: int | None = None,
+    ):
         if crop_size % stride:
             raise ValueError(f"crop_size {crop_size} must be a multiple of the stride {stride}")
         self.voc, self.ids = voc, list(ids)
@@ -155,14 +191,17 @@ class AffTrainDataset(_Epoched):
         ha_keys, ha = _load_scores(self.ha_dir / f"{image_id}.npy")
         image = self.voc.load_pil(image_id)
         if la.shape[1:] != image.size[::-1] or ha.shape[1:] != image.size[::-1]:
-            raise ValueError(f"affinity-label scores of {image_id!r} are {la.shape[1:]} but the "
-                             f"image is {image.size[::-1]}: they come from another dataset")
+            raise ValueError(
+                f"affinity-label scores of {image_id!r} are {la.shape[1:]} but the "
+                f"image is {image.size[::-1]}: they come from another dataset"
+            )
         image = to_long_side(image, self.long_side)
         la, ha = (resize_maps(a, image.size[::-1]) for a in (la, ha))
         x = normalize(np.asarray(colour_jitter(image, rng, *self.jitter)))
         x, la, ha = random_crop([x, la, ha], self.crop_size, rng)
         if rng.random() < 0.5:
             x, la, ha = (np.ascontiguousarray(a[..., ::-1]) for a in (x, la, ha))
-        label = affinity_label_map(pool_by(la, self.stride), la_keys,
-                                   pool_by(ha, self.stride), ha_keys)
+        label = affinity_label_map(
+            pool_by(la, self.stride), la_keys, pool_by(ha, self.stride), ha_keys
+        )
         return torch.from_numpy(x), torch.from_numpy(label)

@@ -5,11 +5,12 @@ muted colour carrying a saturated "mark" whose hue and pattern say its class. Th
 is drawn independently of the class (by default) and flat blobs of every muted hue lie around
 as background clutter, so the body is no evidence and the mark is the discriminative part: a
 classifier's CAMs are strong on the mark and weak over the rest of the object (method.md
-section 1's premise). The rest of the object is one flat colour bounded by a clear edge, which is what an
-affinity can learn and a random walk can spread over.
+section 1's premise). The rest of the object is one flat colour bounded by a clear edge, which
+is what an affinity can learn and a random walk can spread over.
 
 Everything is generated from a seed, deterministically; nothing is downloaded or shipped.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -32,16 +33,17 @@ _PATTERNS = ("solid", "stripes", "checker")
 @dataclass
 class SynthConfig:
     """How the synthetic dataset is generated (all sizes in pixels)."""
+
     num_train: int = 300
     num_val: int = 100
     seed: int = 0
-    min_size: int = 96           # image height and width are drawn from [min_size, max_size]
+    min_size: int = 96  # image height and width are drawn from [min_size, max_size]
     max_size: int = 128
     max_objects: int = 3
-    max_clutter: int = 2         # flat blobs without a mark (background)
-    mark_fraction: float = 0.4   # mark diameter / object's smaller extent
+    max_clutter: int = 2  # flat blobs without a mark (background)
+    mark_fraction: float = 0.4  # mark diameter / object's smaller extent
     body_hue_spread: float = 0.5  # body hue = class hue +- this (turns; 0.5: any hue)
-    void_width: int = 2          # VOC-like 255 band around object boundaries
+    void_width: int = 2  # VOC-like 255 band around object boundaries
     jpeg_quality: int = 92
 
 
@@ -51,21 +53,28 @@ def _class_marks() -> dict[int, tuple[float, tuple[int, int, int], str]]:
     n = len(SYNTH_CLASSES)
     for i, name in enumerate(SYNTH_CLASSES):
         r, g, b = colorsys.hsv_to_rgb(i / n, 1.0, 1.0)
-        marks[VOC_CLASSES.index(name) + 1] = (i / n, (int(r * 255), int(g * 255), int(b * 255)),
-                                              _PATTERNS[i % len(_PATTERNS)])
+        marks[VOC_CLASSES.index(name) + 1] = (
+            i / n,
+            (int(r * 255), int(g * 255), int(b * 255)),
+            _PATTERNS[i % len(_PATTERNS)],
+        )
     return marks
 
 
-def _muted_colour(rng: np.random.Generator, hue: float | None = None,
-                  saturation: tuple[float, float] = (0.25, 0.5)) -> tuple[int, int, int]:
+def _muted_colour(
+    rng: np.random.Generator,
+    hue: float | None = None,
+    saturation: tuple[float, float] = (0.25, 0.5),
+) -> tuple[int, int, int]:
     """A flat, muted colour (objects' bodies and clutter); random hue unless given."""
     h = rng.random() if hue is None else hue % 1.0
     r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(*saturation), rng.uniform(0.45, 0.85))
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _shape_mask(rng: np.random.Generator, h: int, w: int, cy: float, cx: float,
-                ry: float, rx: float) -> np.ndarray:
+def _shape_mask(
+    rng: np.random.Generator, h: int, w: int, cy: float, cx: float, ry: float, rx: float
+) -> np.ndarray:
     """Boolean (h, w) mask of an ellipse, rotated rectangle or random polygon."""
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
@@ -93,7 +102,7 @@ def _erode(mask: np.ndarray, r: int) -> np.ndarray:
     h, w = mask.shape
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
-            out &= padded[r + dy:r + dy + h, r + dx:r + dx + w]
+            out &= padded[r + dy : r + dy + h, r + dx : r + dx + w]
     return out
 
 
@@ -104,8 +113,12 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth muted colour field plus fine grain: texture, no flat regions."""
     cells = rng.integers(3, 7)
-    coarse = np.stack([np.array(_muted_colour(rng, saturation=(0.05, 0.3)), np.uint8)
-                       for _ in range(cells * cells)])
+    coarse = np.stack(
+        [
+            np.array(_muted_colour(rng, saturation=(0.05, 0.3)), np.uint8)
+            for _ in range(cells * cells)
+        ]
+    )
     small = Image.fromarray(coarse.reshape(cells, cells, 3))
     field = np.asarray(small.resize((w, h), Image.BICUBIC), np.float32)
     grain = Image.fromarray(rng.integers(0, 255, (h // 4 + 1, w // 4 + 1), np.uint8))
@@ -113,8 +126,14 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return field + (grain[..., None] - 128.0) * 0.25
 
 
-def _draw_mark(rng: np.random.Generator, image: np.ndarray, body: np.ndarray,
-               rgb: tuple[int, int, int], pattern: str, diameter: int) -> np.ndarray | None:
+def _draw_mark(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    body: np.ndarray,
+    rgb: tuple[int, int, int],
+    pattern: str,
+    diameter: int,
+) -> np.ndarray | None:
     """Paint a class mark inside `body`; returns its mask, or None if it does not fit."""
     inner = _erode(body, diameter // 2 + 1)
     ys, xs = np.nonzero(inner)
@@ -152,10 +171,11 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig, marks: dict):
         blob = _shape_mask(rng, h, w, rng.uniform(0, h), rng.uniform(0, w), ry, rx)
         image[blob] = _muted_colour(rng)
     classes = sorted(marks)
-    n_obj = int(rng.choice(np.arange(1, cfg.max_objects + 1),
-                           p=_object_count_probs(cfg.max_objects)))
+    n_obj = int(
+        rng.choice(np.arange(1, cfg.max_objects + 1), p=_object_count_probs(cfg.max_objects))
+    )
     objects = []
-    owner = np.zeros((h, w), np.int16)   # which object paints each pixel (0: none)
+    owner = np.zeros((h, w), np.int16)  # which object paints each pixel (0: none)
     mark_masks: list[np.ndarray] = []
     for _ in range(40):
         if len(objects) == n_obj:
@@ -168,14 +188,15 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig, marks: dict):
         # keep earlier objects mostly visible and their marks intact
         if any((m & body).any() for m in mark_masks):
             continue
-        if any(((owner == i + 1) & body).sum() > 0.4 * (owner == i + 1).sum()
-               for i in range(len(objects))):
+        if any(
+            ((owner == i + 1) & body).sum() > 0.4 * (owner == i + 1).sum()
+            for i in range(len(objects))
+        ):
             continue
         cls = classes[int(rng.integers(len(classes)))]
         hue, rgb, pattern = marks[cls]
         spread = cfg.body_hue_spread
-        body_colour = np.array(_muted_colour(rng, hue + rng.uniform(-spread, spread)),
-                               np.float32)
+        body_colour = np.array(_muted_colour(rng, hue + rng.uniform(-spread, spread)), np.float32)
         trial = image.copy()
         trial[body] = body_colour
         ys, xs = np.nonzero(body)
@@ -196,14 +217,16 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig, marks: dict):
         band = np.zeros((h, w), bool)
         for i in range(len(objects)):
             region = owner == i + 1
-            band |= _dilate(region, cfg.void_width // 2 + cfg.void_width % 2) & \
-                ~_erode(region, cfg.void_width // 2)
+            band |= _dilate(region, cfg.void_width // 2 + cfg.void_width % 2) & ~_erode(
+                region, cfg.void_width // 2
+            )
         gt[band] = 255
     boxes = []
     for i, cls in enumerate(objects):
         ys, xs = np.nonzero(owner == i + 1)
-        boxes.append((cls, (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1,
-                            int(ys.max()) + 1)))
+        boxes.append(
+            (cls, (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1))
+        )
     return image, gt, boxes
 
 
@@ -235,8 +258,9 @@ def _annotation_xml(image_id: str, width: int, height: int, boxes) -> bytes:
     return ET.tostring(root, encoding="utf-8") + b"\n"
 
 
-def make_synthetic_voc(out: str | os.PathLike, config: SynthConfig | None = None,
-                       progress: bool = True) -> Path:
+def make_synthetic_voc(
+    out: str | os.PathLike, config: SynthConfig | None = None, progress: bool = True
+) -> Path:
     """Write the synthetic dataset to OUT in the VOC 2012 layout; returns OUT.
 
     OUT/JPEGImages/*.jpg, SegmentationClass/*.png (VOC palette, 255 void bands),
@@ -253,23 +277,28 @@ def make_synthetic_voc(out: str | os.PathLike, config: SynthConfig | None = None
     total = cfg.num_train + cfg.num_val
     ids = [f"synth_{i:05d}" for i in range(total)]
     for i, image_id in enumerate(tqdm(ids, desc="data synth", disable=not progress)):
-        paths = (out / IMAGE_DIR / f"{image_id}.jpg",
-                 out / "SegmentationClass" / f"{image_id}.png",
-                 out / ANNOTATION_DIR / f"{image_id}.xml")
+        paths = (
+            out / IMAGE_DIR / f"{image_id}.jpg",
+            out / "SegmentationClass" / f"{image_id}.png",
+            out / ANNOTATION_DIR / f"{image_id}.xml",
+        )
         if all(p.is_file() for p in paths):
             continue
         rng = np.random.default_rng([cfg.seed, i])
         image, gt, boxes = _scene(rng, cfg, marks)
         pil = Image.fromarray(image)
-        atomic_save(paths[0], lambda f: pil.save(f, format="JPEG", quality=cfg.jpeg_quality))
+        atomic_save(
+            paths[0], lambda f, pil=pil: pil.save(f, format="JPEG", quality=cfg.jpeg_quality)
+        )
         save_label_png(paths[1], gt)
         xml = _annotation_xml(image_id, image.shape[1], image.shape[0], boxes)
-        atomic_save(paths[2], lambda f: f.write(xml))
-    lists = {"train": ids[:cfg.num_train], "val": ids[cfg.num_train:], "trainval": ids}
+        atomic_save(paths[2], lambda f, xml=xml: f.write(xml))
+    lists = {"train": ids[: cfg.num_train], "val": ids[cfg.num_train :], "trainval": ids}
     for name, members in lists.items():
         text = "".join(f"{m}\n" for m in members).encode()
-        atomic_save(out / "ImageSets" / "Segmentation" / f"{name}.txt",
-                    lambda f: f.write(text))
+        atomic_save(
+            out / "ImageSets" / "Segmentation" / f"{name}.txt", lambda f, text=text: f.write(text)
+        )
     record_config(out, "synth", cfg, {"classes": list(SYNTH_CLASSES)})
     return out
 

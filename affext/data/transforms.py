@@ -1,5 +1,6 @@
 """Image transforms of psa's training and inference (numpy + PIL; each draws from an explicit
 numpy Generator so a resumed epoch sees the same augmentation as an uninterrupted one)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,12 +43,19 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if maps.shape[1:] == tuple(size):
         return maps
     h, w = size
-    return np.stack([np.asarray(Image.fromarray(np.asarray(m, np.float32), "F")
-                                .resize((w, h), Image.BILINEAR)) for m in maps])
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.asarray(m, np.float32), "F").resize((w, h), Image.BILINEAR)
+            )
+            for m in maps
+        ]
+    )
 
 
-def random_resize_long(image: Image.Image, low: int, high: int,
-                       rng: np.random.Generator) -> Image.Image:
+def random_resize_long(
+    image: Image.Image, low: int, high: int, rng: np.random.Generator
+) -> Image.Image:
     """Resize so the long side is an integer drawn from [low, high] (bicubic), as psa."""
     target = int(rng.integers(low, high + 1))
     w, h = image.size
@@ -58,8 +66,14 @@ def random_resize_long(image: Image.Image, low: int, high: int,
     return image.resize(size, Image.BICUBIC)
 
 
-def colour_jitter(image: Image.Image, rng: np.random.Generator, brightness: float = 0.3,
-                  contrast: float = 0.3, saturation: float = 0.3, hue: float = 0.1) -> Image.Image:
+def colour_jitter(
+    image: Image.Image,
+    rng: np.random.Generator,
+    brightness: float = 0.3,
+    contrast: float = 0.3,
+    saturation: float = 0.3,
+    hue: float = 0.1,
+) -> Image.Image:
     """Brightness, contrast, saturation factors in [1-x, 1+x] and a hue shift in [-hue, hue]
     turns, applied in a random order (the usual ColorJitter semantics)."""
     ops = []
@@ -87,10 +101,12 @@ def _shift_hue(image: Image.Image, shift: float) -> Image.Image:
     return Image.fromarray(hsv, "HSV").convert("RGB")
 
 
-def crop_box(height: int, width: int, size: int,
-             rng: np.random.Generator) -> tuple[slice, slice, slice, slice]:
+def crop_box(
+    height: int, width: int, size: int, rng: np.random.Generator
+) -> tuple[slice, slice, slice, slice]:
     """psa's random crop: (dst_rows, dst_cols, src_rows, src_cols) of a size x size container;
     an image smaller than `size` lands at a random place in it, the rest stays empty."""
+
     def axis(n):
         if n > size:
             start = int(rng.integers(n - size + 1))
@@ -103,8 +119,9 @@ def crop_box(height: int, width: int, size: int,
     return dst_r, dst_c, src_r, src_c
 
 
-def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator,
-                fills: list[float] | None = None) -> list[np.ndarray]:
+def random_crop(
+    arrays: list[np.ndarray], size: int, rng: np.random.Generator, fills: list[float] | None = None
+) -> list[np.ndarray]:
     """Crop the same box out of (C, H, W) arrays into size x size containers (psa RandomCrop)."""
     h, w = arrays[0].shape[-2:]
     dst_r, dst_c, src_r, src_c = crop_box(h, w, size, rng)

@@ -9,22 +9,41 @@ Class indices: 0 is background, 1..20 the VOC classes in VOC_CLASSES order, 255 
 (ignored). Image-level labels are (20,) float32 vectors without the background, as psa keeps
 them (`cls_labels.npy`: a dict {image_id: (20,) vector}).
 """
+
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor")
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 CLASS_NAMES: tuple[str, ...] = ("background",) + VOC_CLASSES
-NUM_CLASSES = len(VOC_CLASSES)          # 20 foreground classes
+NUM_CLASSES = len(VOC_CLASSES)  # 20 foreground classes
 IGNORE_INDEX = 255
 IMAGE_DIR = "JPEGImages"
 ANNOTATION_DIR = "Annotations"
@@ -118,8 +137,10 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
                 return np.array(image, np.uint8)
             if image.mode in ("I", "I;16"):
                 return np.array(image).astype(np.uint8)
-            raise DatasetError(f"{str(path)!r} is a {image.mode} image; a class map must be a "
-                               "palette (P) or grey (L) PNG")
+            raise DatasetError(
+                f"{str(path)!r} is a {image.mode} image; a class map must be a "
+                "palette (P) or grey (L) PNG"
+            )
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError) as exc:
@@ -138,17 +159,25 @@ class VOCDataset:
         cls_labels: path of a cls_labels.npy file.
     """
 
-    def __init__(self, root: str | os.PathLike, label_source: str = "auto",
-                 cls_labels: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        label_source: str = "auto",
+        cls_labels: str | os.PathLike | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(f"dataset root {str(self.root)!r} does not exist or is not a "
-                               "folder (expected the VOC layout: JPEGImages/, "
-                               "SegmentationClass/, Annotations/)")
+            raise DatasetError(
+                f"dataset root {str(self.root)!r} does not exist or is not a "
+                "folder (expected the VOC layout: JPEGImages/, "
+                "SegmentationClass/, Annotations/)"
+            )
         if not (self.root / IMAGE_DIR).is_dir():
-            raise DatasetError(f"dataset root {str(self.root)!r} has no {IMAGE_DIR}/ folder; "
-                               "point it at the folder that holds JPEGImages/ (for VOC: "
-                               "VOCdevkit/VOC2012)")
+            raise DatasetError(
+                f"dataset root {str(self.root)!r} has no {IMAGE_DIR}/ folder; "
+                "point it at the folder that holds JPEGImages/ (for VOC: "
+                "VOCdevkit/VOC2012)"
+            )
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
         if cls_labels is None and (self.root / "cls_labels.npy").is_file():
@@ -161,8 +190,10 @@ class VOCDataset:
             else:
                 label_source = "mask"
         if label_source == "npy" and cls_labels is None:
-            raise DatasetError("label_source 'npy' needs a cls_labels.npy file (none given and "
-                               f"none at {str(self.root / 'cls_labels.npy')!r})")
+            raise DatasetError(
+                "label_source 'npy' needs a cls_labels.npy file (none given and "
+                f"none at {str(self.root / 'cls_labels.npy')!r})"
+            )
         self.label_source = label_source
         self._cls_labels = load_cls_labels(cls_labels) if label_source == "npy" else None
 
@@ -173,8 +204,9 @@ class VOCDataset:
             path = self.root / IMAGE_DIR / f"{image_id}{ext}"
             if path.is_file():
                 return path
-        raise DatasetError(f"unknown image id {image_id!r}: no {image_id}.jpg in "
-                           f"{str(self.root / IMAGE_DIR)!r}")
+        raise DatasetError(
+            f"unknown image id {image_id!r}: no {image_id}.jpg in {str(self.root / IMAGE_DIR)!r}"
+        )
 
     def mask_path(self, image_id: str) -> Path | None:
         """Path of the ground-truth mask, or None when the dataset has none for this id."""
@@ -186,12 +218,16 @@ class VOCDataset:
 
     def check_ids(self, ids: Iterable[str]) -> None:
         """Raise DatasetError naming the first ids that have no image."""
-        missing = [i for i in ids if not any((self.root / IMAGE_DIR / f"{i}{e}").is_file()
-                                             for e in IMAGE_EXTENSIONS)]
+        missing = [
+            i
+            for i in ids
+            if not any((self.root / IMAGE_DIR / f"{i}{e}").is_file() for e in IMAGE_EXTENSIONS)
+        ]
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DatasetError(f"unknown image id(s) {missing[:5]}{more}: not in "
-                               f"{str(self.root / IMAGE_DIR)!r}")
+            raise DatasetError(
+                f"unknown image id(s) {missing[:5]}{more}: not in {str(self.root / IMAGE_DIR)!r}"
+            )
 
     # -- content --------------------------------------------------------------------------
     def load_image(self, image_id: str) -> np.ndarray:
@@ -206,15 +242,18 @@ class VOCDataset:
                 image.load()
                 return image.convert("RGB")
         except (OSError, SyntaxError, ValueError) as exc:
-            raise DatasetError(f"cannot decode image {str(path)!r} (id {image_id!r}): "
-                               f"{exc}") from exc
+            raise DatasetError(
+                f"cannot decode image {str(path)!r} (id {image_id!r}): {exc}"
+            ) from exc
 
     def load_mask(self, image_id: str) -> np.ndarray:
         """(H, W) uint8 ground truth (0 background, 1..20 classes, 255 void)."""
         path = self.mask_path(image_id)
         if path is None:
-            raise DatasetError(f"no ground-truth mask for {image_id!r} in "
-                               f"{[str(self.root / d) for d in MASK_DIRS]}")
+            raise DatasetError(
+                f"no ground-truth mask for {image_id!r} in "
+                f"{[str(self.root / d) for d in MASK_DIRS]}"
+            )
         return load_label_png(path)
 
     def has_masks(self, ids: Iterable[str]) -> bool:
@@ -226,8 +265,9 @@ class VOCDataset:
             try:
                 return self._cls_labels[image_id].copy()
             except KeyError:
-                raise DatasetError(f"image id {image_id!r} is not in the cls_labels.npy "
-                                   "table") from None
+                raise DatasetError(
+                    f"image id {image_id!r} is not in the cls_labels.npy table"
+                ) from None
         if self.label_source == "xml":
             return labels_from_xml(self.root / ANNOTATION_DIR / f"{image_id}.xml")
         mask = self.load_mask(image_id)

@@ -1,4 +1,5 @@
 """AffinityNet: the feature whose L1 distances give pixel affinities (method.md section 3)."""
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,7 @@ class AffinityNet(Network):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, 448, ceil(H/8), ceil(W/8)) affinity feature f_aff."""
         s3, s4, s5 = self.backbone(x)
-        feat = torch.cat([F.elu(self.f8_3(s3)), F.elu(self.f8_4(s4)), F.elu(self.f8_5(s5))],
-                         dim=1)
+        feat = torch.cat([F.elu(self.f8_3(s3)), F.elu(self.f8_4(s4)), F.elu(self.f8_5(s5))], dim=1)
         return F.elu(self.f9(feat))
 
     def affinity(self, x: torch.Tensor, radius: int = 5) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """What the CAM network and AffinityNet share: a backbone, new layers, psa's lr groups."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -18,8 +19,10 @@ class Network(nn.Module):
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         if not isinstance(backbone, Backbone):
-            raise TypeError(f"backbone must be an affext Backbone (see build_backbone), "
-                            f"got {type(backbone).__name__}")
+            raise TypeError(
+                f"backbone must be an affext Backbone (see build_backbone), "
+                f"got {type(backbone).__name__}"
+            )
         self.backbone = backbone
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
@@ -28,8 +31,12 @@ class Network(nn.Module):
 
 
 # psa train_cls/train_aff: (name, lr multiplier, with weight decay)
-_GROUPS = (("pretrained_weight", 1.0, True), ("pretrained_bias", 2.0, False),
-           ("new_weight", 10.0, True), ("new_bias", 20.0, False))
+_GROUPS = (
+    ("pretrained_weight", 1.0, True),
+    ("pretrained_bias", 2.0, False),
+    ("new_weight", 10.0, True),
+    ("new_bias", 20.0, False),
+)
 
 
 def param_groups(model: Network, lr: float, weight_decay: float) -> list[dict]:
@@ -58,9 +65,15 @@ def param_groups(model: Network, lr: float, weight_decay: float) -> list[dict]:
         raise ValueError(f"lr must be positive, got {lr}")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    groups = [{"name": name, "params": [], "lr": lr * mult,
-               "weight_decay": weight_decay if decay else 0.0}
-              for name, mult, decay in _GROUPS]
+    groups = [
+        {
+            "name": name,
+            "params": [],
+            "lr": lr * mult,
+            "weight_decay": weight_decay if decay else 0.0,
+        }
+        for name, mult, decay in _GROUPS
+    ]
     pretrained = model.backbone.pretrained
     for name, p in model.named_parameters():
         if not p.requires_grad:

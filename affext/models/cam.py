@@ -1,4 +1,5 @@
 """The classification network that gives class activation maps (method.md section 1)."""
+
 from __future__ import annotations
 
 import torch
@@ -58,6 +59,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if logits.dim() != 2:
         raise ValueError(f"logits must be (B, C), got shape {tuple(logits.shape)}")
     if labels.shape != logits.shape:
-        raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
+        )
     return F.multilabel_soft_margin_loss(logits, labels.to(logits.dtype))

@@ -9,6 +9,7 @@ psa saved bare state dicts of its whole networks (res38_cls.pth, res38_aff.pth) 
 backbone's names sit at the top level (conv1a, b2, ..., bn7) beside the head's. We call that
 the "psa layout"; `load_psa_checkpoint` and `psa_state_dict` convert between the two.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,7 @@ import torch
 
 from .affinity_net import AffinityNet
 from .backbones import BACKBONES, build_backbone, detect_backbone
-from .backbones.base import (StateDict, check_keys, load_strict, load_torch_file,
-                             read_state_dict)
+from .backbones.base import StateDict, check_keys, load_strict, load_torch_file, read_state_dict
 from .base import Network
 from .cam import CAMNet
 
@@ -67,23 +67,35 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
     """
     if not isinstance(model, Network):
         raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
-    source = (f"checkpoint {os.fspath(weights)}" if isinstance(weights, (str, os.PathLike))
-              else "the state dict")
+    source = (
+        f"checkpoint {os.fspath(weights)}"
+        if isinstance(weights, (str, os.PathLike))
+        else "the state dict"
+    )
     state = read_state_dict(weights)
     name = model.backbone.name
     found = detect_backbone(state)
     if found is not None and found != name:
-        raise ValueError(f"{source} holds a {found!r} backbone, but the model's backbone is "
-                         f"{name!r}: build it with build_backbone({found!r})")
+        raise ValueError(
+            f"{source} holds a {found!r} backbone, but the model's backbone is "
+            f"{name!r}: build it with build_backbone({found!r})"
+        )
     flat = {k.removeprefix(_PREFIX): v for k, v in state.items()}
     kind = _detect_network(flat)
     if kind is not None and kind != model.kind:
-        raise ValueError(f"{source} holds {_NETWORK_NAMES[kind]}, not "
-                         f"{_NETWORK_NAMES[model.kind]}: load it into {_NETWORKS[kind].__name__}")
-    check_keys(psa_state_dict(model), flat, source,
-               f"{type(model).__name__} with backbone {name!r}")
-    load_strict(model, _to_affext_layout(model, flat), what=source,
-                target=f"{type(model).__name__} with backbone {name!r}")
+        raise ValueError(
+            f"{source} holds {_NETWORK_NAMES[kind]}, not "
+            f"{_NETWORK_NAMES[model.kind]}: load it into {_NETWORKS[kind].__name__}"
+        )
+    check_keys(
+        psa_state_dict(model), flat, source, f"{type(model).__name__} with backbone {name!r}"
+    )
+    load_strict(
+        model,
+        _to_affext_layout(model, flat),
+        what=source,
+        target=f"{type(model).__name__} with backbone {name!r}",
+    )
     return model
 
 
@@ -95,8 +107,13 @@ def save_checkpoint(model: Network, path: str | os.PathLike, **meta: Any) -> Non
     """
     if not isinstance(model, Network):
         raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
-    ckpt = {"affext_checkpoint": FORMAT_VERSION, "network": model.kind,
-            "backbone": model.backbone.name, "state_dict": model.state_dict(), "meta": meta}
+    ckpt = {
+        "affext_checkpoint": FORMAT_VERSION,
+        "network": model.kind,
+        "backbone": model.backbone.name,
+        "state_dict": model.state_dict(),
+        "meta": meta,
+    }
     if isinstance(model, CAMNet):
         ckpt["num_classes"] = model.num_classes
     path = os.fspath(path)
@@ -119,9 +136,14 @@ def read_checkpoint(path: str | os.PathLike | Mapping) -> dict:
     state = read_state_dict(obj)
     flat = {k.removeprefix(_PREFIX): v for k, v in state.items()}
     kind = _detect_network(flat)
-    return {"affext_checkpoint": 0, "network": kind, "backbone": detect_backbone(state),
-            "num_classes": flat["fc8.weight"].shape[0] if kind == "cam" else None,
-            "state_dict": state, "meta": {}}
+    return {
+        "affext_checkpoint": 0,
+        "network": kind,
+        "backbone": detect_backbone(state),
+        "num_classes": flat["fc8.weight"].shape[0] if kind == "cam" else None,
+        "state_dict": state,
+        "meta": {},
+    }
 
 
 def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
@@ -134,21 +156,32 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
     """
     if not isinstance(model, Network):
         raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
-    source = (f"checkpoint {os.fspath(path)}" if isinstance(path, (str, os.PathLike))
-              else "the checkpoint")
+    source = (
+        f"checkpoint {os.fspath(path)}"
+        if isinstance(path, (str, os.PathLike))
+        else "the checkpoint"
+    )
     ckpt = read_checkpoint(path)
     if not ckpt["affext_checkpoint"]:
         load_psa_checkpoint(model, ckpt["state_dict"])
         return {}
     if ckpt["backbone"] != model.backbone.name:
-        raise ValueError(f"{source} was trained with backbone {ckpt['backbone']!r}, not "
-                         f"{model.backbone.name!r}: build the network with "
-                         f"build_backbone({ckpt['backbone']!r})")
+        raise ValueError(
+            f"{source} was trained with backbone {ckpt['backbone']!r}, not "
+            f"{model.backbone.name!r}: build the network with "
+            f"build_backbone({ckpt['backbone']!r})"
+        )
     if ckpt["network"] != model.kind:
-        raise ValueError(f"{source} holds {_NETWORK_NAMES.get(ckpt['network'], ckpt['network'])}"
-                         f", not {_NETWORK_NAMES[model.kind]}")
-    load_strict(model, ckpt["state_dict"], what=source,
-                target=f"{type(model).__name__} with backbone {model.backbone.name!r}")
+        raise ValueError(
+            f"{source} holds {_NETWORK_NAMES.get(ckpt['network'], ckpt['network'])}"
+            f", not {_NETWORK_NAMES[model.kind]}"
+        )
+    load_strict(
+        model,
+        ckpt["state_dict"],
+        what=source,
+        target=f"{type(model).__name__} with backbone {model.backbone.name!r}",
+    )
     return dict(ckpt.get("meta") or {})
 
 
@@ -161,11 +194,15 @@ def build_from_checkpoint(path: str | os.PathLike | Mapping) -> Network:
     ckpt = read_checkpoint(path)
     kind, name = ckpt["network"], ckpt["backbone"]
     if kind not in _NETWORKS:
-        raise ValueError("cannot tell whether the checkpoint holds a CAM network (fc8) or an "
-                         "AffinityNet (f8_3..f9); build the network and use load_checkpoint")
+        raise ValueError(
+            "cannot tell whether the checkpoint holds a CAM network (fc8) or an "
+            "AffinityNet (f8_3..f9); build the network and use load_checkpoint"
+        )
     if name not in BACKBONES:
-        raise ValueError(f"cannot tell the checkpoint's backbone (got {name!r}); build the "
-                         f"network with one of {sorted(BACKBONES)} and use load_checkpoint")
+        raise ValueError(
+            f"cannot tell the checkpoint's backbone (got {name!r}); build the "
+            f"network with one of {sorted(BACKBONES)} and use load_checkpoint"
+        )
     backbone = build_backbone(name)
     model = CAMNet(backbone, ckpt["num_classes"]) if kind == "cam" else AffinityNet(backbone)
     load_checkpoint(model, ckpt if ckpt["affext_checkpoint"] else ckpt["state_dict"])

@@ -1,7 +1,14 @@
 """The Python face of affext's kernels: one module per op."""
+
 from .affinity import pairwise_affinity
 from .pair_loss import AffinityLabels, PairLoss, affinity_labels, pair_loss
 from .random_walk import random_walk
 
-__all__ = ["AffinityLabels", "PairLoss", "affinity_labels", "pair_loss", "pairwise_affinity",
-           "random_walk"]
+__all__ = [
+    "AffinityLabels",
+    "PairLoss",
+    "affinity_labels",
+    "pair_loss",
+    "pairwise_affinity",
+    "random_walk",
+]

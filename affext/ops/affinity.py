@@ -1,4 +1,5 @@
 """Pairwise L1 affinity over the half-disk neighbourhood (method.md section 3)."""
+
 from __future__ import annotations
 
 import torch
@@ -53,5 +54,6 @@ def _backward(ctx, grad):
     return _backward_op(grad, feat, aff, ctx.radius), None
 
 
-torch.library.register_autograd("affext::pairwise_affinity", _backward,
-                                setup_context=_setup_context)
+torch.library.register_autograd(
+    "affext::pairwise_affinity", _backward, setup_context=_setup_context
+)

@@ -1,4 +1,5 @@
 """AffinityNet's class-balanced pair loss, computed from the label map (method.md section 4)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -24,6 +25,7 @@ class PairLoss(NamedTuple):
     loss, bg_loss, fg_loss, neg_loss are in aff's dtype and differentiable with respect to
     aff; the counts are int64 numbers of pairs over the whole batch (without psa's 1e-5).
     """
+
     loss: torch.Tensor
     bg_loss: torch.Tensor
     fg_loss: torch.Tensor
@@ -35,6 +37,7 @@ class PairLoss(NamedTuple):
 
 class AffinityLabels(NamedTuple):
     """psa's three float32 pair masks (1 where a pair belongs to the class, else 0)."""
+
     bg_pos: torch.Tensor
     fg_pos: torch.Tensor
     neg: torch.Tensor
@@ -46,8 +49,10 @@ def _check_tensors(**tensors: torch.Tensor) -> None:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
-        raise ValueError("aff and labels must be on the same device, got "
-                         + ", ".join(f"{n} on {d}" for n, d in devices.items()))
+        raise ValueError(
+            "aff and labels must be on the same device, got "
+            + ", ".join(f"{n} on {d}" for n, d in devices.items())
+        )
 
 
 def combine_pair_stats(stats: torch.Tensor, dtype: torch.dtype) -> PairLoss:
@@ -62,8 +67,9 @@ def combine_pair_stats(stats: torch.Tensor, dtype: torch.dtype) -> PairLoss:
     return PairLoss(loss.to(dtype), *(p.to(dtype) for p in parts.unbind()), *counts.unbind())
 
 
-def pair_loss(aff: torch.Tensor, labels: torch.Tensor, radius: int = 5,
-              region: str = "psa") -> PairLoss:
+def pair_loss(
+    aff: torch.Tensor, labels: torch.Tensor, radius: int = 5, region: str = "psa"
+) -> PairLoss:
     """AffinityNet's class-balanced loss over the pairs inside the radius, in one pass.
 
     Each pair (p, p + o_k) of the region is classified from the labels of its two pixels
@@ -94,8 +100,7 @@ def pair_loss(aff: torch.Tensor, labels: torch.Tensor, radius: int = 5,
     return combine_pair_stats(stats, aff.dtype)
 
 
-def affinity_labels(labels: torch.Tensor, radius: int = 5,
-                    region: str = "psa") -> AffinityLabels:
+def affinity_labels(labels: torch.Tensor, radius: int = 5, region: str = "psa") -> AffinityLabels:
     """psa's pair masks (bg_pos, fg_pos, neg) of a label map, as float32 tensors.
 
     Args:

@@ -1,4 +1,5 @@
 """Random walk of CAMs over AffinityNet's affinities, without the N x N matrix (method.md s5)."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,14 @@ from ..neighborhood import check_radius, region_code
 _op = torch.ops.affext.random_walk
 
 
-def random_walk(cam: torch.Tensor, aff: torch.Tensor, beta: float = 8.0, iterations: int = 256,
-                radius: int = 5, region: str = "psa") -> torch.Tensor:
+def random_walk(
+    cam: torch.Tensor,
+    aff: torch.Tensor,
+    beta: float = 8.0,
+    iterations: int = 256,
+    radius: int = 5,
+    region: str = "psa",
+) -> torch.Tensor:
     """Propagate CAMs with psa's transition matrix, applied as a sparse stencil.
 
     Args:
@@ -40,11 +47,18 @@ def random_walk(cam: torch.Tensor, aff: torch.Tensor, beta: float = 8.0, iterati
     if isinstance(iterations, bool) or not isinstance(iterations, int):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
     with torch.no_grad():
-        return _op(cam.detach(), aff.detach(), float(beta), iterations, check_radius(radius),
-                   region_code(region))
+        return _op(
+            cam.detach(),
+            aff.detach(),
+            float(beta),
+            iterations,
+            check_radius(radius),
+            region_code(region),
+        )
 
 
 @torch.library.register_fake("affext::random_walk")
 def _(cam, aff, beta, iterations, radius, region):
-    return torch.empty_like(cam, dtype=torch.promote_types(cam.dtype, aff.dtype),
-                            memory_format=torch.contiguous_format)
+    return torch.empty_like(
+        cam, dtype=torch.promote_types(cam.dtype, aff.dtype), memory_format=torch.contiguous_format
+    )

@@ -1,12 +1,14 @@
 """psa's dense affinity: index_select of "from" and "to" features and an explicit
 (B, C, K, n_from) difference tensor (method.md section 3)."""
+
 from __future__ import annotations
 
 import torch
 
 
-def psa_pair_indices(height: int, width: int, radius: int = 5,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def psa_pair_indices(
+    height: int, width: int, radius: int = 5, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat pixel indices of psa's pairs on a height x width map.
 
     Returns (ind_from (n_from,), ind_to (K, n_from)): the from-region, rows [0, H-r+1) and
@@ -15,12 +17,12 @@ def psa_pair_indices(height: int, width: int, radius: int = 5,
     rf = radius - 1
     grid = torch.arange(height * width, device=device).reshape(height, width)
     crop_h, crop_w = height - rf, width - 2 * rf
-    ind_from = grid[:crop_h, rf:rf + crop_w].reshape(-1)
-    targets = [grid[0:crop_h, rf + dx:rf + dx + crop_w] for dx in range(1, radius)]
+    ind_from = grid[:crop_h, rf : rf + crop_w].reshape(-1)
+    targets = [grid[0:crop_h, rf + dx : rf + dx + crop_w] for dx in range(1, radius)]
     for dy in range(1, radius):
         for dx in range(-rf, radius):
             if dx * dx + dy * dy < radius * radius:
-                targets.append(grid[dy:dy + crop_h, rf + dx:rf + dx + crop_w])
+                targets.append(grid[dy : dy + crop_h, rf + dx : rf + dx + crop_w])
     ind_to = torch.stack([t.reshape(-1) for t in targets])
     return ind_from, ind_to
 

@@ -1,6 +1,7 @@
 """psa's pair labels and balanced loss (method.md section 4), written apart from the kernels:
 three float masks per image built by slicing the label map once per offset (psa's data.py,
 ExtractAffinityLabelInRadius), stacked over the batch, then psa's train_aff sums."""
+
 from __future__ import annotations
 
 import torch
@@ -16,15 +17,20 @@ def psa_offsets(radius: int = 5) -> list[tuple[int, int]]:
     return offsets
 
 
-def psa_image_affinity_labels(label: torch.Tensor, radius: int = 5
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def psa_image_affinity_labels(
+    label: torch.Tensor, radius: int = 5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """psa's (bg_pos, fg_pos, neg) float32 masks, each (K, n_from), of one (H, W) label map."""
     rf = radius - 1
     height, width = label.shape
     crop_h, crop_w = height - rf, width - 2 * rf
     labels_from = label[:-rf, rf:-rf].reshape(-1)
-    labels_to = torch.stack([label[dy:dy + crop_h, rf + dx:rf + dx + crop_w].reshape(-1)
-                             for dy, dx in psa_offsets(radius)])
+    labels_to = torch.stack(
+        [
+            label[dy : dy + crop_h, rf + dx : rf + dx + crop_w].reshape(-1)
+            for dy, dx in psa_offsets(radius)
+        ]
+    )
     labels_from = labels_from.unsqueeze(0)
     valid = (labels_to < 255) & (labels_from < 255)
     pos = labels_to == labels_from
@@ -34,15 +40,17 @@ def psa_image_affinity_labels(label: torch.Tensor, radius: int = 5
     return bg_pos.float(), fg_pos.float(), neg.float()
 
 
-def psa_affinity_labels(labels: torch.Tensor, radius: int = 5
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def psa_affinity_labels(
+    labels: torch.Tensor, radius: int = 5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The masks of a (B, H, W) batch, each (B, K, n_from), as psa's data loader collates them."""
     per_image = [psa_image_affinity_labels(label, radius) for label in labels]
     return tuple(torch.stack(masks) for masks in zip(*per_image))
 
 
-def psa_pair_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
-                  neg: torch.Tensor) -> dict[str, torch.Tensor]:
+def psa_pair_loss(
+    aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """psa's train_aff loss of (B, K, n_from) affinities and masks.
 
     Returns loss, bg_loss, fg_loss, neg_loss and the counts (the mask sums, without 1e-5).
@@ -52,7 +60,14 @@ def psa_pair_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
     neg_count = torch.sum(neg)
     bg_loss = torch.sum(-bg_pos * torch.log(aff + 1e-5)) / (bg_count + 1e-5)
     fg_loss = torch.sum(-fg_pos * torch.log(aff + 1e-5)) / (fg_count + 1e-5)
-    neg_loss = torch.sum(-neg * torch.log(1. + 1e-5 - aff)) / (neg_count + 1e-5)
+    neg_loss = torch.sum(-neg * torch.log(1.0 + 1e-5 - aff)) / (neg_count + 1e-5)
     loss = bg_loss / 4 + fg_loss / 4 + neg_loss / 2
-    return dict(loss=loss, bg_loss=bg_loss, fg_loss=fg_loss, neg_loss=neg_loss,
-                bg_count=bg_count, fg_count=fg_count, neg_count=neg_count)
+    return dict(
+        loss=loss,
+        bg_loss=bg_loss,
+        fg_loss=fg_loss,
+        neg_loss=neg_loss,
+        bg_count=bg_count,
+        fg_count=fg_count,
+        neg_count=neg_count,
+    )

@@ -4,6 +4,7 @@
 
 and `run`, which does them all in one work directory. The `affext` command wraps each.
 """
+
 from .aff_labels import AffLabelsConfig, make_aff_labels
 from .crf import CRFConfig, crf_inference
 from .evaluate import EvalConfig, evaluate
@@ -13,7 +14,23 @@ from .pipeline import PRESETS, RunConfig, run, write_overview
 from .train_aff import TrainAffConfig, train_aff
 from .train_cam import TrainCamConfig, train_cam
 
-__all__ = ["PRESETS", "AffLabelsConfig", "CRFConfig", "EvalConfig", "MakeCamConfig",
-           "MakeRwConfig", "RunConfig", "TrainAffConfig", "TrainCamConfig", "crf_inference",
-           "evaluate", "make_aff_labels", "make_cam", "make_rw", "run", "train_aff",
-           "train_cam", "write_overview"]
+__all__ = [
+    "PRESETS",
+    "AffLabelsConfig",
+    "CRFConfig",
+    "EvalConfig",
+    "MakeCamConfig",
+    "MakeRwConfig",
+    "RunConfig",
+    "TrainAffConfig",
+    "TrainCamConfig",
+    "crf_inference",
+    "evaluate",
+    "make_aff_labels",
+    "make_cam",
+    "make_rw",
+    "run",
+    "train_aff",
+    "train_cam",
+    "write_overview",
+]

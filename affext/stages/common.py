@@ -1,6 +1,8 @@
 """What every stage shares: atomic writes, config records, devices, the per-image CAM files."""
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -8,8 +10,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +34,8 @@ def atomic_save(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
             write(f)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -63,9 +64,14 @@ def versions() -> dict[str, str]:
 
     from .. import __version__
 
-    out = {"affext": __version__, "torch": torch.__version__, "numpy": np.__version__,
-           "pillow": PIL.__version__, "python": sys.version.split()[0],
-           "platform": platform.platform()}
+    out = {
+        "affext": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
     try:
         from importlib.metadata import version
 
@@ -75,12 +81,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def record_config(out_dir: str | os.PathLike, stage: str, config: Any,
-                  extra: dict | None = None) -> Path:
+def record_config(
+    out_dir: str | os.PathLike, stage: str, config: Any, extra: dict | None = None
+) -> Path:
     """Write OUT_DIR/<stage>.config.json: the stage's config dataclass and the versions."""
-    record = {"stage": stage, "config": dataclasses.asdict(config) if
-              dataclasses.is_dataclass(config) else dict(config),
-              "versions": versions(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "stage": stage,
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
+        "versions": versions(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     if extra:
         record.update(extra)
     path = Path(out_dir) / f"{stage}{CONFIG_SUFFIX}"
@@ -89,13 +99,14 @@ def record_config(out_dir: str | os.PathLike, stage: str, config: Any,
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None -> cuda when available, else cpu; a clear error for an unusable device."""
+    """ "auto"/None -> cuda when available, else cpu; a clear error for an unusable device."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; "
-                         "use --device cpu")
+        raise ValueError(
+            f"device {str(device)!r} was asked for but CUDA is not available here; use --device cpu"
+        )
     return dev
 
 
@@ -108,20 +119,23 @@ def require_cams(cam_dir: Path, ids: Iterable[str]) -> None:
     """Raise FileNotFoundError naming the ids that have no CAM file CAM_DIR/<id>.npy."""
     missing = [i for i in ids if not (Path(cam_dir) / f"{i}.npy").is_file()]
     if missing:
-        raise FileNotFoundError(f"missing CAMs for {len(missing)} image(s) in {str(cam_dir)!r}, "
-                                f"e.g. {missing[:3]}: run make-cam on them first")
+        raise FileNotFoundError(
+            f"missing CAMs for {len(missing)} image(s) in {str(cam_dir)!r}, "
+            f"e.g. {missing[:3]}: run make-cam on them first"
+        )
 
 
 def seed_everything(seed: int) -> None:
     import random
 
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
-def pending(ids: Iterable[str], templates: Iterable[str | os.PathLike],
-            overwrite: bool = False) -> list[str]:
+def pending(
+    ids: Iterable[str], templates: Iterable[str | os.PathLike], overwrite: bool = False
+) -> list[str]:
     """The ids whose outputs are not all there yet (per-image stages skip finished ones).
 
     templates: output paths with "{}" for the image id, e.g. "work/cam/{}.npy".
@@ -143,8 +157,9 @@ def save_score_dict(path: str | os.PathLike, scores: dict[int, np.ndarray]) -> N
 def load_score_dict(path: str | os.PathLike, what: str = "CAM") -> dict[int, np.ndarray]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing {what} file {str(path)!r}: run the stage that makes "
-                                f"it for this image first")
+        raise FileNotFoundError(
+            f"missing {what} file {str(path)!r}: run the stage that makes it for this image first"
+        )
     try:
         table = np.load(path, allow_pickle=True).item()
     except Exception as exc:

@@ -1,4 +1,5 @@
 """Dense CRF refinement with psa's settings (method.md section 2), through pydensecrf."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ class CRFConfig:
     bilateral_compat: float = 10.0
 
 
-def crf_inference(image: np.ndarray, scores: np.ndarray,
-                  config: CRFConfig | None = None) -> np.ndarray:
+def crf_inference(
+    image: np.ndarray, scores: np.ndarray, config: CRFConfig | None = None
+) -> np.ndarray:
     """Mean-field dense CRF on an RGB image.
 
     Args:
@@ -45,7 +47,8 @@ def crf_inference(image: np.ndarray, scores: np.ndarray,
     crf = dcrf.DenseCRF2D(w, h, n)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(scores)))
     crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
-    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=image,
-                             compat=cfg.bilateral_compat)
+    crf.addPairwiseBilateral(
+        sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=image, compat=cfg.bilateral_compat
+    )
     q = crf.inference(cfg.iterations)
     return np.asarray(q, np.float32).reshape(n, h, w)

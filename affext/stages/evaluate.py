@@ -1,4 +1,5 @@
 """Stage `eval`: mIoU of predicted class maps against the ground truth (method.md section 7)."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,12 @@ class EvalConfig:
     ignore_index: int = IGNORE_INDEX
 
 
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_LABELS,
-                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def confusion_matrix(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    num_classes: int = NUM_LABELS,
+    ignore_index: int = IGNORE_INDEX,
+) -> np.ndarray:
     """(num_classes, num_classes + 1) int64 counts: rows = ground truth, columns = prediction.
 
     Pixels whose ground truth is `ignore_index` are left out. The last column counts
@@ -61,20 +66,27 @@ def scores_from_confusion(conf: np.ndarray, class_names: tuple[str, ...] = CLASS
     total = gt_count.sum()
 
     def table(values):
-        return {name: (None if np.isnan(v) else round(100.0 * float(v), 3))
-                for name, v in zip(class_names, values)}
+        return {
+            name: (None if np.isnan(v) else round(100.0 * float(v), 3))
+            for name, v in zip(class_names, values)
+        }
 
     def mean(values):
         return None if np.all(np.isnan(values)) else round(100.0 * float(np.nanmean(values)), 3)
 
-    return {"miou": mean(iou), "mean_precision": mean(precision), "mean_recall": mean(recall),
-            "pixel_accuracy": round(100.0 * float(tp.sum() / total), 3) if total else None,
-            "iou": table(iou), "precision": table(precision), "recall": table(recall),
-            "classes_counted": int(np.sum(union > 0))}
+    return {
+        "miou": mean(iou),
+        "mean_precision": mean(precision),
+        "mean_recall": mean(recall),
+        "pixel_accuracy": round(100.0 * float(tp.sum() / total), 3) if total else None,
+        "iou": table(iou),
+        "precision": table(precision),
+        "recall": table(recall),
+        "classes_counted": int(np.sum(union > 0)),
+    }
 
 
-def evaluate_arrays(pairs, num_classes: int = NUM_LABELS,
-                    ignore_index: int = IGNORE_INDEX) -> dict:
+def evaluate_arrays(pairs, num_classes: int = NUM_LABELS, ignore_index: int = IGNORE_INDEX) -> dict:
     """Scores over an iterable of (pred, gt) (H, W) arrays."""
     conf = np.zeros((num_classes, num_classes + 1), np.int64)
     n = 0
@@ -86,9 +98,14 @@ def evaluate_arrays(pairs, num_classes: int = NUM_LABELS,
     return out
 
 
-def evaluate(voc_root: str | os.PathLike, pred_dir: str | os.PathLike, ids: list[str],
-             out_json: str | os.PathLike | None = None, config: EvalConfig | None = None,
-             progress: bool = True) -> dict:
+def evaluate(
+    voc_root: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    ids: list[str],
+    out_json: str | os.PathLike | None = None,
+    config: EvalConfig | None = None,
+    progress: bool = True,
+) -> dict:
     """mIoU (and per-class IoU, precision, recall) of PRED_DIR/<id>.png over `ids`.
 
     Returns the scores dict; writes it to `out_json` when given (with the config next to it).
@@ -100,8 +117,10 @@ def evaluate(voc_root: str | os.PathLike, pred_dir: str | os.PathLike, ids: list
         raise DatasetError(f"prediction folder {str(pred_dir)!r} does not exist")
     missing = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
     if missing:
-        raise DatasetError(f"{len(missing)} prediction(s) missing in {str(pred_dir)!r}, e.g. "
-                           f"{missing[:3]}: run the stage that writes them first")
+        raise DatasetError(
+            f"{len(missing)} prediction(s) missing in {str(pred_dir)!r}, e.g. "
+            f"{missing[:3]}: run the stage that writes them first"
+        )
     no_gt = [i for i in ids if data.mask_path(i) is None]
     if no_gt:
         raise DatasetError(f"{len(no_gt)} image(s) have no ground-truth mask, e.g. {no_gt[:3]}")

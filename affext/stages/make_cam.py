@@ -4,12 +4,13 @@ OUT/cam/<id>.npy: psa's dict {class_index 0..19: (H, W) float32}, present classe
 map divided by (its max + 1e-5). OUT/cam_pred/<id>.png: the CAM-only prediction, argmax over
 [bg_threshold, M_1..M_20] (psa's --out_cam_pred), for the CAM mIoU.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,8 +20,7 @@ from tqdm import tqdm
 
 from ..data.datasets import MultiScaleDataset
 from ..data.voc import VOCDataset, save_label_png
-from .common import (default_workers, pending, record_config, resolve_device,
-                     save_score_dict)
+from .common import default_workers, pending, record_config, resolve_device, save_score_dict
 from .train_cam import image_labels, load_cam_net
 
 
@@ -29,7 +29,7 @@ class MakeCamConfig:
     backbone: str = "resnet38"
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
-    bg_threshold: float = 0.2   # constant background score of the CAM-only prediction
+    bg_threshold: float = 0.2  # constant background score of the CAM-only prediction
     long_side: int | None = None  # working size: long side resized to this (None: as is)
     label_source: str = "auto"
     cls_labels: str | None = None
@@ -38,8 +38,13 @@ class MakeCamConfig:
 
 
 @torch.no_grad()
-def multiscale_cam(model: torch.nn.Module, scaled: Sequence[torch.Tensor],
-                   labels: torch.Tensor, size: tuple[int, int], flip: bool = True) -> torch.Tensor:
+def multiscale_cam(
+    model: torch.nn.Module,
+    scaled: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    size: tuple[int, int],
+    flip: bool = True,
+) -> torch.Tensor:
     """Sum over scales (and flips) of the CAMs upsampled to `size`, absent classes zeroed,
     each class map then divided by (its max + 1e-5). scaled: (3, h_s, w_s) tensors;
     labels: (20,). Returns (20, H, W) float32."""
@@ -64,9 +69,15 @@ def cam_prediction(cams: np.ndarray, bg_threshold: float = 0.2) -> np.ndarray:
     return np.argmax(np.concatenate([bg, cams]), axis=0).astype(np.uint8)
 
 
-def make_cam(voc_root: str | os.PathLike, ids: Sequence[str], cam_net_dir: str | os.PathLike,
-             out_dir: str | os.PathLike, config: MakeCamConfig | None = None,
-             progress: bool = True, overwrite: bool = False) -> Path:
+def make_cam(
+    voc_root: str | os.PathLike,
+    ids: Sequence[str],
+    cam_net_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: MakeCamConfig | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Write OUT_DIR/cam/<id>.npy and OUT_DIR/cam_pred/<id>.png; existing ones are kept."""
     cfg = config or MakeCamConfig()
     device = resolve_device(cfg.device)
@@ -79,10 +90,14 @@ def make_cam(voc_root: str | os.PathLike, ids: Sequence[str], cam_net_dir: str |
     record_config(out_dir, "make-cam", cfg)
     todo = pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite)
     labels = image_labels(voc, todo)
-    loader = DataLoader(MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side), batch_size=None,
-                        num_workers=cfg.num_workers if len(todo) > 1 else 0)
-    bar = tqdm(loader, total=len(ids), initial=len(ids) - len(todo), desc="make-cam",
-               disable=not progress)
+    loader = DataLoader(
+        MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side),
+        batch_size=None,
+        num_workers=cfg.num_workers if len(todo) > 1 else 0,
+    )
+    bar = tqdm(
+        loader, total=len(ids), initial=len(ids) - len(todo), desc="make-cam", disable=not progress
+    )
     for image_id, scaled, label, size in bar:
         scaled = [x.to(device) for x in scaled]
         cams = multiscale_cam(model, scaled, label, tuple(size), cfg.flip).cpu().numpy()

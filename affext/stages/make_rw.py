@@ -4,12 +4,13 @@ OUT/rw/<id>.png: the pseudo label (VOC palette); OUT/rw_crf/<id>.png: the same s
 by the dense CRF (section 2's settings) over the background and the image's classes.
 Images whose padded sizes are equal are walked together in one batch.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,10 +19,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.transforms import to_long_side, long_side_size, normalize, resize_maps
+from ..data.transforms import long_side_size, normalize, resize_maps, to_long_side
 from ..data.voc import VOCDataset, save_label_png
-from .common import (background_score, cam_stack, default_workers, load_score_dict, pending,
-                     record_config, require_cams, resolve_device)
+from .common import (
+    background_score,
+    cam_stack,
+    default_workers,
+    load_score_dict,
+    pending,
+    record_config,
+    require_cams,
+    resolve_device,
+)
 from .crf import CRFConfig, crf_inference
 from .train_aff import load_aff_net
 
@@ -31,6 +40,7 @@ STRIDE = 8
 @dataclass
 class MakeRwConfig:
     """psa infer_aff defaults: alpha 16, beta 8, logt 8 (t = 256)."""
+
     backbone: str = "resnet38"
     alpha: float = 16.0
     beta: float = 8.0
@@ -53,8 +63,14 @@ class _RwDataset(Dataset):
     """Items: (id, image (3, Hp, Wp) zero-padded, cams (21, Hp/8, Wp/8), working (h, w),
     present classes, original RGB (H, W, 3))."""
 
-    def __init__(self, voc: VOCDataset, ids: Sequence[str], cam_dir: Path, alpha: float,
-                 long_side: int | None = None):
+    def __init__(
+        self,
+        voc: VOCDataset,
+        ids: Sequence[str],
+        cam_dir: Path,
+        alpha: float,
+        long_side: int | None = None,
+    ):
         self.voc, self.ids, self.cam_dir, self.alpha = voc, list(ids), cam_dir, alpha
         self.long_side = long_side
 
@@ -68,8 +84,10 @@ class _RwDataset(Dataset):
         cam = load_score_dict(self.cam_dir / f"{image_id}.npy", "CAM")
         for k, v in cam.items():
             if np.shape(v) != rgb.shape[:2]:
-                raise ValueError(f"CAM of {image_id!r} class {k} is {np.shape(v)} but the image "
-                                 f"is {rgb.shape[:2]}: the CAMs come from another dataset")
+                raise ValueError(
+                    f"CAM of {image_id!r} class {k} is {np.shape(v)} but the image "
+                    f"is {rgb.shape[:2]}: the CAMs come from another dataset"
+                )
         work = np.asarray(to_long_side(pil, self.long_side))
         h, w = work.shape[:2]
         fg = resize_maps(cam_stack(cam, rgb.shape[:2]), (h, w))
@@ -90,8 +108,9 @@ def _collate(items):
     return list(ids), torch.stack(xs), torch.stack(cams), list(sizes), list(present), list(rgbs)
 
 
-def _size_batches(voc: VOCDataset, ids: Sequence[str], batch_size: int,
-                  long_side: int | None) -> list[list[int]]:
+def _size_batches(
+    voc: VOCDataset, ids: Sequence[str], batch_size: int, long_side: int | None
+) -> list[list[int]]:
     """Index batches of images with the same padded working size (from the file headers)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for n, image_id in enumerate(ids):
@@ -100,12 +119,13 @@ def _size_batches(voc: VOCDataset, ids: Sequence[str], batch_size: int,
         groups.setdefault((padded(h), padded(w)), []).append(n)
     batches = []
     for members in groups.values():
-        batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
     return sorted(batches, key=lambda b: b[0])
 
 
-def rw_crf_label(rgb: np.ndarray, scores: np.ndarray, present: Sequence[int],
-                 crf: CRFConfig | None = None) -> np.ndarray:
+def rw_crf_label(
+    rgb: np.ndarray, scores: np.ndarray, present: Sequence[int], crf: CRFConfig | None = None
+) -> np.ndarray:
     """dCRF of the walked scores over [bg; present classes], normalised per pixel; (H, W)."""
     keys = [0] + list(present)
     sub = np.maximum(scores[keys], 0.0)
@@ -114,10 +134,16 @@ def rw_crf_label(rgb: np.ndarray, scores: np.ndarray, present: Sequence[int],
     return np.asarray(keys, np.uint8)[np.argmax(refined, axis=0)]
 
 
-def make_rw(voc_root: str | os.PathLike, ids: Sequence[str], cam_dir: str | os.PathLike,
-            aff_net_dir: str | os.PathLike, out_dir: str | os.PathLike,
-            config: MakeRwConfig | None = None, progress: bool = True,
-            overwrite: bool = False) -> Path:
+def make_rw(
+    voc_root: str | os.PathLike,
+    ids: Sequence[str],
+    cam_dir: str | os.PathLike,
+    aff_net_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: MakeRwConfig | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Write OUT_DIR/rw/<id>.png (and rw_crf/) for every id; existing ones are kept."""
     from .. import random_walk
 
@@ -137,38 +163,47 @@ def make_rw(voc_root: str | os.PathLike, ids: Sequence[str], cam_dir: str | os.P
     record_config(out_dir, "make-rw", cfg)
     todo = pending(ids, outputs, overwrite)
     dataset = _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.long_side)
-    loader = DataLoader(dataset,
-                        batch_sampler=_size_batches(voc, todo, cfg.batch_size, cfg.long_side),
-                        collate_fn=_collate,
-                        num_workers=cfg.num_workers if len(todo) > 1 else 0)
-    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="make-rw",
-               disable=not progress)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_size_batches(voc, todo, cfg.batch_size, cfg.long_side),
+        collate_fn=_collate,
+        num_workers=cfg.num_workers if len(todo) > 1 else 0,
+    )
+    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="make-rw", disable=not progress)
     with torch.no_grad():
         for batch_ids, x, cams, sizes, present, rgbs in loader:
             x, cams = x.to(device), cams.to(device)
             aff = model.affinity(x, cfg.radius)
             if aff.shape[-2:] != cams.shape[-2:]:
-                raise ValueError(f"AffinityNet gives a {tuple(aff.shape[-2:])} map for a "
-                                 f"{tuple(x.shape[-2:])} image; the stride must be {STRIDE}")
-            walked = random_walk(cams, aff.to(cams.dtype), beta=cfg.beta,
-                                 iterations=cfg.iterations, radius=cfg.radius,
-                                 region=cfg.region)
+                raise ValueError(
+                    f"AffinityNet gives a {tuple(aff.shape[-2:])} map for a "
+                    f"{tuple(x.shape[-2:])} image; the stride must be {STRIDE}"
+                )
+            walked = random_walk(
+                cams,
+                aff.to(cams.dtype),
+                beta=cfg.beta,
+                iterations=cfg.iterations,
+                radius=cfg.radius,
+                region=cfg.region,
+            )
             # method.md section 5: upsample to the padded size, crop to the image
-            walked = F.interpolate(walked, size=x.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+            walked = F.interpolate(walked, size=x.shape[-2:], mode="bilinear", align_corners=False)
             for j, image_id in enumerate(batch_ids):
                 h, w = sizes[j]
-                scores = walked[j:j + 1, :, :h, :w]
+                scores = walked[j : j + 1, :, :h, :w]
                 full = rgbs[j].shape[:2]
                 if (h, w) != full:  # a reduced working size: back to the original
-                    scores = F.interpolate(scores, size=full, mode="bilinear",
-                                           align_corners=False)
+                    scores = F.interpolate(scores, size=full, mode="bilinear", align_corners=False)
                 scores = scores[0].cpu()
                 if cfg.write_crf:
-                    save_label_png(crf_dir / f"{image_id}.png",
-                                   rw_crf_label(rgbs[j], scores.numpy(), present[j], cfg.crf))
-                save_label_png(rw_dir / f"{image_id}.png",
-                               scores.argmax(dim=0).to(torch.uint8).numpy())
+                    save_label_png(
+                        crf_dir / f"{image_id}.png",
+                        rw_crf_label(rgbs[j], scores.numpy(), present[j], cfg.crf),
+                    )
+                save_label_png(
+                    rw_dir / f"{image_id}.png", scores.argmax(dim=0).to(torch.uint8).numpy()
+                )
                 bar.update()
     bar.close()
     return out_dir

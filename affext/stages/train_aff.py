@@ -1,10 +1,11 @@
 """Stage `train-aff`: AffinityNet from the la / ha labels (method.md sections 2-4)."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -19,6 +20,7 @@ AFF_NET_FILE = "aff_net.pt"
 @dataclass
 class TrainAffConfig(TrainConfig):
     """psa train_aff defaults (README command: lr 0.1, batch 8, 8 epochs, crop 448)."""
+
     radius: int = 5
     region: str = "psa"
 
@@ -29,11 +31,13 @@ def build_aff_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
     return AffinityNet(build_backbone(backbone, weights))
 
 
-def load_aff_net(out_dir: str | os.PathLike, backbone: str,
-                 device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_aff_net(
+    out_dir: str | os.PathLike, backbone: str, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
     """The trained AffinityNet from OUT_DIR/aff_net.pt (refuses another backbone's)."""
-    return load_trained(Path(out_dir) / AFF_NET_FILE, backbone, "train-aff",
-                        lambda: build_aff_net(backbone), device)
+    return load_trained(
+        Path(out_dir) / AFF_NET_FILE, backbone, "train-aff", lambda: build_aff_net(backbone), device
+    )
 
 
 def _aff_step(radius: int, region: str):
@@ -43,20 +47,33 @@ def _aff_step(radius: int, region: str):
         image, labels = batch
         aff = model.affinity(image, radius)
         if aff.shape[-2:] != labels.shape[-2:]:
-            raise ValueError(f"AffinityNet gives a {tuple(aff.shape[-2:])} map for a "
-                             f"{tuple(image.shape[-2:])} crop but the labels are "
-                             f"{tuple(labels.shape[-2:])}: the backbone's stride must be 8")
+            raise ValueError(
+                f"AffinityNet gives a {tuple(aff.shape[-2:])} map for a "
+                f"{tuple(image.shape[-2:])} crop but the labels are "
+                f"{tuple(labels.shape[-2:])}: the backbone's stride must be 8"
+            )
         out = pair_loss(aff, labels, radius=radius, region=region)
-        return out.loss, {"loss": out.loss.item(), "bg_loss": out.bg_loss.item(),
-                          "fg_loss": out.fg_loss.item(), "neg_loss": out.neg_loss.item(),
-                          "bg_count": float(out.bg_count), "fg_count": float(out.fg_count),
-                          "neg_count": float(out.neg_count)}
+        return out.loss, {
+            "loss": out.loss.item(),
+            "bg_loss": out.bg_loss.item(),
+            "fg_loss": out.fg_loss.item(),
+            "neg_loss": out.neg_loss.item(),
+            "bg_count": float(out.bg_count),
+            "fg_count": float(out.fg_count),
+            "neg_count": float(out.neg_count),
+        }
+
     return step
 
 
-def train_aff(voc_root: str | os.PathLike, ids: Sequence[str],
-              aff_label_dir: str | os.PathLike, out_dir: str | os.PathLike,
-              config: TrainAffConfig | None = None, progress: bool = True) -> Path:
+def train_aff(
+    voc_root: str | os.PathLike,
+    ids: Sequence[str],
+    aff_label_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainAffConfig | None = None,
+    progress: bool = True,
+) -> Path:
     """Train AffinityNet on `ids` with AFF_LABEL_DIR/{la,ha}/<id>.npy; writes
     OUT_DIR/aff_net.pt and returns its path. Resumes per epoch; a no-op once finished."""
     cfg = config or TrainAffConfig()
@@ -71,17 +88,41 @@ def train_aff(voc_root: str | os.PathLike, ids: Sequence[str],
     voc = VOCDataset(voc_root, label_source="mask")  # image-level labels are not used here
     voc.check_ids(ids)
     aff_label_dir = Path(aff_label_dir)
-    missing = [i for i in ids if not ((aff_label_dir / "la" / f"{i}.npy").is_file() and
-                                      (aff_label_dir / "ha" / f"{i}.npy").is_file())]
+    missing = [
+        i
+        for i in ids
+        if not (
+            (aff_label_dir / "la" / f"{i}.npy").is_file()
+            and (aff_label_dir / "ha" / f"{i}.npy").is_file()
+        )
+    ]
     if missing:
-        raise FileNotFoundError(f"missing affinity labels for {len(missing)} image(s) in "
-                                f"{str(aff_label_dir)!r}, e.g. {missing[:3]}: run "
-                                "make-aff-labels first")
+        raise FileNotFoundError(
+            f"missing affinity labels for {len(missing)} image(s) in "
+            f"{str(aff_label_dir)!r}, e.g. {missing[:3]}: run "
+            "make-aff-labels first"
+        )
     record_config(out_dir, "train-aff", cfg, {"images": len(ids)})
-    dataset = AffTrainDataset(voc, ids, aff_label_dir / "la", aff_label_dir / "ha",
-                              cfg.crop_size, cfg.jitter, seed=cfg.seed, long_side=cfg.long_side)
+    dataset = AffTrainDataset(
+        voc,
+        ids,
+        aff_label_dir / "la",
+        aff_label_dir / "ha",
+        cfg.crop_size,
+        cfg.jitter,
+        seed=cfg.seed,
+        long_side=cfg.long_side,
+    )
     model = build_aff_net(cfg.backbone, cfg.weights)
-    fit(model, dataset, _aff_step(cfg.radius, cfg.region), name="train-aff", out_dir=out_dir,
-        config=cfg, device=device, progress=progress)
+    fit(
+        model,
+        dataset,
+        _aff_step(cfg.radius, cfg.region),
+        name="train-aff",
+        out_dir=out_dir,
+        config=cfg,
+        device=device,
+        progress=progress,
+    )
     save_checkpoint(final, model, cfg.backbone)
     return final

@@ -1,10 +1,11 @@
 """Stage `train-cam`: the classification network that gives CAMs (method.md section 1)."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,26 +21,30 @@ CAM_NET_FILE = "cam_net.pt"
 @dataclass
 class TrainCamConfig(TrainConfig):
     """psa train_cls defaults (README command: lr 0.1, batch 16, 15 epochs, crop 448)."""
+
     epochs: int = 15
     batch_size: int = 16
-    dropout: float = 0.5          # psa's Dropout2d before the classifier
+    dropout: float = 0.5  # psa's Dropout2d before the classifier
     resize_long: tuple[int, int] = (256, 512)
     label_source: str = "auto"
     cls_labels: str | None = None
 
 
-def build_cam_net(backbone: str, weights: str | None = None,
-                  dropout: float = 0.5) -> torch.nn.Module:
+def build_cam_net(
+    backbone: str, weights: str | None = None, dropout: float = 0.5
+) -> torch.nn.Module:
     from ..models import CAMNet, build_backbone
 
     return CAMNet(build_backbone(backbone, weights), dropout=dropout)
 
 
-def load_cam_net(out_dir: str | os.PathLike, backbone: str,
-                 device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_cam_net(
+    out_dir: str | os.PathLike, backbone: str, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
     """The trained classifier from OUT_DIR/cam_net.pt (refuses another backbone's)."""
-    return load_trained(Path(out_dir) / CAM_NET_FILE, backbone, "train-cam",
-                        lambda: build_cam_net(backbone), device)
+    return load_trained(
+        Path(out_dir) / CAM_NET_FILE, backbone, "train-cam", lambda: build_cam_net(backbone), device
+    )
 
 
 def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:
@@ -56,8 +61,13 @@ def _cls_step(model, batch):
     return loss, {"loss": loss.item()}
 
 
-def train_cam(voc_root: str | os.PathLike, ids: Sequence[str], out_dir: str | os.PathLike,
-              config: TrainCamConfig | None = None, progress: bool = True) -> Path:
+def train_cam(
+    voc_root: str | os.PathLike,
+    ids: Sequence[str],
+    out_dir: str | os.PathLike,
+    config: TrainCamConfig | None = None,
+    progress: bool = True,
+) -> Path:
     """Train the classifier on `ids`; writes OUT_DIR/cam_net.pt and returns its path.
 
     Resumes from the last finished epoch; does nothing when cam_net.pt is already there.
@@ -73,12 +83,20 @@ def train_cam(voc_root: str | os.PathLike, ids: Sequence[str], out_dir: str | os
     device = resolve_device(cfg.device)
     voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
     labels = image_labels(voc, ids)
-    record_config(out_dir, "train-cam", cfg, {"images": len(ids),
-                                               "label_source": voc.label_source})
-    dataset = ClsTrainDataset(voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter,
-                              cfg.seed, cfg.long_side)
+    record_config(out_dir, "train-cam", cfg, {"images": len(ids), "label_source": voc.label_source})
+    dataset = ClsTrainDataset(
+        voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter, cfg.seed, cfg.long_side
+    )
     model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout)
-    fit(model, dataset, _cls_step, name="train-cam", out_dir=out_dir, config=cfg, device=device,
-        progress=progress)
+    fit(
+        model,
+        dataset,
+        _cls_step,
+        name="train-cam",
+        out_dir=out_dir,
+        config=cfg,
+        device=device,
+        progress=progress,
+    )
     save_checkpoint(final, model, cfg.backbone)
     return final

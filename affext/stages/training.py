@@ -2,13 +2,14 @@
 SGD with momentum, psa's four parameter groups, poly learning rate, a checkpoint per epoch.
 Adam (decoupled weight decay) over the same groups is the alternative for networks trained
 from scratch in a few epochs, where plain SGD converges too slowly."""
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -28,14 +29,15 @@ OPTIMIZERS = ("sgd", "adam")
 @dataclass
 class TrainConfig:
     """What train-cam and train-aff share; psa's values (both READMEs: lr 0.1, crop 448)."""
+
     backbone: str = "resnet38"
-    weights: str | None = None    # pretrained backbone weights (psa: ImageNet); None: scratch
+    weights: str | None = None  # pretrained backbone weights (psa: ImageNet); None: scratch
     epochs: int = 8
     batch_size: int = 8
     lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9
-    optimizer: str = "sgd"        # "sgd" (psa) or "adam" (AdamW; presets training from scratch)
+    optimizer: str = "sgd"  # "sgd" (psa) or "adam" (AdamW; presets training from scratch)
     poly_power: float = 0.9
     crop_size: int = 448
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
@@ -45,8 +47,9 @@ class TrainConfig:
     device: str = "auto"
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                   momentum: float, optimizer: str = "sgd") -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, momentum: float, optimizer: str = "sgd"
+) -> torch.optim.Optimizer:
     """SGD (psa) or AdamW over psa's groups: pretrained weights (lr, decay), pretrained biases
     (2 lr, no decay), new weights (10 lr, decay), new biases (20 lr, no decay)."""
     if optimizer not in OPTIMIZERS:
@@ -64,8 +67,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, backbone: str, **extra) 
     atomic_save(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | os.PathLike, backbone: str, what: str,
-                    map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, backbone: str, what: str, map_location="cpu") -> dict:
     """Load a checkpoint, refusing one made with another backbone."""
     path = Path(path)
     if not path.is_file():
@@ -76,15 +78,21 @@ def load_checkpoint(path: str | os.PathLike, backbone: str, what: str,
         raise ValueError(f"cannot read {what} checkpoint {str(path)!r}: {exc}") from exc
     found = state.get("backbone") if isinstance(state, dict) else None
     if found != backbone:
-        raise ValueError(f"{what} checkpoint {str(path)!r} was trained with backbone "
-                         f"{found!r}, not {backbone!r}: pass --backbone {found} or retrain "
-                         "in a fresh work directory")
+        raise ValueError(
+            f"{what} checkpoint {str(path)!r} was trained with backbone "
+            f"{found!r}, not {backbone!r}: pass --backbone {found} or retrain "
+            "in a fresh work directory"
+        )
     return state
 
 
-def load_trained(path: str | os.PathLike, backbone: str, what: str,
-                 build: Callable[[], torch.nn.Module],
-                 device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_trained(
+    path: str | os.PathLike,
+    backbone: str,
+    what: str,
+    build: Callable[[], torch.nn.Module],
+    device: torch.device | str = "cpu",
+) -> torch.nn.Module:
     """The network `build()` makes, with the weights of the final checkpoint at `path`
     (refusing another backbone's), on `device` in eval mode."""
     state = load_checkpoint(path, backbone, what)
@@ -93,9 +101,17 @@ def load_trained(path: str | os.PathLike, backbone: str, what: str,
     return model.to(device).eval()
 
 
-def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: str,
-        out_dir: Path, config: TrainConfig, device: torch.device,
-        progress: bool = True) -> list[dict]:
+def fit(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    step_loss: Callable,
+    *,
+    name: str,
+    out_dir: Path,
+    config: TrainConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> list[dict]:
     """Train `model` for config.epochs, resuming from OUT_DIR/<name>.checkpoint.pt if present.
 
     step_loss(model, batch) -> (loss tensor, {name: float} for the log). The batch size is at
@@ -123,14 +139,21 @@ def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: 
         # resumed run trains exactly as an uninterrupted one
         torch.manual_seed(seed * 1000003 + epoch)
         gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                            num_workers=cfg.num_workers, generator=gen,
-                            pin_memory=device.type == "cuda",
-                            persistent_workers=False)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            generator=gen,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False)
+        bar = tqdm(
+            loader, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
+        )
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
             factor = poly_lr_factor(step, max_step, cfg.poly_power)
@@ -139,8 +162,10 @@ def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: 
             batch = [b.to(device, non_blocking=True) for b in batch]
             loss, parts = step_loss(model, batch)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"{name}: the loss became {loss.item()} at epoch "
-                                         f"{epoch + 1} step {i}; lower the learning rate")
+                raise FloatingPointError(
+                    f"{name}: the loss became {loss.item()} at epoch "
+                    f"{epoch + 1} step {i}; lower the learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -148,10 +173,13 @@ def fit(model: torch.nn.Module, dataset: Dataset, step_loss: Callable, *, name: 
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         log.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
-        save_checkpoint(ckpt_path, model, backbone, optimizer=opt.state_dict(),
-                        epoch=epoch + 1, log=log)
+        save_checkpoint(
+            ckpt_path, model, backbone, optimizer=opt.state_dict(), epoch=epoch + 1, log=log
+        )
         if progress:
-            tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: " +
-                       " ".join(f"{k} {v:.4f}" for k, v in log[-1].items() if k != "epoch"))
+            tqdm.write(
+                f"{name} epoch {epoch + 1}/{epochs}: "
+                + " ".join(f"{k} {v:.4f}" for k, v in log[-1].items() if k != "epoch")
+            )
     atomic_write_json(out_dir / f"{name}.log.json", log)
     return log

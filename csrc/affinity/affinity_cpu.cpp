@@ -20,8 +20,8 @@ inline void column_range(int64_t W, int dx, int64_t& x0, int64_t& x1) {
 }
 
 template <typename scalar_t>
-void forward_kernel(const scalar_t* feat, scalar_t* aff, int64_t B, int64_t C, int64_t H,
-                    int64_t W, const Offsets& o) {
+void forward_kernel(const scalar_t* feat, scalar_t* aff, int64_t B, int64_t C, int64_t H, int64_t W,
+                    const Offsets& o) {
   using acc_t = scalar_t;
   const int64_t HW = H * W;
   const int K = o.count;
@@ -110,7 +110,7 @@ void backward_kernel(const scalar_t* grad, const scalar_t* feat, const scalar_t*
 at::Tensor pairwise_affinity_cpu(const at::Tensor& feat_in, int64_t radius) {
   check_affinity_args(feat_in, radius);
   TORCH_CHECK_TYPE(feat_in.scalar_type() == at::kFloat || feat_in.scalar_type() == at::kDouble,
-              "on the CPU feat must be float32 or float64, got ", feat_in.scalar_type());
+                   "on the CPU feat must be float32 or float64, got ", feat_in.scalar_type());
   const Offsets o = offsets_for(radius);
   const at::Tensor feat = feat_in.contiguous();
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
@@ -132,8 +132,8 @@ at::Tensor pairwise_affinity_backward_cpu(const at::Tensor& grad_in, const at::T
   if (B == 0) return grad_feat;
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "pairwise_affinity_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad.data_ptr<scalar_t>(), feat.data_ptr<scalar_t>(),
-                              aff.data_ptr<scalar_t>(), grad_feat.data_ptr<scalar_t>(), B, C,
-                              H, W, o);
+                              aff.data_ptr<scalar_t>(), grad_feat.data_ptr<scalar_t>(), B, C, H, W,
+                              o);
   });
   return grad_feat;
 }

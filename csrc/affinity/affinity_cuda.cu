@@ -49,9 +49,8 @@ __global__ void weight_kernel(const scalar_t* __restrict__ grad, const scalar_t*
 
 template <typename scalar_t>
 __global__ void backward_kernel(const at::opmath_type<scalar_t>* __restrict__ weight,
-                                const scalar_t* __restrict__ feat,
-                                scalar_t* __restrict__ grad_feat, int64_t B, int64_t C, int H,
-                                int W, Offsets o) {
+                                const scalar_t* __restrict__ feat, scalar_t* __restrict__ grad_feat,
+                                int64_t B, int64_t C, int H, int W, Offsets o) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * C * HW;
@@ -92,13 +91,13 @@ at::Tensor pairwise_affinity_cuda(const at::Tensor& feat_in, int64_t radius) {
   at::Tensor aff = at::empty({B, o.count, H, W}, feat.options());
   if (aff.numel() == 0) return aff;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(),
-                                  "pairwise_affinity_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
-        feat.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(), B, C, static_cast<int>(H),
-        static_cast<int>(W), o);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, feat.scalar_type(), "pairwise_affinity_cuda", [&] {
+        forward_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
+            feat.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(), B, C, static_cast<int>(H),
+            static_cast<int>(W), o);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return aff;
 }
 
@@ -112,20 +111,20 @@ at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad_in, const at::
   at::Tensor grad_feat = at::empty_like(feat);
   if (grad_feat.numel() == 0) return grad_feat;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(),
-                                  "pairwise_affinity_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor weight =
-        at::empty(aff.sizes(), feat.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    weight_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
-        grad.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(),
-        aff.numel(), C);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_kernel<scalar_t><<<blocks_for(grad_feat.numel()), kThreads, 0, stream>>>(
-        weight.data_ptr<acc_t>(), feat.data_ptr<scalar_t>(), grad_feat.data_ptr<scalar_t>(), B,
-        C, static_cast<int>(H), static_cast<int>(W), o);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, feat.scalar_type(), "pairwise_affinity_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        at::Tensor weight =
+            at::empty(aff.sizes(), feat.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        weight_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
+            grad.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(),
+            aff.numel(), C);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        backward_kernel<scalar_t><<<blocks_for(grad_feat.numel()), kThreads, 0, stream>>>(
+            weight.data_ptr<acc_t>(), feat.data_ptr<scalar_t>(), grad_feat.data_ptr<scalar_t>(), B,
+            C, static_cast<int>(H), static_cast<int>(W), o);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return grad_feat;
 }
 

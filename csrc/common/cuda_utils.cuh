@@ -36,8 +36,7 @@ struct PairIndex {
 __device__ __forceinline__ PairIndex pair_index(int64_t i, int64_t HW, int W, int K) {
   const int64_t p = i % HW;
   const int64_t bk = i / HW;
-  return {bk / K, static_cast<int>(bk % K), p, static_cast<int>(p / W),
-          static_cast<int>(p % W)};
+  return {bk / K, static_cast<int>(bk % K), p, static_cast<int>(p / W), static_cast<int>(p % W)};
 }
 
 }  // namespace affext

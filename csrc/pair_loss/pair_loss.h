@@ -55,8 +55,8 @@ AFFEXT_HOST_DEVICE acc_t pair_term_grad(int cls, acc_t a) {
 
 // Class of the pair (b, k, y, x): kPairNone when it lies outside the region. labels points
 // at image b's (H, W) uint8 map.
-AFFEXT_HOST_DEVICE int pair_class_at(const uint8_t* labels, int y, int x, int dy, int dx,
-                                     int H, int W, int radius, int region) {
+AFFEXT_HOST_DEVICE int pair_class_at(const uint8_t* labels, int y, int x, int dy, int dx, int H,
+                                     int W, int radius, int region) {
   if (!pair_in_region(y, x, dy, dx, H, W, radius, region)) return kPairNone;
   return pair_class(labels[y * W + x], labels[(y + dy) * W + x + dx]);
 }
@@ -81,8 +81,8 @@ struct PairLossArgs {
   Offsets offsets;
 };
 // Checks aff against labels, radius and region; labels as uint8 (see prepare_labels).
-PairLossArgs prepare_pair_loss_args(const at::Tensor& aff, const at::Tensor& labels,
-                                    int64_t radius, int64_t region);
+PairLossArgs prepare_pair_loss_args(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
+                                    int64_t region);
 // Checks an integer (B, H, W) label map with values in 0..255 and returns it as contiguous
 // uint8. Other integer dtypes are range-checked (a device sync on CUDA) and converted once.
 at::Tensor prepare_labels(const at::Tensor& labels, int64_t radius, int64_t region);

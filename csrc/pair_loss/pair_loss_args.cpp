@@ -20,7 +20,8 @@ at::Tensor prepare_labels(const at::Tensor& labels, int64_t radius, int64_t regi
   check_dim("labels", labels, 3, "(B, H, W)");
   TORCH_CHECK_TYPE(at::isIntegralType(labels.scalar_type(), /*includeBool=*/false),
                    "labels must be an integer tensor (uint8, int32 or int64: 0 background, "
-                   "1..254 classes, 255 ignored), got ", labels.scalar_type());
+                   "1..254 classes, 255 ignored), got ",
+                   labels.scalar_type());
   check_radius(radius);
   check_region(region);
   // psa's from-region must hold a pixel; the full region has pairs on any map.
@@ -31,24 +32,25 @@ at::Tensor prepare_labels(const at::Tensor& labels, int64_t radius, int64_t regi
     const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
     TORCH_CHECK_VALUE(min >= 0 && max <= kIgnoreLabel,
                       "labels must lie in 0..255 (0 background, 1..254 classes, 255 ignored), "
-                      "got values in [", min, ", ", max, "]");
+                      "got values in [",
+                      min, ", ", max, "]");
   }
   return labels.to(at::kByte).contiguous();
 }
 
-PairLossArgs prepare_pair_loss_args(const at::Tensor& aff, const at::Tensor& labels,
-                                    int64_t radius, int64_t region) {
+PairLossArgs prepare_pair_loss_args(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
+                                    int64_t region) {
   check_dim("aff", aff, 4, "(B, K, H, W)");
   check_floating("aff", aff);
   check_same_device("labels", labels, "aff", aff);
   at::Tensor labels_u8 = prepare_labels(labels, radius, region);
   Offsets o = offsets_for(radius);
-  TORCH_CHECK_VALUE(aff.size(1) == o.count, "aff has ", aff.size(1), " offsets but radius ",
-                    radius, " has K = ", o.count);
+  TORCH_CHECK_VALUE(aff.size(1) == o.count, "aff has ", aff.size(1), " offsets but radius ", radius,
+                    " has K = ", o.count);
   TORCH_CHECK_VALUE(aff.size(0) == labels.size(0) && aff.size(2) == labels.size(1) &&
                         aff.size(3) == labels.size(2),
-                    "aff (B, K, H, W) = ", aff.sizes(), " and labels (B, H, W) = ",
-                    labels.sizes(), " must agree in B, H and W");
+                    "aff (B, K, H, W) = ", aff.sizes(), " and labels (B, H, W) = ", labels.sizes(),
+                    " must agree in B, H and W");
   return {aff.contiguous(), std::move(labels_u8), o};
 }
 

@@ -14,8 +14,8 @@ namespace affext {
 namespace {
 
 template <typename scalar_t>
-void forward_kernel(const scalar_t* aff, const uint8_t* labels, double* stats, int64_t B,
-                    int H, int W, int radius, int region, const Offsets& o) {
+void forward_kernel(const scalar_t* aff, const uint8_t* labels, double* stats, int64_t B, int H,
+                    int W, int radius, int region, const Offsets& o) {
   using acc_t = scalar_t;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int K = o.count;
@@ -86,9 +86,8 @@ at::Tensor pair_loss_cpu(const at::Tensor& aff_in, const at::Tensor& labels_in, 
   if (aff.numel() == 0) return stats;
   AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_cpu", [&] {
     forward_kernel<scalar_t>(aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(),
-                             stats.data_ptr<double>(), B, static_cast<int>(H),
-                             static_cast<int>(W), static_cast<int>(radius),
-                             static_cast<int>(region), args.offsets);
+                             stats.data_ptr<double>(), B, static_cast<int>(H), static_cast<int>(W),
+                             static_cast<int>(radius), static_cast<int>(region), args.offsets);
   });
   return stats;
 }

@@ -33,9 +33,9 @@ __device__ void block_reduce(double (*values)[kThreads]) {
 }
 
 template <typename scalar_t>
-__global__ void partial_kernel(const scalar_t* __restrict__ aff,
-                               const uint8_t* __restrict__ labels, double* __restrict__ partials,
-                               int64_t B, int H, int W, int radius, int region, Offsets o) {
+__global__ void partial_kernel(const scalar_t* __restrict__ aff, const uint8_t* __restrict__ labels,
+                               double* __restrict__ partials, int64_t B, int H, int W, int radius,
+                               int region, Offsets o) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ double values[kPairStats][kThreads];
   const int64_t HW = static_cast<int64_t>(H) * W;
@@ -43,8 +43,7 @@ __global__ void partial_kernel(const scalar_t* __restrict__ aff,
   double sum[3] = {0, 0, 0}, count[3] = {0, 0, 0};
   for (int64_t i = grid_first(); i < total; i += grid_stride()) {
     const auto [b, k, p, y, x] = pair_index(i, HW, W, o.count);
-    const int cls =
-        pair_class_at(labels + b * HW, y, x, o.dy[k], o.dx[k], H, W, radius, region);
+    const int cls = pair_class_at(labels + b * HW, y, x, o.dy[k], o.dx[k], H, W, radius, region);
     if (cls == kPairNone) continue;
     sum[cls] += pair_term<acc_t>(cls, static_cast<acc_t>(aff[i]));
     count[cls] += 1;
@@ -74,20 +73,19 @@ __global__ void finish_kernel(const double* __restrict__ partials, int n_partial
 template <typename scalar_t>
 __global__ void backward_kernel(const double* __restrict__ grad_stats,
                                 const scalar_t* __restrict__ aff,
-                                const uint8_t* __restrict__ labels,
-                                scalar_t* __restrict__ grad_aff, int64_t B, int H, int W,
-                                int radius, int region, Offsets o) {
+                                const uint8_t* __restrict__ labels, scalar_t* __restrict__ grad_aff,
+                                int64_t B, int H, int W, int radius, int region, Offsets o) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * o.count * HW;
   for (int64_t i = grid_first(); i < total; i += grid_stride()) {
     const auto [b, k, p, y, x] = pair_index(i, HW, W, o.count);
-    const int cls =
-        pair_class_at(labels + b * HW, y, x, o.dy[k], o.dx[k], H, W, radius, region);
-    grad_aff[i] = cls == kPairNone
-                      ? scalar_t(0)
-                      : static_cast<scalar_t>(static_cast<acc_t>(grad_stats[cls]) *
-                                              pair_term_grad<acc_t>(cls, static_cast<acc_t>(aff[i])));
+    const int cls = pair_class_at(labels + b * HW, y, x, o.dy[k], o.dx[k], H, W, radius, region);
+    grad_aff[i] =
+        cls == kPairNone
+            ? scalar_t(0)
+            : static_cast<scalar_t>(static_cast<acc_t>(grad_stats[cls]) *
+                                    pair_term_grad<acc_t>(cls, static_cast<acc_t>(aff[i])));
   }
 }
 
@@ -112,18 +110,17 @@ at::Tensor pair_loss_cuda(const at::Tensor& aff_in, const at::Tensor& labels_in,
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
   at::Tensor stats = at::zeros({kPairStats}, aff.options().dtype(at::kDouble));
   if (aff.numel() == 0) return stats;
-  const int blocks = static_cast<int>(
-      std::min<int64_t>(blocks_for(aff.numel()), kMaxPartials));
+  const int blocks = static_cast<int>(std::min<int64_t>(blocks_for(aff.numel()), kMaxPartials));
   at::Tensor partials = at::empty({blocks, kPairStats}, stats.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, aff.scalar_type(), "pair_loss_cuda",
-                                  [&] {
-    partial_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(), partials.data_ptr<double>(), B,
-        static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
-        static_cast<int>(region), args.offsets);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, aff.scalar_type(), "pair_loss_cuda", [&] {
+        partial_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+            aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(), partials.data_ptr<double>(), B,
+            static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
+            static_cast<int>(region), args.offsets);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   finish_kernel<<<1, kThreads, 0, stream>>>(partials.data_ptr<double>(), blocks,
                                             stats.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -140,14 +137,14 @@ at::Tensor pair_loss_backward_cuda(const at::Tensor& grad_stats_in, const at::Te
   at::Tensor grad_aff = at::empty_like(aff);
   if (aff.numel() == 0) return grad_aff;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, aff.scalar_type(),
-                                  "pair_loss_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
-        grad_stats.data_ptr<double>(), aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(),
-        grad_aff.data_ptr<scalar_t>(), B, static_cast<int>(H), static_cast<int>(W),
-        static_cast<int>(radius), static_cast<int>(region), args.offsets);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, aff.scalar_type(), "pair_loss_backward_cuda", [&] {
+        backward_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
+            grad_stats.data_ptr<double>(), aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(),
+            grad_aff.data_ptr<scalar_t>(), B, static_cast<int>(H), static_cast<int>(W),
+            static_cast<int>(radius), static_cast<int>(region), args.offsets);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return grad_aff;
 }
 

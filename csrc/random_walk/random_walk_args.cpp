@@ -19,17 +19,16 @@ void check_random_walk_args(const at::Tensor& cam, const at::Tensor& aff, double
   const int K = make_offsets(static_cast<int>(radius)).count;
   TORCH_CHECK_VALUE(aff.size(1) == K, "aff has ", aff.size(1), " offsets but radius ", radius,
                     " has K = ", K);
-  TORCH_CHECK_VALUE(cam.size(0) == aff.size(0) && cam.size(2) == aff.size(2) &&
-                        cam.size(3) == aff.size(3),
-                    "cam ", cam.sizes(), " and aff ", aff.sizes(),
-                    " must agree in batch and map size (B, ., H, W)");
+  TORCH_CHECK_VALUE(
+      cam.size(0) == aff.size(0) && cam.size(2) == aff.size(2) && cam.size(3) == aff.size(3),
+      "cam ", cam.sizes(), " and aff ", aff.sizes(),
+      " must agree in batch and map size (B, ., H, W)");
   check_map_size("aff", aff.size(2), aff.size(3), radius);
   if (aff.numel() > 0) {
     TORCH_CHECK_VALUE(!at::isnan(aff).any().item<bool>(), "aff contains NaN");
     TORCH_CHECK_VALUE(!(aff < 0).any().item<bool>(), "aff contains negative affinities");
   }
-  if (cam.numel() > 0)
-    TORCH_CHECK_VALUE(!at::isnan(cam).any().item<bool>(), "cam contains NaN");
+  if (cam.numel() > 0) TORCH_CHECK_VALUE(!at::isnan(cam).any().item<bool>(), "cam contains NaN");
 }
 
 }  // namespace affext

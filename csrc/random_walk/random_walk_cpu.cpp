@@ -53,9 +53,8 @@ struct Vec {
 // the FMA units busy. U is the most that fits the registers with a tap per row and x vector,
 // and a pixel.
 constexpr int x_unroll(int channels) {
-  return (kVecRegs - 1) / (kRows * (channels + 1)) > 1
-             ? (kVecRegs - 1) / (kRows * (channels + 1))
-             : 1;
+  return (kVecRegs - 1) / (kRows * (channels + 1)) > 1 ? (kVecRegs - 1) / (kRows * (channels + 1))
+                                                       : 1;
 }
 
 // Geometry of the padded buffers. Each row is covered by G x vectors starting at column xs
@@ -78,10 +77,10 @@ struct Layout {
 template <typename scalar_t>
 struct TapRuns {
   int R = 1, U = 1;
-  int64_t runs = 0;                 // per unit
-  std::vector<int64_t> first;       // 3 * units * runs + 1 entry bounds
-  std::vector<int64_t> w_first;     // units * runs, into w
-  std::vector<int64_t> shift;       // per entry
+  int64_t runs = 0;              // per unit
+  std::vector<int64_t> first;    // 3 * units * runs + 1 entry bounds
+  std::vector<int64_t> w_first;  // units * runs, into w
+  std::vector<int64_t> shift;    // per entry
   std::vector<scalar_t> w;
 };
 
@@ -97,9 +96,8 @@ struct ChannelBlock {
 // lines at most shifts).
 template <typename scalar_t, int CB, int U, int R, bool Pin>
 __attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, int64_t index,
-                                                    const scalar_t* const* in,
-                                                    scalar_t* const* out, int64_t x0,
-                                                    int64_t Wp) {
+                                                    const scalar_t* const* in, scalar_t* const* out,
+                                                    int64_t x0, int64_t Wp) {
   using vec = typename Vec<scalar_t>::type;
   constexpr int lanes = Vec<scalar_t>::lanes;
   vec acc[R][U][CB];
@@ -144,8 +142,7 @@ __attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, 
 
 // The last run of a unit may be shorter than U vectors.
 template <typename scalar_t, int CB, int U, int R, bool Pin>
-__attribute__((always_inline)) inline void step_short_run(const TapRuns<scalar_t>& t,
-                                                          int64_t index,
+__attribute__((always_inline)) inline void step_short_run(const TapRuns<scalar_t>& t, int64_t index,
                                                           const scalar_t* const* in,
                                                           scalar_t* const* out, int64_t x0,
                                                           int64_t Wp, int u) {
@@ -169,17 +166,16 @@ __attribute__((always_inline)) inline void step_unit(const TapRuns<scalar_t>& t,
   for (int64_t run = 0; run < full; ++run)
     step_run<scalar_t, CB, U, R, Pin>(t, unit * t.runs + run, in, out, run * U * lanes, g.Wp);
   if (full < t.runs)
-    step_short_run<scalar_t, CB, U, R, Pin>(t, unit * t.runs + full, in, out, full * U * lanes, g.Wp,
-                                       static_cast<int>(g.G - full * U));
+    step_short_run<scalar_t, CB, U, R, Pin>(t, unit * t.runs + full, in, out, full * U * lanes,
+                                            g.Wp, static_cast<int>(g.G - full * U));
 }
 
 // One unit (kRows rows from row unit * kRows) of one channel block:
 // out = stencil(in). `in`/`out` point at the block's first channel plane.
 template <typename scalar_t, bool Pin>
 __attribute__((always_inline)) inline void step_block_unit(const TapRuns<scalar_t>& t,
-                                                           const scalar_t* in, scalar_t* out,
-                                                           int n, int64_t unit,
-                                                           const Layout& g) {
+                                                           const scalar_t* in, scalar_t* out, int n,
+                                                           int64_t unit, const Layout& g) {
   const int64_t row = g.row(unit * t.R);
   const scalar_t* ins[kChanBlock];
   scalar_t* outs[kChanBlock];
@@ -188,12 +184,24 @@ __attribute__((always_inline)) inline void step_block_unit(const TapRuns<scalar_
     outs[c] = out + c * g.plane() + row;
   }
   switch (n) {
-    case 6: step_unit<scalar_t, 6, Pin>(t, unit, ins, outs, g); break;
-    case 5: step_unit<scalar_t, 5, Pin>(t, unit, ins, outs, g); break;
-    case 4: step_unit<scalar_t, 4, Pin>(t, unit, ins, outs, g); break;
-    case 3: step_unit<scalar_t, 3, Pin>(t, unit, ins, outs, g); break;
-    case 2: step_unit<scalar_t, 2, Pin>(t, unit, ins, outs, g); break;
-    default: step_unit<scalar_t, 1, Pin>(t, unit, ins, outs, g); break;
+    case 6:
+      step_unit<scalar_t, 6, Pin>(t, unit, ins, outs, g);
+      break;
+    case 5:
+      step_unit<scalar_t, 5, Pin>(t, unit, ins, outs, g);
+      break;
+    case 4:
+      step_unit<scalar_t, 4, Pin>(t, unit, ins, outs, g);
+      break;
+    case 3:
+      step_unit<scalar_t, 3, Pin>(t, unit, ins, outs, g);
+      break;
+    case 2:
+      step_unit<scalar_t, 2, Pin>(t, unit, ins, outs, g);
+      break;
+    default:
+      step_unit<scalar_t, 1, Pin>(t, unit, ins, outs, g);
+      break;
   }
 }
 
@@ -201,9 +209,9 @@ __attribute__((always_inline)) inline void step_block_unit(const TapRuns<scalar_
 #if defined(__GNUC__) && defined(__x86_64__)
 #define AFFEXT_HAVE_AVX2_PATH 1
 template <typename scalar_t>
-__attribute__((target("avx2,fma"))) void step_avx2(const TapRuns<scalar_t>& t,
-                                                  const scalar_t* in, scalar_t* out, int n,
-                                                  int64_t unit, const Layout& g) {
+__attribute__((target("avx2,fma"))) void step_avx2(const TapRuns<scalar_t>& t, const scalar_t* in,
+                                                   scalar_t* out, int n, int64_t unit,
+                                                   const Layout& g) {
   step_block_unit<scalar_t, true>(t, in, out, n, unit, g);
 }
 
@@ -233,8 +241,8 @@ StepFn<scalar_t> pick_step() {
 
 // Is tap j non-zero for some column of [x0, x0 + n) in row y? taps: (H, J, W) of one image.
 template <typename scalar_t>
-bool tap_live(const scalar_t* taps, const Layout& g, int64_t J, int64_t y, int64_t j,
-              int64_t x0, int64_t n) {
+bool tap_live(const scalar_t* taps, const Layout& g, int64_t J, int64_t y, int64_t j, int64_t x0,
+              int64_t n) {
   if (y >= g.H) return false;  // the second row of a unit past the last row
   const scalar_t* r = taps + (y * J + j) * g.W;
   for (int64_t x = std::max<int64_t>(x0, 0); x < std::min(x0 + n, g.W); ++x)
@@ -289,8 +297,7 @@ void build_runs(TapRuns<scalar_t>& t, const scalar_t* taps, const Layout& g,
       };
       t.w_first.push_back(static_cast<int64_t>(t.w.size()));
       for (const auto& [sh, js] : by_shift) {  // both rows
-        if (js.first < 0 || js.second < 0 || !(live(0, js.first) || live(1, js.second)))
-          continue;
+        if (js.first < 0 || js.second < 0 || !(live(0, js.first) || live(1, js.second))) continue;
         t.shift.push_back(sh);
         push_weights(y, js.first, x0, u);
         push_weights(y + 1, js.second, x0, u);
@@ -364,8 +371,8 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
       const int64_t b = row / H, y = row % H;
       scalar_t* dst = taps.data() + row * J * W;
       for (int64_t x = 0; x < W; ++x) {
-        const acc_t d = walk_taps<scalar_t, acc_t>(aff_p + b * o.count * HW, y, x, H, W, o,
-                                                   region, static_cast<acc_t>(beta), t.data(), 1);
+        const acc_t d = walk_taps<scalar_t, acc_t>(aff_p + b * o.count * HW, y, x, H, W, o, region,
+                                                   static_cast<acc_t>(beta), t.data(), 1);
         for (int64_t j = 0; j < J; ++j) dst[j * W + x] = t[j] / d;
       }
     }
@@ -458,7 +465,8 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-      for (int64_t item = 0; item < items; ++item) step_item(it, work[item].first, work[item].second);
+      for (int64_t item = 0; item < items; ++item)
+        step_item(it, work[item].first, work[item].second);
       // implicit barrier: the next step reads every row of this one
     }
   }
@@ -482,8 +490,8 @@ at::Tensor random_walk_cpu(const at::Tensor& cam_in, const at::Tensor& aff_in, d
   const Offsets o = offsets_for(radius);
   const auto dtype = at::promote_types(cam_in.scalar_type(), aff_in.scalar_type());
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
-                   "on the CPU cam and aff must be float32 or float64, got ",
-                   cam_in.scalar_type(), " and ", aff_in.scalar_type());
+                   "on the CPU cam and aff must be float32 or float64, got ", cam_in.scalar_type(),
+                   " and ", aff_in.scalar_type());
   const at::Tensor cam = cam_in.detach().to(dtype).contiguous();
   const at::Tensor aff = aff_in.detach().to(dtype).contiguous();
   at::Tensor result = at::zeros_like(cam);

@@ -26,17 +26,16 @@ __global__ void taps_kernel(const scalar_t* __restrict__ aff, scalar_t* __restri
     const int64_t b = i / HW, p = i % HW;
     const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
     scalar_t* t = taps + b * J * HW + p;
-    const scalar_t d = walk_taps<scalar_t, scalar_t>(aff + b * o.count * HW, y, x, H, W, o,
-                                                     region, beta, t, HW);
+    const scalar_t d =
+        walk_taps<scalar_t, scalar_t>(aff + b * o.count * HW, y, x, H, W, o, region, beta, t, HW);
     for (int j = 0; j < J; ++j) t[j * HW] /= d;
   }
 }
 
 // One step for pixel p of one plane: sum_j tap[j, p] * v[p + s_j], taps outside the map skipped.
 template <typename scalar_t>
-__device__ __forceinline__ scalar_t stencil(const scalar_t* __restrict__ taps,
-                                            const scalar_t* v, int y, int x, int H, int W,
-                                            const Offsets& o) {
+__device__ __forceinline__ scalar_t stencil(const scalar_t* __restrict__ taps, const scalar_t* v,
+                                            int y, int x, int H, int W, const Offsets& o) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t p = static_cast<int64_t>(y) * W + x;
   const int J = 2 * o.count + 1;
@@ -52,8 +51,8 @@ __device__ __forceinline__ scalar_t stencil(const scalar_t* __restrict__ taps,
 template <typename scalar_t>
 __global__ void walk_shared_kernel(const scalar_t* __restrict__ taps,
                                    const int64_t* __restrict__ slot_image,
-                                   scalar_t* __restrict__ planes, int H, int W,
-                                   int64_t iterations, Offsets o) {
+                                   scalar_t* __restrict__ planes, int H, int W, int64_t iterations,
+                                   Offsets o) {
   extern __shared__ unsigned char smem_raw[];
   scalar_t* buf = reinterpret_cast<scalar_t*>(smem_raw);
   const int64_t HW = static_cast<int64_t>(H) * W;
@@ -129,8 +128,8 @@ at::Tensor random_walk_cuda(const at::Tensor& cam_in, const at::Tensor& aff_in, 
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
       kernel<<<static_cast<unsigned int>(L), 1024, smem, stream>>>(
-          taps.data_ptr<scalar_t>(), slot_image.data_ptr<int64_t>(),
-          planes.data_ptr<scalar_t>(), static_cast<int>(H), static_cast<int>(W), iterations, o);
+          taps.data_ptr<scalar_t>(), slot_image.data_ptr<int64_t>(), planes.data_ptr<scalar_t>(),
+          static_cast<int>(H), static_cast<int>(W), iterations, o);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       at::Tensor other = at::empty_like(planes);

@@ -1,4 +1,5 @@
 """Backbones at output stride 8: "tiny" (demo, tests), "resnet50", "resnet38" (psa)."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def detect_backbone(state: Mapping[str, torch.Tensor]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def build_backbone(name: str, weights: str | os.PathLike | StateDict | None = None, *,
-                   freeze: bool | None = None) -> Backbone:
+def build_backbone(
+    name: str, weights: str | os.PathLike | StateDict | None = None, *, freeze: bool | None = None
+) -> Backbone:
     """A new backbone by registry name, optionally with pretrained weights.
 
     Args:

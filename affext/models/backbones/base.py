@@ -1,4 +1,5 @@
 """What every backbone is: three stride-8 feature maps, pretrained weights, frozen layers."""
+
 from __future__ import annotations
 
 import os
@@ -89,13 +90,15 @@ class Backbone(nn.Module):
         from . import detect_backbone  # the registry imports this module
 
         state = read_state_dict(weights)
-        source = (f"weights file {os.fspath(weights)}" if isinstance(weights, (str, os.PathLike))
-                  else "the weights state dict")
+        source = (
+            f"weights file {os.fspath(weights)}"
+            if isinstance(weights, (str, os.PathLike))
+            else "the weights state dict"
+        )
         found = detect_backbone(state)
         if found is not None and found != self.name:
             raise ValueError(f"{source} holds a {found!r} backbone, not {self.name!r}")
-        state = {k: v for k, v in state.items()
-                 if not k.startswith(self.ignored_weight_prefixes)}
+        state = {k: v for k, v in state.items() if not k.startswith(self.ignored_weight_prefixes)}
         load_strict(self, state, what=source, target=f"backbone {self.name!r}")
         self.pretrained = True
         return self
@@ -110,8 +113,9 @@ def load_torch_file(path: str | os.PathLike, what: str, hint: str = "") -> objec
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"could not read {what} {path} as torch tensors ({exc}). "
-                         f"{hint}".rstrip()) from exc
+        raise ValueError(
+            f"could not read {what} {path} as torch tensors ({exc}). {hint}".rstrip()
+        ) from exc
 
 
 def read_state_dict(weights: str | os.PathLike | StateDict) -> dict[str, torch.Tensor]:
@@ -123,9 +127,11 @@ def read_state_dict(weights: str | os.PathLike | StateDict) -> dict[str, torch.T
     if isinstance(weights, (str, os.PathLike)):
         hint = ""
         if os.fspath(weights).endswith(".params"):
-            hint = ("It looks like an MXNet .params file: convert it to a torch state dict "
-                    "first (psa's network/resnet38d.convert_mxnet_to_torch, which needs "
-                    "mxnet) and torch.save the result.")
+            hint = (
+                "It looks like an MXNet .params file: convert it to a torch state dict "
+                "first (psa's network/resnet38d.convert_mxnet_to_torch, which needs "
+                "mxnet) and torch.save the result."
+            )
         obj = load_torch_file(weights, "weights file", hint)
     else:
         obj = weights
@@ -135,11 +141,12 @@ def read_state_dict(weights: str | os.PathLike | StateDict) -> dict[str, torch.T
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
         raise ValueError("weights must be a state dict: a mapping of parameter names to tensors")
     state = dict(obj)
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -148,12 +155,12 @@ def _describe(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def check_keys(expected: Mapping[str, object], found: Mapping[str, object], what: str,
-               target: str) -> None:
+def check_keys(
+    expected: Mapping[str, object], found: Mapping[str, object], what: str, target: str
+) -> None:
     """Raise ValueError listing the keys of `expected` missing from `found` and the keys of
     `found` that `expected` lacks. BatchNorm `num_batches_tracked` counters may be missing."""
-    missing = [k for k in expected
-               if k not in found and not k.endswith(".num_batches_tracked")]
+    missing = [k for k in expected if k not in found and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in found if k not in expected]
     if missing or unexpected:
         parts = [f"{what} does not match {target}."]
@@ -177,8 +184,11 @@ def load_strict(module: nn.Module, state: StateDict, what: str, target: str) -> 
         if key.endswith(".num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(value)
     check_keys(expected, state, what, target)
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if state[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
         raise ValueError(f"{what} does not match {target}: shape mismatch in {_describe(wrong)}.")
     module.load_state_dict(state, strict=True)

@@ -6,6 +6,7 @@ and 4096 channels. Names follow psa's network/resnet38d.py (conv1a, b2, b2_1, ..
 with bn_branch2a / conv_branch2a / bn_branch2b1 / conv_branch2b1 / conv_branch1 inside), so
 psa's state dicts load without renaming.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,17 +23,26 @@ class ResBlock(nn.Module):
     input itself.
     """
 
-    def __init__(self, cin: int, mid: int, cout: int, stride: int = 1,
-                 first_dilation: int | None = None, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        cin: int,
+        mid: int,
+        cout: int,
+        stride: int = 1,
+        first_dilation: int | None = None,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         first_dilation = dilation if first_dilation is None else first_dilation
         self.same_shape = cin == cout and stride == 1
         self.bn_branch2a = nn.BatchNorm2d(cin)
-        self.conv_branch2a = nn.Conv2d(cin, mid, 3, stride, padding=first_dilation,
-                                       dilation=first_dilation, bias=False)
+        self.conv_branch2a = nn.Conv2d(
+            cin, mid, 3, stride, padding=first_dilation, dilation=first_dilation, bias=False
+        )
         self.bn_branch2b1 = nn.BatchNorm2d(mid)
-        self.conv_branch2b1 = nn.Conv2d(mid, cout, 3, padding=dilation, dilation=dilation,
-                                        bias=False)
+        self.conv_branch2b1 = nn.Conv2d(
+            mid, cout, 3, padding=dilation, dilation=dilation, bias=False
+        )
         if not self.same_shape:
             self.conv_branch1 = nn.Conv2d(cin, cout, 1, stride, bias=False)
 
@@ -55,15 +65,17 @@ class BottleneckBlock(nn.Module):
     shortcut is always a 1x1 conv of the pre-activated input.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int = 1, dilation: int = 1, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.bn_branch2a = nn.BatchNorm2d(cin)
         self.conv_branch2a = nn.Conv2d(cin, cout // 4, 1, stride, bias=False)
         self.bn_branch2b1 = nn.BatchNorm2d(cout // 4)
         self.dropout_2b1 = nn.Dropout2d(dropout)
-        self.conv_branch2b1 = nn.Conv2d(cout // 4, cout // 2, 3, padding=dilation,
-                                        dilation=dilation, bias=False)
+        self.conv_branch2b1 = nn.Conv2d(
+            cout // 4, cout // 2, 3, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn_branch2b2 = nn.BatchNorm2d(cout // 2)
         self.dropout_2b2 = nn.Dropout2d(dropout)
         self.conv_branch2b2 = nn.Conv2d(cout // 2, cout, 1, bias=False)
@@ -136,8 +148,20 @@ class ResNet38(Backbone):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> (B, 512, h, w), (B, 1024, h, w), (B, 4096, h, w); h = ceil(H/8)."""
         x = self.conv1a(x)
-        for block in (self.b2, self.b2_1, self.b2_2, self.b3, self.b3_1, self.b3_2,
-                      self.b4, self.b4_1, self.b4_2, self.b4_3, self.b4_4, self.b4_5):
+        for block in (
+            self.b2,
+            self.b2_1,
+            self.b2_2,
+            self.b3,
+            self.b3_1,
+            self.b3_2,
+            self.b4,
+            self.b4_1,
+            self.b4_2,
+            self.b4_3,
+            self.b4_4,
+            self.b4_5,
+        ):
             x = block(x)
         x, conv4 = self.b5.forward_with_preact(x)
         x = self.b5_2(self.b5_1(x))

@@ -1,4 +1,5 @@
 """ResNet-50 with torchvision's parameter names, layer3/layer4 dilated to output stride 8."""
+
 from __future__ import annotations
 
 import torch
@@ -12,13 +13,20 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation,
-                               bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
@@ -65,8 +73,9 @@ class ResNet50(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1,
-                    dilate: bool = False) -> nn.Sequential:
+    def _make_layer(
+        self, planes: int, blocks: int, stride: int = 1, dilate: bool = False
+    ) -> nn.Sequential:
         first_dilation = self._dilation
         if dilate:
             # stride 2 becomes dilation 2 from the second block on (keeps output stride 8)
@@ -75,11 +84,13 @@ class ResNet50(Backbone):
         if stride != 1 or self._inplanes != planes * 4:
             downsample = nn.Sequential(
                 nn.Conv2d(self._inplanes, planes * 4, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * 4))
+                nn.BatchNorm2d(planes * 4),
+            )
         layers = [Bottleneck(self._inplanes, planes, stride, first_dilation, downsample)]
         self._inplanes = planes * 4
-        layers += [Bottleneck(self._inplanes, planes, dilation=self._dilation)
-                   for _ in range(1, blocks)]
+        layers += [
+            Bottleneck(self._inplanes, planes, dilation=self._dilation) for _ in range(1, blocks)
+        ]
         return nn.Sequential(*layers)
 
     def first_blocks(self) -> list[nn.Module]:

@@ -1,4 +1,5 @@
 """A small CNN at output stride 8, random init, for the demo and the tests (CPU-fast)."""
+
 from __future__ import annotations
 
 import torch
@@ -37,12 +38,13 @@ class TinyBackbone(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stage1 = _conv_bn_relu(3, 24, stride=2)                              # /2
+        self.stage1 = _conv_bn_relu(3, 24, stride=2)  # /2
         self.stage2 = nn.Sequential(_conv_bn_relu(24, 48, stride=2), _conv_bn_relu(48, 48))
         self.stage3 = nn.Sequential(_conv_bn_relu(48, 64, stride=2), _conv_bn_relu(64, 64))
         self.stage4 = _conv_bn_relu(64, 96)
-        self.stage5 = nn.Sequential(_conv_bn_relu(96, 128, kernel=1),
-                                    _conv_bn_relu(128, 128, kernel=1))
+        self.stage5 = nn.Sequential(
+            _conv_bn_relu(96, 128, kernel=1), _conv_bn_relu(128, 128, kernel=1)
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")

@@ -45,23 +45,20 @@ def _ids(path: str) -> list[str]:
     return read_id_list(path)
 
 
-def _stage_config(cls, args, preset_stage: str | None = None, **fields):
+def _shared(args) -> dict:
+    """The run-wide settings given on the command line (None: not given)."""
+    from .stages.config import SHARED
+
+    shared = {key: getattr(args, key, None) for key in SHARED}
+    shared["num_workers"] = getattr(args, "workers", None)
+    return shared
+
+
+def _stage_config(cls, args, stage: str | None = None, **fields):
     """A stage config: psa defaults, the backbone's preset, then the arguments given."""
-    import dataclasses
+    from .stages.config import stage_config
 
-    from .stages.pipeline import PRESETS
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {}
-    if preset_stage and getattr(args, "backbone", None):
-        values.update(PRESETS.get(args.backbone, {}).get(preset_stage, {}))
-    for key in ("backbone", "device", "label_source", "cls_labels", "seed"):
-        if key in names and getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    if "num_workers" in names and getattr(args, "workers", None) is not None:
-        values["num_workers"] = args.workers
-    values.update({k: v for k, v in fields.items() if v is not None})
-    return cls(**values)
+    return stage_config(cls, stage, _shared(args), **fields)
 
 
 def _cmd_synth(args) -> None:
@@ -171,24 +168,13 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    from .stages.pipeline import RunConfig, run
+    from .stages.config import RunConfig
+    from .stages.pipeline import run
 
-    overrides: dict = {
-        "device": args.device,
-        "seed": args.seed,
-        "label_source": args.label_source,
-        "cls_labels": args.cls_labels,
-    }
-    if args.workers is not None:
-        overrides["num_workers"] = args.workers
-    stage = {
-        "train_cam": {"epochs": args.cam_epochs, "weights": args.weights},
-        "train_aff": {"epochs": args.aff_epochs, "weights": args.weights},
-    }
-    for name, values in stage.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            overrides[name] = values
+    # None (not given) is left out by stage_config: the preset's or psa's value stays.
+    overrides: dict = {k: v for k, v in _shared(args).items() if k != "backbone" and v is not None}
+    overrides["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
+    overrides["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
     cfg = RunConfig.for_backbone(args.backbone, **overrides)
     metrics = run(
         args.voc_root, args.train_list, args.eval_list, args.workdir, cfg, progress=not args.quiet

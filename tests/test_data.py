@@ -19,7 +19,7 @@ from affext.data import (
 )
 from affext.data.datasets import AffTrainDataset, affinity_label_map, pool_by
 from affext.data.transforms import colour_jitter, crop_box, normalize, random_crop
-from affext.stages.common import save_score_dict
+from affext.files import save_score_dict
 
 
 @pytest.fixture(scope="module")

@@ -64,5 +64,5 @@ def test_evaluate_folder(tmp_path):
     bg_iou = 100 * np.sum(gt == 0) / np.sum(gt != 255)
     assert out["iou"]["background"] == pytest.approx(bg_iou, abs=1e-3)
     (tmp_path / "pred" / f"{ids[0]}.png").unlink()
-    with pytest.raises(DatasetError, match="prediction\\(s\\) missing"):
+    with pytest.raises(DatasetError, match="missing predictions for"):
         evaluate(root, tmp_path / "pred", ids, progress=False)

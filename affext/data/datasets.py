@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..files import load_score_dict
 from .transforms import (
     colour_jitter,
     normalize,
@@ -150,8 +151,6 @@ def pool_by(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _load_scores(path: Path) -> tuple[list[int], np.ndarray]:
-    from ..stages.common import load_score_dict
-
     table = load_score_dict(path, "affinity-label score")
     keys = sorted(table)
     return keys, np.stack([np.asarray(table[k], np.float32) for k in keys])

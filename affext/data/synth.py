@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..files import atomic_save, record_config
 from .voc import ANNOTATION_DIR, IMAGE_DIR, VOC_CLASSES, save_label_png
 
 # The classes the scenes use (VOC indices 1..20), and their marks: hue (degrees) and pattern.
@@ -267,8 +268,6 @@ def make_synthetic_voc(
     Annotations/*.xml, ImageSets/Segmentation/{train,val,trainval}.txt. Image i depends only on
     (seed, i), so the files are the same on every run; existing complete files are kept.
     """
-    from ..stages.common import atomic_save, record_config  # the stages' file conventions
-
     cfg = config or SynthConfig()
     out = Path(out)
     for sub in (IMAGE_DIR, "SegmentationClass", ANNOTATION_DIR, "ImageSets/Segmentation"):

@@ -17,14 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.voc import VOCDataset
-from .common import (
-    background_score,
-    load_score_dict,
-    pending,
-    record_config,
-    require_cams,
-    save_score_dict,
-)
+from ..files import load_score_dict, record_config, save_score_dict
+from .common import background_score, pending, require_cams
 from .crf import CRFConfig, crf_inference
 
 

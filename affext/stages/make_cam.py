@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from ..data.datasets import MultiScaleDataset
 from ..data.voc import VOCDataset, save_label_png
-from .common import default_workers, pending, record_config, resolve_device, save_score_dict
+from ..files import record_config, save_score_dict
+from .common import default_workers, pending, resolve_device
 from .train_cam import image_labels, load_cam_net
 
 

@@ -1,4 +1,4 @@
-"""mIoU, per-class IoU, precision and recall (method.md section 7)."""
+"""mIoU, per-class IoU, precision and recall (docs/method.md §7)."""
 
 import numpy as np
 import pytest

@@ -125,7 +125,7 @@ class ImageDataset(Dataset):
 def affinity_label_map(
     la: np.ndarray, la_keys: Sequence[int], ha: np.ndarray, ha_keys: Sequence[int]
 ) -> np.ndarray:
-    """AffinityNet's training label map from the la / ha dCRF scores (method.md section 2).
+    """AffinityNet's training label map from the la / ha dCRF scores (docs/method.md §2).
 
     la: (n_la, h, w) and ha: (n_ha, h, w) scores (already cropped and pooled), whose channels
     are the classes la_keys / ha_keys (0 = background, c = VOC class c). Returns (h, w) uint8:
@@ -158,7 +158,7 @@ def _load_scores(path: Path) -> tuple[list[int], np.ndarray]:
 
 class AffTrainDataset(_Epoched):
     """AffinityNet training (psa train_aff): colour jitter, normalisation, joint random crop
-    and flip of image and la/ha scores, scores pooled by 8, label map of method.md section 2.
+    and flip of image and la/ha scores, scores pooled by 8, label map of docs/method.md §2.
     Items: (image (3, S, S) float32, labels (S/8, S/8) uint8)."""
 
     def __init__(

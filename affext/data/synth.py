@@ -4,8 +4,8 @@ Each image holds 1-3 objects on a textured background. An object is a shape of o
 muted colour carrying a saturated "mark" whose hue and pattern say its class. The body's hue
 is drawn independently of the class (by default) and flat blobs of every muted hue lie around
 as background clutter, so the body is no evidence and the mark is the discriminative part: a
-classifier's CAMs are strong on the mark and weak over the rest of the object (method.md
-section 1's premise). The rest of the object is one flat colour bounded by a clear edge, which
+classifier's CAMs are strong on the mark and weak over the rest of the object (docs/method.md
+§1's premise). The rest of the object is one flat colour bounded by a clear edge, which
 is what an affinity can learn and a random walk can spread over.
 
 Everything is generated from a seed, deterministically; nothing is downloaded or shipped.

@@ -1,5 +1,5 @@
 """The random walk as psa computes it (dense N x N), and as a careful user would with torch's
-sparse CSR matrices (method.md section 5, performance.md)."""
+sparse CSR matrices (docs/method.md §5, docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dense CRF refinement with psa's settings (method.md section 2), through pydensecrf."""
+"""Dense CRF refinement with psa's settings (docs/method.md §2), through pydensecrf."""
 
 from __future__ import annotations
 

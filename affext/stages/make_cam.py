@@ -1,4 +1,4 @@
-"""Stage `make-cam`: multi-scale, flipped CAM inference (method.md section 1, psa infer_cls).
+"""Stage `make-cam`: multi-scale, flipped CAM inference (docs/method.md §1, psa infer_cls).
 
 OUT/cam/<id>.npy: psa's dict {class_index 0..19: (H, W) float32}, present classes only, each
 map divided by (its max + 1e-5). OUT/cam_pred/<id>.png: the CAM-only prediction, argmax over

@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import small_voc
 from PIL import Image
 
-from affext.data import SynthConfig, VOCDataset, make_synthetic_voc, read_id_list
+from affext.data import VOCDataset, read_id_list
 from affext.files import load_score_dict, save_score_dict
 from affext.models import read_checkpoint
 from affext.stages import training
@@ -22,8 +23,7 @@ FAST = dict(backbone="tiny", device="cpu", num_workers=0)
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
-    cfg = SynthConfig(num_train=6, num_val=2, min_size=72, max_size=80, seed=1)
-    return make_synthetic_voc(tmp_path_factory.mktemp("voc"), cfg, progress=False)
+    return small_voc(tmp_path_factory.mktemp("voc"), 6, 2, seed=1)
 
 
 @pytest.fixture(scope="module")

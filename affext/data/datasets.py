@@ -19,6 +19,7 @@ from ..files import load_score_dict
 from .transforms import (
     colour_jitter,
     normalize,
+    pool_by,
     random_crop,
     random_resize_long,
     resize_maps,
@@ -108,20 +109,6 @@ class MultiScaleDataset(Dataset):
         return self.ids[index], scaled, torch.from_numpy(self.labels[index]), original
 
 
-class ImageDataset(Dataset):
-    """Plain inference: items (id, image (3, H, W) float32 normalised)."""
-
-    def __init__(self, voc: VOCDataset, ids: Sequence[str]):
-        self.voc, self.ids = voc, list(ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        image = self.voc.load_image(self.ids[index])
-        return self.ids[index], torch.from_numpy(normalize(image))
-
-
 def affinity_label_map(
     la: np.ndarray, la_keys: Sequence[int], ha: np.ndarray, ha_keys: Sequence[int]
 ) -> np.ndarray:
@@ -142,12 +129,6 @@ def affinity_label_map(
     no_score = np.maximum(la.max(axis=0), ha.max(axis=0)) < 1e-5
     label[no_score] = 255
     return label
-
-
-def pool_by(x: np.ndarray, k: int) -> np.ndarray:
-    """(C, H, W) block mean over k x k cells; H and W must be multiples of k."""
-    c, h, w = x.shape
-    return x.reshape(c, h // k, k, w // k, k).mean(axis=(2, 4))
 
 
 def _load_scores(path: Path) -> tuple[list[int], np.ndarray]:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .data.voc import DatasetError
+from .extras import MissingExtraError
 
 
 def _add_common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     try:
         rc = args.func(args)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (MissingExtraError, FileNotFoundError, ValueError) as exc:  # DatasetError: a ValueError
         print(f"affext {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

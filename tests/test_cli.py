@@ -94,6 +94,57 @@ def test_python_dash_m_affext():
         assert command in out.stdout
 
 
+# Runs Python with the pipeline extra's libraries made unimportable (None in sys.modules).
+WITHOUT_PIPELINE = (
+    "import sys\n"
+    "for name in ('PIL', 'tqdm', 'pydensecrf', 'matplotlib'):\n"
+    "    sys.modules[name] = None\n"
+)
+
+
+def _python_without_pipeline(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_PIPELINE + code], capture_output=True, text=True, env=env
+    )
+
+
+def test_ops_models_and_bench_import_without_the_pipeline_extra():
+    out = _python_without_pipeline(
+        "import torch, affext, affext.models, affext.bench\n"
+        "feat = torch.randn(1, 4, 6, 6)\n"
+        "print(tuple(affext.pairwise_affinity(feat, 2).shape))\n"
+        "from affext.cli import main\n"
+        "sys.exit(main(['info', '--json']))\n"
+    )
+    assert out.returncode == 0, out.stderr
+    k = len(affext.neighborhood_offsets(2))
+    assert out.stdout.startswith(f"(1, {k}, 6, 6)\n")
+    assert json.loads(out.stdout.split("\n", 1)[1]) == json.loads(json.dumps(affext.build_info()))
+
+
+def test_a_stage_without_the_pipeline_extra_says_which_extra_to_install(tmp_path):
+    extra = "which come with the pipeline extra: pip install 'affext[pipeline]'"
+    out = _python_without_pipeline("import affext.stages\n")
+    assert out.returncode == 1
+    assert (
+        "MissingExtraError: affext's pipeline stages needs pillow, tqdm, " + extra
+    ) in out.stderr
+    out = _python_without_pipeline(
+        "from affext.cli import main\n"
+        f"sys.exit(main(['make-aff-labels', '--voc-root', {str(tmp_path)!r}, '--list', 'l',"
+        " '--cam-dir', 'c', '--out', 'o']))\n"
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "affext make-aff-labels: error: affext's pipeline stages needs pillow, tqdm, " + extra
+    )
+    out = _python_without_pipeline(
+        "import affext.bench.report as report\nreport.plot_report({'benchmarks': []}, 'x.png')\n"
+    )
+    assert "MissingExtraError: affext bench --plot needs matplotlib, " + extra in out.stderr
+
+
 def test_run_end_to_end(tmp_path, capsys):
     voc = small_voc(tmp_path / "voc", 8, 2)
     lists = voc / "ImageSets" / "Segmentation"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..extras import require
+
 
 def fmt_bytes(n: float | None) -> str:
     if n is None:
@@ -97,6 +99,7 @@ def _time_cell(res: dict) -> str:
 def plot_report(report: dict, path: str) -> None:
     """The walk's sweep: time and peak extra memory against N, log-log, one line an
     implementation; the sizes where one was skipped are named in its legend entry."""
+    require("affext bench --plot", ("matplotlib",))
     import matplotlib
 
     matplotlib.use("Agg")

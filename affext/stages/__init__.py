@@ -5,6 +5,11 @@
 and `run`, which does them all in one work directory. The `affext` command wraps each.
 """
 
+# ruff: noqa: E402 - the imports below come after the check that names the missing extra
+from ..extras import require
+
+require("affext's pipeline stages", ("PIL", "tqdm"))
+
 from .aff_labels import AffLabelsConfig, make_aff_labels
 from .config import PRESETS, RunConfig, stage_config
 from .crf import CRFConfig, crf_inference

@@ -36,6 +36,16 @@ _HEAD_SIGNATURES = {"cam": "fc8.weight", "aff": "f9.weight"}
 _PREFIX = "backbone."
 
 
+def _check_network(model: object) -> None:
+    if not isinstance(model, Network):
+        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+
+
+def _source(path: object, otherwise: str) -> str:
+    """How an error names what was read: the file, or `otherwise` for a mapping."""
+    return f"checkpoint {os.fspath(path)}" if isinstance(path, (str, os.PathLike)) else otherwise
+
+
 def _head_names(model: Network) -> set[str]:
     return {name for name, _ in model.named_children() if name != "backbone"}
 
@@ -70,13 +80,8 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
     "resnet38")). Raises ValueError when the backbone or the network differs, naming both,
     or listing the missing and unexpected keys (in psa's layout).
     """
-    if not isinstance(model, Network):
-        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
-    source = (
-        f"checkpoint {os.fspath(weights)}"
-        if isinstance(weights, (str, os.PathLike))
-        else "the state dict"
-    )
+    _check_network(model)
+    source = _source(weights, "the state dict")
     state = read_state_dict(weights)
     name = model.backbone.name
     found = detect_backbone(state)
@@ -111,8 +116,7 @@ def save_checkpoint(model: Network, path: str | os.PathLike, **meta: Any) -> Non
     meta: extra plain values (numbers, strings, lists, dicts of them) kept under "meta",
     e.g. epoch or training settings; they must survive torch.load(weights_only=True).
     """
-    if not isinstance(model, Network):
-        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+    _check_network(model)
     ckpt = {
         "affext_checkpoint": FORMAT_VERSION,
         "network": model.kind,
@@ -175,13 +179,8 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
     trained with another backbone ("checkpoint ... was trained with backbone X, not Y") or
     holds the other network.
     """
-    if not isinstance(model, Network):
-        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
-    source = (
-        f"checkpoint {os.fspath(path)}"
-        if isinstance(path, (str, os.PathLike))
-        else "the checkpoint"
-    )
+    _check_network(model)
+    source = _source(path, "the checkpoint")
     ckpt = read_checkpoint(path)
     if not ckpt["affext_checkpoint"]:
         load_psa_checkpoint(model, ckpt["state_dict"])

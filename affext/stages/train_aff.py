@@ -13,7 +13,7 @@ from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
 from ..files import record_config, require_files
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit, load_trained, read_trained, save_checkpoint
+from .training import TrainConfig, fit_and_save, load_trained, read_trained
 
 AFF_NET_FILE = "aff_net.pt"
 
@@ -107,15 +107,13 @@ def train_aff(
         long_side=cfg.long_side,
     )
     model = build_aff_net(cfg.backbone, cfg.weights)
-    fit(
+    return fit_and_save(
         model,
         dataset,
         _aff_step(cfg.radius, cfg.region),
+        final,
         name="train-aff",
-        out_dir=out_dir,
         config=cfg,
         device=device,
         progress=progress,
     )
-    save_checkpoint(model, final)
-    return final

@@ -14,7 +14,7 @@ from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
 from ..files import record_config
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit, load_trained, read_trained, save_checkpoint
+from .training import TrainConfig, fit_and_save, load_trained, read_trained
 
 CAM_NET_FILE = "cam_net.pt"
 
@@ -89,15 +89,13 @@ def train_cam(
         voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter, cfg.seed, cfg.long_side
     )
     model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout)
-    fit(
+    return fit_and_save(
         model,
         dataset,
         _cls_step,
+        final,
         name="train-cam",
-        out_dir=out_dir,
         config=cfg,
         device=device,
         progress=progress,
     )
-    save_checkpoint(model, final)
-    return final

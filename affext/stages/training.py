@@ -183,6 +183,32 @@ def fit(
     return log
 
 
+def fit_and_save(
+    model: Network,
+    dataset: Dataset,
+    step_loss: Callable,
+    final: Path,
+    *,
+    name: str,
+    config: TrainConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> Path:
+    """fit() with its per-epoch checkpoints beside FINAL, then the trained network at FINAL."""
+    fit(
+        model,
+        dataset,
+        step_loss,
+        name=name,
+        out_dir=final.parent,
+        config=config,
+        device=device,
+        progress=progress,
+    )
+    save_checkpoint(model, final)
+    return final
+
+
 def _resume(
     path: Path,
     model: Network,

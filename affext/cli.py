@@ -230,7 +230,14 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         "with fast kernels. `affext data synth --out D` then `affext run --voc-root D ...`.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    _add_data_commands(sub)
+    _add_stage_commands(sub)
+    _add_run_command(sub)
+    _add_tool_commands(sub, with_bench)
+    return parser
 
+
+def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="command", required=True)
     p = data_sub.add_parser("synth", help="write the embedded synthetic dataset (VOC layout)")
@@ -241,6 +248,9 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_stage_commands(sub) -> None:
+    """One command a stage: train-cam, make-cam, make-aff-labels, train-aff, make-rw, eval."""
     p = sub.add_parser("train-cam", help="train the classifier that gives CAMs")
     _add_common(p)
     _add_labels(p)
@@ -293,6 +303,8 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline in one work directory")
     _add_common(p)
     _add_labels(p)
@@ -305,6 +317,9 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_tool_commands(sub, with_bench: bool) -> None:
+    """info, and bench (its options only when it runs: they import the references)."""
     p = sub.add_parser("info", help="how the kernels were built")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
@@ -315,7 +330,6 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
 
         bench.add_arguments(p)
         p.set_defaults(func=bench.main)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

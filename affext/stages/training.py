@@ -116,7 +116,7 @@ def fit(
     most len(dataset). Returns the per-epoch log (also written to OUT_DIR/<name>.log.json).
     """
     cfg = config
-    backbone, epochs, seed = cfg.backbone, cfg.epochs, cfg.seed
+    backbone, epochs = cfg.backbone, cfg.epochs
     if len(dataset) == 0:
         raise ValueError(f"{name}: no training images")
     batch_size = min(cfg.batch_size, len(dataset))
@@ -130,42 +130,10 @@ def fit(
     if ckpt_path.is_file():
         start_epoch, log = _resume(ckpt_path, model, opt, schedule, backbone, name)
     for epoch in range(start_epoch, epochs):
-        dataset.set_epoch(epoch)
-        # dropout and friends draw from torch's global generator: seed it per epoch so a
-        # resumed run trains exactly as an uninterrupted one
-        torch.manual_seed(seed * 1000003 + epoch)
-        gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=cfg.num_workers,
-            generator=gen,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
-        model.train()
-        sums: dict[str, float] = {}
-        bar = tqdm(
-            loader, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
-        )
-        for i, batch in enumerate(bar):
-            batch = [b.to(device, non_blocking=True) for b in batch]
-            loss, parts = step_loss(model, batch)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"{name}: the loss became {loss.item()} at epoch "
-                    f"{epoch + 1} step {i}; lower the learning rate"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        loader = _epoch_loader(dataset, epoch, batch_size, cfg, device)
+        desc = f"{name} epoch {epoch + 1}/{epochs}"
+        means = _train_epoch(model, loader, step_loss, opt, schedule, device, desc, progress)
+        log.append({"epoch": epoch + 1, **means})
         save_checkpoint(
             model,
             ckpt_path,
@@ -175,12 +143,62 @@ def fit(
             log=log,
         )
         if progress:
-            tqdm.write(
-                f"{name} epoch {epoch + 1}/{epochs}: "
-                + " ".join(f"{k} {v:.4f}" for k, v in log[-1].items() if k != "epoch")
-            )
+            tqdm.write(f"{desc}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
     atomic_write_json(out_dir / f"{name}.log.json", log)
     return log
+
+
+def _epoch_loader(
+    dataset: Dataset, epoch: int, batch_size: int, cfg: TrainConfig, device: torch.device
+) -> DataLoader:
+    """The epoch's shuffled batches, seeded by (seed, epoch)."""
+    dataset.set_epoch(epoch)
+    # dropout and friends draw from torch's global generator: seed it per epoch so a
+    # resumed run trains exactly as an uninterrupted one
+    torch.manual_seed(cfg.seed * 1000003 + epoch)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        generator=gen,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _train_epoch(
+    model: Network,
+    loader: DataLoader,
+    step_loss: Callable,
+    opt: torch.optim.Optimizer,
+    schedule: PolynomialLR,
+    device: torch.device,
+    desc: str,
+    progress: bool,
+) -> dict[str, float]:
+    """One pass over `loader`, an optimiser and schedule step a batch; the mean of each of
+    step_loss's logged values."""
+    model.train()
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for i, batch in enumerate(bar):
+        batch = [b.to(device, non_blocking=True) for b in batch]
+        loss, parts = step_loss(model, batch)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"{desc}, step {i}: the loss became {loss.item()}; lower the learning rate"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return {k: v / len(loader) for k, v in sums.items()}
 
 
 def fit_and_save(

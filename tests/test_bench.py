@@ -5,6 +5,9 @@ No timing is asserted: only that every figure is there and is a finite number.""
 import argparse
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +163,12 @@ def _point(size: int) -> bench.Point:
         dict(size=size),
         {"huge": "test/huge", "slow": "test/slow"},
     )
+
+
+def test_python_dash_m_affext_bench():
+    root = Path(__file__).resolve().parents[1]  # this checkout's affext
+    out = subprocess.run(
+        [sys.executable, "-m", "affext.bench", "--help"], capture_output=True, text=True, cwd=root
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: affext bench") and "--quick" in out.stdout

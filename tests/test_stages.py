@@ -12,7 +12,8 @@ from affext.data import VOCDataset, read_id_list
 from affext.files import load_score_dict, save_score_dict
 from affext.models import read_checkpoint
 from affext.stages import training
-from affext.stages.aff_labels import crf_with_alpha, make_aff_labels
+from affext.stages.aff_labels import AffLabelsConfig, crf_with_alpha, make_aff_labels
+from affext.stages.config import RunConfig, stage_config
 from affext.stages.make_cam import MakeCamConfig, cam_prediction, make_cam
 from affext.stages.make_rw import MakeRwConfig, make_rw
 from affext.stages.train_aff import TrainAffConfig, train_aff
@@ -237,3 +238,27 @@ def test_errors_are_clear(voc, ids, trained, tmp_path):
         train_cam(
             corrupt, ["a"], tmp_path / "y", cam_config(batch_size=1, epochs=1), progress=False
         )
+
+
+def test_configs_merge_defaults_preset_shared_settings_then_overrides():
+    shared = {"backbone": "tiny", "device": "cpu", "num_workers": None, "seed": 3}
+    cfg = stage_config(TrainCamConfig, "train_cam", shared, epochs=2, lr=None)
+    assert (cfg.epochs, cfg.lr, cfg.optimizer) == (2, 0.003, "adam")  # override, preset
+    assert (cfg.backbone, cfg.device, cfg.seed) == ("tiny", "cpu", 3)  # shared
+    assert cfg.num_workers == TrainCamConfig().num_workers and cfg.momentum == 0.9  # psa's
+    # a stage without a preset or a field takes only what it has
+    labels = stage_config(AffLabelsConfig, "aff_labels", shared, alpha_low=2.0)
+    assert labels == AffLabelsConfig(alpha_low=2.0)
+    # psa's defaults for a backbone without a preset
+    assert stage_config(TrainCamConfig, "train_cam", {"backbone": "resnet38"}) == (TrainCamConfig())
+    with pytest.raises(ValueError, match=r"train_cam has no setting\(s\) \['nope'\]"):
+        stage_config(TrainCamConfig, "train_cam", shared, nope=1)
+    run = RunConfig.for_backbone("tiny", device="cpu", num_workers=0, train_aff={"epochs": 3})
+    assert run.train_aff == stage_config(
+        TrainAffConfig,
+        "train_aff",
+        {"backbone": "tiny", "device": "cpu", "num_workers": 0},
+        epochs=3,
+    )
+    assert run.make_rw.long_side == 320 and run.make_cam.long_side == 160
+    assert run.train_cam.epochs == 10 and run.aff_labels == AffLabelsConfig(num_workers=0)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .data.voc import DatasetError
+from .extras import MissingExtraError
 
 
 def _add_common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
@@ -45,23 +45,20 @@ def _ids(path: str) -> list[str]:
     return read_id_list(path)
 
 
-def _stage_config(cls, args, preset_stage: str | None = None, **fields):
+def _shared(args) -> dict:
+    """The run-wide settings given on the command line (None: not given)."""
+    from .stages.config import SHARED
+
+    shared = {key: getattr(args, key, None) for key in SHARED}
+    shared["num_workers"] = getattr(args, "workers", None)
+    return shared
+
+
+def _stage_config(cls, args, stage: str | None = None, **fields):
     """A stage config: psa defaults, the backbone's preset, then the arguments given."""
-    import dataclasses
+    from .stages.config import stage_config
 
-    from .stages.pipeline import PRESETS
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {}
-    if preset_stage and getattr(args, "backbone", None):
-        values.update(PRESETS.get(args.backbone, {}).get(preset_stage, {}))
-    for key in ("backbone", "device", "label_source", "cls_labels", "seed"):
-        if key in names and getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    if "num_workers" in names and getattr(args, "workers", None) is not None:
-        values["num_workers"] = args.workers
-    values.update({k: v for k, v in fields.items() if v is not None})
-    return cls(**values)
+    return stage_config(cls, stage, _shared(args), **fields)
 
 
 def _cmd_synth(args) -> None:
@@ -171,24 +168,13 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    from .stages.pipeline import RunConfig, run
+    from .stages.config import RunConfig
+    from .stages.pipeline import run
 
-    overrides: dict = {
-        "device": args.device,
-        "seed": args.seed,
-        "label_source": args.label_source,
-        "cls_labels": args.cls_labels,
-    }
-    if args.workers is not None:
-        overrides["num_workers"] = args.workers
-    stage = {
-        "train_cam": {"epochs": args.cam_epochs, "weights": args.weights},
-        "train_aff": {"epochs": args.aff_epochs, "weights": args.weights},
-    }
-    for name, values in stage.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            overrides[name] = values
+    # None (not given) is left out by stage_config: the preset's or psa's value stays.
+    overrides: dict = {k: v for k, v in _shared(args).items() if k != "backbone" and v is not None}
+    overrides["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
+    overrides["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
     cfg = RunConfig.for_backbone(args.backbone, **overrides)
     metrics = run(
         args.voc_root, args.train_list, args.eval_list, args.workdir, cfg, progress=not args.quiet
@@ -244,7 +230,14 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         "with fast kernels. `affext data synth --out D` then `affext run --voc-root D ...`.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    _add_data_commands(sub)
+    _add_stage_commands(sub)
+    _add_run_command(sub)
+    _add_tool_commands(sub, with_bench)
+    return parser
 
+
+def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="command", required=True)
     p = data_sub.add_parser("synth", help="write the embedded synthetic dataset (VOC layout)")
@@ -255,6 +248,9 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_stage_commands(sub) -> None:
+    """One command a stage: train-cam, make-cam, make-aff-labels, train-aff, make-rw, eval."""
     p = sub.add_parser("train-cam", help="train the classifier that gives CAMs")
     _add_common(p)
     _add_labels(p)
@@ -307,6 +303,8 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline in one work directory")
     _add_common(p)
     _add_labels(p)
@@ -319,6 +317,9 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_tool_commands(sub, with_bench: bool) -> None:
+    """info, and bench (its options only when it runs: they import the references)."""
     p = sub.add_parser("info", help="how the kernels were built")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
@@ -329,7 +330,6 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
 
         bench.add_arguments(p)
         p.set_defaults(func=bench.main)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     try:
         rc = args.func(args)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (MissingExtraError, FileNotFoundError, ValueError) as exc:  # DatasetError: a ValueError
         print(f"affext {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

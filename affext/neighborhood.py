@@ -1,4 +1,4 @@
-"""The half-disk neighbourhood of AffinityNet and its pair regions (method.md section 3).
+"""The half-disk neighbourhood of AffinityNet and its pair regions (docs/method.md §3).
 
 The C++ twin is csrc/common/neighborhood.h; tests/test_affinity.py ties the two together.
 """

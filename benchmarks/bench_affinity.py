@@ -1,14 +1,13 @@
 """Affinity forward+backward, affext vs psa-dense: C=448, 56x56, radius 5, batch 1 and 8.
 
     pytest benchmarks/bench_affinity.py --benchmark-json=affinity.json
-Prints the time and peak-extra-memory ratios; performance.md's CPU target is >= 10x faster
+Prints the time and peak-extra-memory ratios; docs/performance.md's CPU target is >= 10x faster
 and <= 1/50 of the extra memory.
 """
 
 import pytest
 
-from affext import bench_cases  # noqa: F401  (registers the cases)
-from affext.measure import build, peak_memory
+from affext.bench import build, peak_memory, synchronized
 
 SHAPE = dict(channels=448, size=56, radius=5)
 _times: dict = {}
@@ -18,7 +17,7 @@ _times: dict = {}
 @pytest.mark.parametrize("impl", ["psa-dense", "affext"])
 def test_affinity_fwd_bwd(benchmark, device, impl, batch):
     benchmark.group = f"affinity fwd+bwd {device} B={batch}"
-    work = build(f"affinity/{impl}", device, batch=batch, **SHAPE)
+    work = synchronized(build(f"affinity/{impl}", device, batch=batch, **SHAPE), device)
     benchmark.pedantic(work, rounds=3 if impl == "psa-dense" else 10, warmup_rounds=1)
     mem = peak_memory(f"affinity/{impl}", device, batch=batch, **SHAPE)
     benchmark.extra_info["peak_extra_bytes"] = mem

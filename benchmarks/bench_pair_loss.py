@@ -3,13 +3,12 @@
     pytest benchmarks/bench_pair_loss.py -s --benchmark-json=pair_loss.json
 psa's side builds its three (B, K, n_from) float masks from the label map (data.py) and
 computes train_aff's loss; affext classifies the pairs inside its kernel. Prints the time and
-peak-extra-memory ratios; performance.md's target is faster, without (B, K, n) float masks.
+peak-extra-memory ratios; docs/performance.md's target is faster, without (B, K, n) float masks.
 """
 
 import pytest
 
-from affext import bench_cases  # noqa: F401  (registers the cases)
-from affext.measure import build, peak_memory
+from affext.bench import build, peak_memory, synchronized
 
 SHAPE = dict(batch=8, size=56, radius=5)
 _times: dict = {}
@@ -18,7 +17,7 @@ _times: dict = {}
 @pytest.mark.parametrize("impl", ["psa", "affext"])
 def test_pair_loss_fwd_bwd(benchmark, device, impl):
     benchmark.group = f"pair loss fwd+bwd {device} B={SHAPE['batch']}"
-    work = build(f"pair_loss/{impl}", device, **SHAPE)
+    work = synchronized(build(f"pair_loss/{impl}", device, **SHAPE), device)
     benchmark.pedantic(work, rounds=20, warmup_rounds=2)
     mem = peak_memory(f"pair_loss/{impl}", device, **SHAPE)
     benchmark.extra_info["peak_extra_bytes"] = mem

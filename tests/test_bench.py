@@ -5,11 +5,15 @@ No timing is asserted: only that every figure is there and is a finite number.""
 import argparse
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from affext import bench, measure
-from affext.bench_cases import _walk_dense_bytes
+from affext import bench
+from affext.bench.cases import _walk_dense_bytes
+from affext.bench.runner import ratios, skip_reason
 
 ENTRY_KEYS = {"id", "op", "group", "title", "params", "n", "results", "ratios"}
 ENV_KEYS = {
@@ -98,9 +102,6 @@ def test_quick_report_measures_the_affinity_against_psa(quick_report):
     assert set(entry["ratios"]) == {"psa-dense"}
 
 
-@pytest.mark.skipif(
-    "random_walk/affext" not in measure.CASES, reason="the random walk is not in this build"
-)
 def test_quick_report_measures_the_walk_against_both_references(quick_report):
     report, _ = quick_report
     for entry in report["benchmarks"]:
@@ -118,11 +119,11 @@ def test_skip_reason_from_memory_estimate_and_predicted_time():
     # psa's dense walk on a 512x512 map: three N x N float32 matrices, N = 262144.
     need = _walk_dense_bytes(size=512)
     assert need == 3 * 4 * 262144**2
-    reason = bench.skip_reason("psa-dense", int(need), 16 * 10**9, None, 30.0)
+    reason = skip_reason("psa-dense", int(need), 16 * 10**9, None, 30.0)
     assert reason.startswith("skipped: psa-dense needs ~825 GB") and "16 GB" in reason
-    reason = bench.skip_reason("psa-dense", 10**6, 16 * 10**9, 150.0, 30.0, "basis")
+    reason = skip_reason("psa-dense", 10**6, 16 * 10**9, 150.0, 30.0, "basis")
     assert "150 s" in reason and "30 s budget" in reason and "basis" in reason
-    assert bench.skip_reason("affext", 10**6, 16 * 10**9, 1.0, 30.0) is None
+    assert skip_reason("affext", 10**6, 16 * 10**9, 1.0, 30.0) is None
 
 
 def test_runner_skips_before_building(monkeypatch):
@@ -134,12 +135,10 @@ def test_runner_skips_before_building(monkeypatch):
         built.append(size)
         return lambda: None
 
-    monkeypatch.setitem(measure.CASES, "test/huge", builder)
-    monkeypatch.setitem(
-        measure.CASE_INFO, "test/huge", measure.CaseInfo(peak_bytes=lambda size: 1e15)
-    )
-    monkeypatch.setitem(measure.CASES, "test/slow", builder)
-    monkeypatch.setitem(measure.CASE_INFO, "test/slow", measure.CaseInfo(time_exponent=3))
+    monkeypatch.setitem(bench.CASES, "test/huge", builder)
+    monkeypatch.setitem(bench.CASE_INFO, "test/huge", bench.CaseInfo(peak_bytes=lambda size: 1e15))
+    monkeypatch.setitem(bench.CASES, "test/slow", builder)
+    monkeypatch.setitem(bench.CASE_INFO, "test/slow", bench.CaseInfo(time_exponent=3))
     settings = bench.Settings(budget_s=10.0, memory_limit_bytes=10**9)
     runner = bench.Runner("cpu", settings, probe=None, log=lambda line: None)
     small, big = _point(16), _point(64)
@@ -152,7 +151,7 @@ def test_runner_skips_before_building(monkeypatch):
     assert slow["status"] == "skipped" and "4.1e+03 s" in slow["reason"]
     assert "1 s at 16x16, time ~ N^3" in slow["reason"]
     assert built == []
-    assert bench.ratios({"affext": {"status": "ok"}, "huge": huge, "slow": slow}) == {}
+    assert ratios({"affext": {"status": "ok"}, "huge": huge, "slow": slow}) == {}
 
 
 def _point(size: int) -> bench.Point:
@@ -164,3 +163,12 @@ def _point(size: int) -> bench.Point:
         dict(size=size),
         {"huge": "test/huge", "slow": "test/slow"},
     )
+
+
+def test_python_dash_m_affext_bench():
+    root = Path(__file__).resolve().parents[1]  # this checkout's affext
+    out = subprocess.run(
+        [sys.executable, "-m", "affext.bench", "--help"], capture_output=True, text=True, cwd=root
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: affext bench") and "--quick" in out.stdout

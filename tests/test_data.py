@@ -4,29 +4,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import small_voc
 from PIL import Image
 
 from affext.data import (
     VOC_CLASSES,
     DatasetError,
-    SynthConfig,
     VOCDataset,
     load_label_png,
-    make_synthetic_voc,
     read_id_list,
     save_label_png,
     voc_palette,
 )
-from affext.data.datasets import AffTrainDataset, affinity_label_map, pool_by
-from affext.data.transforms import colour_jitter, crop_box, normalize, random_crop
-from affext.stages.common import save_score_dict
+from affext.data.datasets import AffTrainDataset, affinity_label_map
+from affext.data.transforms import colour_jitter, crop_box, normalize, pool_by, random_crop
+from affext.files import save_score_dict
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("voc")
-    cfg = SynthConfig(num_train=6, num_val=2, min_size=48, max_size=64)
-    return make_synthetic_voc(root, cfg, progress=False)
+    return small_voc(tmp_path_factory.mktemp("voc"), 6, 2, size=(48, 64))
 
 
 def test_palette_matches_voc_colours():
@@ -75,8 +72,7 @@ def test_synthetic_dataset_layout_and_labels_agree(synth):
 
 
 def test_synthetic_dataset_is_deterministic(synth, tmp_path):
-    cfg = SynthConfig(num_train=6, num_val=2, min_size=48, max_size=64)
-    again = make_synthetic_voc(tmp_path / "again", cfg, progress=False)
+    again = small_voc(tmp_path / "again", 6, 2, size=(48, 64))
     for sub in (
         "JPEGImages/synth_00003.jpg",
         "SegmentationClass/synth_00003.png",

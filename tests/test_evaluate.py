@@ -1,9 +1,10 @@
-"""mIoU, per-class IoU, precision and recall (method.md section 7)."""
+"""mIoU, per-class IoU, precision and recall (docs/method.md §7)."""
 
 import numpy as np
 import pytest
+from helpers import small_voc
 
-from affext.data import SynthConfig, make_synthetic_voc, read_id_list, save_label_png
+from affext.data import read_id_list, save_label_png
 from affext.data.voc import DatasetError, VOCDataset
 from affext.stages.evaluate import (
     confusion_matrix,
@@ -47,11 +48,7 @@ def test_absent_classes_are_left_out_of_the_mean():
 
 
 def test_evaluate_folder(tmp_path):
-    root = make_synthetic_voc(
-        tmp_path / "voc",
-        SynthConfig(num_train=3, num_val=0, min_size=40, max_size=48),
-        progress=False,
-    )
+    root = small_voc(tmp_path / "voc", 3, 0, size=(40, 48))
     ids = read_id_list(root / "ImageSets/Segmentation/train.txt")
     voc = VOCDataset(root)
     for i in ids:
@@ -64,5 +61,5 @@ def test_evaluate_folder(tmp_path):
     bg_iou = 100 * np.sum(gt == 0) / np.sum(gt != 255)
     assert out["iou"]["background"] == pytest.approx(bg_iou, abs=1e-3)
     (tmp_path / "pred" / f"{ids[0]}.png").unlink()
-    with pytest.raises(DatasetError, match="prediction\\(s\\) missing"):
+    with pytest.raises(DatasetError, match="missing predictions for"):
         evaluate(root, tmp_path / "pred", ids, progress=False)

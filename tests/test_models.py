@@ -249,7 +249,7 @@ def test_cam_net_logits_are_pooled_cams():
         cams = net.cams(x)
         feat = net.backbone(x)[2]
     assert logits.shape == (2, 5) and cams.shape == (2, 5, 5, 7)
-    # method.md s1: logits = w . GAP(f); CAM = ReLU(w . f) with the same w
+    # docs/method.md §1: logits = w . GAP(f); CAM = ReLU(w . f) with the same w
     class_maps = torch.einsum("kc,bchw->bkhw", net.fc8.weight[:, :, 0, 0], feat)
     torch.testing.assert_close(logits, class_maps.mean(dim=(2, 3)))
     torch.testing.assert_close(cams, class_maps.clamp_min(0))
@@ -274,7 +274,7 @@ def test_affinity_net():
         s3, s4, s5 = net.backbone(x)
         aff = net.affinity(x, radius=5)
     assert feat.shape == (2, 448, 6, 10)
-    # method.md s3: 1x1 convs to 64/128/256, ELU, concatenation, 1x1 to 448, ELU
+    # docs/method.md §3: 1x1 convs to 64/128/256, ELU, concatenation, 1x1 to 448, ELU
     parts = [
         F.elu(F.conv2d(s, conv.weight))
         for s, conv in ((s3, net.f8_3), (s4, net.f8_4), (s5, net.f8_5))

@@ -5,12 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import small_voc
 from PIL import Image
 
-from affext.data import SynthConfig, VOCDataset, make_synthetic_voc, read_id_list
+from affext.data import VOCDataset, read_id_list
+from affext.files import load_score_dict, save_score_dict
+from affext.models import read_checkpoint
 from affext.stages import training
-from affext.stages.aff_labels import crf_with_alpha, make_aff_labels
-from affext.stages.common import load_score_dict, save_score_dict
+from affext.stages.aff_labels import AffLabelsConfig, crf_with_alpha, make_aff_labels
+from affext.stages.config import RunConfig, stage_config
 from affext.stages.make_cam import MakeCamConfig, cam_prediction, make_cam
 from affext.stages.make_rw import MakeRwConfig, make_rw
 from affext.stages.train_aff import TrainAffConfig, train_aff
@@ -21,8 +24,7 @@ FAST = dict(backbone="tiny", device="cpu", num_workers=0)
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
-    cfg = SynthConfig(num_train=6, num_val=2, min_size=72, max_size=80, seed=1)
-    return make_synthetic_voc(tmp_path_factory.mktemp("voc"), cfg, progress=False)
+    return small_voc(tmp_path_factory.mktemp("voc"), 6, 2, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -137,21 +139,64 @@ def test_per_image_stages_skip_finished_outputs(voc, ids, trained):
 def test_train_cam_resumes_exactly_after_interruption(voc, ids, trained, tmp_path, monkeypatch):
     real_save = training.save_checkpoint
 
-    def save_then_stop(path, *args, **kwargs):
-        real_save(path, *args, **kwargs)
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
         raise KeyboardInterrupt  # the machine stops right after epoch 1's checkpoint
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train_cam(voc, ids[:6], tmp_path, cam_config(), progress=False)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
-    assert torch.load(tmp_path / "train-cam.checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert read_checkpoint(tmp_path / "train-cam.checkpoint.pt")["meta"]["epoch"] == 1
     assert not (tmp_path / "cam_net.pt").exists()
     train_cam(voc, ids[:6], tmp_path, cam_config(), progress=False)
-    resumed = torch.load(tmp_path / "cam_net.pt", weights_only=False)["model"]
-    straight = torch.load(trained / "cam_net" / "cam_net.pt", weights_only=False)["model"]
+    resumed = read_checkpoint(tmp_path / "cam_net.pt")["state_dict"]
+    straight = read_checkpoint(trained / "cam_net" / "cam_net.pt")["state_dict"]
+    assert resumed.keys() == straight.keys()
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], msg=k)
+
+
+def test_stage_files_of_affext_0_1_load_through_the_one_reader(voc, ids, trained, tmp_path):
+    # affext 0.1.0's stages wrote {"backbone", "model": state dict, ...}: still read, same
+    # weights, and make-cam runs from it.
+    ckpt = read_checkpoint(trained / "cam_net" / "cam_net.pt")
+    old = tmp_path / "old_cam_net"
+    old.mkdir()
+    torch.save({"backbone": "tiny", "model": ckpt["state_dict"]}, old / "cam_net.pt")
+    again = read_checkpoint(old / "cam_net.pt")
+    assert (again["network"], again["backbone"]) == ("cam", "tiny")
+    assert again["num_classes"] == ckpt["num_classes"] == 20
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(again["state_dict"][k], v), k
+    out = make_cam(voc, ids[:1], old, tmp_path / "cams", MakeCamConfig(**FAST), progress=False)
+    cam = load_score_dict(out / "cam" / f"{ids[0]}.npy")
+    want = load_score_dict(trained / "cams" / "cam" / f"{ids[0]}.npy")
+    assert cam.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(cam[k], want[k])
+    # a per-epoch file of 0.1.0 lacks the schedule: resuming from it says what to do
+    torch.save(
+        {"backbone": "tiny", "model": ckpt["state_dict"], "epoch": 1, "log": []},
+        tmp_path / "train-cam.checkpoint.pt",
+    )
+    with pytest.raises(ValueError, match="without its learning-rate schedule: delete it"):
+        train_cam(voc, ids[:6], tmp_path, cam_config(), progress=False)
+
+
+def test_poly_schedule_is_psa_poly_lr():
+    # psa's PolyOptimizer: step s of max_step runs at initial_lr * (1 - s / max_step) ** 0.9.
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (0.1, 2.0)]
+    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    max_step = 37
+    schedule = training.poly_schedule(opt, max_step, 0.9)
+    for step in range(max_step):
+        for group, lr in zip(opt.param_groups, (0.1, 2.0)):
+            # torch steps the factor recursively: equal to the formula to float64 rounding
+            assert group["lr"] == pytest.approx(lr * (1 - step / max_step) ** 0.9, rel=1e-13)
+        opt.step()
+        schedule.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
 
 
 def test_errors_are_clear(voc, ids, trained, tmp_path):
@@ -193,3 +238,27 @@ def test_errors_are_clear(voc, ids, trained, tmp_path):
         train_cam(
             corrupt, ["a"], tmp_path / "y", cam_config(batch_size=1, epochs=1), progress=False
         )
+
+
+def test_configs_merge_defaults_preset_shared_settings_then_overrides():
+    shared = {"backbone": "tiny", "device": "cpu", "num_workers": None, "seed": 3}
+    cfg = stage_config(TrainCamConfig, "train_cam", shared, epochs=2, lr=None)
+    assert (cfg.epochs, cfg.lr, cfg.optimizer) == (2, 0.003, "adam")  # override, preset
+    assert (cfg.backbone, cfg.device, cfg.seed) == ("tiny", "cpu", 3)  # shared
+    assert cfg.num_workers == TrainCamConfig().num_workers and cfg.momentum == 0.9  # psa's
+    # a stage without a preset or a field takes only what it has
+    labels = stage_config(AffLabelsConfig, "aff_labels", shared, alpha_low=2.0)
+    assert labels == AffLabelsConfig(alpha_low=2.0)
+    # psa's defaults for a backbone without a preset
+    assert stage_config(TrainCamConfig, "train_cam", {"backbone": "resnet38"}) == (TrainCamConfig())
+    with pytest.raises(ValueError, match=r"train_cam has no setting\(s\) \['nope'\]"):
+        stage_config(TrainCamConfig, "train_cam", shared, nope=1)
+    run = RunConfig.for_backbone("tiny", device="cpu", num_workers=0, train_aff={"epochs": 3})
+    assert run.train_aff == stage_config(
+        TrainAffConfig,
+        "train_aff",
+        {"backbone": "tiny", "device": "cpu", "num_workers": 0},
+        epochs=3,
+    )
+    assert run.make_rw.long_side == 320 and run.make_cam.long_side == 160
+    assert run.train_cam.epochs == 10 and run.aff_labels == AffLabelsConfig(num_workers=0)

@@ -1,5 +1,10 @@
 """Datasets: the VOC 2012 layout reader and the embedded synthetic dataset."""
 
+# ruff: noqa: E402 - the imports below come after the check that names the missing extra
+from ..extras import require
+
+require("affext's datasets", ("PIL", "tqdm"))
+
 from .synth import SynthConfig, make_synthetic_voc
 from .voc import (
     CLASS_NAMES,

@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..files import load_score_dict
 from .transforms import (
     colour_jitter,
     normalize,
+    pool_by,
     random_crop,
     random_resize_long,
     resize_maps,
@@ -107,24 +109,10 @@ class MultiScaleDataset(Dataset):
         return self.ids[index], scaled, torch.from_numpy(self.labels[index]), original
 
 
-class ImageDataset(Dataset):
-    """Plain inference: items (id, image (3, H, W) float32 normalised)."""
-
-    def __init__(self, voc: VOCDataset, ids: Sequence[str]):
-        self.voc, self.ids = voc, list(ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        image = self.voc.load_image(self.ids[index])
-        return self.ids[index], torch.from_numpy(normalize(image))
-
-
 def affinity_label_map(
     la: np.ndarray, la_keys: Sequence[int], ha: np.ndarray, ha_keys: Sequence[int]
 ) -> np.ndarray:
-    """AffinityNet's training label map from the la / ha dCRF scores (method.md section 2).
+    """AffinityNet's training label map from the la / ha dCRF scores (docs/method.md §2).
 
     la: (n_la, h, w) and ha: (n_ha, h, w) scores (already cropped and pooled), whose channels
     are the classes la_keys / ha_keys (0 = background, c = VOC class c). Returns (h, w) uint8:
@@ -143,15 +131,7 @@ def affinity_label_map(
     return label
 
 
-def pool_by(x: np.ndarray, k: int) -> np.ndarray:
-    """(C, H, W) block mean over k x k cells; H and W must be multiples of k."""
-    c, h, w = x.shape
-    return x.reshape(c, h // k, k, w // k, k).mean(axis=(2, 4))
-
-
 def _load_scores(path: Path) -> tuple[list[int], np.ndarray]:
-    from ..stages.common import load_score_dict
-
     table = load_score_dict(path, "affinity-label score")
     keys = sorted(table)
     return keys, np.stack([np.asarray(table[k], np.float32) for k in keys])
@@ -159,7 +139,7 @@ def _load_scores(path: Path) -> tuple[list[int], np.ndarray]:
 
 class AffTrainDataset(_Epoched):
     """AffinityNet training (psa train_aff): colour jitter, normalisation, joint random crop
-    and flip of image and la/ha scores, scores pooled by 8, label map of method.md section 2.
+    and flip of image and la/ha scores, scores pooled by 8, label map of docs/method.md §2.
     Items: (image (3, S, S) float32, labels (S/8, S/8) uint8)."""
 
     def __init__(

@@ -4,8 +4,8 @@ Each image holds 1-3 objects on a textured background. An object is a shape of o
 muted colour carrying a saturated "mark" whose hue and pattern say its class. The body's hue
 is drawn independently of the class (by default) and flat blobs of every muted hue lie around
 as background clutter, so the body is no evidence and the mark is the discriminative part: a
-classifier's CAMs are strong on the mark and weak over the rest of the object (method.md
-section 1's premise). The rest of the object is one flat colour bounded by a clear edge, which
+classifier's CAMs are strong on the mark and weak over the rest of the object (docs/method.md
+§1's premise). The rest of the object is one flat colour bounded by a clear edge, which
 is what an affinity can learn and a random walk can spread over.
 
 Everything is generated from a seed, deterministically; nothing is downloaded or shipped.
@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..files import atomic_save, record_config
 from .voc import ANNOTATION_DIR, IMAGE_DIR, VOC_CLASSES, save_label_png
 
 # The classes the scenes use (VOC indices 1..20), and their marks: hue (degrees) and pattern.
@@ -267,8 +268,6 @@ def make_synthetic_voc(
     Annotations/*.xml, ImageSets/Segmentation/{train,val,trainval}.txt. Image i depends only on
     (seed, i), so the files are the same on every run; existing complete files are kept.
     """
-    from ..stages.common import atomic_save, record_config  # the stages' file conventions
-
     cfg = config or SynthConfig()
     out = Path(out)
     for sub in (IMAGE_DIR, "SegmentationClass", ANNOTATION_DIR, "ImageSets/Segmentation"):

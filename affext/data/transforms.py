@@ -132,3 +132,9 @@ def random_crop(
         box[..., dst_r, dst_c] = a[..., src_r, src_c]
         out.append(box)
     return out
+
+
+def pool_by(x: np.ndarray, k: int) -> np.ndarray:
+    """(C, H, W) block mean over k x k cells; H and W must be multiples of k."""
+    c, h, w = x.shape
+    return x.reshape(c, h // k, k, w // k, k).mean(axis=(2, 4))

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_save
+
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
     "bicycle",
@@ -122,8 +124,6 @@ def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     """Write an (H, W) uint8 class map as a VOC palette PNG, atomically."""
-    from ..stages.common import atomic_save
-
     image = Image.fromarray(np.asarray(label, np.uint8), mode="P")
     image.putpalette(voc_palette())
     atomic_save(path, lambda f: image.save(f, format="PNG"))

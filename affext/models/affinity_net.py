@@ -1,4 +1,4 @@
-"""AffinityNet: the feature whose L1 distances give pixel affinities (method.md section 3)."""
+"""AffinityNet: the feature whose L1 distances give pixel affinities (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class AffinityNet(Network):
     """Three backbone stages -> 1x1 convs to 64/128/256 channels -> concat -> 1x1 conv 448.
 
     f_aff = ELU(f9(cat(ELU(f8_3(s1)), ELU(f8_4(s2)), ELU(f8_5(s3))))), all 1x1 convs without
-    bias (method.md section 3). Layer names and initialisation follow psa's resnet38_aff
+    bias (docs/method.md §3). Layer names and initialisation follow psa's resnet38_aff
     (f8_3, f8_4, f8_5 Kaiming-normal; f9 Xavier-uniform with gain 4), so with the resnet38
     backbone psa's res38_aff.pth loads (`load_psa_checkpoint`).
 

@@ -40,7 +40,7 @@ _GROUPS = (
 
 
 def param_groups(model: Network, lr: float, weight_decay: float) -> list[dict]:
-    """psa's four SGD parameter groups for a CAMNet or AffinityNet (method.md section 4).
+    """psa's four SGD parameter groups for a CAMNet or AffinityNet (docs/method.md §4).
 
     Returns four dicts for torch.optim (keys "params", "lr", "weight_decay", "name"), always
     in this order:

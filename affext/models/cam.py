@@ -1,4 +1,4 @@
-"""The classification network that gives class activation maps (method.md section 1)."""
+"""The classification network that gives class activation maps (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class CAMNet(Network):
     def cams(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, num_classes, ceil(H/8), ceil(W/8)) CAMs.
 
-        M_c = ReLU(w_c . f(x, y)) with the classifier's own weights (method.md section 1);
+        M_c = ReLU(w_c . f(x, y)) with the classifier's own weights (docs/method.md §1);
         no dropout, so call it in eval mode for deterministic maps.
         """
         feat = self.backbone(x)[2]
@@ -54,7 +54,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """Multilabel soft-margin loss of (B, C) logits against (B, C) 0/1 image labels.
 
     The mean over classes and images of the per-class binary cross-entropy with logits
-    (method.md section 1; psa train_cls).
+    (docs/method.md §1; psa train_cls).
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be (B, C), got shape {tuple(logits.shape)}")

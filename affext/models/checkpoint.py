@@ -2,8 +2,12 @@
 
 An affext checkpoint (`save_checkpoint`) is a dict {"affext_checkpoint": 1, "network":
 "cam" | "aff", "backbone": name, "num_classes": int (CAM only), "state_dict": ..., "meta":
-{...}}, read back with torch.load(weights_only=True). Inside it, backbone parameters are named
-"backbone.<name>" and the network's own layers keep psa's names (fc8; f8_3, f8_4, f8_5, f9).
+{...}}, read back with torch.load(weights_only=True): no pickled code runs from a downloaded
+file. It is the one checkpoint format of affext: the library, the stages (final networks and
+per-epoch training state, the optimiser's in "meta") and the CLI all write it with
+`save_checkpoint` and read it with `read_checkpoint` / `load_checkpoint`. Inside it, backbone
+parameters are named "backbone.<name>" and the network's own layers keep psa's names (fc8;
+f8_3, f8_4, f8_5, f9).
 
 psa saved bare state dicts of its whole networks (res38_cls.pth, res38_aff.pth) in which the
 backbone's names sit at the top level (conv1a, b2, ..., bn7) beside the head's. We call that
@@ -18,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_save
 from .affinity_net import AffinityNet
 from .backbones import BACKBONES, build_backbone, detect_backbone
 from .backbones.base import StateDict, check_keys, load_strict, load_torch_file, read_state_dict
@@ -29,6 +34,16 @@ _NETWORKS = {"cam": CAMNet, "aff": AffinityNet}
 _NETWORK_NAMES = {"cam": "a CAM network (CAMNet)", "aff": "an AffinityNet"}
 _HEAD_SIGNATURES = {"cam": "fc8.weight", "aff": "f9.weight"}
 _PREFIX = "backbone."
+
+
+def _check_network(model: object) -> None:
+    if not isinstance(model, Network):
+        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+
+
+def _source(path: object, otherwise: str) -> str:
+    """How an error names what was read: the file, or `otherwise` for a mapping."""
+    return f"checkpoint {os.fspath(path)}" if isinstance(path, (str, os.PathLike)) else otherwise
 
 
 def _head_names(model: Network) -> set[str]:
@@ -65,13 +80,8 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
     "resnet38")). Raises ValueError when the backbone or the network differs, naming both,
     or listing the missing and unexpected keys (in psa's layout).
     """
-    if not isinstance(model, Network):
-        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
-    source = (
-        f"checkpoint {os.fspath(weights)}"
-        if isinstance(weights, (str, os.PathLike))
-        else "the state dict"
-    )
+    _check_network(model)
+    source = _source(weights, "the state dict")
     state = read_state_dict(weights)
     name = model.backbone.name
     found = detect_backbone(state)
@@ -100,13 +110,13 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
 
 
 def save_checkpoint(model: Network, path: str | os.PathLike, **meta: Any) -> None:
-    """Save model with its network kind and backbone name recorded.
+    """Save model with its network kind and backbone name recorded, atomically (an interrupted
+    save leaves the previous file whole).
 
     meta: extra plain values (numbers, strings, lists, dicts of them) kept under "meta",
     e.g. epoch or training settings; they must survive torch.load(weights_only=True).
     """
-    if not isinstance(model, Network):
-        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+    _check_network(model)
     ckpt = {
         "affext_checkpoint": FORMAT_VERSION,
         "network": model.kind,
@@ -116,16 +126,15 @@ def save_checkpoint(model: Network, path: str | os.PathLike, **meta: Any) -> Non
     }
     if isinstance(model, CAMNet):
         ckpt["num_classes"] = model.num_classes
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(ckpt, path)
+    atomic_save(path, lambda f: torch.save(ckpt, f))
 
 
 def read_checkpoint(path: str | os.PathLike | Mapping) -> dict:
     """An affext checkpoint as a dict, or a bare state dict (psa's) described the same way.
 
     For a bare state dict, "network", "backbone" and "num_classes" are inferred from its keys
-    (None where they cannot be) and "affext_checkpoint" is 0.
+    (None where they cannot be) and "affext_checkpoint" is 0. The stages' files of affext
+    0.1.0 ({"backbone", "model", ...training state}) read as affext checkpoints.
     """
     if isinstance(path, Mapping):
         obj = path
@@ -133,6 +142,8 @@ def read_checkpoint(path: str | os.PathLike | Mapping) -> dict:
         obj = load_torch_file(path, "checkpoint")
     if isinstance(obj, Mapping) and "affext_checkpoint" in obj:
         return dict(obj)
+    if isinstance(obj, Mapping) and isinstance(obj.get("backbone"), str) and "model" in obj:
+        return _from_stage_file(obj)
     state = read_state_dict(obj)
     flat = {k.removeprefix(_PREFIX): v for k, v in state.items()}
     kind = _detect_network(flat)
@@ -146,6 +157,20 @@ def read_checkpoint(path: str | os.PathLike | Mapping) -> dict:
     }
 
 
+def _from_stage_file(obj: Mapping) -> dict:
+    """affext 0.1.0's stage file {"backbone", "model": state dict, ...} as a checkpoint."""
+    state = read_state_dict(obj["model"])
+    kind = _detect_network({k.removeprefix(_PREFIX): v for k, v in state.items()})
+    return {
+        "affext_checkpoint": FORMAT_VERSION,
+        "network": kind,
+        "backbone": obj["backbone"],
+        "num_classes": state["fc8.weight"].shape[0] if kind == "cam" else None,
+        "state_dict": state,
+        "meta": {k: v for k, v in obj.items() if k not in ("backbone", "model")},
+    }
+
+
 def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
     """Load a checkpoint into model strictly; returns its "meta" dict.
 
@@ -154,13 +179,8 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
     trained with another backbone ("checkpoint ... was trained with backbone X, not Y") or
     holds the other network.
     """
-    if not isinstance(model, Network):
-        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
-    source = (
-        f"checkpoint {os.fspath(path)}"
-        if isinstance(path, (str, os.PathLike))
-        else "the checkpoint"
-    )
+    _check_network(model)
+    source = _source(path, "the checkpoint")
     ckpt = read_checkpoint(path)
     if not ckpt["affext_checkpoint"]:
         load_psa_checkpoint(model, ckpt["state_dict"])

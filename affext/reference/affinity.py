@@ -1,5 +1,5 @@
 """psa's dense affinity: index_select of "from" and "to" features and an explicit
-(B, C, K, n_from) difference tensor (method.md section 3)."""
+(B, C, K, n_from) difference tensor (docs/method.md §3)."""
 
 from __future__ import annotations
 

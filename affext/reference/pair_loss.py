@@ -1,4 +1,4 @@
-"""psa's pair labels and balanced loss (method.md section 4), written apart from the kernels:
+"""psa's pair labels and balanced loss (docs/method.md §4), written apart from the kernels:
 three float masks per image built by slicing the label map once per offset (psa's data.py,
 ExtractAffinityLabelInRadius), stacked over the batch, then psa's train_aff sums."""
 

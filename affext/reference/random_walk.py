@@ -1,5 +1,5 @@
 """The random walk as psa computes it (dense N x N), and as a careful user would with torch's
-sparse CSR matrices (method.md section 5, performance.md)."""
+sparse CSR matrices (docs/method.md §5, docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,24 @@ from ..neighborhood import neighborhood_offsets, psa_layout
 from .affinity import psa_pair_indices
 
 
+def _psa_pairs(
+    height: int, width: int, radius: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, diag): the flat "from" and "to" pixel of every pair in psa's (K, n_from)
+    order, and every pixel (the unit diagonal)."""
+    ind_from, ind_to = psa_pair_indices(height, width, radius, device)
+    rows = ind_from.repeat(ind_to.shape[0])
+    cols = ind_to.reshape(-1)
+    return rows, cols, torch.arange(height * width, device=device)
+
+
 def psa_affinity_matrix(
     aff_psa: torch.Tensor, height: int, width: int, radius: int = 5
 ) -> torch.Tensor:
     """psa's dense A (N x N) of one image from its (K, n_from) affinities: symmetric, unit
     diagonal, built through a sparse COO tensor turned dense, as psa does."""
     n = height * width
-    ind_from, ind_to = psa_pair_indices(height, width, radius, aff_psa.device)
-    rows = ind_from.repeat(ind_to.shape[0])
-    cols = ind_to.reshape(-1)
-    diag = torch.arange(n, device=aff_psa.device)
+    rows, cols, diag = _psa_pairs(height, width, radius, aff_psa.device)
     values = aff_psa.reshape(-1)
     indices = torch.cat(
         [torch.stack([rows, cols]), torch.stack([diag, diag]), torch.stack([cols, rows])], dim=1
@@ -75,10 +83,7 @@ def torch_sparse_transition(
     """T^T = (A^beta D^-1)^T as a torch CSR matrix from psa-layout affinities (K, n_from), so
     that one step is v' = (T^T v^T)^T with a sparse-dense product."""
     n = height * width
-    ind_from, ind_to = psa_pair_indices(height, width, radius, aff_psa.device)
-    rows = ind_from.repeat(ind_to.shape[0])
-    cols = ind_to.reshape(-1)
-    diag = torch.arange(n, device=aff_psa.device)
+    rows, cols, diag = _psa_pairs(height, width, radius, aff_psa.device)
     w = aff_psa.reshape(-1).pow(beta)
     r = torch.cat([rows, diag, cols])
     c = torch.cat([cols, diag, rows])

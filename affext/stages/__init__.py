@@ -1,16 +1,23 @@
-"""The pipeline stages (method.md sections 1-7), each a function a notebook can call:
+"""The pipeline stages (docs/method.md §1-7), each a function a notebook can call:
 
     train_cam -> make_cam -> make_aff_labels -> train_aff -> make_rw -> evaluate
 
 and `run`, which does them all in one work directory. The `affext` command wraps each.
 """
 
+# ruff: noqa: E402 - the imports below come after the check that names the missing extra
+from ..extras import require
+
+require("affext's pipeline stages", ("PIL", "tqdm"))
+
 from .aff_labels import AffLabelsConfig, make_aff_labels
+from .config import PRESETS, RunConfig, stage_config
 from .crf import CRFConfig, crf_inference
 from .evaluate import EvalConfig, evaluate
 from .make_cam import MakeCamConfig, make_cam
 from .make_rw import MakeRwConfig, make_rw
-from .pipeline import PRESETS, RunConfig, run, write_overview
+from .overview import write_overview
+from .pipeline import run
 from .train_aff import TrainAffConfig, train_aff
 from .train_cam import TrainCamConfig, train_cam
 
@@ -30,6 +37,7 @@ __all__ = [
     "make_cam",
     "make_rw",
     "run",
+    "stage_config",
     "train_aff",
     "train_cam",
     "write_overview",

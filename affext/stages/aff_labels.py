@@ -1,4 +1,4 @@
-"""Stage `make-aff-labels`: la / ha dCRF score maps from the CAMs (method.md section 2).
+"""Stage `make-aff-labels`: la / ha dCRF score maps from the CAMs (docs/method.md §2).
 
 For each image: [M_bg; M_c for the present classes] with M_bg = (1 - max_c M_c) ** alpha, for
 alpha_low ("la") and alpha_high ("ha"), refined by the dense CRF on the RGB image. Saved as
@@ -17,14 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.voc import VOCDataset
-from .common import (
-    background_score,
-    load_score_dict,
-    pending,
-    record_config,
-    require_cams,
-    save_score_dict,
-)
+from ..files import load_score_dict, record_config, save_score_dict
+from .common import background_score, pending, require_cams
 from .crf import CRFConfig, crf_inference
 
 

@@ -1,10 +1,12 @@
-"""Dense CRF refinement with psa's settings (method.md section 2), through pydensecrf."""
+"""Dense CRF refinement with psa's settings (docs/method.md §2), through pydensecrf."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..extras import require
 
 
 @dataclass
@@ -29,11 +31,10 @@ def crf_inference(
     Returns:
         (n, H, W) float32 marginals.
     """
-    try:
-        import pydensecrf.densecrf as dcrf
-        from pydensecrf.utils import unary_from_softmax
-    except ImportError as exc:  # pragma: no cover - the dependency is declared
-        raise ImportError("the dense CRF needs pydensecrf: `pip install pydensecrf2`") from exc
+    require("the dense CRF", ("pydensecrf",))
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
     cfg = config or CRFConfig()
     image = np.array(image, dtype=np.uint8, order="C")  # pydensecrf needs a writable buffer
     h, w = image.shape[:2]

@@ -1,4 +1,4 @@
-"""Stage `eval`: mIoU of predicted class maps against the ground truth (method.md section 7)."""
+"""Stage `eval`: mIoU of predicted class maps against the ground truth (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.voc import CLASS_NAMES, IGNORE_INDEX, DatasetError, VOCDataset, load_label_png
-from .common import atomic_write_json, record_config
+from ..files import atomic_write_json, record_config, require_files
 
 NUM_LABELS = len(CLASS_NAMES)  # 21: background + 20 classes
 
@@ -115,12 +115,13 @@ def evaluate(
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DatasetError(f"prediction folder {str(pred_dir)!r} does not exist")
-    missing = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} prediction(s) missing in {str(pred_dir)!r}, e.g. "
-            f"{missing[:3]}: run the stage that writes them first"
-        )
+    require_files(
+        ids,
+        [pred_dir / "{}.png"],
+        "predictions",
+        "run the stage that writes them first",
+        error=DatasetError,
+    )
     no_gt = [i for i in ids if data.mask_path(i) is None]
     if no_gt:
         raise DatasetError(f"{len(no_gt)} image(s) have no ground-truth mask, e.g. {no_gt[:3]}")

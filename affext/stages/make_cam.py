@@ -1,4 +1,4 @@
-"""Stage `make-cam`: multi-scale, flipped CAM inference (method.md section 1, psa infer_cls).
+"""Stage `make-cam`: multi-scale, flipped CAM inference (docs/method.md §1, psa infer_cls).
 
 OUT/cam/<id>.npy: psa's dict {class_index 0..19: (H, W) float32}, present classes only, each
 map divided by (its max + 1e-5). OUT/cam_pred/<id>.png: the CAM-only prediction, argmax over
@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from ..data.datasets import MultiScaleDataset
 from ..data.voc import VOCDataset, save_label_png
-from .common import default_workers, pending, record_config, resolve_device, save_score_dict
+from ..files import record_config, save_score_dict
+from .common import default_workers, pending, resolve_device
 from .train_cam import image_labels, load_cam_net
 
 

@@ -1,4 +1,4 @@
-"""Stage `train-aff`: AffinityNet from the la / ha labels (method.md sections 2-4)."""
+"""Stage `train-aff`: AffinityNet from the la / ha labels (docs/method.md §2-4)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 
 from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
-from .common import record_config, resolve_device, seed_everything
-from .training import TrainConfig, fit, load_checkpoint, load_trained, save_checkpoint
+from ..files import record_config, require_files
+from .common import resolve_device, seed_everything
+from .training import TrainConfig, fit_and_save, load_trained, read_trained
 
 AFF_NET_FILE = "aff_net.pt"
 
@@ -81,27 +82,19 @@ def train_aff(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / AFF_NET_FILE
     if final.is_file():
-        load_checkpoint(final, cfg.backbone, "train-aff")
+        read_trained(final, cfg.backbone, "{what}")
         return final
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     voc = VOCDataset(voc_root, label_source="mask")  # image-level labels are not used here
     voc.check_ids(ids)
     aff_label_dir = Path(aff_label_dir)
-    missing = [
-        i
-        for i in ids
-        if not (
-            (aff_label_dir / "la" / f"{i}.npy").is_file()
-            and (aff_label_dir / "ha" / f"{i}.npy").is_file()
-        )
-    ]
-    if missing:
-        raise FileNotFoundError(
-            f"missing affinity labels for {len(missing)} image(s) in "
-            f"{str(aff_label_dir)!r}, e.g. {missing[:3]}: run "
-            "make-aff-labels first"
-        )
+    require_files(
+        ids,
+        [aff_label_dir / "la" / "{}.npy", aff_label_dir / "ha" / "{}.npy"],
+        "affinity labels",
+        "run make-aff-labels first",
+    )
     record_config(out_dir, "train-aff", cfg, {"images": len(ids)})
     dataset = AffTrainDataset(
         voc,
@@ -114,15 +107,13 @@ def train_aff(
         long_side=cfg.long_side,
     )
     model = build_aff_net(cfg.backbone, cfg.weights)
-    fit(
+    return fit_and_save(
         model,
         dataset,
         _aff_step(cfg.radius, cfg.region),
+        final,
         name="train-aff",
-        out_dir=out_dir,
         config=cfg,
         device=device,
         progress=progress,
     )
-    save_checkpoint(final, model, cfg.backbone)
-    return final

@@ -1,4 +1,4 @@
-"""Stage `train-cam`: the classification network that gives CAMs (method.md section 1)."""
+"""Stage `train-cam`: the classification network that gives CAMs (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
-from .common import record_config, resolve_device, seed_everything
-from .training import TrainConfig, fit, load_checkpoint, load_trained, save_checkpoint
+from ..files import record_config
+from .common import resolve_device, seed_everything
+from .training import TrainConfig, fit_and_save, load_trained, read_trained
 
 CAM_NET_FILE = "cam_net.pt"
 
@@ -77,7 +78,7 @@ def train_cam(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / CAM_NET_FILE
     if final.is_file():
-        load_checkpoint(final, cfg.backbone, "train-cam")  # a clear error for another backbone
+        read_trained(final, cfg.backbone, "{what}")  # a clear error for another backbone
         return final
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -88,15 +89,13 @@ def train_cam(
         voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter, cfg.seed, cfg.long_side
     )
     model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout)
-    fit(
+    return fit_and_save(
         model,
         dataset,
         _cls_step,
+        final,
         name="train-cam",
-        out_dir=out_dir,
         config=cfg,
         device=device,
         progress=progress,
     )
-    save_checkpoint(final, model, cfg.backbone)
-    return final

@@ -1,4 +1,4 @@
-"""The training loop shared by train-cam and train-aff (method.md section 4's optimiser):
+"""The training loop shared by train-cam and train-aff (docs/method.md §4's optimiser):
 SGD with momentum, psa's four parameter groups, poly learning rate, a checkpoint per epoch.
 Adam (decoupled weight decay) over the same groups is the alternative for networks trained
 from scratch in a few epochs, where plain SGD converges too slowly."""
@@ -12,16 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import PolynomialLR
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .common import atomic_save, atomic_write_json, default_workers
-
-
-def poly_lr_factor(step: int, max_step: int, power: float = 0.9) -> float:
-    """psa PolyOptimizer: (1 - step / max_step) ** power."""
-    return (1.0 - step / max_step) ** power if step < max_step else 0.0
-
+from ..files import atomic_write_json
+from ..models.base import Network
+from ..models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .common import default_workers
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -62,47 +60,47 @@ def make_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, backbone: str, **extra) -> None:
-    state = {"backbone": backbone, "model": model.state_dict(), **extra}
-    atomic_save(path, lambda f: torch.save(state, f))
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, max_step: int, power: float = 0.9
+) -> PolynomialLR:
+    """psa's PolyOptimizer: step s (0-based) runs at initial_lr * (1 - s / max_step) ** power,
+    the scheduler stepped once after each optimiser step."""
+    return PolynomialLR(optimizer, total_iters=max_step, power=power)
 
 
-def load_checkpoint(path: str | os.PathLike, backbone: str, what: str, map_location="cpu") -> dict:
-    """Load a checkpoint, refusing one made with another backbone."""
+def read_trained(path: str | os.PathLike, backbone: str, what: str) -> dict:
+    """The checkpoint at `path` (read_checkpoint's dict), refusing another backbone's with the
+    command-line remedy."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} checkpoint at {str(path)!r}: train it first")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"cannot read {what} checkpoint {str(path)!r}: {exc}") from exc
-    found = state.get("backbone") if isinstance(state, dict) else None
-    if found != backbone:
+    ckpt = read_checkpoint(path)
+    if ckpt["backbone"] != backbone:
         raise ValueError(
             f"{what} checkpoint {str(path)!r} was trained with backbone "
-            f"{found!r}, not {backbone!r}: pass --backbone {found} or retrain "
-            "in a fresh work directory"
+            f"{ckpt['backbone']!r}, not {backbone!r}: pass --backbone {ckpt['backbone']} or "
+            "retrain in a fresh work directory"
         )
-    return state
+    return ckpt
 
 
 def load_trained(
     path: str | os.PathLike,
     backbone: str,
     what: str,
-    build: Callable[[], torch.nn.Module],
+    build: Callable[[], Network],
     device: torch.device | str = "cpu",
-) -> torch.nn.Module:
+) -> Network:
     """The network `build()` makes, with the weights of the final checkpoint at `path`
     (refusing another backbone's), on `device` in eval mode."""
-    state = load_checkpoint(path, backbone, what)
+    ckpt = read_trained(path, backbone, what)
     model = build()
-    model.load_state_dict(state["model"])
+    load_checkpoint(model, ckpt)
     return model.to(device).eval()
 
 
 def fit(
-    model: torch.nn.Module,
+    model: Network,
     dataset: Dataset,
     step_loss: Callable,
     *,
@@ -118,7 +116,7 @@ def fit(
     most len(dataset). Returns the per-epoch log (also written to OUT_DIR/<name>.log.json).
     """
     cfg = config
-    backbone, epochs, seed = cfg.backbone, cfg.epochs, cfg.seed
+    backbone, epochs = cfg.backbone, cfg.epochs
     if len(dataset) == 0:
         raise ValueError(f"{name}: no training images")
     batch_size = min(cfg.batch_size, len(dataset))
@@ -126,60 +124,124 @@ def fit(
     max_step = steps_per_epoch * epochs
     model.to(device)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.optimizer)
+    schedule = poly_schedule(opt, max_step, cfg.poly_power)
     ckpt_path = out_dir / f"{name}.checkpoint.pt"
     start_epoch, log = 0, []
     if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, backbone, name, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, log = state["epoch"], state["log"]
+        start_epoch, log = _resume(ckpt_path, model, opt, schedule, backbone, name)
     for epoch in range(start_epoch, epochs):
-        dataset.set_epoch(epoch)
-        # dropout and friends draw from torch's global generator: seed it per epoch so a
-        # resumed run trains exactly as an uninterrupted one
-        torch.manual_seed(seed * 1000003 + epoch)
-        gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=cfg.num_workers,
-            generator=gen,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
-        model.train()
-        sums: dict[str, float] = {}
-        bar = tqdm(
-            loader, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
-        )
-        for i, batch in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            factor = poly_lr_factor(step, max_step, cfg.poly_power)
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * factor
-            batch = [b.to(device, non_blocking=True) for b in batch]
-            loss, parts = step_loss(model, batch)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"{name}: the loss became {loss.item()} at epoch "
-                    f"{epoch + 1} step {i}; lower the learning rate"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        loader = _epoch_loader(dataset, epoch, batch_size, cfg, device)
+        desc = f"{name} epoch {epoch + 1}/{epochs}"
+        means = _train_epoch(model, loader, step_loss, opt, schedule, device, desc, progress)
+        log.append({"epoch": epoch + 1, **means})
         save_checkpoint(
-            ckpt_path, model, backbone, optimizer=opt.state_dict(), epoch=epoch + 1, log=log
+            model,
+            ckpt_path,
+            optimizer=opt.state_dict(),
+            schedule=schedule.state_dict(),
+            epoch=epoch + 1,
+            log=log,
         )
         if progress:
-            tqdm.write(
-                f"{name} epoch {epoch + 1}/{epochs}: "
-                + " ".join(f"{k} {v:.4f}" for k, v in log[-1].items() if k != "epoch")
-            )
+            tqdm.write(f"{desc}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
     atomic_write_json(out_dir / f"{name}.log.json", log)
     return log
+
+
+def _epoch_loader(
+    dataset: Dataset, epoch: int, batch_size: int, cfg: TrainConfig, device: torch.device
+) -> DataLoader:
+    """The epoch's shuffled batches, seeded by (seed, epoch)."""
+    dataset.set_epoch(epoch)
+    # dropout and friends draw from torch's global generator: seed it per epoch so a
+    # resumed run trains exactly as an uninterrupted one
+    torch.manual_seed(cfg.seed * 1000003 + epoch)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        generator=gen,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _train_epoch(
+    model: Network,
+    loader: DataLoader,
+    step_loss: Callable,
+    opt: torch.optim.Optimizer,
+    schedule: PolynomialLR,
+    device: torch.device,
+    desc: str,
+    progress: bool,
+) -> dict[str, float]:
+    """One pass over `loader`, an optimiser and schedule step a batch; the mean of each of
+    step_loss's logged values."""
+    model.train()
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for i, batch in enumerate(bar):
+        batch = [b.to(device, non_blocking=True) for b in batch]
+        loss, parts = step_loss(model, batch)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"{desc}, step {i}: the loss became {loss.item()}; lower the learning rate"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return {k: v / len(loader) for k, v in sums.items()}
+
+
+def fit_and_save(
+    model: Network,
+    dataset: Dataset,
+    step_loss: Callable,
+    final: Path,
+    *,
+    name: str,
+    config: TrainConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> Path:
+    """fit() with its per-epoch checkpoints beside FINAL, then the trained network at FINAL."""
+    fit(
+        model,
+        dataset,
+        step_loss,
+        name=name,
+        out_dir=final.parent,
+        config=config,
+        device=device,
+        progress=progress,
+    )
+    save_checkpoint(model, final)
+    return final
+
+
+def _resume(
+    path: Path,
+    model: Network,
+    opt: torch.optim.Optimizer,
+    schedule: PolynomialLR,
+    backbone: str,
+    name: str,
+) -> tuple[int, list]:
+    """Load a per-epoch checkpoint into model, optimiser and schedule; (epochs done, log)."""
+    meta = load_checkpoint(model, read_trained(path, backbone, name))
+    if "schedule" not in meta:
+        raise ValueError(
+            f"{name} checkpoint {str(path)!r} was written by an earlier affext without its "
+            "learning-rate schedule: delete it to train from the start"
+        )
+    opt.load_state_dict(meta["optimizer"])
+    schedule.load_state_dict(meta["schedule"])
+    return meta["epoch"], meta["log"]

@@ -11,7 +11,7 @@ from torch import nn
 StateDict = Mapping[str, torch.Tensor]
 
 # Normalisation layers whose statistics and affine parameters psa freezes when fine-tuning
-# pretrained weights (psa resnet38d.Net.train; method.md section 4).
+# pretrained weights (psa resnet38d.Net.train; docs/method.md §4).
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -20,10 +20,10 @@ class Backbone(nn.Module):
 
     `forward(x)` takes a (B, 3, H, W) ImageNet-normalised RGB batch and returns three maps,
     shallow to deep, all of size (ceil(H/8), ceil(W/8)) with `feature_channels` channels; the
-    last is the CAM feature (method.md sections 1 and 3). Every stride-2 layer pads so that it
+    last is the CAM feature (docs/method.md §1 and §3). Every stride-2 layer pads so that it
     rounds up, so any H, W works: when H or W is not a multiple of 8, the last row or column
     of cells covers a partial 8x8 block of the input (psa pads images to a multiple of 8
-    before the random walk; method.md section 5).
+    before the random walk; docs/method.md §5).
 
     Attributes:
         name: registry name ("tiny", "resnet50", "resnet38").
@@ -57,7 +57,7 @@ class Backbone(nn.Module):
     def freeze(self, enabled: bool = True) -> Backbone:
         """Freeze (or unfreeze) BatchNorm statistics and affines and the first blocks.
 
-        psa fine-tunes its ImageNet backbone this way (method.md section 4): small batches
+        psa fine-tunes its ImageNet backbone this way (docs/method.md §4): small batches
         would give poor batch statistics, and the first layers are generic. Frozen parameters
         get requires_grad=False, so `param_groups` leaves them out.
         """

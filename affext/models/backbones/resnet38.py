@@ -133,7 +133,7 @@ class ResNet38(Backbone):
         self.b4_4 = ResBlock(512, 512, 512)
         self.b4_5 = ResBlock(512, 512, 512)
 
-        # stride 8 reached; from here dilation keeps the map size (method.md section 1)
+        # stride 8 reached; from here dilation keeps the map size (docs/method.md §1)
         self.b5 = ResBlock(512, 512, 1024, first_dilation=1, dilation=2)
         self.b5_1 = ResBlock(1024, 512, 1024, dilation=2)
         self.b5_2 = ResBlock(1024, 512, 1024, dilation=2)

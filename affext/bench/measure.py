@@ -1,20 +1,14 @@
-"""Side-by-side measurement of affext against the dense references: time and peak memory.
-
-A *case* is a named function that, given its parameters and a device, prepares inputs and
-returns a zero-argument callable doing the measured work. Cases are registered with
-`@case("name")`; the benchmarks (benchmarks/) and `affext bench` time the same callables.
-A case may also register an estimate of its peak extra bytes (so that `affext bench` can skip
-a size that cannot fit before trying it) and how its time grows with the map's area N.
+"""Time and peak memory of a case's call, on the CPU or CUDA.
 
 Peak memory of a warm call (the case built and run once, freed, built again, then measured;
 so one-time costs such as thread pools and library handles are left out): on CUDA
 torch.cuda.max_memory_allocated around the call; on the CPU the growth of the process's peak
 RSS (VmHWM) over the call in a process of its own, so that earlier allocations cannot hide it.
-A `MemoryProbe` is a subprocess (`python -m affext.measure --serve`) that imports torch and
-affext once and forks one child per measured case; the child frees the warm-up's memory
-(malloc_trim), resets its peak RSS to its current RSS (/proc/self/clear_refs) and reports the
-growth and the time of the measured call. `python -m affext.measure CASE JSON-PARAMS`
-measures one case the same way and prints the bytes.
+A `MemoryProbe` is a subprocess (running `serve`) that imports torch and affext once and
+forks one child per measured case; the child frees the warm-up's memory (malloc_trim), resets
+its peak RSS to its current RSS (/proc/self/clear_refs) and reports the growth and the time of
+the measured call. Times come from torch.utils.benchmark.Timer, which synchronises the
+accelerator before each reading.
 """
 
 from __future__ import annotations
@@ -29,61 +23,40 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
+from torch.utils.benchmark import timer as benchmark_clock
 
-Work = Callable[[], object]
-CASES: dict[str, Callable[..., Work]] = {}
-
-
-@dataclass(frozen=True)
-class CaseInfo:
-    """What is known of a case before running it.
-
-    peak_bytes(**params): estimated peak extra bytes of one call (None: not estimated).
-    time_exponent: time grows about as N ** time_exponent with the map's area N = H * W
-    (1 for the stencil kernels, 3 for psa's dense N x N matrix products).
-    """
-
-    peak_bytes: Callable[..., float] | None = None
-    time_exponent: float = 1.0
-
-
-CASE_INFO: dict[str, CaseInfo] = {}
-
-
-def case(name: str, *, peak_bytes: Callable[..., float] | None = None, time_exponent: float = 1.0):
-    """Register a case builder: builder(device, **params) -> zero-argument callable."""
-
-    def register(builder):
-        CASES[name] = builder
-        CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent)
-        return builder
-
-    return register
-
-
-def estimate_peak_bytes(name: str, **params) -> int | None:
-    """The registered estimate of a case's peak extra bytes with these parameters, if any."""
-    info = CASE_INFO.get(name)
-    if info is None or info.peak_bytes is None:
-        return None
-    return int(info.peak_bytes(**params))
-
-
-def build(name: str, device: str = "cpu", **params) -> Work:
-    if name not in CASES:
-        raise KeyError(f"unknown case {name!r}; known: {sorted(CASES)}")
-    return CASES[name](torch.device(device), **params)
+from .cases import Work, build
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_call(work: Work) -> float:
+    """Seconds of one call of `work`, read on torch.utils.benchmark's clock, which
+    synchronises the accelerator before each reading (the clock torch's Timer uses; the Timer
+    itself adds two warm-up calls to every timeit, which a single measured call cannot have)."""
+    start = benchmark_clock()
+    work()
+    return benchmark_clock() - start
+
+
+def synchronized(work: Work, device: str = "cpu") -> Work:
+    """`work` followed by a CUDA synchronisation on a CUDA device, so that a timer that does
+    not synchronise (pytest-benchmark's) sees the kernels' time, not their launch."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return work
+
+    def call():
+        work()
+        torch.cuda.synchronize(dev)
+
+    return call
 
 
 def time_work(
@@ -102,14 +75,9 @@ def time_work(
         work()
     _sync(dev)
     times: list[float] = []
-    spent = 0.0
     for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        _sync(dev)
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-        if budget_s is not None and spent > budget_s:
+        times.append(timed_call(work))
+        if budget_s is not None and sum(times) > budget_s:
             break
     return {
         "median_s": statistics.median(times),
@@ -185,10 +153,7 @@ def measure_warm_call(name: str, device: str = "cpu", warm_up: bool = True, **pa
     else:
         _reset_peak_rss()
         base = _peak_rss_bytes()
-    start = time.perf_counter()
-    work()
-    _sync(dev)
-    seconds = time.perf_counter() - start
+    seconds = timed_call(work)
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss_bytes()
     return {"peak_extra_bytes": peak - base, "seconds": seconds}
 
@@ -204,7 +169,7 @@ class MemoryProbe:
     def __init__(self, threads: int | None = None) -> None:
         self._threads = threads
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "affext.measure", "--serve"],
+            [sys.executable, "-c", "from affext.bench.measure import serve; serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -282,11 +247,6 @@ def quiet_reference_warnings() -> None:
     )
 
 
-def _register_builtin_cases() -> None:
-    # Importing the modules registers their cases.
-    from . import bench_cases  # noqa: F401
-
-
 def _child_failure(status: int, timeout_s: float | None) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -298,8 +258,10 @@ def _child_failure(status: int, timeout_s: float | None) -> str:
     return f"exited with status {os.WEXITSTATUS(status)} without a result"
 
 
-def _serve(measure_module) -> None:
-    """Answer one JSON request a line on stdin with one JSON result a line on stdout."""
+def serve() -> None:
+    """The probe's loop (MemoryProbe runs it in a subprocess): one JSON request a line on
+    stdin, one JSON result a line on stdout, each request measured in a forked child."""
+    quiet_reference_warnings()
     for line in sys.stdin:
         request = json.loads(line)
         timeout_s = request.get("timeout_s")
@@ -312,7 +274,7 @@ def _serve(measure_module) -> None:
                     torch.set_num_threads(request["threads"])
                 if timeout_s:
                     signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends the child
-                result = measure_module.measure_warm_call(
+                result = measure_warm_call(
                     request["case"], "cpu", request.get("warm_up", True), **request["params"]
                 )
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -327,20 +289,3 @@ def _serve(measure_module) -> None:
             payload = json.dumps({"error": _child_failure(status, timeout_s)}).encode()
         sys.stdout.write(payload.decode() + "\n")
         sys.stdout.flush()
-
-
-def _main(argv: list[str]) -> None:
-    # Run as __main__, this file is a second copy of the module: use the package's registry.
-    from affext import measure
-
-    measure._register_builtin_cases()
-    if argv == ["--serve"]:
-        quiet_reference_warnings()
-        _serve(measure)
-        return
-    name, params = argv[0], json.loads(argv[1])
-    print(measure_call(name, "cpu", **params)["peak_extra_bytes"])
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])

@@ -1,17 +1,72 @@
-"""The measured cases: affext and each reference on the same inputs (performance.md)."""
+"""The measured cases: affext and each reference on the same inputs (docs/performance.md).
+
+A *case* is a named builder that, given a device and its parameters, prepares inputs and
+returns a zero-argument callable doing the measured work. `@case("name")` registers one, with
+an estimate of its peak extra bytes (so that `affext bench` can skip a size that cannot fit
+before trying it) and how its time grows with the map's area N. `affext bench` and the
+pytest benchmarks (benchmarks/) build and time the same cases through `build`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from .measure import case
-from .neighborhood import neighborhood_offsets
-from .ops.affinity import pairwise_affinity
-from .ops.pair_loss import pair_loss
-from .ops.random_walk import random_walk
-from .reference.affinity import psa_affinity
-from .reference.pair_loss import psa_affinity_labels, psa_pair_loss
-from .reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
+from ..neighborhood import neighborhood_offsets
+from ..ops.affinity import pairwise_affinity
+from ..ops.pair_loss import pair_loss
+from ..ops.random_walk import random_walk
+from ..reference.affinity import psa_affinity
+from ..reference.pair_loss import psa_affinity_labels, psa_pair_loss
+from ..reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
+
+Work = Callable[[], object]
+CASES: dict[str, Callable[..., Work]] = {}
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """What is known of a case before running it.
+
+    peak_bytes(**params): estimated peak extra bytes of one call (None: not estimated).
+    time_exponent: time grows about as N ** time_exponent with the map's area N = H * W
+    (1 for the stencil kernels, 3 for psa's dense N x N matrix products).
+    """
+
+    peak_bytes: Callable[..., float] | None = None
+    time_exponent: float = 1.0
+
+
+CASE_INFO: dict[str, CaseInfo] = {}
+
+
+def case(name: str, *, peak_bytes: Callable[..., float] | None = None, time_exponent: float = 1.0):
+    """Register a case builder: builder(device, **params) -> zero-argument callable."""
+
+    def register(builder):
+        CASES[name] = builder
+        CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent)
+        return builder
+
+    return register
+
+
+def build(name: str, device: str = "cpu", **params) -> Work:
+    """The measured callable of case `name` on `device`, its inputs prepared."""
+    if name not in CASES:
+        raise KeyError(f"unknown case {name!r}; known: {sorted(CASES)}")
+    return CASES[name](torch.device(device), **params)
+
+
+def estimate_peak_bytes(name: str, **params) -> int | None:
+    """The registered estimate of a case's peak extra bytes with these parameters, if any."""
+    info = CASE_INFO.get(name)
+    if info is None or info.peak_bytes is None:
+        return None
+    return int(info.peak_bytes(**params))
+
 
 FLOAT32_BYTES = 4
 
@@ -62,7 +117,7 @@ case("affinity/affext", peak_bytes=_affinity_affext_bytes)(_affinity_case(pairwi
 case("affinity/psa-dense", peak_bytes=_affinity_dense_bytes)(_affinity_case(psa_affinity))
 
 
-# --- Balanced pair loss (method.md section 4), batch 8, 56x56. ---------------------------
+# --- Balanced pair loss (docs/method.md §4), batch 8, 56x56. ---------------------------
 def _label_map(device: torch.device, batch: int, size: int, block: int = 4) -> torch.Tensor:
     """(B, size, size) uint8 label map of blocks: background, two classes and 255 regions."""
     gen = torch.Generator().manual_seed(1)
@@ -108,9 +163,9 @@ def _pair_loss_psa(device: torch.device, batch: int = 8, size: int = 56, radius:
     return work
 
 
-# --- Random walk (method.md section 5): psa's inference of one image, B = 1. ---------------
+# --- Random walk (docs/method.md §5): psa's inference of one image, B = 1. ---------------
 # psa's CAMs on a VOC image: background and the image's classes live, every absent class
-# exactly zero (method.md section 5). Two classes is the common case.
+# exactly zero (docs/method.md §5). Two classes is the common case.
 _PSA_LIVE_CLASSES = (5, 12)
 
 

@@ -1,0 +1,147 @@
+"""The files affext writes and reads, below every layer that writes them (data/, models/,
+stages/): atomic writes, JSON and config records, psa's per-image score files, and the check
+that a stage's input files are all there."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CONFIG_SUFFIX = ".config.json"
+
+
+def atomic_save(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Write a file through a temporary name in the same folder, then os.replace it.
+
+    An interrupted run thus leaves either the complete old file, the complete new one, or a
+    stray temporary (".tmp" suffix, never read as an output).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_save(path, lambda f: f.write(text.encode()))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.device):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced an output, recorded next to it (the pipeline's optional
+    libraries where they are installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    out = {
+        "affext": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+    for key, dist in (("pillow", "pillow"), ("pydensecrf", "pydensecrf2")):
+        with contextlib.suppress(PackageNotFoundError):
+            out[key] = version(dist)
+    return out
+
+
+def record_config(
+    out_dir: str | os.PathLike, stage: str, config: Any, extra: dict | None = None
+) -> Path:
+    """Write OUT_DIR/<stage>.config.json: the stage's config dataclass and the versions."""
+    record = {
+        "stage": stage,
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
+        "versions": versions(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if extra:
+        record.update(extra)
+    path = Path(out_dir) / f"{stage}{CONFIG_SUFFIX}"
+    atomic_write_json(path, record)
+    return path
+
+
+# -- per-image score files (psa's dict .npy) ---------------------------------------------
+def save_score_dict(path: str | os.PathLike, scores: dict[int, np.ndarray]) -> None:
+    """psa's per-image .npy: a pickled dict {class_index: (H, W) float32 map}."""
+    table = {int(k): np.asarray(v, np.float32) for k, v in scores.items()}
+    atomic_save(path, lambda f: np.save(f, table, allow_pickle=True))
+
+
+def load_score_dict(path: str | os.PathLike, what: str = "CAM") -> dict[int, np.ndarray]:
+    """A per-image score file written by save_score_dict (or psa); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"missing {what} file {str(path)!r}: run the stage that makes it for this image first"
+        )
+    try:
+        table = np.load(path, allow_pickle=True).item()
+    except Exception as exc:
+        raise ValueError(f"cannot read {what} file {str(path)!r}: {exc}") from exc
+    if not isinstance(table, dict):
+        raise ValueError(f"{what} file {str(path)!r} does not hold a {{class: map}} dict")
+    return table
+
+
+# -- per-image file sets -------------------------------------------------------------------
+def missing_files(ids: Iterable[str], templates: Iterable[str | os.PathLike]) -> list[str]:
+    """The ids whose files are not all there; templates: paths with "{}" for the image id,
+    e.g. "work/cam/{}.npy"."""
+    templates = [os.fspath(t) for t in templates]
+    return [i for i in ids if not all(os.path.isfile(t.format(i)) for t in templates)]
+
+
+def require_files(
+    ids: Iterable[str],
+    templates: Iterable[str | os.PathLike],
+    what: str,
+    remedy: str,
+    error: type[Exception] = FileNotFoundError,
+) -> None:
+    """Raise `error` naming the ids that lack any of the files `templates` give (see
+    missing_files): "missing <what> for N image(s) in <folder>, e.g. [...]: <remedy>"."""
+    templates = [os.fspath(t) for t in templates]
+    missing = missing_files(ids, templates)
+    if missing:
+        folder = os.path.commonpath([os.path.dirname(t) for t in templates])
+        raise error(
+            f"missing {what} for {len(missing)} image(s) in {folder!r}, e.g. {missing[:3]}: "
+            f"{remedy}"
+        )

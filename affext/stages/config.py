@@ -1,0 +1,112 @@
+"""Stage configs in one place: the backbones' presets, and the one rule that merges psa's
+defaults, a preset, the settings every stage shares and a caller's overrides (the CLI and
+`affext run` both build their configs here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .aff_labels import AffLabelsConfig
+from .common import default_workers
+from .make_cam import MakeCamConfig
+from .make_rw import MakeRwConfig
+from .train_aff import TrainAffConfig
+from .train_cam import TrainCamConfig
+
+# The tiny backbone's preset: a CPU runs the whole pipeline in minutes, the same settings for
+# every dataset (chosen for compute, not for one dataset). The networks train from scratch in
+# a few epochs, so: AdamW instead of psa's SGD (which stays at the all-absent prior in this
+# budget), no dropout and no hue jitter (the strongest regularisers; colour is a real cue).
+# CAMs are made at a long side of 160 px; AffinityNet and the random walk work at 320 px, so
+# that the stride-8 maps have enough cells per object (images are resized up or down and
+# outputs brought back to full size). Everything else is psa's.
+PRESETS: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "train_cam": {
+            "epochs": 10,
+            "batch_size": 16,
+            "crop_size": 128,
+            "resize_long": (80, 160),
+            "long_side": 160,
+            "optimizer": "adam",
+            "lr": 0.003,
+            "dropout": 0.0,
+            "jitter": (0.3, 0.3, 0.3, 0.0),
+        },
+        "make_cam": {"long_side": 160},
+        "train_aff": {
+            "epochs": 8,
+            "batch_size": 8,
+            "crop_size": 256,
+            "long_side": 320,
+            "optimizer": "adam",
+            "lr": 0.003,
+        },
+        "make_rw": {"long_side": 320},
+    },
+}
+
+# The settings of a whole run that every stage having the field takes.
+SHARED = ("backbone", "device", "num_workers", "seed", "label_source", "cls_labels")
+
+# The stages of `affext run`, in order, by their names in PRESETS and RunConfig.
+STAGE_CONFIGS = {
+    "train_cam": TrainCamConfig,
+    "make_cam": MakeCamConfig,
+    "aff_labels": AffLabelsConfig,
+    "train_aff": TrainAffConfig,
+    "make_rw": MakeRwConfig,
+}
+
+
+def stage_config(cls, stage: str | None, shared: dict | None = None, **overrides):
+    """cls's config: psa's defaults, then the preset of shared["backbone"] for `stage`, then
+    the `shared` settings cls has (SHARED), then `overrides`; None values are left out.
+
+    Raises ValueError naming a preset or override key cls does not have.
+    """
+    shared = {k: v for k, v in (shared or {}).items() if v is not None}
+    names = {f.name for f in dataclasses.fields(cls)}
+    preset = PRESETS.get(shared.get("backbone"), {}).get(stage, {}) if stage else {}
+    values = {**preset, **{k: v for k, v in shared.items() if k in names}}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{stage or cls.__name__} has no setting(s) {sorted(unknown)}")
+    return cls(**values)
+
+
+@dataclass
+class RunConfig:
+    """Every stage's config; defaults are psa's, with PRESETS applied for the backbone."""
+
+    backbone: str = "resnet38"
+    device: str = "auto"
+    num_workers: int = default_workers()
+    seed: int = 0
+    label_source: str = "auto"
+    cls_labels: str | None = None
+    overview_images: int = 6
+    train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
+    make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
+    aff_labels: AffLabelsConfig = field(default_factory=AffLabelsConfig)
+    train_aff: TrainAffConfig = field(default_factory=TrainAffConfig)
+    make_rw: MakeRwConfig = field(default_factory=MakeRwConfig)
+
+    @classmethod
+    def for_backbone(cls, backbone: str, **overrides) -> RunConfig:
+        """A config with the preset of `backbone`, then `overrides` ({"train_cam": {...}} for
+        a stage's fields, plain keys for the run's own)."""
+        cfg = cls(backbone=backbone)
+        for k, v in overrides.items():
+            if not isinstance(v, dict):
+                setattr(cfg, k, v)
+        shared = {k: getattr(cfg, k) for k in SHARED}
+        for stage, stage_cls in STAGE_CONFIGS.items():
+            stage_overrides = overrides.get(stage, {})
+            setattr(cfg, stage, stage_config(stage_cls, stage, shared, **stage_overrides))
+        return cfg
+
+
+__all__ = ["PRESETS", "SHARED", "STAGE_CONFIGS", "RunConfig", "stage_config"]

@@ -1,0 +1,70 @@
+"""overview.png of `affext run`: one row per image: image | ground truth | CAM | random walk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.voc import VOCDataset, load_label_png, voc_palette
+from ..files import atomic_save, load_score_dict
+from .common import cam_stack
+
+
+def _colour(label: np.ndarray) -> np.ndarray:
+    palette = np.asarray(voc_palette(), np.uint8).reshape(256, 3)
+    return palette[label]
+
+
+def _cam_picture(rgb: np.ndarray, cam: dict[int, np.ndarray]) -> np.ndarray:
+    """The image darkened, with each class's CAM painted in its palette colour."""
+    h, w = rgb.shape[:2]
+    cams = cam_stack(cam, (h, w))
+    top = cams.max(axis=0)[..., None]
+    colour = _colour((cams.argmax(axis=0) + 1).astype(np.uint8)).astype(np.float32)
+    out = (
+        rgb.astype(np.float32) * 0.35 * (1 - top)
+        + colour * top
+        + rgb.astype(np.float32) * 0.35 * top
+    )
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def write_overview(
+    voc: VOCDataset,
+    ids: Sequence[str],
+    cam_dir: str | os.PathLike,
+    rw_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    height: int = 128,
+) -> Path:
+    """overview.png: one row per image: image | ground truth | CAM | random walk."""
+    rows = []
+    for image_id in ids:
+        rgb = voc.load_image(image_id)
+        gt = (
+            voc.load_mask(image_id)
+            if voc.mask_path(image_id)
+            else np.zeros(rgb.shape[:2], np.uint8)
+        )
+        cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
+        rw = load_label_png(Path(rw_dir) / f"{image_id}.png")
+        panels = [rgb, _colour(gt), _cam_picture(rgb, cam), _colour(rw)]
+        scale = height / rgb.shape[0]
+        size = (max(1, int(round(rgb.shape[1] * scale))), height)
+        panels = [np.asarray(Image.fromarray(p).resize(size, Image.NEAREST)) for p in panels]
+        gap = np.full((height, 4, 3), 255, np.uint8)
+        rows.append(np.concatenate(sum(([p, gap] for p in panels), [])[:-1], axis=1))
+    if not rows:
+        raise ValueError("no images for the overview")
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    picture = Image.fromarray(np.concatenate(rows, axis=0))
+    atomic_save(out, lambda f: picture.save(f, format="PNG"))
+    return Path(out)
+
+
+__all__ = ["write_overview"]

@@ -1,0 +1,50 @@
+"""What several test files share: the CUDA mark, small synthetic datasets, test inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from affext.data import SynthConfig, make_synthetic_voc
+
+# The tests that need a GPU: `pytest -m cuda` selects them (scripts/gpu_check.sh), and
+# conftest skips them where torch sees no CUDA device.
+requires_cuda = pytest.mark.cuda
+
+
+def small_voc(
+    out: Path, num_train: int, num_val: int, size: tuple[int, int] = (72, 80), seed: int = 0
+) -> Path:
+    """A synthetic dataset in VOC layout at OUT, images of `size` (min, max) pixels a side."""
+    cfg = SynthConfig(
+        num_train=num_train, num_val=num_val, min_size=size[0], max_size=size[1], seed=seed
+    )
+    return make_synthetic_voc(out, cfg, progress=False)
+
+
+def structured_features(b, c, h, w, dtype=torch.float32):
+    """(b, c, h, w) piecewise-constant regions plus noise, so that affinities span (0, 1)."""
+    coarse = torch.randn(b, c, (h + 3) // 4, (w + 3) // 4, dtype=dtype)
+    up = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="nearest")[:, :, :h, :w]
+    return up + 0.3 * torch.randn(b, c, h, w, dtype=dtype)
+
+
+def miou_by_hand(pred_pngs: list[Path], gt_pngs: list[Path], num_classes: int = 21) -> float:
+    """VOC mIoU in percent (3 decimals) of palette PNGs, written apart from affext's evaluate:
+    per class tp / (gt | pred) over pixels whose ground truth is not 255, classes that occur
+    in neither left out of the mean."""
+    tp = np.zeros(num_classes)
+    union = np.zeros(num_classes)
+    for pred_path, gt_path in zip(pred_pngs, gt_pngs, strict=True):
+        pred = np.array(Image.open(pred_path))
+        gt = np.array(Image.open(gt_path))
+        valid = gt != 255
+        for c in range(num_classes):
+            tp[c] += np.sum((gt == c) & (pred == c) & valid)
+            union[c] += np.sum(((gt == c) | (pred == c)) & valid)
+    counted = union > 0
+    return round(100.0 * float(np.mean(tp[counted] / union[counted])), 3)

@@ -408,3 +408,33 @@ def test_affext_checkpoint_reader_takes_psa_session_files(sessions):
         state = torch.load(work / f"{name}.pth", weights_only=True)
         for k, v in psa_state_dict(net).items():
             assert torch.equal(v, state[k]), k
+
+
+def test_psa_flags_and_defaults():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="affext")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    required = {
+        "train_cls": ["--weights", "w", "--voc12_root", "v"],
+        "train_aff": ["--weights", "w", "--voc12_root", "v", "--la_crf_dir", "l"]
+        + ["--ha_crf_dir", "h"],
+        "infer_cls": ["--weights", "w", "--voc12_root", "v"],
+        "infer_aff": ["--weights", "w", "--voc12_root", "v", "--cam_dir", "c", "--out_rw", "o"],
+    }
+    psa_defaults = {  # psa's train_cls.py, train_aff.py, infer_cls.py, infer_aff.py
+        "train_cls": dict(batch_size=16, max_epoches=15, lr=0.1, num_workers=8, wt_dec=5e-4)
+        | dict(train_list="voc12/train_aug.txt", val_list="voc12/val.txt", crop_size=448),
+        "train_aff": dict(batch_size=8, max_epoches=8, lr=0.1, num_workers=8, wt_dec=5e-4)
+        | dict(train_list="voc12/train_aug.txt", crop_size=448),
+        "infer_cls": dict(infer_list="voc12/val.txt", num_workers=8, low_alpha=4, high_alpha=32)
+        | dict(out_cam=None, out_la_crf=None, out_ha_crf=None, out_cam_pred=None),
+        "infer_aff": dict(infer_list="voc12/train_aug.txt", num_workers=8, alpha=16, beta=8)
+        | dict(logt=8),
+    }
+    for command, argv in required.items():
+        args = vars(parser.parse_args(["psa", command, *argv]))
+        for key, value in psa_defaults[command].items():
+            assert args[key] == value and type(args[key]) is type(value), (command, key)
+        kind = command.split("_")[1]
+        assert args["network"] == f"network.resnet38_{kind}" and args["device"] == "auto"

@@ -42,10 +42,20 @@ def _training(p: argparse.ArgumentParser, kind: str, batch: int, epochs: int) ->
     p.add_argument("--voc12_root", required=True, type=str)
 
 
+def _command(name: str):
+    """The script function `name`, imported when the command runs (keeps --help light)."""
+
+    def run(args):
+        from . import scripts
+
+        return getattr(scripts, name)(args)
+
+    run.__name__ = name
+    return run
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `psa` and its commands on the `affext` command's subparsers."""
-    from . import scripts
-
     psa = subparsers.add_parser(
         "psa",
         help="psa's scripts (train_cls, infer_cls, train_aff, infer_aff) with psa's flags",
@@ -57,7 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("train_cls", help="psa train_cls.py: the classifier")
     _training(p, "cls", batch=16, epochs=15)
     _device(p)
-    p.set_defaults(func=scripts.train_cls)
+    p.set_defaults(func=_command("train_cls"))
 
     p = sub.add_parser("infer_cls", help="psa infer_cls.py: CAMs, la / ha labels")
     p.add_argument("--weights", required=True, type=str, help="e.g. psa's res38_cls.pth")
@@ -72,14 +82,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out_ha_crf", default=None, type=str)
     p.add_argument("--out_cam_pred", default=None, type=str)
     _device(p)
-    p.set_defaults(func=scripts.infer_cls)
+    p.set_defaults(func=_command("infer_cls"))
 
     p = sub.add_parser("train_aff", help="psa train_aff.py: AffinityNet")
     _training(p, "aff", batch=8, epochs=8)
     p.add_argument("--la_crf_dir", required=True, type=str)
     p.add_argument("--ha_crf_dir", required=True, type=str)
     _device(p)
-    p.set_defaults(func=scripts.train_aff)
+    p.set_defaults(func=_command("train_aff"))
 
     p = sub.add_parser("infer_aff", help="psa infer_aff.py: random walk, pseudo-label PNGs")
     p.add_argument("--weights", required=True, type=str, help="e.g. psa's res38_aff.pth")
@@ -93,7 +103,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--beta", default=8, type=int)
     p.add_argument("--logt", default=8, type=int)
     _device(p)
-    p.set_defaults(func=scripts.infer_aff)
+    p.set_defaults(func=_command("infer_aff"))
 
     p = sub.add_parser(
         "convert_weights",
@@ -101,7 +111,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("params", help="e.g. ilsvrc-cls_rna-a1_cls1000_ep-0001.params")
     p.add_argument("out", help="torch state dict file to write (psa's / affext's names)")
-    p.set_defaults(func=scripts.convert_weights)
+    p.set_defaults(func=_command("convert_weights"))
     return psa
 
 

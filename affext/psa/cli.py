@@ -36,7 +36,8 @@ def _training(p: argparse.ArgumentParser, kind: str, batch: int, epochs: int) ->
         "--session_name",
         default=f"res38_{kind}",
         type=str,
-        help="writes SESSION_NAME.pth (psa's state dict); checkpoints in SESSION_NAME.affext/",
+        help="writes SESSION_NAME.pth (psa's state dict); per-epoch checkpoints go to "
+        "SESSION_NAME.affext/, from which a rerun resumes (delete it to start over)",
     )
     p.add_argument("--crop_size", default=448, type=int)
     p.add_argument("--voc12_root", required=True, type=str)

@@ -43,9 +43,9 @@ DTYPES = {
 
 class _Reader:
     def __init__(self, data: bytes, path: str) -> None:
-        self.data, self.pos, self.path = data, 0, path
+        self.data, self.pos, self.path = memoryview(data), 0, path
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> memoryview:
         if self.pos + n > len(self.data):
             raise ValueError(
                 f"{self.path} ends early (byte {len(self.data)}, needed {self.pos + n}): "
@@ -96,7 +96,8 @@ def _read_array(r: _Reader, index: int) -> np.ndarray | None:
     dtype = np.dtype(DTYPES[flag]).newbyteorder("<")
     count = int(np.prod(shape)) if shape else 1
     raw = r.take(count * dtype.itemsize)
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    # one copy: out of the file's buffer, into native byte order
+    return np.array(np.frombuffer(raw, dtype=dtype), dtype=dtype.newbyteorder("=")).reshape(shape)
 
 
 def read_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -123,10 +124,10 @@ def read_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (num_names,) = r.unpack("Q")
     if num_names not in (0, count):
         raise ValueError(f"{path}: {count} arrays but {num_names} names")
-    names = [r.take(r.unpack("Q")[0]).decode("utf-8") for _ in range(num_names)]
+    names = [bytes(r.take(r.unpack("Q")[0])).decode("utf-8") for _ in range(num_names)]
     if not names:
         names = [str(i) for i in range(count)]
-    return {n: torch.from_numpy(a.copy()) for n, a in zip(names, arrays) if a is not None}
+    return {n: torch.from_numpy(a) for n, a in zip(names, arrays) if a is not None}
 
 
 # MXNet name (prefix stripped) of the ResNet-38 A1 model -> psa's / affext's parameter name.

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_cuda
 from torch import nn
 
 import affext
@@ -354,3 +355,24 @@ def test_patch_vgg_structure_and_errors():
     torch.testing.assert_close(psa.patch(net)(x), ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="not psa's AffinityNet .*f8_3"):
         psa.patch(nn.Conv2d(1, 1, 1))
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_patch_dense_on_device_and_walk_from_cpu_cam():
+    torch.manual_seed(4)
+    net = StandInAffNet().cuda()
+    x = torch.randn(1, 3, 72, 88, device="cuda")
+    ref = net(x).cpu()
+    psa.patch(net)
+    aff = net(x)
+    torch.testing.assert_close(aff.cpu(), ref, rtol=1e-4, atol=1e-5)
+    with pytest.warns(UserWarning):
+        mat = net(x, True)
+    assert mat.device.type == "cuda"
+    torch.testing.assert_close(mat.cpu(), dense_matrix(ref[0], 9, 11), rtol=1e-4, atol=1e-5)
+    cam = torch.rand(21, 9, 11)  # on the CPU, as psa's pooled CAMs are
+    got = psa.random_walk(cam, aff.detach())
+    assert got.device.type == "cuda"
+    ref_walk = dense_walk(cam.double(), ref[0].detach().double(), 8, 8).float()
+    torch.testing.assert_close(got.cpu(), ref_walk, rtol=1e-3, atol=1e-5)

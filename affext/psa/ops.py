@@ -141,7 +141,8 @@ def random_walk(
 
     Returns:
         What psa's `torch.matmul(cam_vec, trans_mat)` gives after its logt squarings, shaped
-        like cam, (C, h, w) or (B, C, h, w); in the promoted dtype of cam and aff. No autograd.
+        like cam, (C, h, w) or (B, C, h, w), on aff's device (cam is moved there, as psa moves
+        its CAM vector to the GPU), in the promoted dtype of cam and aff. No autograd.
     """
     cam, aff = _tensor("cam", cam), _tensor("aff", aff)
     if isinstance(logt, bool) or not isinstance(logt, int) or not 0 <= logt <= 30:
@@ -159,7 +160,8 @@ def random_walk(
             "affinity tensor per CAM stack"
         )
     dtype = torch.promote_types(cam.dtype, aff.dtype)
-    out = _walk(cam.to(dtype), aff_map.to(dtype), float(beta), 2**logt, radius, "psa")
+    cam = cam.to(device=aff.device, dtype=dtype)  # psa moves its CAM vector to the GPU too
+    out = _walk(cam, aff_map.to(dtype), float(beta), 2**logt, radius, "psa")
     return out[0] if single else out
 
 

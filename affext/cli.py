@@ -234,6 +234,9 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     _add_stage_commands(sub)
     _add_run_command(sub)
     _add_tool_commands(sub, with_bench)
+    from .psa.cli import add_parser as add_psa_parser
+
+    add_psa_parser(sub)
     return parser
 
 
@@ -262,7 +265,11 @@ def _add_stage_commands(sub) -> None:
     _add_common(p)
     _add_labels(p)
     p.add_argument("--list", required=True, help="list file of image ids")
-    p.add_argument("--cam-net", required=True, help="train-cam's output folder")
+    p.add_argument(
+        "--cam-net",
+        required=True,
+        help="train-cam's output folder, or a weights file (psa's res38_cls.pth)",
+    )
     p.add_argument("--out", required=True, help="writes OUT/cam/*.npy and OUT/cam_pred/*.png")
     p.set_defaults(func=_cmd_make_cam)
 
@@ -286,7 +293,11 @@ def _add_stage_commands(sub) -> None:
     _add_common(p)
     p.add_argument("--list", required=True)
     p.add_argument("--cam-dir", required=True)
-    p.add_argument("--aff-net", required=True, help="train-aff's output folder")
+    p.add_argument(
+        "--aff-net",
+        required=True,
+        help="train-aff's output folder, or a weights file (psa's res38_aff.pth)",
+    )
     p.add_argument("--out", required=True, help="writes OUT/rw/*.png and OUT/rw_crf/*.png")
     p.add_argument("--alpha", type=float)
     p.add_argument("--beta", type=float)

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m affext.psa <command> ...`: the same commands as `affext psa`."""
     import sys
 
-    from ._deps import DatasetError
+    from ..data.voc import DatasetError
 
     parser = argparse.ArgumentParser(prog="affext")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)

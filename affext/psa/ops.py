@@ -12,20 +12,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ._deps import (
-    PairLoss,
-    check_radius,
-    from_region,
-    neighborhood_offsets,
-    pairwise_affinity,
-    psa_layout,
-)
-from ._deps import (
-    pair_loss as _fused_pair_loss,
-)
-from ._deps import (
-    random_walk as _walk,
-)
+from ..neighborhood import check_radius, from_region, neighborhood_offsets, psa_layout
+from ..ops import PairLoss, pairwise_affinity
+from ..ops import pair_loss as _fused_pair_loss
+from ..ops import random_walk as _walk
 
 # psa's 1e-5 inside the logarithms and the denominators of its loss (docs/method.md §4).
 _EPS = 1e-5

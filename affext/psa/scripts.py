@@ -15,18 +15,26 @@ without mxnet.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import _deps
+from ..data.voc import load_label_png, read_id_list
+from ..files import atomic_save
+from ..models import build_backbone, psa_state_dict
+from ..models.backbones.base import read_state_dict
+from ..stages.aff_labels import AffLabelsConfig, make_aff_labels
+from ..stages.make_cam import MakeCamConfig, make_cam
+from ..stages.make_rw import MakeRwConfig, make_rw
+from ..stages.train_aff import TrainAffConfig, load_aff_net
+from ..stages.train_aff import train_aff as run_train_aff
+from ..stages.train_cam import TrainCamConfig, load_cam_net
+from ..stages.train_cam import train_cam as run_train_cam
 from .mxnet import mxnet_to_resnet38
 
 NETWORKS = {"cls": "network.resnet38_cls", "aff": "network.resnet38_aff"}
@@ -78,7 +86,7 @@ def _label_fields() -> dict:
 def _backbone_keys() -> dict[str, tuple[int, ...]]:
     """Names and shapes of the resnet38 backbone's state, without allocating it."""
     with torch.device("meta"):
-        backbone = _deps.build_backbone(BACKBONE)
+        backbone = build_backbone(BACKBONE)
     return {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
 
 
@@ -105,7 +113,7 @@ def convert_params(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, 
     """psa's MXNet ImageNet ResNet-38 (.params) -> a torch state dict file in psa's names."""
     state = {k: v.float() for k, v in mxnet_to_resnet38(src).items()}
     check_resnet38_state(state, f"MXNet weights file {os.fspath(src)}")
-    _deps.atomic_save(dst, lambda f: torch.save(state, f))
+    atomic_save(dst, lambda f: torch.save(state, f))
     return state
 
 
@@ -122,7 +130,7 @@ def backbone_weights(weights: str, work: Path) -> str:
         if not out.is_file():
             convert_params(weights, out)
         return str(out)
-    state = _deps.read_state_dict(weights)
+    state = read_state_dict(weights)
     expected = _backbone_keys()
     kept = {k: v for k, v in state.items() if k in expected}
     if not kept:
@@ -133,50 +141,39 @@ def backbone_weights(weights: str, work: Path) -> str:
     if len(kept) == len(state):
         return weights
     out = work / "backbone_weights.pth"
-    _deps.atomic_save(out, lambda f: torch.save(kept, f))
+    atomic_save(out, lambda f: torch.save(kept, f))
     return str(out)
 
 
-def load_network(kind: str, weights: str, device: torch.device | None = None) -> torch.nn.Module:
-    """affext's resnet38 CAMNet ("cls") or AffinityNet ("aff") with psa's trained weights."""
+def check_inference_weights(kind: str, weights: str) -> None:
+    """--weights of an infer command must be a trained network's file."""
     check_weights_name(weights)
     if weights.endswith(".params"):
         raise ValueError(
             f"--weights {weights} is an ImageNet MXNet file; inference needs the trained "
             f"network (psa's res38_{kind}.pth or train_{kind}'s <session_name>.pth)"
         )
-    backbone = _deps.build_backbone(BACKBONE)
-    model = _deps.CAMNet(backbone) if kind == "cls" else _deps.AffinityNet(backbone)
-    _deps.load_psa_checkpoint(model, weights)
-    return model.eval() if device is None else model.to(device).eval()
-
-
-@contextlib.contextmanager
-def stage_network(model: torch.nn.Module, kind: str) -> Iterator[Path]:
-    """A temporary stage folder holding `model` as the stage's trained-network file."""
-    name = _deps.CAM_NET_FILE if kind == "cls" else _deps.AFF_NET_FILE
-    with tempfile.TemporaryDirectory(prefix="affext-psa-net-") as tmp:
-        _deps.save_stage_checkpoint(Path(tmp) / name, model, BACKBONE)
-        yield Path(tmp)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"--weights {weights}: no such file")
 
 
 def save_psa_state_dict(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """model's weights as psa saves them: a bare state dict in psa's names."""
-    state = {k: v.detach().cpu() for k, v in _deps.psa_state_dict(model).items()}
-    _deps.atomic_save(path, lambda f: torch.save(state, f))
+    state = {k: v.detach().cpu() for k, v in psa_state_dict(model).items()}
+    atomic_save(path, lambda f: torch.save(state, f))
 
 
 # -- outputs -----------------------------------------------------------------------------
 def save_gray_png(path: str | os.PathLike, label: np.ndarray) -> None:
     """psa's prediction PNG: an (H, W) uint8 class-index image, grayscale ("L")."""
     image = Image.fromarray(np.asarray(label, np.uint8), mode="L")
-    _deps.atomic_save(path, lambda f: image.save(f, format="PNG"))
+    atomic_save(path, lambda f: image.save(f, format="PNG"))
 
 
 def _export_pngs(src_dir: Path, ids: list[str], out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     for i in ids:
-        save_gray_png(Path(out_dir) / f"{i}.png", _deps.load_label_png(src_dir / f"{i}.png"))
+        save_gray_png(Path(out_dir) / f"{i}.png", load_label_png(src_dir / f"{i}.png"))
 
 
 def _export_files(src_dir: Path, ids: list[str], out_dir: str, suffix: str = ".npy") -> None:
@@ -195,30 +192,24 @@ def infer_cls(args) -> None:
             "nothing to write: give at least one of --out_cam, --out_la_crf, --out_ha_crf, "
             "--out_cam_pred"
         )
-    ids = _deps.read_id_list(args.infer_list)
-    model = load_network("cls", args.weights)
+    ids = read_id_list(args.infer_list)
+    check_inference_weights("cls", args.weights)
     workers = _workers(args.num_workers)
     progress = not getattr(args, "quiet", False)
-    with (
-        stage_network(model, "cls") as net_dir,
-        tempfile.TemporaryDirectory(prefix="affext-psa-cam-") as tmp,
-    ):
-        del model
-        cfg = _deps.MakeCamConfig(
+    with tempfile.TemporaryDirectory(prefix="affext-psa-cam-") as tmp:
+        cfg = MakeCamConfig(
             backbone=BACKBONE, num_workers=workers, device=args.device, **_label_fields()
         )
         out = Path(tmp)
-        _deps.make_cam(args.voc12_root, ids, net_dir, out / "make_cam", cfg, progress=progress)
+        make_cam(args.voc12_root, ids, args.weights, out / "make_cam", cfg, progress=progress)
         cam_dir = out / "make_cam" / "cam"
         if args.out_la_crf is not None or args.out_ha_crf is not None:
-            aff_cfg = _deps.AffLabelsConfig(
+            aff_cfg = AffLabelsConfig(
                 alpha_low=float(args.low_alpha),
                 alpha_high=float(args.high_alpha),
                 num_workers=max(1, workers),
             )
-            _deps.make_aff_labels(
-                args.voc12_root, ids, cam_dir, out / "aff", aff_cfg, progress=progress
-            )
+            make_aff_labels(args.voc12_root, ids, cam_dir, out / "aff", aff_cfg, progress=progress)
             if args.out_la_crf is not None:
                 _export_files(out / "aff" / "la", ids, args.out_la_crf)
             if args.out_ha_crf is not None:
@@ -234,15 +225,11 @@ def infer_aff(args) -> None:
     check_network(args.network, "aff")
     if args.logt < 0 or args.logt > 30:
         raise ValueError(f"--logt must be in [0, 30], got {args.logt}")
-    ids = _deps.read_id_list(args.infer_list)
-    model = load_network("aff", args.weights)
+    ids = read_id_list(args.infer_list)
+    check_inference_weights("aff", args.weights)
     progress = not getattr(args, "quiet", False)
-    with (
-        stage_network(model, "aff") as net_dir,
-        tempfile.TemporaryDirectory(prefix="affext-psa-rw-") as tmp,
-    ):
-        del model
-        cfg = _deps.MakeRwConfig(
+    with tempfile.TemporaryDirectory(prefix="affext-psa-rw-") as tmp:
+        cfg = MakeRwConfig(
             backbone=BACKBONE,
             alpha=float(args.alpha),
             beta=float(args.beta),
@@ -253,7 +240,7 @@ def infer_aff(args) -> None:
             num_workers=_workers(args.num_workers),
             device=args.device,
         )
-        _deps.make_rw(args.voc12_root, ids, args.cam_dir, net_dir, tmp, cfg, progress=progress)
+        make_rw(args.voc12_root, ids, args.cam_dir, args.weights, tmp, cfg, progress=progress)
         _export_pngs(Path(tmp) / "rw", ids, args.out_rw)
 
 
@@ -279,14 +266,14 @@ def train_cls(args) -> Path:
     """psa train_cls.py: the classifier, saved as <session_name>.pth in psa's names."""
     check_network(args.network, "cls")
     check_weights_name(args.weights)
-    ids = _deps.read_id_list(args.train_list)
+    ids = read_id_list(args.train_list)
     work = work_dir(args.session_name)
     work.mkdir(parents=True, exist_ok=True)
     weights = backbone_weights(args.weights, work)
-    cfg = _deps.TrainCamConfig(weights=weights, **_training_fields(args), **_label_fields())
-    _deps.train_cam(args.voc12_root, ids, work, cfg, progress=not getattr(args, "quiet", False))
+    cfg = TrainCamConfig(weights=weights, **_training_fields(args), **_label_fields())
+    run_train_cam(args.voc12_root, ids, work, cfg, progress=not getattr(args, "quiet", False))
     out = Path(f"{args.session_name}.pth")
-    save_psa_state_dict(_deps.load_cam_net(work, BACKBONE), out)
+    save_psa_state_dict(load_cam_net(work, BACKBONE), out)
     print(f"wrote {out} (psa's network.resnet38_cls state dict)")
     return out
 
@@ -295,7 +282,7 @@ def train_aff(args) -> Path:
     """psa train_aff.py: AffinityNet from the la / ha dicts, saved as <session_name>.pth."""
     check_network(args.network, "aff")
     check_weights_name(args.weights)
-    ids = _deps.read_id_list(args.train_list)
+    ids = read_id_list(args.train_list)
     work = work_dir(args.session_name)
     work.mkdir(parents=True, exist_ok=True)
     weights = backbone_weights(args.weights, work)
@@ -308,12 +295,11 @@ def train_aff(args) -> Path:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(os.path.abspath(target), target_is_directory=True)
-    cfg = _deps.TrainAffConfig(weights=weights, radius=5, region="psa", **_training_fields(args))
-    _deps.train_aff(
-        args.voc12_root, ids, labels, work, cfg, progress=not getattr(args, "quiet", False)
-    )
+    cfg = TrainAffConfig(weights=weights, radius=5, region="psa", **_training_fields(args))
+    progress = not getattr(args, "quiet", False)
+    run_train_aff(args.voc12_root, ids, labels, work, cfg, progress=progress)
     out = Path(f"{args.session_name}.pth")
-    save_psa_state_dict(_deps.load_aff_net(work, BACKBONE), out)
+    save_psa_state_dict(load_aff_net(work, BACKBONE), out)
     print(f"wrote {out} (psa's network.resnet38_aff state dict)")
     return out
 

@@ -35,9 +35,10 @@ def build_aff_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
 def load_aff_net(
     out_dir: str | os.PathLike, backbone: str, device: torch.device | str = "cpu"
 ) -> torch.nn.Module:
-    """The trained AffinityNet from OUT_DIR/aff_net.pt (refuses another backbone's)."""
+    """The trained AffinityNet: train-aff's OUT_DIR (its aff_net.pt) or a weights file such as
+    psa's res38_aff.pth (refuses another backbone's)."""
     return load_trained(
-        Path(out_dir) / AFF_NET_FILE, backbone, "train-aff", lambda: build_aff_net(backbone), device
+        out_dir, AFF_NET_FILE, backbone, "train-aff", lambda: build_aff_net(backbone), device
     )
 
 
@@ -82,7 +83,7 @@ def train_aff(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / AFF_NET_FILE
     if final.is_file():
-        read_trained(final, cfg.backbone, "{what}")
+        read_trained(final, cfg.backbone, "train-aff")
         return final
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)

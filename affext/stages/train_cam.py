@@ -42,9 +42,10 @@ def build_cam_net(
 def load_cam_net(
     out_dir: str | os.PathLike, backbone: str, device: torch.device | str = "cpu"
 ) -> torch.nn.Module:
-    """The trained classifier from OUT_DIR/cam_net.pt (refuses another backbone's)."""
+    """The trained classifier: train-cam's OUT_DIR (its cam_net.pt) or a weights file such as
+    psa's res38_cls.pth (refuses another backbone's)."""
     return load_trained(
-        Path(out_dir) / CAM_NET_FILE, backbone, "train-cam", lambda: build_cam_net(backbone), device
+        out_dir, CAM_NET_FILE, backbone, "train-cam", lambda: build_cam_net(backbone), device
     )
 
 
@@ -78,7 +79,7 @@ def train_cam(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / CAM_NET_FILE
     if final.is_file():
-        read_trained(final, cfg.backbone, "{what}")  # a clear error for another backbone
+        read_trained(final, cfg.backbone, "train-cam")  # a clear error for another backbone
         return final
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)

@@ -85,15 +85,19 @@ def read_trained(path: str | os.PathLike, backbone: str, what: str) -> dict:
 
 
 def load_trained(
-    path: str | os.PathLike,
+    source: str | os.PathLike,
+    file_name: str,
     backbone: str,
     what: str,
     build: Callable[[], Network],
     device: torch.device | str = "cpu",
 ) -> Network:
-    """The network `build()` makes, with the weights of the final checkpoint at `path`
-    (refusing another backbone's), on `device` in eval mode."""
-    ckpt = read_trained(path, backbone, what)
+    """The network `build()` makes, on `device` in eval mode, with the weights of `source`:
+    a stage's output folder (its `file_name`) or a weights file (an affext checkpoint, or a
+    bare state dict such as psa's res38_cls.pth / res38_aff.pth). Another backbone's weights
+    are refused."""
+    path = Path(source)
+    ckpt = read_trained(path / file_name if path.is_dir() else path, backbone, what)
     model = build()
     load_checkpoint(model, ckpt)
     return model.to(device).eval()

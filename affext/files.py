@@ -26,7 +26,8 @@ def atomic_save(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     """Write a file through a temporary name in the same folder, then os.replace it.
 
     An interrupted run thus leaves either the complete old file, the complete new one, or a
-    stray temporary (".tmp" suffix, never read as an output).
+    stray temporary (".tmp" suffix, never read as an output). The file gets the permissions a
+    plain open() would give it (mkstemp's temporaries are private to the owner).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,11 +35,21 @@ def atomic_save(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # os.umask only reads by setting: done once, before any worker thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

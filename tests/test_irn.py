@@ -17,6 +17,7 @@ from affext.irn import path_affinity, propagate_to_edge
 from affext.irn.cli import add_parser
 from affext.irn.files import load_cam_file, save_cam_file, save_label
 from affext.irn.network import IRNEdgeNet, load_irn_weights
+from affext.irn.stage import semantic_label
 from affext.models.backbones.resnet50 import ResNet50
 from affext.neighborhood import neighborhood_offsets
 from affext.reference.random_walk import dense_transition
@@ -121,7 +122,12 @@ def test_path_affinity_errors(edge, message):
 
 
 # --- the walk -------------------------------------------------------------------------------
-@pytest.mark.parametrize("size", [(7, 11), (10, 9)])
+# Maps the walk takes today for radius 5 (H >= 5, W >= 9); smaller ones once region "full"
+# takes any map size: (1, 1), (2, 3), (4, 8), (3, 20), (20, 3).
+WALK_SIZES = [(7, 11), (10, 9)]
+
+
+@pytest.mark.parametrize("size", WALK_SIZES)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("beta", [1, 10])
 @pytest.mark.parametrize("exp_times", [0, 1, 3, 8])
@@ -168,6 +174,19 @@ def test_propagate_to_edge_cuda_matches_cpu():
     gpu = propagate_to_edge(x.cuda(), edge.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(path_affinity(edge[None].cuda()).cpu(), path_affinity(edge[None]))
+
+
+def test_semantic_label_stops_at_a_boundary():
+    # a wall of boundary across the map: the class on its left does not leak to the right
+    edge = torch.zeros(8, 12)
+    edge[:, 6] = 1.0
+    cam = torch.zeros(2, 8, 12)
+    cam[0, 3, 2] = 1.0  # class 4 (key 3), left of the wall
+    cam[1, 4, 9] = 0.5  # class 12 (key 11), right of it
+    label = semantic_label(cam, np.array([3, 11]), edge, (30, 45))
+    assert label.shape == (30, 45) and label.dtype == np.uint8
+    assert set(np.unique(label[:, :20])) == {4} and set(np.unique(label[:, 28:])) == {12}
+    assert np.all(semantic_label(cam[:0], np.array([], np.int64), edge, (30, 45)) == 0)
 
 
 # --- files ----------------------------------------------------------------------------------

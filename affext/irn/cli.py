@@ -65,7 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=512,
         help="canvas the images are padded to, IRN's training crop (default 512)",
     )
-    p.add_argument("--num_workers", type=int, default=(os.cpu_count() or 1) // 2)
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=(os.cpu_count() or 1) // 2,
+        help="workers decoding images (default: half the cores, as IRN)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_make_sem_seg_labels)

@@ -234,9 +234,11 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     _add_stage_commands(sub)
     _add_run_command(sub)
     _add_tool_commands(sub, with_bench)
+    from .irn.cli import add_parser as add_irn_parser
     from .psa.cli import add_parser as add_psa_parser
 
     add_psa_parser(sub)
+    add_irn_parser(sub)
     return parser
 
 

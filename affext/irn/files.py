@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 # The one place this package takes affext's atomic writer from.
-from ..stages.common import atomic_save
+from ..files import atomic_save
 
 STRIDE = 4
 

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from ..data.transforms import normalize
 from ..data.voc import VOCDataset
-from ..stages.common import pending, record_config, resolve_device
+from ..files import record_config
+from ..stages.common import pending, resolve_device
 from .files import STRIDE, cam_path, load_cam_file, save_label, strided_size
 from .network import CROP_SIZE, IRNEdgeNet, load_irn_weights
 from .walk import propagate_to_edge

@@ -2,6 +2,9 @@
 sequential loop written here: byte-identical PNGs, resume, bounded memory, errors, Ctrl-C."""
 
 import importlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -298,3 +301,25 @@ def test_cuda_pipeline_matches_sequential_loop_on_cuda(voc, ids, cam_dir, tmp_pa
     out = stage.make_rw(voc, ids, cam_dir, "unused", tmp_path / "out", cfg, progress=False)
     assert_same_pngs(out, ref, ids)
     assert stage.load_throughput(out)["device"].startswith("cuda")
+
+
+def test_runs_from_a_script_without_a_main_guard(voc, ids, cam_dir, tmp_path):
+    """The dCRF processes must not import the caller's main module again (spawn would)."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import importlib, torch\n"
+        "from affext.models import AffinityNet, build_backbone\n"
+        "stage = importlib.import_module('affext.stages.make_rw')\n"
+        "stage.load_aff_net = lambda p, b, d: AffinityNet(build_backbone('tiny')).eval()\n"
+        f"cfg = stage.MakeRwConfig(backbone='tiny', device='cpu', num_workers=0, "
+        f"iterations=4, crf_workers=1)\n"
+        f"stage.make_rw({str(voc)!r}, {ids[:2]!r}, {str(cam_dir)!r}, 'unused', "
+        f"{str(tmp_path / 'out')!r}, cfg, progress=False)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(list((tmp_path / "out" / "rw_crf").glob("*.png"))) == 2

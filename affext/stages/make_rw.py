@@ -259,6 +259,17 @@ def labels_to_host(
     return out
 
 
+def _crf_context() -> multiprocessing.context.BaseContext:
+    """How the dCRF processes start: by fork on Linux, as torch's DataLoader workers do.
+
+    spawn (and forkserver) would import the caller's main module again in every process,
+    which breaks a script without an `if __name__ == "__main__":` guard, and torch once per
+    process. A fork of this threaded process (OpenMP pool, CUDA context) is safe here because
+    the children only run numpy, pydensecrf and PIL, never torch, CUDA or OpenMP.
+    """
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+
+
 def _ignore_sigint() -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, the dCRF processes
     # finish their image instead of printing tracebacks.
@@ -288,13 +299,11 @@ class _Finisher:
         self.on_done = on_done
         self.processes = None
         if crf_dir is not None and crf_workers > 0:
-            # spawn: a fresh interpreter, unaffected by this process's threads, CUDA context
-            # and OpenMP pool (fork is unsafe with them)
             self.processes = ProcessPoolExecutor(
-                crf_workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_sigint,
+                crf_workers, mp_context=_crf_context(), initializer=_ignore_sigint
             )
+            for _ in range(crf_workers):  # start them all now, before the loader's threads
+                self.processes.submit(int)
         threads = crf_workers + 1 if self.processes is not None else 2
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="make-rw")
         self.in_flight: set[Future] = set()
@@ -413,7 +422,7 @@ def make_rw(
         rw_dir,
         crf_dir if cfg.write_crf else None,
         cfg.crf,
-        cfg.crf_workers,
+        cfg.crf_workers if todo else 0,
         _pending_limit(cfg),
         count,
     )

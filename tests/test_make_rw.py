@@ -233,11 +233,10 @@ def test_pending_images_are_bounded(voc, ids, cam_dir, tmp_path, random_net, mon
     runner = threading.Thread(target=run)
     runner.start()
     try:
-        seen = -1
-        while len(walks) != seen:  # until the device side stops advancing
-            seen = len(walks)
-            time.sleep(1.0)
-        # `limit` images wait for their files; the next batch is walked, then waits for room
+        deadline = time.monotonic() + 120
+        while len(walks) < limit + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # room for a runaway device loop to show itself
         assert len(walks) == limit + 1
         assert not list((tmp_path / "rw").glob("*.png"))
     finally:

@@ -16,6 +16,7 @@ rerun to skip.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -365,9 +366,10 @@ def _pending_limit(cfg: MakeRwConfig) -> int:
 def load_throughput(out_dir: str | os.PathLike) -> dict:
     """The record make_rw writes to OUT_DIR/make-rw.throughput.json: {"images", "seconds",
     "images_per_s", "device", "batch_size", "batches", "crf", "crf_workers"}."""
-    import json
-
-    return json.loads((Path(out_dir) / THROUGHPUT_FILE).read_text())
+    path = Path(out_dir) / THROUGHPUT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no make-rw record {str(path)!r}: run make-rw into that folder")
+    return json.loads(path.read_text())
 
 
 def make_rw(

@@ -1,14 +1,30 @@
 """Stage `make-rw`: random walk of the CAMs with AffinityNet's affinities (method.md section 5).
 
 OUT/rw/<id>.png: the pseudo label (VOC palette); OUT/rw_crf/<id>.png: the same scores refined
-by the dense CRF (section 2's settings) over the background and the image's classes.
-Images whose padded sizes are equal are walked together in one batch.
+by the dense CRF (section 2's settings) over the background and the image's classes;
+OUT/make-rw.throughput.json: images, seconds and images/s of the last run.
+
+A pipeline, so that the device never waits for the CPU work: DataLoader workers read and
+prepare the images; the calling thread runs AffinityNet and the walk on batches of images
+whose padded sizes are equal, and copies each image's label and scores to the host
+(asynchronously from a GPU); a few threads write the PNGs while the next batch runs; the dCRF
+runs in processes of its own, as pydensecrf holds the GIL through its inference. At most
+`_pending_limit` images are between the device and their files; the first error in any of
+them stops the stage, and so does Ctrl-C, leaving only complete files (atomic writes) for a
+rerun to skip.
 """
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
-from collections.abc import Sequence
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +35,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..data.datasets import pool_by
 from ..data.transforms import long_side_size, normalize, resize_maps, to_long_side
 from ..data.voc import VOCDataset, save_label_png
 from .common import (
+    atomic_write_json,
     background_score,
     cam_stack,
     default_workers,
@@ -35,6 +53,12 @@ from .crf import CRFConfig, crf_inference
 from .train_aff import load_aff_net
 
 STRIDE = 8
+THROUGHPUT_FILE = "make-rw.throughput.json"
+
+
+def default_crf_workers() -> int:
+    """dCRF processes: half the cores (the rest read images and drive the device), 1 to 8."""
+    return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
 @dataclass
@@ -52,6 +76,7 @@ class MakeRwConfig:
     write_crf: bool = True
     long_side: int | None = None  # working size: long side resized to this (None: as is)
     num_workers: int = default_workers()
+    crf_workers: int = default_crf_workers()  # dCRF processes; 0: in this process (slow)
     device: str = "auto"
 
 
@@ -98,9 +123,15 @@ class _RwDataset(Dataset):
         x[:, :h, :w] = normalize(work)
         full = np.zeros((21, hp, wp), np.float32)
         full[:, :h, :w] = scores
-        pooled = full.reshape(21, hp // STRIDE, STRIDE, wp // STRIDE, STRIDE).mean(axis=(2, 4))
         present = sorted(int(k) + 1 for k in cam)
-        return image_id, torch.from_numpy(x), torch.from_numpy(pooled), (h, w), present, rgb
+        return (
+            image_id,
+            torch.from_numpy(x),
+            torch.from_numpy(pool_by(full, STRIDE)),
+            (h, w),
+            present,
+            rgb,
+        )
 
 
 def _collate(items):
@@ -111,16 +142,32 @@ def _collate(items):
 def _size_batches(
     voc: VOCDataset, ids: Sequence[str], batch_size: int, long_side: int | None
 ) -> list[list[int]]:
-    """Index batches of images with the same padded working size (from the file headers)."""
+    """Index batches of images with the same padded working size (from the file headers).
+
+    Every image of one size is grouped wherever it stands in `ids`, so at most one batch per
+    size is not full; a size's batches follow one another, so the device sees one shape for
+    a run of batches.
+    """
     groups: dict[tuple[int, int], list[int]] = {}
     for n, image_id in enumerate(ids):
         with Image.open(voc.image_path(image_id)) as im:
             w, h = long_side_size(im.size, long_side)
         groups.setdefault((padded(h), padded(w)), []).append(n)
-    batches = []
-    for members in groups.values():
-        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
-    return sorted(batches, key=lambda b: b[0])
+    return [
+        members[i : i + batch_size]
+        for members in groups.values()
+        for i in range(0, len(members), batch_size)
+    ]
+
+
+def _crf_label(
+    rgb: np.ndarray, scores: np.ndarray, keys: Sequence[int], crf: CRFConfig | None
+) -> np.ndarray:
+    """dCRF over the walked scores of `keys` (n, H, W), normalised per pixel; (H, W) labels."""
+    sub = np.maximum(scores, 0.0)
+    sub = sub / np.maximum(sub.sum(axis=0, keepdims=True), 1e-5)
+    refined = crf_inference(rgb, sub, crf)
+    return np.asarray(keys, np.uint8)[np.argmax(refined, axis=0)]
 
 
 def rw_crf_label(
@@ -128,10 +175,201 @@ def rw_crf_label(
 ) -> np.ndarray:
     """dCRF of the walked scores over [bg; present classes], normalised per pixel; (H, W)."""
     keys = [0] + list(present)
-    sub = np.maximum(scores[keys], 0.0)
-    sub = sub / np.maximum(sub.sum(axis=0, keepdims=True), 1e-5)
-    refined = crf_inference(rgb, sub, crf)
-    return np.asarray(keys, np.uint8)[np.argmax(refined, axis=0)]
+    return _crf_label(rgb, scores[keys], keys, crf)
+
+
+def _write_crf_label(
+    path: Path, rgb: np.ndarray, scores: np.ndarray, keys: Sequence[int], crf: CRFConfig | None
+) -> None:
+    save_label_png(path, _crf_label(rgb, scores, keys, crf))
+
+
+@dataclass
+class _Walked:
+    """One image's results on the host, valid once `ready` (the copy's CUDA event, or None)
+    has completed: its label (H, W) uint8 and, for the dCRF, the walked scores of
+    keys = [bg; present classes] (len(keys), H, W) float32."""
+
+    image_id: str
+    label: torch.Tensor
+    keys: list[int]
+    scores: torch.Tensor | None
+    rgb: np.ndarray
+    ready: torch.cuda.Event | None
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A copy in pinned host memory, queued on the current stream (no wait) for a CUDA t."""
+    if t.device.type == "cpu":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
+
+def walk_batch(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    cams: torch.Tensor,
+    cfg: MakeRwConfig,
+) -> torch.Tensor:
+    """AffinityNet and the walk of one batch on the model's device, upsampled to the padded
+    image size (method.md section 5): x (B, 3, Hp, Wp), cams (B, 21, Hp/8, Wp/8) ->
+    (B, 21, Hp, Wp) scores."""
+    from .. import random_walk
+
+    aff = model.affinity(x, cfg.radius)
+    if aff.shape[-2:] != cams.shape[-2:]:
+        raise ValueError(
+            f"AffinityNet gives a {tuple(aff.shape[-2:])} map for a "
+            f"{tuple(x.shape[-2:])} image; the stride must be {STRIDE}"
+        )
+    walked = random_walk(
+        cams,
+        aff.to(cams.dtype),
+        beta=cfg.beta,
+        iterations=cfg.iterations,
+        radius=cfg.radius,
+        region=cfg.region,
+    )
+    return F.interpolate(walked, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def labels_to_host(
+    walked: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    full_sizes: Sequence[tuple[int, int]],
+    present: Sequence[Sequence[int]] | None,
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per image: crop walk_batch's scores to its working size (h, w), bring them to its
+    original size, and queue the copies of its label (argmax over the 21 classes) and, where
+    `present` is given, of the scores of [bg; present] to the host. Returns (label (H, W)
+    uint8, scores or None) per image; from a GPU, valid once the stream has reached here."""
+    out = []
+    for j, (h, w) in enumerate(sizes):
+        scores = walked[j : j + 1, :, :h, :w]
+        if (h, w) != tuple(full_sizes[j]):  # a reduced working size: back to the original
+            scores = F.interpolate(
+                scores, size=tuple(full_sizes[j]), mode="bilinear", align_corners=False
+            )
+        scores = scores[0]
+        label = _to_host(scores.argmax(dim=0).to(torch.uint8))
+        sub = None
+        if present is not None:  # slices, not an index tensor: no host-to-device copy
+            sub = _to_host(torch.stack([scores[k] for k in (0, *present[j])]))
+        out.append((label, sub))
+    return out
+
+
+def _crf_context() -> multiprocessing.context.BaseContext:
+    """How the dCRF processes start: by fork on Linux, as torch's DataLoader workers do.
+
+    spawn (and forkserver) would import the caller's main module again in every process,
+    which breaks a script without an `if __name__ == "__main__":` guard, and torch once per
+    process. A fork of this threaded process (OpenMP pool, CUDA context) is safe here because
+    the children only run numpy, pydensecrf and PIL, never torch, CUDA or OpenMP.
+    """
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, the dCRF processes
+    # finish their image instead of printing tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Finisher:
+    """The host half of the stage: write each walked image's PNGs off the device's thread.
+
+    Threads wait for an image's copy, write rw/<id>.png and hand its dCRF to a process pool
+    (or run it in the thread where crf_workers is 0). `submit` blocks while `limit` images are
+    in flight, so memory stays bounded however slow the CPU side is, and raises the first
+    error of a finished image; `close` waits for the rest (or, on an error or Ctrl-C, cancels
+    what has not started) and leaves no thread or process behind.
+    """
+
+    def __init__(
+        self,
+        rw_dir: Path,
+        crf_dir: Path | None,
+        crf: CRFConfig,
+        crf_workers: int,
+        limit: int,
+        on_done: Callable[[], None],
+    ):
+        self.rw_dir, self.crf_dir, self.crf, self.limit = rw_dir, crf_dir, crf, max(1, limit)
+        self.on_done = on_done
+        self.processes = None
+        if crf_dir is not None and crf_workers > 0:
+            self.processes = ProcessPoolExecutor(
+                crf_workers, mp_context=_crf_context(), initializer=_ignore_sigint
+            )
+            for _ in range(crf_workers):  # start them all now, before the loader's threads
+                self.processes.submit(int)
+        threads = crf_workers + 1 if self.processes is not None else 2
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="make-rw")
+        self.in_flight: set[Future] = set()
+
+    def submit(self, item: _Walked) -> None:
+        while len(self.in_flight) >= self.limit:
+            self._reap(wait_futures(self.in_flight, return_when=FIRST_COMPLETED).done)
+        self._reap({f for f in self.in_flight if f.done()})
+        self.in_flight.add(self.threads.submit(self._finish, item))
+
+    def _reap(self, done: set[Future]) -> None:
+        for future in done:
+            self.in_flight.discard(future)
+            future.result()  # raises the image's error
+            self.on_done()
+
+    def _finish(self, item: _Walked) -> None:
+        try:
+            if item.ready is not None:
+                item.ready.synchronize()
+            crf_job = None
+            if self.crf_dir is not None:
+                args = (
+                    self.crf_dir / f"{item.image_id}.png",
+                    item.rgb,
+                    item.scores.numpy(),
+                    item.keys,
+                    self.crf,
+                )
+                if self.processes is not None:
+                    crf_job = self.processes.submit(_write_crf_label, *args)
+                else:
+                    _write_crf_label(*args)
+            save_label_png(self.rw_dir / f"{item.image_id}.png", item.label.numpy())
+            if crf_job is not None:
+                crf_job.result()
+        except Exception as exc:
+            raise RuntimeError(f"make-rw failed on image {item.image_id!r}: {exc}") from exc
+
+    def close(self, cancel: bool) -> None:
+        try:
+            if not cancel:
+                while self.in_flight:
+                    self._reap(wait_futures(self.in_flight, return_when=FIRST_COMPLETED).done)
+        finally:
+            # on an error or Ctrl-C: images not started are dropped (none is half-written)
+            self.threads.shutdown(wait=False, cancel_futures=True)
+            if self.processes is not None:
+                self.processes.shutdown(wait=True, cancel_futures=True)
+            self.threads.shutdown(wait=True)
+
+
+def _pending_limit(cfg: MakeRwConfig) -> int:
+    """Images between the device and their files: enough to keep every dCRF process and the
+    next batch busy (a few MB each at VOC's size)."""
+    return 2 * max(cfg.batch_size, cfg.crf_workers if cfg.write_crf else 0, 1)
+
+
+def load_throughput(out_dir: str | os.PathLike) -> dict:
+    """The record make_rw writes to OUT_DIR/make-rw.throughput.json: {"images", "seconds",
+    "images_per_s", "device", "batch_size", "batches", "crf", "crf_workers"}."""
+    path = Path(out_dir) / THROUGHPUT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no make-rw record {str(path)!r}: run make-rw into that folder")
+    return json.loads(path.read_text())
 
 
 def make_rw(
@@ -144,9 +382,11 @@ def make_rw(
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Write OUT_DIR/rw/<id>.png (and rw_crf/) for every id; existing ones are kept."""
-    from .. import random_walk
+    """Write OUT_DIR/rw/<id>.png (and rw_crf/) for every id; existing ones are kept.
 
+    Also writes OUT_DIR/make-rw.throughput.json (`load_throughput`): the images done in this
+    call and their images/s, from the first batch read to the last file written.
+    """
     cfg = config or MakeRwConfig()
     device = resolve_device(cfg.device)
     voc = VOCDataset(voc_root, label_source="mask")
@@ -162,48 +402,71 @@ def make_rw(
     model = load_aff_net(aff_net_dir, cfg.backbone, device)
     record_config(out_dir, "make-rw", cfg)
     todo = pending(ids, outputs, overwrite)
-    dataset = _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.long_side)
+    batches = _size_batches(voc, todo, cfg.batch_size, cfg.long_side)
     loader = DataLoader(
-        dataset,
-        batch_sampler=_size_batches(voc, todo, cfg.batch_size, cfg.long_side),
+        _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.long_side),
+        batch_sampler=batches,
         collate_fn=_collate,
         num_workers=cfg.num_workers if len(todo) > 1 else 0,
+        pin_memory=device.type == "cuda",
     )
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="make-rw", disable=not progress)
-    with torch.no_grad():
-        for batch_ids, x, cams, sizes, present, rgbs in loader:
-            x, cams = x.to(device), cams.to(device)
-            aff = model.affinity(x, cfg.radius)
-            if aff.shape[-2:] != cams.shape[-2:]:
-                raise ValueError(
-                    f"AffinityNet gives a {tuple(aff.shape[-2:])} map for a "
-                    f"{tuple(x.shape[-2:])} image; the stride must be {STRIDE}"
+    start = time.perf_counter()
+    done = 0
+
+    def count() -> None:
+        nonlocal done
+        done += 1
+        bar.update()
+        bar.set_postfix_str(f"{done / (time.perf_counter() - start):.2f} images/s", refresh=False)
+
+    finisher = _Finisher(
+        rw_dir,
+        crf_dir if cfg.write_crf else None,
+        cfg.crf,
+        cfg.crf_workers if todo else 0,
+        _pending_limit(cfg),
+        count,
+    )
+    failed = True
+    try:
+        with torch.inference_mode():
+            for batch_ids, x, cams, sizes, present, rgbs in loader:
+                x = x.to(device, non_blocking=True)
+                cams = cams.to(device, non_blocking=True)
+                walked = walk_batch(model, x, cams, cfg)
+                host = labels_to_host(
+                    walked, sizes, [r.shape[:2] for r in rgbs], present if cfg.write_crf else None
                 )
-            walked = random_walk(
-                cams,
-                aff.to(cams.dtype),
-                beta=cfg.beta,
-                iterations=cfg.iterations,
-                radius=cfg.radius,
-                region=cfg.region,
-            )
-            # method.md section 5: upsample to the padded size, crop to the image
-            walked = F.interpolate(walked, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            for j, image_id in enumerate(batch_ids):
-                h, w = sizes[j]
-                scores = walked[j : j + 1, :, :h, :w]
-                full = rgbs[j].shape[:2]
-                if (h, w) != full:  # a reduced working size: back to the original
-                    scores = F.interpolate(scores, size=full, mode="bilinear", align_corners=False)
-                scores = scores[0].cpu()
-                if cfg.write_crf:
-                    save_label_png(
-                        crf_dir / f"{image_id}.png",
-                        rw_crf_label(rgbs[j], scores.numpy(), present[j], cfg.crf),
-                    )
-                save_label_png(
-                    rw_dir / f"{image_id}.png", scores.argmax(dim=0).to(torch.uint8).numpy()
-                )
-                bar.update()
-    bar.close()
+                ready = None
+                if device.type == "cuda":
+                    ready = torch.cuda.Event()
+                    ready.record()
+                for j, (label, scores) in enumerate(host):
+                    keys = [0, *present[j]]
+                    finisher.submit(_Walked(batch_ids[j], label, keys, scores, rgbs[j], ready))
+        failed = False
+    finally:
+        try:
+            finisher.close(cancel=failed)
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - start
+    record = {
+        "images": done,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(done / seconds, 3) if done else None,
+        "device": str(device),
+        "batch_size": cfg.batch_size,
+        "batches": len(batches),
+        "crf": cfg.write_crf,
+        "crf_workers": cfg.crf_workers if cfg.write_crf else 0,
+    }
+    atomic_write_json(out_dir / THROUGHPUT_FILE, record)
+    if progress and done:
+        print(
+            f"make-rw: {done} images in {seconds:.1f} s, {done / seconds:.2f} images/s "
+            f"({device}, {len(batches)} batches)",
+            file=sys.stderr,
+        )
     return out_dir

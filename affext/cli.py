@@ -132,6 +132,7 @@ def _cmd_make_rw(args) -> None:
         beta=args.beta,
         iterations=args.iterations,
         batch_size=args.batch_size,
+        crf_workers=args.crf_workers,
     )
     if args.no_crf:
         cfg.write_crf = False
@@ -306,6 +307,11 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--no-crf", action="store_true", help="skip the rw_crf labels")
+    p.add_argument(
+        "--crf-workers",
+        type=int,
+        help="processes for the dCRF (default: half the cores, 1 to 8; 0: in the main process)",
+    )
     p.set_defaults(func=_cmd_make_rw)
 
     p = sub.add_parser("eval", help="mIoU of a folder of predicted PNGs")

@@ -13,9 +13,6 @@ import torch
 
 from ..files import missing_files, require_files
 
-# make-rw imports these two from here; their home is affext.files.
-from ..files import load_score_dict, record_config  # noqa: F401  isort: skip
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """ "auto"/None -> cuda when available, else cpu; a clear error for an unusable device."""

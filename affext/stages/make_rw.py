@@ -1,7 +1,7 @@
-"""Stage `make-rw`: random walk of the CAMs with AffinityNet's affinities (method.md section 5).
+"""Stage `make-rw`: random walk of the CAMs with AffinityNet's affinities (docs/method.md §5).
 
 OUT/rw/<id>.png: the pseudo label (VOC palette); OUT/rw_crf/<id>.png: the same scores refined
-by the dense CRF (section 2's settings) over the background and the image's classes;
+by the dense CRF (docs/method.md §2's settings) over the background and the image's classes;
 OUT/make-rw.throughput.json: images, seconds and images/s of the last run.
 
 A pipeline, so that the device never waits for the CPU work: DataLoader workers read and
@@ -35,17 +35,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.datasets import pool_by
-from ..data.transforms import long_side_size, normalize, resize_maps, to_long_side
+from ..data.transforms import long_side_size, normalize, pool_by, resize_maps, to_long_side
 from ..data.voc import VOCDataset, save_label_png
+from ..files import load_score_dict, record_config
 from .common import (
     atomic_write_json,
     background_score,
     cam_stack,
     default_workers,
-    load_score_dict,
     pending,
-    record_config,
     require_cams,
     resolve_device,
 )
@@ -116,7 +114,7 @@ class _RwDataset(Dataset):
         work = np.asarray(to_long_side(pil, self.long_side))
         h, w = work.shape[:2]
         fg = resize_maps(cam_stack(cam, rgb.shape[:2]), (h, w))
-        # method.md section 5: [M_bg (alpha); M_1..M_20], zero-padded, pooled by 8
+        # docs/method.md §5: [M_bg (alpha); M_1..M_20], zero-padded, pooled by 8
         scores = np.concatenate([background_score(fg, self.alpha)[None], fg])
         hp, wp = padded(h), padded(w)
         x = np.zeros((3, hp, wp), np.float32)
@@ -213,7 +211,7 @@ def walk_batch(
     cfg: MakeRwConfig,
 ) -> torch.Tensor:
     """AffinityNet and the walk of one batch on the model's device, upsampled to the padded
-    image size (method.md section 5): x (B, 3, Hp, Wp), cams (B, 21, Hp/8, Wp/8) ->
+    image size (docs/method.md §5): x (B, 3, Hp, Wp), cams (B, 21, Hp/8, Wp/8) ->
     (B, 21, Hp, Wp) scores."""
     from .. import random_walk
 

@@ -23,7 +23,7 @@ from .common import StageTimer
 from .config import PRESETS, RunConfig
 from .evaluate import evaluate
 from .make_cam import make_cam
-from .make_rw import make_rw
+from .make_rw import load_throughput, make_rw
 from .overview import write_overview
 from .train_aff import train_aff
 from .train_cam import train_cam
@@ -65,6 +65,8 @@ def run(
     results = evaluate_outputs(voc_root, evals, work, cfg.make_rw.write_crf, progress)
     times["eval"] = round(t.seconds, 2)
     metrics = _metrics(results, cfg, len(train), len(evals), times)
+    # None when a resumed run found every label already written
+    metrics["make_rw_images_per_s"] = load_throughput(work / "make_rw")["images_per_s"]
     t = StageTimer()
     write_overview(
         voc,

@@ -4,8 +4,9 @@
 // threads in a fixed tree into one partial; the block that finishes last (an integer counter)
 // adds the partials in block order and writes the losses and counts. The result does not
 // depend on which block finishes last. Backward: one thread per pair, the gradients of the
-// class sums formed on the device from the forward's counts. No host synchronisation: the op
-// can be captured in a CUDA graph.
+// class sums formed on the device from the forward's counts. With uint8 labels there is no
+// host synchronisation (other integer dtypes are range-checked first, prepare_labels): the
+// op can be captured in a CUDA graph.
 // Cost at B=8, 56x56, r=5: 850k pairs, 3.4 MB of affinities and 25 KB of labels read: a few
 // microseconds of memory traffic; the op is bound by its two launches (and autograd's).
 #include <ATen/ATen.h>

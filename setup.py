@@ -3,19 +3,36 @@
 The CPU kernels are always compiled. The CUDA kernels are compiled when torch is a
 CUDA build, nvcc is found and a GPU is visible (a CPU-only machine then builds in a minute
 instead of four); AFFEXT_CUDA=1 forces them (and fails loudly if that is impossible; CI and
-GPU-less build hosts use it), AFFEXT_CUDA=0 leaves them out. TORCH_CUDA_ARCH_LIST is
-respected and defaults to "8.0;9.0" (A100 and H100/H200).
+GPU-less build hosts use it), AFFEXT_CUDA=0 leaves them out.
+
+CUDA architectures: TORCH_CUDA_ARCH_LIST when set; else those of the visible GPUs; else
+PORTABLE_ARCHS (the ones this nvcc supports) with PTX of the newest, which the driver of a
+newer GPU compiles at first use. `affext info` lists what was built.
+
+The C++ compiler must link libstdc++ dynamically: with a static copy inside affext._C, an
+error raised by an op (a c10::Error) cannot be caught by torch, and the process aborts or
+segfaults instead of raising a Python exception. The build warns when the compiler
+(CXX, else c++) links it statically; set CXX (and CC) to another compiler, e.g. /usr/bin/g++.
 """
 
 import glob
 import os
 import platform
+import re
+import shlex
 import shutil
+import subprocess
+import sys
+import tempfile
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0"
+# Compute capabilities built when no GPU is visible: V100 (7.0), T4 and RTX 20 (7.5), A100
+# (8.0), RTX 30 and A10 (8.6), RTX 40 and L4 (8.9), H100 and H200 (9.0), and 9.0's PTX for
+# newer GPUs. CUDA 13's nvcc no longer compiles for 7.0 (its oldest is 7.5): the archs the
+# nvcc found does not list are left out.
+PORTABLE_ARCHS = ("7.0", "7.5", "8.0", "8.6", "8.9", "9.0")
 
 
 def _is_real_nvcc(path: str) -> bool:
@@ -69,6 +86,83 @@ def _want_cuda() -> bool:
     return available and torch.cuda.is_available()
 
 
+def _nvcc_archs() -> set[str] | None:
+    """Compute capabilities the toolkit's nvcc compiles for ("7.5", "9.0", ...), or None."""
+    nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
+    try:
+        out = subprocess.run(
+            [nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    archs = {f"{m[1]}.{m[2]}" for m in re.finditer(r"compute_(\d+)(\d)[a-z]?\b", out)}
+    return archs or None
+
+
+def _default_archs() -> str:
+    """TORCH_CUDA_ARCH_LIST for a build that did not set it (see the module docstring)."""
+    import torch
+
+    supported = _nvcc_archs()
+    if torch.cuda.is_available():
+        devices = range(torch.cuda.device_count())
+        capabilities = {torch.cuda.get_device_capability(i) for i in devices}
+        visible = [f"{major}.{minor}" for major, minor in sorted(capabilities)]
+        missing = [a for a in visible if supported is not None and a not in supported]
+        if missing:
+            raise RuntimeError(
+                f"the visible GPU(s) need compute capability {', '.join(missing)}, which the "
+                f"nvcc in {cpp_extension.CUDA_HOME} cannot compile for (it supports "
+                f"{', '.join(sorted(supported, key=float))}): use a CUDA toolkit that does, or "
+                "set TORCH_CUDA_ARCH_LIST"
+            )
+        return ";".join(visible)
+    archs = [a for a in PORTABLE_ARCHS if supported is None or a in supported]
+    return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
+
+
+def _cxx_compiler() -> str:
+    """The C++ compiler torch.utils.cpp_extension builds with."""
+    return os.environ.get("CXX", "c++")
+
+
+def _links_libstdcxx_statically(cxx: str) -> bool | None:
+    """Whether `cxx -shared` makes a library without a dynamic libstdc++ (None: unknown).
+
+    Links a one-function library that throws, and looks for libstdc++.so among the names
+    its dynamic section needs.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
+        with open(src, "w") as f:
+            f.write('#include <stdexcept>\nvoid probe() { throw std::runtime_error("x"); }\n')
+        try:
+            subprocess.run(
+                [*shlex.split(cxx), "-shared", "-fPIC", src, "-o", lib],
+                capture_output=True,
+                check=True,
+                timeout=120,
+            )
+            with open(lib, "rb") as f:
+                return b"libstdc++.so" not in f.read()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+
+def _warn_static_libstdcxx() -> None:
+    if platform.system() != "Linux":
+        return
+    cxx = _cxx_compiler()
+    if _links_libstdcxx_statically(cxx):
+        print(
+            f"WARNING: the C++ compiler {cxx!r} ({shutil.which(shlex.split(cxx)[0])}) links "
+            "libstdc++ statically: any error raised inside an affext op will then crash the "
+            "process (segfault) instead of raising an exception. Build with a compiler that "
+            "links it dynamically, e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++.",
+            file=sys.stderr,
+        )
+
+
 def _openmp_flags() -> list[str]:
     if platform.system() == "Darwin":
         return []
@@ -82,7 +176,8 @@ def extension():
     cxx = ["-O3"] + _openmp_flags()
     extra_link = _openmp_flags()
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _default_archs()
         sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
         define_macros.append(("AFFEXT_WITH_CUDA", None))
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
@@ -109,6 +204,7 @@ def extension():
     )
 
 
+_warn_static_libstdcxx()
 setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -20,15 +20,18 @@ def build_info() -> dict:
     """How the kernels were built, and what this process can run them on.
 
     Keys: "cuda" (CUDA kernels compiled), "cuda_version" (CUDA of the torch built against),
-    "cuda_arch" (list of compute capabilities compiled), "openmp", "torch" (version built
-    against), "torch_runtime" (version imported now), "cuda_available" (a GPU is usable now),
-    "threads", "machine".
+    "cuda_arch" (compute capabilities compiled to machine code, e.g. ["7.5", "9.0"]),
+    "cuda_ptx" (those also embedded as PTX, which the driver compiles for newer GPUs),
+    "openmp", "torch" (version built against), "torch_runtime" (version imported now),
+    "cuda_available" (a GPU is usable now), "threads", "machine".
     """
-    archs = [a for a in _C.cuda_arch.replace(",", ";").split(";") if a]
+    # TORCH_CUDA_ARCH_LIST's syntax: "7.5;8.0;9.0+PTX" (also commas or spaces)
+    entries = _C.cuda_arch.replace(",", " ").replace(";", " ").split()
     return {
         "cuda": bool(_C.cuda),
         "cuda_version": _C.cuda_version,
-        "cuda_arch": archs,
+        "cuda_arch": [e.removesuffix("+PTX") for e in entries],
+        "cuda_ptx": [e.removesuffix("+PTX") for e in entries if e.endswith("+PTX")],
         "openmp": bool(_C.openmp),
         "torch": _C.torch,
         "torch_runtime": torch.__version__,

@@ -20,12 +20,17 @@ TORCH_LIBRARY(affext, m) {
   m.def(
       "random_walk(Tensor cam, Tensor aff, float beta, int iterations, int radius, "
       "int region) -> Tensor");
-  // Section 4: stats [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count] (float64) of
-  // the pairs of region (0 psa, 1 full) classified from labels; the gradient flows into aff.
-  m.def("pair_loss(Tensor aff, Tensor labels, int radius, int region) -> Tensor");
+  // Section 4: the balanced loss of the pairs of region (0 psa, 1 full) classified from
+  // labels: loss, bg_loss, fg_loss, neg_loss (0-dim, aff's dtype; float64 sums inside) and the
+  // (3,) int64 counts [bg, fg, neg]. The backward takes the four losses' gradients (None for
+  // a loss that has none) and the counts; the gradient flows into aff.
   m.def(
-      "pair_loss_backward(Tensor grad_stats, Tensor aff, Tensor labels, int radius, "
-      "int region) -> Tensor");
+      "pair_loss(Tensor aff, Tensor labels, int radius, int region) -> (Tensor loss, Tensor "
+      "bg_loss, Tensor fg_loss, Tensor neg_loss, Tensor counts)");
+  m.def(
+      "pair_loss_backward(Tensor? grad_loss, Tensor? grad_bg_loss, Tensor? grad_fg_loss, "
+      "Tensor? grad_neg_loss, Tensor counts, Tensor aff, Tensor labels, int radius, int region) "
+      "-> Tensor");
   // Section 4: (B, K, H, W) uint8 pair classes: 0 bg_pos, 1 fg_pos, 2 neg, 3 none.
   m.def("pair_classes(Tensor labels, int radius, int region) -> Tensor");
 }

@@ -31,7 +31,8 @@ python -m pip install -q "${DEPS[@]}"
 # affext itself, built against the torch installed above (no isolation), only when its
 # sources changed since the last build in this venv.
 STAMP="$VENV/.affext-build-stamp"
-SIG=$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -d' ' -f1)-${AFFEXT_CUDA:-auto}
+# the compiler and the arch list are part of the build: a change rebuilds
+SIG=$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -d' ' -f1)-${AFFEXT_CUDA:-auto}-${CXX:-c++}-${TORCH_CUDA_ARCH_LIST:-default}
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$SIG" ] || ! python -c "import affext" 2>/dev/null; then
   echo "== building affext (AFFEXT_CUDA=${AFFEXT_CUDA:-auto})"
   (cd "$ROOT" && python -m pip install -q --no-build-isolation --no-deps -e .)

@@ -9,9 +9,16 @@
 #                             must already have torch with CUDA, numpy, matplotlib, pytest;
 # 2. runs the test suite, the whole of it unless pytest arguments are given (the CUDA tests
 #    skip themselves only where no GPU is seen, and step 1 has made sure one is);
-# 3. runs `affext bench --device cuda`, and with GPU_CHECK_CPU_BENCH=1 the CPU bench too.
+# 3. runs `affext bench --device cuda`, and with GPU_CHECK_CPU_BENCH=1 the CPU bench too;
+# 4. runs the AffinityNet training-step benchmark (benchmarks/bench_train_step.py: resnet38,
+#    B=8, 448 crop, affext's ops vs psa's formulation, step time and peak memory).
+# The build uses the system compiler (CC=/usr/bin/gcc CXX=/usr/bin/g++) where it exists and
+# CC/CXX are not set: some GPU machines put first on PATH a gcc that links libstdc++
+# statically, and with such a build every error raised inside an op crashes the process
+# (segfault) instead of raising an exception (setup.py warns about it).
 # Leaves under OUT_DIR: build.log, tests.log, bench_cuda.{json,png,log}
-# (bench_cpu.{json,png,log}), and summary.txt with each step's exit status. The steps after a
+# (bench_cpu.{json,png,log}), train_step.{json,log}, and summary.txt with each step's exit
+# status. The steps after a
 # failed test step still run; the script exits non-zero if any step failed.
 set -uo pipefail
 if [ $# -lt 1 ]; then
@@ -28,6 +35,10 @@ FAILED=0
 
 build() {
   export AFFEXT_CUDA=1
+  if [ -z "${CC:-}" ] && [ -z "${CXX:-}" ] && [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ]; then
+    export CC=/usr/bin/gcc CXX=/usr/bin/g++
+  fi
+  echo "C++ compiler: ${CXX:-c++} ($(command -v "${CXX:-c++}"))"
   case "${GPU_CHECK_ENV:-venv}" in
     venv)
       # shellcheck disable=SC1091
@@ -93,10 +104,13 @@ if [ "${GPU_CHECK_CPU_BENCH:-0}" = 1 ]; then
   step "bench cpu" "$OUT/bench_cpu.log" \
     "${BENCH[@]}" --device cpu --json "$OUT/bench_cpu.json" --plot "$OUT/bench_cpu.png"
 fi
+step "train step" "$OUT/train_step.log" python -m pytest -q -s -k cuda \
+  benchmarks/bench_train_step.py --benchmark-json="$OUT/train_step.json"
 
 echo "== summary ($SUMMARY)"
 cat "$SUMMARY"
 tail -n 1 "$OUT/tests.log"
 # The bench's tables (stdout) follow its progress lines (stderr) in its log.
 sed -n '/^affext bench, /,$p' "$OUT/bench_cuda.log"
+grep -h '^\[cuda' "$OUT/train_step.log"
 exit "$FAILED"

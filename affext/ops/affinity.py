@@ -32,14 +32,40 @@ def pairwise_affinity(feat: torch.Tensor, radius: int = 5) -> torch.Tensor:
     return _op(feat, check_radius(radius))
 
 
+def _check_feat(feat, radius):
+    """The kernels' shape and dtype rules (affinity_args.cpp), for the fake kernels."""
+    torch._check(feat.dim() == 4, lambda: f"feat must have shape (B, C, H, W), got {feat.shape}")
+    torch._check(
+        feat.dtype.is_floating_point,
+        lambda: f"feat must be a floating-point tensor, got {feat.dtype}",
+    )
+    torch._check(feat.shape[1] > 0, lambda: "feat must have at least one channel")
+    torch._check(
+        feat.shape[2] >= radius and feat.shape[3] >= 2 * radius - 1,
+        lambda: (
+            f"feat is {feat.shape[2]}x{feat.shape[3]} but radius {radius} needs a map of "
+            f"at least {radius}x{2 * radius - 1}"
+        ),
+    )
+    b, _, h, w = feat.shape
+    return (b, len(neighborhood_offsets(radius)), h, w)
+
+
 @torch.library.register_fake("affext::pairwise_affinity")
 def _(feat, radius):
-    b, _, h, w = feat.shape
-    return feat.new_empty((b, len(neighborhood_offsets(radius)), h, w))
+    return feat.new_empty(_check_feat(feat, radius))
 
 
 @torch.library.register_fake("affext::pairwise_affinity_backward")
 def _(grad, feat, aff, radius):
+    aff_shape = _check_feat(feat, radius)
+    torch._check(
+        tuple(grad.shape) == aff_shape and tuple(aff.shape) == aff_shape,
+        lambda: (
+            f"grad and aff must have shape (B, K, H, W) = {aff_shape}, got "
+            f"{tuple(grad.shape)} and {tuple(aff.shape)}"
+        ),
+    )
     return torch.empty_like(feat, memory_format=torch.contiguous_format)
 
 

@@ -15,8 +15,6 @@ _classes_op = torch.ops.affext.pair_classes
 
 # Codes of torch.ops.affext.pair_classes (csrc/pair_loss/pair_loss.h, enum PairClass).
 PAIR_BG, PAIR_FG, PAIR_NEG, PAIR_NONE = 0, 1, 2, 3
-# psa's 1e-5 in the denominators of section 4.
-_COUNT_EPS = 1e-5
 
 
 class PairLoss(NamedTuple):
@@ -55,18 +53,6 @@ def _check_tensors(**tensors: torch.Tensor) -> None:
         )
 
 
-def combine_pair_stats(stats: torch.Tensor, dtype: torch.dtype) -> PairLoss:
-    """The loss from the kernels' stats [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count].
-
-    Section 4: L_c = sum_c / (count_c + 1e-5), L = L_bg/4 + L_fg/4 + L_neg/2; computed in
-    float64, then cast to dtype. A class without pairs gives 0 (0 / 1e-5).
-    """
-    parts = stats[:3] / (stats[3:] + _COUNT_EPS)
-    loss = parts[0] / 4 + parts[1] / 4 + parts[2] / 2
-    counts = stats[3:].detach().to(torch.int64)
-    return PairLoss(loss.to(dtype), *(p.to(dtype) for p in parts.unbind()), *counts.unbind())
-
-
 def pair_loss(
     aff: torch.Tensor, labels: torch.Tensor, radius: int = 5, region: str = "psa"
 ) -> PairLoss:
@@ -94,10 +80,14 @@ def pair_loss(
         neg_loss = -sum_neg log(1 + 1e-5 - a) / (neg_count + 1e-5). A class without pairs
         gives a part of 0. Differentiable with respect to aff (through any of the four
         losses); the reductions are deterministic (fixed-order partial sums in float64).
+        With uint8 labels neither pass synchronises with the host (a CUDA graph can hold
+        them).
     """
     _check_tensors(aff=aff, labels=labels)
-    stats = _op(aff, labels, check_radius(radius), region_code(region))
-    return combine_pair_stats(stats, aff.dtype)
+    loss, bg_loss, fg_loss, neg_loss, counts = _op(
+        aff, labels, check_radius(radius), region_code(region)
+    )
+    return PairLoss(loss, bg_loss, fg_loss, neg_loss, *counts.unbind())
 
 
 def affinity_labels(labels: torch.Tensor, radius: int = 5, region: str = "psa") -> AffinityLabels:
@@ -122,32 +112,70 @@ def affinity_labels(labels: torch.Tensor, radius: int = 5, region: str = "psa") 
     return AffinityLabels(*((classes == c).float() for c in (PAIR_BG, PAIR_FG, PAIR_NEG)))
 
 
+def _check_pair_loss_args(aff, labels, radius):
+    """The kernels' shape and dtype rules (pair_loss_args.cpp), for the fake kernels."""
+    torch._check(aff.dim() == 4, lambda: f"aff must have shape (B, K, H, W), got {aff.shape}")
+    torch._check(labels.dim() == 3, lambda: f"labels must have shape (B, H, W), got {labels.shape}")
+    torch._check(
+        aff.dtype.is_floating_point, lambda: f"aff must be a floating-point tensor, got {aff.dtype}"
+    )
+    torch._check(
+        not labels.dtype.is_floating_point and labels.dtype != torch.bool,
+        lambda: f"labels must be an integer tensor, got {labels.dtype}",
+    )
+    k = len(neighborhood_offsets(radius))
+    torch._check(
+        aff.shape[1] == k, lambda: f"aff has {aff.shape[1]} offsets but radius {radius} has K = {k}"
+    )
+    torch._check(
+        aff.shape[0] == labels.shape[0]
+        and aff.shape[2] == labels.shape[1]
+        and aff.shape[3] == labels.shape[2],
+        lambda: f"aff {tuple(aff.shape)} and labels {tuple(labels.shape)} must agree in B, H, W",
+    )
+
+
 @torch.library.register_fake("affext::pair_loss")
 def _(aff, labels, radius, region):
-    return aff.new_empty((6,), dtype=torch.float64)
+    _check_pair_loss_args(aff, labels, radius)
+    parts = tuple(aff.new_empty(()) for _ in range(4))
+    return (*parts, aff.new_empty((3,), dtype=torch.int64))
 
 
 @torch.library.register_fake("affext::pair_loss_backward")
-def _(grad_stats, aff, labels, radius, region):
+def _(grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, counts, aff, labels, radius, region):
+    _check_pair_loss_args(aff, labels, radius)
+    for grad in (grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss):
+        torch._check(grad is None or grad.dim() == 0, lambda: "loss gradients must be 0-dim")
+    torch._check(counts.shape == (3,) and counts.dtype == torch.int64, lambda: "counts: (3,) int64")
     return torch.empty_like(aff, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("affext::pair_classes")
 def _(labels, radius, region):
+    torch._check(labels.dim() == 3, lambda: f"labels must have shape (B, H, W), got {labels.shape}")
     b, h, w = labels.shape
     return labels.new_empty((b, len(neighborhood_offsets(radius)), h, w), dtype=torch.uint8)
 
 
 def _setup_context(ctx, inputs, output):
     aff, labels, radius, region = inputs
-    ctx.save_for_backward(aff, labels)
+    counts = output[4]
+    ctx.mark_non_differentiable(counts)
+    # a loss that takes no part in the objective passes None to the kernel, not a zero tensor
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(aff, labels, counts)
     ctx.radius, ctx.region = radius, region
 
 
-def _backward(ctx, grad_stats):
-    aff, labels = ctx.saved_tensors
-    # The counts are piecewise constant in aff: only the three sums carry a gradient.
-    return _backward_op(grad_stats, aff, labels, ctx.radius, ctx.region), None, None, None
+def _backward(ctx, grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, _grad_counts):
+    aff, labels, counts = ctx.saved_tensors
+    grads = (grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss)
+    if all(g is None for g in grads) or not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    # The counts are piecewise constant in aff: only the sums carry a gradient.
+    grad_aff = _backward_op(*grads, counts, aff, labels, ctx.radius, ctx.region)
+    return grad_aff, None, None, None
 
 
 torch.library.register_autograd("affext::pair_loss", _backward, setup_context=_setup_context)

@@ -18,16 +18,31 @@ AFFEXT_HOST_DEVICE acc_t affinity_from_l1(acc_t l1_sum, acc_t inv_channels) {
   return exp_acc(-l1_sum * inv_channels);
 }
 
-// d|a - b| / da with psa's (autograd's) convention sign(0) = 0.
-template <typename T>
-AFFEXT_HOST_DEVICE T sign_of_difference(T a, T b) {
-  return static_cast<T>((a > b) - (a < b));
+// One channel's term of the L1 distance between two pixels.
+template <typename acc_t>
+AFFEXT_HOST_DEVICE acc_t l1_term(acc_t a, acc_t b) {
+  return abs_acc(a - b);
 }
 
-// Weight of a pair in the backward pass: d loss / d l1_sum = -grad * aff / C.
+// d|a - b| / da with psa's (autograd's) convention sign(0) = 0 (and 0 for NaN). Two selects
+// rather than (a > b) - (a < b), which costs an integer-to-float conversion on the GPU.
+template <typename T>
+AFFEXT_HOST_DEVICE T sign_of_difference(T a, T b) {
+  return a > b ? T(1) : (a < b ? T(-1) : T(0));
+}
+
+// Weight of a pair in the backward pass: w = grad * aff / C, so that
+// d loss / d l1_sum = -w (the affinity is exp(-l1_sum / C)).
 template <typename acc_t>
 AFFEXT_HOST_DEVICE acc_t pair_weight(acc_t grad, acc_t aff, acc_t inv_channels) {
   return grad * aff * inv_channels;
+}
+
+// A pair's term of grad_feat at its pixel p with neighbour q: d loss / d f_p through
+// |f_p - f_q|, the same expression whether p is the first or the second pixel of the pair.
+template <typename acc_t>
+AFFEXT_HOST_DEVICE acc_t grad_term(acc_t weight, acc_t fp, acc_t fq) {
+  return -weight * sign_of_difference(fp, fq);
 }
 
 at::Tensor pairwise_affinity_cpu(const at::Tensor& feat, int64_t radius);

@@ -41,7 +41,7 @@ void forward_kernel(const scalar_t* feat, scalar_t* aff, int64_t B, int64_t C, i
           column_range(W, dx, x0, x1);
           const scalar_t* dst = src + dy * W + dx;
           acc_t* acc = l1.data() + static_cast<int64_t>(k) * W;
-          for (int64_t x = x0; x < x1; ++x) acc[x] += abs_acc(src[x] - dst[x]);
+          for (int64_t x = x0; x < x1; ++x) acc[x] += l1_term<acc_t>(src[x], dst[x]);
         }
       }
       for (int k = 0; k < K; ++k) {
@@ -89,13 +89,13 @@ void backward_kernel(const scalar_t* grad, const scalar_t* feat, const scalar_t*
             column_range(W, dx, x0, x1);
             const scalar_t* nb = src + dy * W + dx;
             const acc_t* w = wb + (static_cast<int64_t>(k) * H + y) * W;
-            for (int64_t x = x0; x < x1; ++x) g[x] -= w[x] * sign_of_difference(src[x], nb[x]);
+            for (int64_t x = x0; x < x1; ++x) g[x] += grad_term<acc_t>(w[x], src[x], nb[x]);
           }
           if (y - dy >= 0) {  // pixel is the second of pair (p - o_k, p)
             column_range(W, -dx, x0, x1);
             const scalar_t* nb = src - dy * W - dx;
             const acc_t* w = wb + (static_cast<int64_t>(k) * H + (y - dy)) * W - dx;
-            for (int64_t x = x0; x < x1; ++x) g[x] -= w[x] * sign_of_difference(src[x], nb[x]);
+            for (int64_t x = x0; x < x1; ++x) g[x] += grad_term<acc_t>(w[x], src[x], nb[x]);
           }
         }
         scalar_t* out = grad_feat + (b * C + c) * HW + y * W;

@@ -1,16 +1,19 @@
 // Class-balanced pair loss of AffinityNet (method.md section 4), computed from the label map:
 // every pair (p, p + o_k) of the region is classified from its two labels and its affinity
-// contributes to the sum of its class. The kernels return six numbers, the "stats":
+// contributes to the sum of its class. The kernels first gather six numbers, the "stats":
 //   [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count]
 // with bg_sum = sum over bg_pos pairs of -log(a + 1e-5), fg_sum likewise and
-// neg_sum = sum over neg pairs of -log(1 + 1e-5 - a). The division by the counts and the
-// weights 1/4, 1/4, 1/2 are applied once, in affext/ops/pair_loss.py.
+// neg_sum = sum over neg pairs of -log(1 + 1e-5 - a), in float64; then the class losses
+// L_c = sum_c / (count_c + 1e-5) and L = L_bg/4 + L_fg/4 + L_neg/2 (pair_loss_parts), all
+// inside the op, so that a training step launches no further kernels for the loss.
 // The per-element math below is shared by the CPU and the CUDA kernels.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 #include "common/macros.h"
 #include "common/neighborhood.h"
@@ -21,6 +24,10 @@ namespace affext {
 // Pair classes; the first three are also the slots of the stats (sums, then counts).
 enum PairClass : int { kPairBg = 0, kPairFg = 1, kPairNeg = 2, kPairNone = 3 };
 enum : int { kPairStats = 6, kIgnoreLabel = 255 };
+// The op's loss outputs, in the order of the schema (csrc/affext.cpp).
+enum LossPart : int { kPartLoss = 0, kPartBg = 1, kPartFg = 2, kPartNeg = 3, kLossParts = 4 };
+// psa's 1e-5 in the denominators of section 4.
+constexpr double kCountEps = 1e-5;
 
 // Section 4: bg_pos if both labels are 0, fg_pos if equal and a class, neg if different;
 // a pair touching an ignored pixel (255) belongs to no class.
@@ -53,6 +60,24 @@ AFFEXT_HOST_DEVICE acc_t pair_term_grad(int cls, acc_t a) {
   return cls == kPairNeg ? acc_t(1) / neg_argument(a) : acc_t(-1) / pos_argument(a);
 }
 
+// Section 4's weight of a class loss in the total: L = L_bg/4 + L_fg/4 + L_neg/2.
+AFFEXT_HOST_DEVICE double class_weight(int cls) { return cls == kPairNeg ? 0.5 : 0.25; }
+
+// The loss and the three class losses from the stats; a class without pairs gives 0.
+AFFEXT_HOST_DEVICE void pair_loss_parts(const double* stats, double* parts) {
+  parts[kPartLoss] = 0;
+  for (int c = 0; c < 3; ++c) {
+    parts[kPartBg + c] = stats[c] / (stats[3 + c] + kCountEps);
+    parts[kPartLoss] += class_weight(c) * parts[kPartBg + c];
+  }
+}
+
+// d objective / d sum_c from the gradients of the total loss and of the class loss L_c.
+AFFEXT_HOST_DEVICE double class_sum_grad(int cls, double grad_loss, double grad_class_loss,
+                                         double count) {
+  return (grad_class_loss + class_weight(cls) * grad_loss) / (count + kCountEps);
+}
+
 // Class of the pair (b, k, y, x): kPairNone when it lies outside the region. labels points
 // at image b's (H, W) uint8 map.
 AFFEXT_HOST_DEVICE int pair_class_at(const uint8_t* labels, int y, int x, int dy, int dx, int H,
@@ -61,15 +86,27 @@ AFFEXT_HOST_DEVICE int pair_class_at(const uint8_t* labels, int y, int x, int dy
   return pair_class(labels[y * W + x], labels[(y + dy) * W + x + dx]);
 }
 
-at::Tensor pair_loss_cpu(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
-                         int64_t region);
-at::Tensor pair_loss_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& aff,
+// The forward's outputs: the loss and its three parts as 0-dim tensors in aff's dtype, and
+// the (3,) int64 counts [bg, fg, neg].
+using PairLossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+PairLossOutputs pair_loss_cpu(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
+                              int64_t region);
+at::Tensor pair_loss_backward_cpu(const std::optional<at::Tensor>& grad_loss,
+                                  const std::optional<at::Tensor>& grad_bg_loss,
+                                  const std::optional<at::Tensor>& grad_fg_loss,
+                                  const std::optional<at::Tensor>& grad_neg_loss,
+                                  const at::Tensor& counts, const at::Tensor& aff,
                                   const at::Tensor& labels, int64_t radius, int64_t region);
 at::Tensor pair_classes_cpu(const at::Tensor& labels, int64_t radius, int64_t region);
 #ifdef AFFEXT_WITH_CUDA
-at::Tensor pair_loss_cuda(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
-                          int64_t region);
-at::Tensor pair_loss_backward_cuda(const at::Tensor& grad_stats, const at::Tensor& aff,
+PairLossOutputs pair_loss_cuda(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
+                               int64_t region);
+at::Tensor pair_loss_backward_cuda(const std::optional<at::Tensor>& grad_loss,
+                                   const std::optional<at::Tensor>& grad_bg_loss,
+                                   const std::optional<at::Tensor>& grad_fg_loss,
+                                   const std::optional<at::Tensor>& grad_neg_loss,
+                                   const at::Tensor& counts, const at::Tensor& aff,
                                    const at::Tensor& labels, int64_t radius, int64_t region);
 at::Tensor pair_classes_cuda(const at::Tensor& labels, int64_t radius, int64_t region);
 #endif
@@ -86,7 +123,20 @@ PairLossArgs prepare_pair_loss_args(const at::Tensor& aff, const at::Tensor& lab
 // Checks an integer (B, H, W) label map with values in 0..255 and returns it as contiguous
 // uint8. Other integer dtypes are range-checked (a device sync on CUDA) and converted once.
 at::Tensor prepare_labels(const at::Tensor& labels, int64_t radius, int64_t region);
-// The (6,) float64 gradient of the stats, contiguous, on device.
-at::Tensor prepare_grad_stats(const at::Tensor& grad_stats, const at::Device& device);
+// The forward's outputs allocated for aff (loss parts in its dtype, counts int64).
+PairLossOutputs make_pair_loss_outputs(const at::Tensor& aff);
+
+// The backward's gradients of the four loss outputs: each None (no gradient) or a 0-dim
+// floating tensor on aff's device, returned in aff's dtype (undefined for None); and the
+// (3,) int64 counts of the forward, checked.
+struct PairLossGrads {
+  at::Tensor parts[kLossParts];
+  at::Tensor counts;
+};
+PairLossGrads prepare_pair_loss_grads(const std::optional<at::Tensor>& grad_loss,
+                                      const std::optional<at::Tensor>& grad_bg_loss,
+                                      const std::optional<at::Tensor>& grad_fg_loss,
+                                      const std::optional<at::Tensor>& grad_neg_loss,
+                                      const at::Tensor& counts, const at::Tensor& aff);
 
 }  // namespace affext

@@ -54,14 +54,35 @@ PairLossArgs prepare_pair_loss_args(const at::Tensor& aff, const at::Tensor& lab
   return {aff.contiguous(), std::move(labels_u8), o};
 }
 
-at::Tensor prepare_grad_stats(const at::Tensor& grad_stats, const at::Device& device) {
-  TORCH_CHECK_VALUE(grad_stats.dim() == 1 && grad_stats.size(0) == kPairStats,
-                    "grad_stats must have shape (", static_cast<int>(kPairStats), "), got ",
-                    grad_stats.sizes());
-  check_floating("grad_stats", grad_stats);
-  TORCH_CHECK_VALUE(grad_stats.device() == device, "grad_stats is on ", grad_stats.device(),
-                    " but aff is on ", device);
-  return grad_stats.to(at::kDouble).contiguous();
+PairLossOutputs make_pair_loss_outputs(const at::Tensor& aff) {
+  const auto part = [&] { return at::empty({}, aff.options()); };
+  return {part(), part(), part(), part(), at::empty({3}, aff.options().dtype(at::kLong))};
+}
+
+PairLossGrads prepare_pair_loss_grads(const std::optional<at::Tensor>& grad_loss,
+                                      const std::optional<at::Tensor>& grad_bg_loss,
+                                      const std::optional<at::Tensor>& grad_fg_loss,
+                                      const std::optional<at::Tensor>& grad_neg_loss,
+                                      const at::Tensor& counts, const at::Tensor& aff) {
+  static const char* const names[kLossParts] = {"grad_loss", "grad_bg_loss", "grad_fg_loss",
+                                                "grad_neg_loss"};
+  const std::optional<at::Tensor>* grads[kLossParts] = {&grad_loss, &grad_bg_loss, &grad_fg_loss,
+                                                        &grad_neg_loss};
+  PairLossGrads out;
+  for (int i = 0; i < kLossParts; ++i) {
+    if (!grads[i]->has_value() || !(*grads[i])->defined()) continue;
+    const at::Tensor& g = **grads[i];
+    TORCH_CHECK_VALUE(g.dim() == 0, names[i], " must be a 0-dim tensor, got shape ", g.sizes());
+    check_floating(names[i], g);
+    check_same_device(names[i], g, "aff", aff);
+    out.parts[i] = g.to(aff.scalar_type());
+  }
+  TORCH_CHECK_VALUE(counts.dim() == 1 && counts.size(0) == 3 && counts.scalar_type() == at::kLong,
+                    "counts must be the forward's (3,) int64 pair counts, got ",
+                    counts.scalar_type(), " of shape ", counts.sizes());
+  check_same_device("counts", counts, "aff", aff);
+  out.counts = counts.contiguous();
+  return out;
 }
 
 }  // namespace affext

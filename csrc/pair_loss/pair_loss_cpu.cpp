@@ -1,6 +1,6 @@
 // CPU kernels of the pair loss. The forward works by (batch, row) chunks: each chunk sums its
 // pairs into its own slot in double and the slots are added in chunk order afterwards, so the
-// result does not depend on the number of threads.
+// result does not depend on the number of threads; pair_loss_parts then gives the losses.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -49,14 +49,14 @@ void forward_kernel(const scalar_t* aff, const uint8_t* labels, double* stats, i
 }
 
 template <typename scalar_t>
-void backward_kernel(const double* grad_stats, const scalar_t* aff, const uint8_t* labels,
+void backward_kernel(const double* sum_grad, const scalar_t* aff, const uint8_t* labels,
                      scalar_t* grad_aff, int64_t B, int H, int W, int radius, int region,
                      const Offsets& o) {
   using acc_t = scalar_t;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int K = o.count;
-  const acc_t g[3] = {static_cast<acc_t>(grad_stats[0]), static_cast<acc_t>(grad_stats[1]),
-                      static_cast<acc_t>(grad_stats[2])};
+  const acc_t g[3] = {static_cast<acc_t>(sum_grad[0]), static_cast<acc_t>(sum_grad[1]),
+                      static_cast<acc_t>(sum_grad[2])};
   at::parallel_for(0, B * K * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int y = static_cast<int>(row % H);
@@ -75,37 +75,59 @@ void backward_kernel(const double* grad_stats, const scalar_t* aff, const uint8_
 
 }  // namespace
 
-at::Tensor pair_loss_cpu(const at::Tensor& aff_in, const at::Tensor& labels_in, int64_t radius,
-                         int64_t region) {
+PairLossOutputs pair_loss_cpu(const at::Tensor& aff_in, const at::Tensor& labels_in, int64_t radius,
+                              int64_t region) {
   const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
   const at::Tensor &aff = args.aff, &labels = args.labels;
   TORCH_CHECK_TYPE(aff.scalar_type() == at::kFloat || aff.scalar_type() == at::kDouble,
                    "on the CPU aff must be float32 or float64, got ", aff.scalar_type());
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
-  at::Tensor stats = at::zeros({kPairStats}, aff.options().dtype(at::kDouble));
-  if (aff.numel() == 0) return stats;
-  AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_cpu", [&] {
-    forward_kernel<scalar_t>(aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(),
-                             stats.data_ptr<double>(), B, static_cast<int>(H), static_cast<int>(W),
-                             static_cast<int>(radius), static_cast<int>(region), args.offsets);
-  });
-  return stats;
+  double stats[kPairStats] = {0, 0, 0, 0, 0, 0};
+  if (aff.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_cpu", [&] {
+      forward_kernel<scalar_t>(aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(), stats, B,
+                               static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
+                               static_cast<int>(region), args.offsets);
+    });
+  }
+  double parts[kLossParts];
+  pair_loss_parts(stats, parts);
+  PairLossOutputs out = make_pair_loss_outputs(aff);
+  const at::Tensor* part_tensors[kLossParts] = {&std::get<0>(out), &std::get<1>(out),
+                                                &std::get<2>(out), &std::get<3>(out)};
+  for (int i = 0; i < kLossParts; ++i) part_tensors[i]->fill_(parts[i]);
+  int64_t* counts = std::get<4>(out).data_ptr<int64_t>();
+  for (int c = 0; c < 3; ++c) counts[c] = static_cast<int64_t>(stats[3 + c]);
+  return out;
 }
 
-at::Tensor pair_loss_backward_cpu(const at::Tensor& grad_stats_in, const at::Tensor& aff_in,
+at::Tensor pair_loss_backward_cpu(const std::optional<at::Tensor>& grad_loss,
+                                  const std::optional<at::Tensor>& grad_bg_loss,
+                                  const std::optional<at::Tensor>& grad_fg_loss,
+                                  const std::optional<at::Tensor>& grad_neg_loss,
+                                  const at::Tensor& counts_in, const at::Tensor& aff_in,
                                   const at::Tensor& labels_in, int64_t radius, int64_t region) {
   const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
   const at::Tensor &aff = args.aff, &labels = args.labels;
   TORCH_CHECK_TYPE(aff.scalar_type() == at::kFloat || aff.scalar_type() == at::kDouble,
                    "on the CPU aff must be float32 or float64, got ", aff.scalar_type());
-  const at::Tensor grad_stats = prepare_grad_stats(grad_stats_in, aff.device());
+  const PairLossGrads grads =
+      prepare_pair_loss_grads(grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, counts_in, aff);
+  double grad_parts[kLossParts];
+  for (int i = 0; i < kLossParts; ++i)
+    grad_parts[i] = grads.parts[i].defined() ? grads.parts[i].item<double>() : 0.0;
+  const int64_t* counts = grads.counts.data_ptr<int64_t>();
+  double sum_grad[3];
+  for (int c = 0; c < 3; ++c)
+    sum_grad[c] = class_sum_grad(c, grad_parts[kPartLoss], grad_parts[kPartBg + c],
+                                 static_cast<double>(counts[c]));
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
   at::Tensor grad_aff = at::empty_like(aff);
   if (aff.numel() == 0) return grad_aff;
   AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_stats.data_ptr<double>(), aff.data_ptr<scalar_t>(),
-                              labels.data_ptr<uint8_t>(), grad_aff.data_ptr<scalar_t>(), B,
-                              static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
+    backward_kernel<scalar_t>(sum_grad, aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(),
+                              grad_aff.data_ptr<scalar_t>(), B, static_cast<int>(H),
+                              static_cast<int>(W), static_cast<int>(radius),
                               static_cast<int>(region), args.offsets);
   });
   return grad_aff;

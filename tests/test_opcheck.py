@@ -1,0 +1,145 @@
+"""torch.library.opcheck of every affext op on every device present, with several samples each.
+
+opcheck runs the op against its schema, its fake kernel (shapes and dtypes under
+FakeTensorMode and torch.compile's AOT dispatch) and its autograd registration. The samples
+vary shapes, dtypes (half and bfloat16 on CUDA), radius, region and requires_grad; they are
+small, since each opcheck call traces the op several times.
+"""
+
+import pytest
+import torch
+from conftest import HAS_CUDA
+
+import affext
+
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+OPS = torch.ops.affext
+
+
+def float_dtypes(device):
+    if device == "cuda":
+        return [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    return [torch.float32, torch.float64]
+
+
+def labels_on(device, b, h, w, dtype=torch.uint8):
+    values = torch.tensor([0, 0, 1, 2, 255])
+    return values[torch.randint(0, len(values), (b, h, w))].to(device=device, dtype=dtype)
+
+
+def aff_on(device, b, radius, h, w, dtype=torch.float32, requires_grad=False):
+    k = len(affext.neighborhood_offsets(radius))
+    aff = 0.05 + 0.9 * torch.rand(b, k, h, w, dtype=torch.float64)
+    return aff.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+
+def affinity_samples(device):
+    shapes = [((2, 4, 9, 10), 3), ((1, 3, 5, 7), 2), ((1, 5, 6, 13), 5)]
+    for dtype in float_dtypes(device):
+        for i, (shape, radius) in enumerate(shapes):
+            feat = torch.randn(shape, dtype=torch.float64).to(device=device, dtype=dtype)
+            if i == 2:  # strides other than contiguous
+                feat = feat.to(memory_format=torch.channels_last)
+            yield f"{dtype}-{shape}-r{radius}", (feat.requires_grad_(i != 1), radius)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pairwise_affinity(device):
+    for name, args in affinity_samples(device):
+        try:
+            torch.library.opcheck(OPS.pairwise_affinity.default, args)
+            feat, radius = args
+            aff = OPS.pairwise_affinity(feat.detach(), radius)
+            torch.library.opcheck(
+                OPS.pairwise_affinity_backward.default,
+                (torch.rand_like(aff), feat.detach(), aff, radius),
+            )
+        except Exception as exc:
+            raise AssertionError(f"sample {name} on {device}") from exc
+
+
+def pair_loss_samples(device):
+    cases = [((2, 7, 9), 3, 0), ((2, 7, 9), 3, 1), ((1, 4, 5), 2, 1), ((1, 6, 10), 5, 0)]
+    for dtype in float_dtypes(device):
+        for i, (shape, radius, region) in enumerate(cases):
+            b, h, w = shape
+            label_dtype = torch.int32 if i == 1 else torch.uint8
+            aff = aff_on(device, b, radius, h, w, dtype, requires_grad=i != 2)
+            labels = labels_on(device, b, h, w, label_dtype)
+            yield f"{dtype}-{shape}-r{radius}-region{region}", (aff, labels, radius, region)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pair_loss(device):
+    for name, args in pair_loss_samples(device):
+        try:
+            torch.library.opcheck(OPS.pair_loss.default, args)
+            aff, labels, radius, region = args
+            counts = OPS.pair_loss(aff.detach(), labels, radius, region)[4]
+            one = aff.new_ones(())
+            for grads in ((one, None, None, None), (None, one, 2 * one, -one), (one,) * 4):
+                torch.library.opcheck(
+                    OPS.pair_loss_backward.default,
+                    (*grads, counts, aff.detach(), labels, radius, region),
+                )
+        except Exception as exc:
+            raise AssertionError(f"sample {name} on {device}") from exc
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pair_classes(device):
+    for shape, radius, region, dtype in [
+        ((2, 7, 9), 3, 0, torch.uint8),
+        ((1, 5, 6), 2, 1, torch.int64),
+        ((2, 6, 10), 5, 1, torch.uint8),
+    ]:
+        labels = labels_on(device, *shape, dtype=dtype)
+        torch.library.opcheck(OPS.pair_classes.default, (labels, radius, region))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_walk(device):
+    # the walk has no autograd (affext.random_walk detaches its inputs): no requires_grad
+    for (b, c, h, w), radius, region, iterations, dtype in [
+        ((1, 3, 6, 9), 3, 0, 4, torch.float32),
+        ((2, 2, 7, 8), 2, 1, 3, torch.float64),
+        ((1, 4, 6, 10), 5, 0, 2, torch.float32),
+    ]:
+        cam = torch.rand(b, c, h, w, dtype=dtype, device=device)
+        aff = aff_on(device, b, radius, h, w, dtype)
+        torch.library.opcheck(OPS.random_walk.default, (cam, aff, 8.0, iterations, radius, region))
+
+
+@pytest.mark.parametrize(
+    "op,args,match",
+    [
+        (OPS.pairwise_affinity, (torch.empty(2, 4, 9), 3), r"feat must have shape \(B, C, H, W\)"),
+        (OPS.pairwise_affinity, (torch.empty(1, 4, 2, 9), 3), "needs a map of at least 3x5"),
+        (
+            OPS.pairwise_affinity_backward,
+            (torch.empty(1, 11, 5, 6), torch.empty(1, 2, 5, 6), torch.empty(1, 12, 5, 6), 3),
+            "grad and aff must have shape",
+        ),
+        (
+            OPS.pair_loss,
+            (torch.empty(1, 12, 5, 6), torch.empty(1, 5, 7, dtype=torch.uint8), 3, 0),
+            "must agree in B, H, W",
+        ),
+        (
+            OPS.pair_loss,
+            (torch.empty(1, 4, 5, 6), torch.empty(1, 5, 6, dtype=torch.uint8), 3, 0),
+            "aff has 4 offsets but radius 3 has K = 12",
+        ),
+        (
+            OPS.pair_loss,
+            (torch.empty(1, 12, 5, 6), torch.empty(1, 5, 6), 3, 0),
+            "labels must be an integer tensor",
+        ),
+    ],
+)
+def test_fake_kernels_check_their_inputs(op, args, match):
+    # the fake kernels state the kernels' rules, so tracing fails where running would
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=match):
+        op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))

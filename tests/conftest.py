@@ -1,9 +1,6 @@
 import pytest
 import torch
 
-# test_affinity, test_pair_loss and test_random_walk import the mark from here.
-from helpers import requires_cuda  # noqa: F401
-
 
 @pytest.fixture(autouse=True)
 def _seed():

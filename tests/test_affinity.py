@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import requires_cuda
+from helpers import requires_cuda, structured_features
 
 import affext
 from affext import _extension
@@ -22,13 +22,6 @@ def full_reference(feat: torch.Tensor, radius: int) -> torch.Tensor:
         aff = torch.exp(-(feat - shifted).abs().mean(1, keepdim=True))
         out.append(aff * valid)
     return torch.cat(out, 1)
-
-
-def structured_features(b, c, h, w, dtype=torch.float32):
-    """Piecewise-constant regions plus noise, so that affinities span (0, 1)."""
-    coarse = torch.randn(b, c, (h + 3) // 4, (w + 3) // 4, dtype=dtype)
-    up = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="nearest")[:, :, :h, :w]
-    return up + 0.3 * torch.randn(b, c, h, w, dtype=dtype)
 
 
 def test_offsets_psa_order_radius5():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import requires_cuda
+from helpers import requires_cuda
 from PIL import Image
 
 import affext

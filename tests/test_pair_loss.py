@@ -3,7 +3,7 @@ from the kernels (affext/reference/pair_loss.py)."""
 
 import pytest
 import torch
-from conftest import requires_cuda
+from helpers import requires_cuda, structured_features
 
 import affext
 from affext.reference.affinity import psa_affinity
@@ -51,12 +51,6 @@ def reference_masks(labels, radius, region):
 def to_region_layout(aff, radius, region):
     """aff (B, K, H, W) in the layout of reference_masks."""
     return affext.psa_layout(aff, radius) if region == "psa" else aff
-
-
-def structured_features(b, c, h, w, dtype=torch.float32):
-    coarse = torch.randn(b, c, (h + 3) // 4, (w + 3) // 4, dtype=dtype)
-    up = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="nearest")[:, :, :h, :w]
-    return up + 0.3 * torch.randn(b, c, h, w, dtype=dtype)
 
 
 @pytest.mark.parametrize("kind", ["random", "blocky"])

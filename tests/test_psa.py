@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import requires_cuda
+from helpers import requires_cuda
 from torch import nn
 
 import affext

@@ -3,7 +3,7 @@ kernels (affext.reference.random_walk)."""
 
 import pytest
 import torch
-from conftest import requires_cuda
+from helpers import requires_cuda
 
 import affext
 from affext.reference.random_walk import (

@@ -14,8 +14,10 @@ _times: dict = {}
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("impl", ["psa-dense", "affext"])
+@pytest.mark.parametrize("impl", ["psa-dense", "affext", "affext-bf16"])
 def test_affinity_fwd_bwd(benchmark, device, impl, batch):
+    if impl == "affext-bf16" and device != "cuda":
+        pytest.skip("bfloat16 features: CUDA kernels only")
     benchmark.group = f"affinity fwd+bwd {device} B={batch}"
     work = synchronized(build(f"affinity/{impl}", device, batch=batch, **SHAPE), device)
     benchmark.pedantic(work, rounds=3 if impl == "psa-dense" else 10, warmup_rounds=1)

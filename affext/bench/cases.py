@@ -79,11 +79,11 @@ def _features(
     return feat.to(device).requires_grad_()
 
 
-def _affinity_case(forward):
+def _affinity_case(forward, dtype: torch.dtype = torch.float32):
     def builder(
         device: torch.device, batch: int = 1, channels: int = 448, size: int = 56, radius: int = 5
     ):
-        feat = _features(device, batch, channels, size)
+        feat = _features(device, batch, channels, size, dtype)
 
         def work():
             feat.grad = None
@@ -115,6 +115,11 @@ def _affinity_dense_bytes(
 # Forward + backward of the affinity, C=448 on a 56x56 map (a 448 crop at stride 8).
 case("affinity/affext", peak_bytes=_affinity_affext_bytes)(_affinity_case(pairwise_affinity))
 case("affinity/psa-dense", peak_bytes=_affinity_dense_bytes)(_affinity_case(psa_affinity))
+# bfloat16 features (CUDA kernels only): at least as fast as float32 is the target; the
+# float32 estimate bounds its memory.
+case("affinity/affext-bf16", peak_bytes=_affinity_affext_bytes)(
+    _affinity_case(pairwise_affinity, torch.bfloat16)
+)
 
 
 # --- Balanced pair loss (docs/method.md §4), batch 8, 56x56. ---------------------------

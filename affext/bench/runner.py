@@ -71,14 +71,17 @@ QUICK_NOTE = (
 FULL_NOTE = "full: the shapes of a real run (448 crop, batch 8) and the walk up to 512x512"
 
 
-def plan(quick: bool = False) -> list[Point]:
-    """The benchmark entries of a run, in order."""
+def plan(quick: bool = False, device: str = "cpu") -> list[Point]:
+    """The benchmark entries of a run, in order. On a GPU the affinity also runs in bfloat16
+    ("affext-bf16"; the CPU kernels take float32 and float64 only)."""
     train = QUICK_TRAIN if quick else TRAIN
     walk = QUICK_WALK if quick else WALK
     sizes = QUICK_SCALING_SIZES if quick else SCALING_SIZES
     channels = 64 if quick else 448
     walk_size = 16 if quick else 56
     aff = {AFFEXT: "affinity/affext", "psa-dense": "affinity/psa-dense"}
+    if torch.device(device).type == "cuda":
+        aff["affext-bf16"] = "affinity/affext-bf16"
     loss = {AFFEXT: "pair_loss/affext", "psa-dense": "pair_loss/psa"}
     rw = {
         AFFEXT: "random_walk/affext",
@@ -387,7 +390,7 @@ def run_bench(
 ) -> dict:
     """Run the benchmark and return the report (the JSON document described above)."""
     settings = settings or default_settings(device, quick)
-    points = plan(quick) if points is None else points
+    points = plan(quick, device) if points is None else points
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     report = {
         "schema": SCHEMA,

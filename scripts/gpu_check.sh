@@ -11,13 +11,15 @@
 #    skip themselves only where no GPU is seen, and step 1 has made sure one is);
 # 3. runs `affext bench --device cuda`, and with GPU_CHECK_CPU_BENCH=1 the CPU bench too;
 # 4. runs the AffinityNet training-step benchmark (benchmarks/bench_train_step.py: resnet38,
-#    B=8, 448 crop, affext's ops vs psa's formulation, step time and peak memory).
+#    B=8, 448 crop, affext's ops vs psa's formulation, step time and peak memory);
+# 5. runs make-rw's device path against psa's per-image path (benchmarks/bench_make_rw.py:
+#    resnet38, 500x375 images, images/s of each).
 # The build uses the system compiler (CC=/usr/bin/gcc CXX=/usr/bin/g++) where it exists and
 # CC/CXX are not set: some GPU machines put first on PATH a gcc that links libstdc++
 # statically, and with such a build every error raised inside an op crashes the process
 # (segfault) instead of raising an exception (setup.py warns about it).
 # Leaves under OUT_DIR: build.log, tests.log, bench_cuda.{json,png,log}
-# (bench_cpu.{json,png,log}), train_step.{json,log}, and summary.txt with each step's exit
+# (bench_cpu.{json,png,log}), train_step.{json,log}, bench_make_rw.{json,log}, and summary.txt with each step's exit
 # status. The steps after a
 # failed test step still run; the script exits non-zero if any step failed.
 set -uo pipefail
@@ -106,6 +108,8 @@ if [ "${GPU_CHECK_CPU_BENCH:-0}" = 1 ]; then
 fi
 step "train step" "$OUT/train_step.log" python -m pytest -q -s -k cuda \
   benchmarks/bench_train_step.py --benchmark-json="$OUT/train_step.json"
+step "bench make-rw" "$OUT/bench_make_rw.log" \
+  python benchmarks/bench_make_rw.py --device cuda --json "$OUT/bench_make_rw.json"
 
 echo "== summary ($SUMMARY)"
 cat "$SUMMARY"
@@ -113,4 +117,5 @@ tail -n 1 "$OUT/tests.log"
 # The bench's tables (stdout) follow its progress lines (stderr) in its log.
 sed -n '/^affext bench, /,$p' "$OUT/bench_cuda.log"
 grep -h '^\[cuda' "$OUT/train_step.log"
+sed -n '/^make-rw device path/,$p' "$OUT/bench_make_rw.log"
 exit "$FAILED"

@@ -1,8 +1,8 @@
 """make-rw's device path per image: psa's against affext's, same device, same images, same
-(random) weights; performance.md's GPU target: affext >= 2x psa's on an H100 or H200 with
+(random) weights; docs/performance.md's GPU target: affext >= 2x psa's on an H100 or H200 with
 resnet38 on VOC-sized (500x375) images.
 
-psa's path, one image at a time (method.md section 5): AffinityNet forward, affinities by
+psa's path, one image at a time (docs/method.md §5): AffinityNet forward, affinities by
 index_select of "from" and "to" features, the dense N x N matrix A, A^beta, column sums,
 8 squarings, one (C, N) x (N, N) product, upsampling, argmax, label to the host
 (affext.reference). affext's path is the stage's own (affext.stages.make_rw.walk_batch and

@@ -75,7 +75,7 @@ def random_net(monkeypatch):
 
 
 def sequential_reference(voc_root, ids, cam_dir, out: Path, cfg, device="cpu") -> Path:
-    """make-rw as one loop, method.md section 5 step by step: the stage's batches (images of
+    """make-rw as one loop, docs/method.md §5 step by step: the stage's batches (images of
     one padded working size, in order of first appearance, cut into batch_size chunks), then
     per image upsampling, argmax and the dCRF, written in turn."""
     voc = VOCDataset(voc_root, label_source="mask")

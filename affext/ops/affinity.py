@@ -1,4 +1,4 @@
-"""Pairwise L1 affinity over the half-disk neighbourhood (method.md section 3)."""
+"""Pairwise L1 affinity over the half-disk neighbourhood (docs/method.md §3)."""
 
 from __future__ import annotations
 

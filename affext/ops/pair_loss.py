@@ -1,4 +1,4 @@
-"""AffinityNet's class-balanced pair loss, computed from the label map (method.md section 4)."""
+"""AffinityNet's class-balanced pair loss, computed from the label map (docs/method.md §4)."""
 
 from __future__ import annotations
 

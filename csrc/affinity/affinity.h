@@ -1,4 +1,4 @@
-// Pairwise L1 affinity over the half-disk (method.md section 3):
+// Pairwise L1 affinity over the half-disk (docs/method.md §3):
 //   aff[b, k, y, x] = exp(-mean_c |feat[b, c, y, x] - feat[b, c, y + dy_k, x + dx_k]|),
 //   0 where the neighbour lies outside the map.
 // The per-element math below is shared by the CPU and the CUDA kernels.

@@ -1,4 +1,4 @@
-// The half-disk neighbourhood of AffinityNet (method.md section 3) and its pair regions.
+// The half-disk neighbourhood of AffinityNet (docs/method.md §3) and its pair regions.
 //
 // Offsets, in psa's order: (0, 1..r-1), then for dy in 1..r-1 the dx in -(r-1)..(r-1)
 // with dx^2 + dy^2 < r^2. The Python twin is affext/neighborhood.py; a test ties them.

@@ -1,4 +1,4 @@
-// Class-balanced pair loss of AffinityNet (method.md section 4), computed from the label map:
+// Class-balanced pair loss of AffinityNet (docs/method.md §4), computed from the label map:
 // every pair (p, p + o_k) of the region is classified from its two labels and its affinity
 // contributes to the sum of its class. The kernels first gather six numbers, the "stats":
 //   [bg_sum, fg_sum, neg_sum, bg_count, fg_count, neg_count]

@@ -20,8 +20,8 @@ import affext
 from affext.data import SynthConfig, VOCDataset, make_synthetic_voc, read_id_list
 from affext.data.transforms import normalize, resize_maps, to_long_side
 from affext.data.voc import save_label_png
+from affext.files import load_score_dict, save_score_dict
 from affext.models import AffinityNet, build_backbone
-from affext.stages.common import load_score_dict, save_score_dict
 from affext.stages.crf import crf_inference
 
 # the module, which the package's make_rw function shadows

@@ -37,9 +37,8 @@ from tqdm import tqdm
 
 from ..data.transforms import long_side_size, normalize, pool_by, resize_maps, to_long_side
 from ..data.voc import VOCDataset, save_label_png
-from ..files import load_score_dict, record_config
+from ..files import atomic_write_json, load_score_dict, record_config
 from .common import (
-    atomic_write_json,
     background_score,
     cam_stack,
     default_workers,

@@ -39,6 +39,7 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define AFFEXT_HAVE_AVX2_PATH 1
+#include <immintrin.h>
 #endif
 
 namespace affext {
@@ -258,15 +259,24 @@ struct TapRuns {
   std::vector<scalar_t> w;
 };
 
-// acc += w * v, rounded once: an explicit FMA instruction, so that no compiler's choice to
-// contract (or not) a multiply and an add can make two instantiations of step_run round a
-// pixel differently. v may come from memory.
+// The step kernels below are compiled for AVX2+FMA (step_avx2 is their only caller), so that
+// they can name the FMA instruction.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+// acc += w * v, rounded once: an explicit FMA (an intrinsic, which no compiler splits into a
+// multiply and an add), so that no compiler's choice to contract (or not) a multiply and an
+// add can make two instantiations of step_run round a pixel differently.
 template <typename scalar_t, typename vec>
 __attribute__((always_inline)) inline void fma_into(vec& acc, const vec& w, const vec& v) {
   if constexpr (sizeof(scalar_t) == 4)
-    __asm__("vfmadd231ps %2, %1, %0" : "+x"(acc) : "x"(w), "xm"(v));
+    acc = (vec)_mm256_fmadd_ps((__m256)w, (__m256)v, (__m256)acc);
   else
-    __asm__("vfmadd231pd %2, %1, %0" : "+x"(acc) : "x"(w), "xm"(v));
+    acc = (vec)_mm256_fmadd_pd((__m256d)w, (__m256d)v, (__m256d)acc);
 }
 
 // One run of U x vectors of one unit of R rows, CB channels. A pixel vector both rows use is
@@ -392,6 +402,12 @@ __attribute__((target("avx2,fma"))) void step_avx2(const TapRuns<scalar_t>& t, c
                                                    const Layout& g) {
   step_block_unit<scalar_t>(t, in, out, n, unit, g);
 }
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 
 // Is tap j non-zero for some column of [x0, x0 + n) in row y? taps: (H, J, W) of one image.
 template <typename scalar_t>

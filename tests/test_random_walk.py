@@ -299,7 +299,12 @@ def cuda_walk(mode, monkeypatch, *args, **kwargs):
         monkeypatch.delenv("AFFEXT_WALK_CUDA_MODE", raising=False)
     else:
         monkeypatch.setenv("AFFEXT_WALK_CUDA_MODE", mode)
-    return affext.random_walk(*args, **kwargs)
+    try:
+        return affext.random_walk(*args, **kwargs)
+    except ValueError as error:  # resident needs the shared memory of an H100/H200's SMs
+        if "do not fit" in str(error):
+            pytest.skip(f"{mode} mode does not fit this GPU: {error}")
+        raise
 
 
 @pytest.mark.cuda

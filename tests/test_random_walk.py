@@ -221,6 +221,16 @@ def test_result_dtype_fake_agrees_with_kernel():
     assert empty.dtype == torch.float64
 
 
+def test_fake_checks_shapes_like_the_kernel():
+    with FakeTensorMode():
+        cam, aff = torch.empty(1, 3, 4, 10), torch.empty(1, 34, 4, 10)
+        assert torch.ops.affext.random_walk(cam, aff, 8.0, 3, 5, 1).shape == (1, 3, 4, 10)
+        with pytest.raises(RuntimeError, match="needs a map of at least 5x9"):
+            torch.ops.affext.random_walk(cam, aff, 8.0, 3, 5, 0)
+        with pytest.raises(RuntimeError, match="radius 5 has K = 34"):
+            torch.ops.affext.random_walk(cam, aff[:, :33], 8.0, 3, 5, 1)
+
+
 def test_large_map_few_channels_any_thread_count():
     # Maps of 128 x 128 or more with a few live channels split each step by rows (with a
     # barrier) rather than by channel: same sums, at every thread count, as the reference.

@@ -86,4 +86,12 @@ def _(cam, aff, beta, iterations, radius, region):
         and cam.shape[3] == aff.shape[3],
         lambda: f"cam {tuple(cam.shape)} and aff {tuple(aff.shape)} must agree in (B, ., H, W)",
     )
+    if region == region_code("psa"):  # the full region takes any map size
+        torch._check(
+            aff.shape[2] >= radius and aff.shape[3] >= 2 * radius - 1,
+            lambda: (
+                f"aff is {aff.shape[2]}x{aff.shape[3]} but radius {radius} needs a map of "
+                f"at least {radius}x{2 * radius - 1}"
+            ),
+        )
     return cam.new_empty(cam.shape, dtype=walk_result_dtype(cam.dtype, aff.dtype))

@@ -4,8 +4,10 @@ kernels (affext.reference.random_walk)."""
 import pytest
 import torch
 from helpers import requires_cuda
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import affext
+from affext.ops.random_walk import walk_result_dtype
 from affext.reference.random_walk import (
     dense_transition,
     psa_dense_random_walk,
@@ -32,6 +34,24 @@ def realistic_inputs(b, c, h, w, dtype=torch.float32, radius=5, live=None):
             cy, cx = torch.rand(2) * torch.tensor([h, w])
             cam[i, ch] = torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (0.05 * h * w))
     return cam.to(dtype), aff.to(dtype)
+
+
+def small_map_inputs(h, w, radius, device="cpu"):
+    """Random CAMs and affinities of any map size (pairwise_affinity needs psa's minimum)."""
+    k = len(affext.neighborhood_offsets(radius))
+    cam = torch.rand(1, 3, h, w, dtype=torch.float64)
+    aff = torch.rand(1, k, h, w, dtype=torch.float64)
+    return cam.to(device), aff.to(device)
+
+
+def full_region_dense_walk(cam, aff, radius, beta, iterations):
+    """(C, H, W) walk of one image by explicit products with the dense full-region T."""
+    c, h, w = cam.shape
+    trans = dense_transition(aff.cpu().double(), radius, "full", beta=beta)
+    v = cam.cpu().double().reshape(c, -1)
+    for _ in range(iterations):
+        v = v @ trans
+    return v.reshape(c, h, w)
 
 
 def max_relative_error(ours, ref):
@@ -126,6 +146,91 @@ def test_deterministic_across_threads(live):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+def walk_with_threads(threads, *args, **kwargs):
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return affext.random_walk(*args, **kwargs)
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("live", [{0, 3, 11}, set(range(7)), set(range(21))])
+def test_same_bits_for_every_channel_block(live, monkeypatch):
+    # A channel's sums must not depend on which block (1 to 6 channels, each its own
+    # instantiation of the AVX2 kernel) or thread it lands in: every multiply-add is an
+    # explicit FMA in one fixed order. A kernel whose blocks rounded differently (a contracted
+    # FMA in one, a multiply and an add in another) fails here, on any compiler.
+    cam, aff = realistic_inputs(2, 21, 23, 26, live=live)
+    reference = affext.random_walk(cam, aff, iterations=21)
+    for block in range(1, 7):
+        monkeypatch.setenv("AFFEXT_WALK_CPU_BLOCK", str(block))
+        for threads in (1, 2, 3):
+            out = walk_with_threads(threads, cam, aff, iterations=21)
+            assert torch.equal(out, reference), f"block {block}, {threads} threads"
+
+
+def test_portable_path_is_the_gpu_math(monkeypatch):
+    # The portable path runs random_walk.h's per-pixel step (the CUDA kernel's): it must equal
+    # psa's dense walk, and give the same bits at any thread count.
+    monkeypatch.setenv("AFFEXT_WALK_CPU_PATH", "portable")
+    h, w = 14, 17
+    cam, aff = realistic_inputs(2, 6, h, w, torch.float64, live={0, 1, 2, 3, 5})
+    ours = affext.random_walk(cam, aff)
+    for i in range(2):
+        ref = psa_dense_walk(cam[i], affext.psa_layout(aff, 5)[i], h, w, beta=8, logt=8)
+        torch.testing.assert_close(ours[i], ref, rtol=1e-9, atol=1e-12)
+    cam32, aff32 = cam.float(), aff.float()
+    runs = [walk_with_threads(n, cam32, aff32, iterations=30) for n in (1, 2, 3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    monkeypatch.delenv("AFFEXT_WALK_CPU_PATH")
+    assert max_relative_error(runs[0], affext.random_walk(cam32, aff32, iterations=30)) < 1e-5
+
+
+@pytest.mark.parametrize("path", ["default", "portable"])
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (3, 7), (1, 12), (9, 2)])
+def test_full_region_any_map_size(h, w, path, monkeypatch):
+    if path == "portable":
+        monkeypatch.setenv("AFFEXT_WALK_CPU_PATH", "portable")
+    for radius in (5, 3):
+        cam, aff = small_map_inputs(h, w, radius)
+        ours = affext.random_walk(cam, aff, beta=8, iterations=9, radius=radius, region="full")
+        ref = full_region_dense_walk(cam[0], aff[0], radius, beta=8, iterations=9)
+        torch.testing.assert_close(ours[0], ref, rtol=1e-9, atol=1e-12)
+
+
+def test_result_dtype_fake_agrees_with_kernel():
+    for cam_dtype, aff_dtype in [
+        (torch.float32, torch.float32),
+        (torch.float32, torch.float64),
+        (torch.float64, torch.float32),
+    ]:
+        cam, aff = realistic_inputs(1, 2, 9, 10)
+        cam, aff = cam.to(cam_dtype), aff.to(aff_dtype)
+        real = torch.ops.affext.random_walk(cam, aff, 8.0, 3, 5, 0)
+        with FakeTensorMode() as mode:
+            fake = torch.ops.affext.random_walk(
+                mode.from_tensor(cam), mode.from_tensor(aff), 8.0, 3, 5, 0
+            )
+        assert real.dtype == fake.dtype == walk_result_dtype(cam_dtype, aff_dtype)
+        assert real.shape == fake.shape
+    assert walk_result_dtype(torch.float16, torch.float16) == torch.float32
+    assert walk_result_dtype(torch.bfloat16, torch.float64) == torch.float64
+    empty_aff = torch.zeros(0, 34, 9, 9, dtype=torch.float64)
+    empty = affext.random_walk(torch.zeros(0, 3, 9, 9), empty_aff)
+    assert empty.dtype == torch.float64
+
+
+def test_fake_checks_shapes_like_the_kernel():
+    with FakeTensorMode():
+        cam, aff = torch.empty(1, 3, 4, 10), torch.empty(1, 34, 4, 10)
+        assert torch.ops.affext.random_walk(cam, aff, 8.0, 3, 5, 1).shape == (1, 3, 4, 10)
+        with pytest.raises(RuntimeError, match="needs a map of at least 5x9"):
+            torch.ops.affext.random_walk(cam, aff, 8.0, 3, 5, 0)
+        with pytest.raises(RuntimeError, match="radius 5 has K = 34"):
+            torch.ops.affext.random_walk(cam, aff[:, :33], 8.0, 3, 5, 1)
+
+
 def test_large_map_few_channels_any_thread_count():
     # Maps of 128 x 128 or more with a few live channels split each step by rows (with a
     # barrier) rather than by channel: same sums, at every thread count, as the reference.
@@ -149,11 +254,6 @@ def test_requires_grad_inputs_give_detached_result():
     assert not out.requires_grad
 
 
-def test_opcheck():
-    cam, aff = realistic_inputs(1, 3, 9, 10)
-    torch.library.opcheck(torch.ops.affext.random_walk.default, (cam, aff, 8.0, 4, 5, 0))
-
-
 def test_empty_batch():
     cam, aff = torch.zeros(0, 3, 9, 9), torch.zeros(0, 34, 9, 9)
     assert affext.random_walk(cam, aff).shape == (0, 3, 9, 9)
@@ -171,8 +271,11 @@ def test_empty_batch():
         (dict(iterations=2.0), TypeError, "iterations must be an int"),
         (dict(region="dense"), ValueError, "region must be one of"),
         (dict(aff=-torch.rand(1, 34, 9, 10)), ValueError, "negative"),
+        (dict(aff=torch.rand(1, 34, 9, 10) + 1.5), ValueError, "above 1"),
         (dict(aff=torch.full((1, 34, 9, 10), float("nan"))), ValueError, "aff contains NaN"),
+        (dict(aff=torch.full((1, 34, 9, 10), float("inf"))), ValueError, "aff contains NaN or inf"),
         (dict(cam=torch.full((1, 3, 9, 10), float("nan"))), ValueError, "cam contains NaN"),
+        (dict(cam=torch.full((1, 3, 9, 10), float("-inf"))), ValueError, "cam contains NaN or inf"),
         (dict(cam=torch.ones(1, 3, 9, 10, dtype=torch.int64)), TypeError, "floating-point"),
         (dict(aff=torch.rand(1, 34, 4, 10), cam=torch.rand(1, 3, 4, 10)), ValueError, "at least"),
     ],
@@ -191,13 +294,159 @@ def test_errors(change, exc, match):
         affext.random_walk(**args)
 
 
+# CUDA: run on a GPU machine (scripts/gpu_check.sh); skipped without one.
+CUDA_MODES = ["auto", "resident", "streamed", "per-step"]
+
+
+def cuda_walk(mode, monkeypatch, *args, **kwargs):
+    """The walk with the CUDA kernel's launch mode forced (AFFEXT_WALK_CUDA_MODE)."""
+    if mode == "auto":
+        monkeypatch.delenv("AFFEXT_WALK_CUDA_MODE", raising=False)
+    else:
+        monkeypatch.setenv("AFFEXT_WALK_CUDA_MODE", mode)
+    try:
+        return affext.random_walk(*args, **kwargs)
+    except ValueError as error:  # resident needs the shared memory of an H100/H200's SMs
+        if "do not fit" in str(error):
+            pytest.skip(f"{mode} mode does not fit this GPU: {error}")
+        raise
+
+
+@pytest.mark.cuda
 @requires_cuda
-@pytest.mark.parametrize("size", [(28, 28), (130, 140)])  # in shared memory, and not
+@pytest.mark.parametrize("size", [(28, 28), (56, 56), (130, 140)])
 @pytest.mark.parametrize("region", ["psa", "full"])
-def test_cuda_matches_cpu(size, region):
+def test_cuda_matches_cpu_and_dense(size, region):
     cam, aff = realistic_inputs(2, 21, *size, torch.float64, live={0, 5, 7})
     cpu = affext.random_walk(cam, aff, iterations=60, region=region)
     gpu = affext.random_walk(cam.cuda(), aff.cuda(), iterations=60, region=region)
+    assert gpu.dtype == torch.float64
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-12)
     gpu32 = affext.random_walk(cam.float().cuda(), aff.float().cuda(), iterations=60, region=region)
     assert max_relative_error(gpu32.cpu(), cpu) <= 1e-4
+    assert (gpu32[:, [1, 2, 3, 4, 6]] == 0).all()  # dead channels stay exactly zero
+    if size == (28, 28) and region == "psa":  # psa's own dense walk, t = 256
+        ours = affext.random_walk(cam.cuda(), aff.cuda())
+        for i in range(2):
+            ref = psa_dense_walk(cam[i], affext.psa_layout(aff, 5)[i], *size)
+            torch.testing.assert_close(ours[i].cpu(), ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (3, 7), (5, 40)])
+def test_cuda_full_region_small_maps(h, w):
+    for radius in (5, 2):
+        cam, aff = small_map_inputs(h, w, radius, "cuda")
+        ours = affext.random_walk(cam, aff, iterations=7, radius=radius, region="full")
+        ref = full_region_dense_walk(cam[0], aff[0], radius, beta=8, iterations=7)
+        torch.testing.assert_close(ours[0].cpu(), ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_512_map():
+    # The size the weights no longer fit in shared memory: streamed from L2.
+    cam, aff = realistic_inputs(1, 21, 512, 512, torch.float64, live={0, 8, 15})
+    cpu = affext.random_walk(cam, aff, iterations=40)
+    gpu = affext.random_walk(cam.cuda(), aff.cuda(), iterations=40)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-12)
+    gpu32 = affext.random_walk(cam.float().cuda(), aff.float().cuda(), iterations=40)
+    assert max_relative_error(gpu32.cpu(), cpu) <= 1e-4
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("mode", CUDA_MODES)
+def test_cuda_batch_of_maps_mixed_live_channels(mode, monkeypatch):
+    # 16 maps of 63 x 63 in one call, each with its own live channels (none, one, psa's
+    # three, all 21): every map equals its own walk on the CPU, and every launch mode gives
+    # the same bits.
+    b, c, h, w = 16, 21, 63, 63
+    cam, aff = realistic_inputs(b, c, h, w, torch.float64)
+    lives = [set(), {0}, {0, 4, 9}, set(range(c)), {20}, {1, 2, 3, 4, 5}]
+    for i in range(b):
+        dead = [ch for ch in range(c) if ch not in lives[i % len(lives)]]
+        cam[i, dead] = 0
+    cpu = affext.random_walk(cam, aff, iterations=33)
+    gpu = affext.random_walk(cam.cuda(), aff.cuda(), iterations=33)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-12)
+    assert (gpu[0] == 0).all()
+    cam32, aff32 = cam.float().cuda(), aff.float().cuda()
+    auto = cuda_walk("auto", monkeypatch, cam32, aff32, iterations=33)
+    assert max_relative_error(auto.cpu(), cpu) <= 1e-4
+    assert torch.equal(cuda_walk(mode, monkeypatch, cam32, aff32, iterations=33), auto)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("size", [56, 200])
+def test_cuda_same_bits_every_run_and_mode(size, monkeypatch):
+    cam, aff = realistic_inputs(2, 21, size, size, torch.float32, live={0, 3, 11, 12, 13})
+    cam, aff = cam.cuda(), aff.cuda()
+    first = cuda_walk("auto", monkeypatch, cam, aff, iterations=50)
+    assert torch.equal(first, cuda_walk("auto", monkeypatch, cam, aff, iterations=50))
+    for mode in ("streamed", "per-step"):
+        assert torch.equal(first, cuda_walk(mode, monkeypatch, cam, aff, iterations=50)), mode
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_graph_capture_and_replay():
+    cam, aff = realistic_inputs(2, 21, 47, 63, torch.float32, live={0, 7, 15})
+    cam, aff = cam.cuda(), aff.cuda()
+    eager = affext.random_walk(cam, aff)
+    static_cam, static_aff = cam.clone(), aff.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up outside the graph
+        affext.random_walk(static_cam, static_aff)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = affext.random_walk(static_cam, static_aff)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, eager)
+    other_cam, other_aff = realistic_inputs(2, 21, 47, 63, torch.float32, live={0, 2})
+    static_cam.copy_(other_cam.cuda())
+    static_aff.copy_(other_aff.cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, affext.random_walk(static_cam, static_aff))
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(aff=-torch.rand(1, 34, 9, 10)), "negative"),
+        (dict(aff=torch.rand(1, 34, 9, 10) + 1.5), "above 1"),
+        (dict(aff=torch.full((1, 34, 9, 10), float("nan"))), "aff contains NaN"),
+        (dict(cam=torch.full((1, 3, 9, 10), float("inf"))), "cam contains NaN or inf"),
+    ],
+)
+def test_cuda_value_errors(change, match):
+    args = dict(cam=torch.rand(1, 3, 9, 10), aff=torch.rand(1, 34, 9, 10))
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        affext.random_walk(args["cam"].cuda(), args["aff"].cuda())
+    # the device stays usable after the error
+    cam, aff = torch.rand(1, 3, 9, 10), torch.rand(1, 34, 9, 10)
+    torch.testing.assert_close(
+        affext.random_walk(cam.cuda(), aff.cuda()).cpu(), affext.random_walk(cam, aff)
+    )
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_half_inputs_walk_in_float32():
+    cam, aff = realistic_inputs(1, 21, 28, 28, torch.float32, live={0, 1})
+    half = affext.random_walk(cam.half().cuda(), aff.half().cuda(), iterations=30)
+    assert half.dtype == torch.float32 == walk_result_dtype(torch.float16, torch.float16)
+    ref = affext.random_walk(cam.half().float(), aff.half().float(), iterations=30)
+    assert max_relative_error(half.cpu(), ref) <= 1e-4
+    empty_cam = torch.zeros(0, 3, 9, 9, dtype=torch.float16, device="cuda")
+    empty = affext.random_walk(empty_cam, torch.zeros(0, 34, 9, 9, device="cuda"))
+    assert empty.dtype == torch.float32

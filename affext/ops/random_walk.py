@@ -1,11 +1,11 @@
-"""Random walk of CAMs over AffinityNet's affinities, without the N x N matrix (method.md s5)."""
+"""The random walk of CAMs over AffinityNet's affinities, no N x N matrix (docs/method.md §5)."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
-from ..neighborhood import check_radius, region_code
+from ..neighborhood import check_radius, neighborhood_offsets, region_code
 
 _op = torch.ops.affext.random_walk
 
@@ -35,11 +35,17 @@ def random_walk(
         diagonal and A[p, q] = aff[k, p] for q = p + o_k, and T = A**beta / column sums.
         Memory is O(B (K + C) H W); channels that are zero everywhere stay zero and cost
         nothing. The result is detached: the walk has no autograd (inputs that require grad
-        are accepted).
+        are accepted). Its dtype is walk_result_dtype(cam.dtype, aff.dtype): the promoted
+        dtype, at least float32 (float16 and bfloat16, accepted on CUDA only, walk and return
+        in float32). Deterministic: the same bits on every run and thread count. On CUDA the
+        call synchronises with the host once, to raise on bad values (none under CUDA-graph
+        capture, where bad values trip a device assert instead).
 
     Raises:
         ValueError: shapes that do not agree, K not matching radius, beta <= 0,
-            iterations < 1, negative or NaN affinities, NaN CAMs.
+            iterations < 1, affinities outside [0, 1] or not finite, CAMs not finite, a map
+            smaller than radius x (2 radius - 1) with region "psa" (region "full" takes any
+            size).
     """
     for name, t in (("cam", cam), ("aff", aff)):
         if not isinstance(t, torch.Tensor):
@@ -57,8 +63,35 @@ def random_walk(
         )
 
 
+def walk_result_dtype(cam_dtype: torch.dtype, aff_dtype: torch.dtype) -> torch.dtype:
+    """The walk's output dtype: promote(cam, aff), at least float32 (as the kernels)."""
+    return torch.promote_types(torch.promote_types(cam_dtype, aff_dtype), torch.float32)
+
+
 @torch.library.register_fake("affext::random_walk")
 def _(cam, aff, beta, iterations, radius, region):
-    return torch.empty_like(
-        cam, dtype=torch.promote_types(cam.dtype, aff.dtype), memory_format=torch.contiguous_format
+    torch._check(cam.dim() == 4, lambda: f"cam must have shape (B, C, H, W), got {cam.shape}")
+    torch._check(aff.dim() == 4, lambda: f"aff must have shape (B, K, H, W), got {aff.shape}")
+    torch._check(
+        cam.dtype.is_floating_point and aff.dtype.is_floating_point,
+        lambda: f"cam and aff must be floating-point, got {cam.dtype} and {aff.dtype}",
     )
+    k = len(neighborhood_offsets(radius))
+    torch._check(
+        aff.shape[1] == k, lambda: f"aff has {aff.shape[1]} offsets but radius {radius} has K = {k}"
+    )
+    torch._check(
+        cam.shape[0] == aff.shape[0]
+        and cam.shape[2] == aff.shape[2]
+        and cam.shape[3] == aff.shape[3],
+        lambda: f"cam {tuple(cam.shape)} and aff {tuple(aff.shape)} must agree in (B, ., H, W)",
+    )
+    if region == region_code("psa"):  # the full region takes any map size
+        torch._check(
+            aff.shape[2] >= radius and aff.shape[3] >= 2 * radius - 1,
+            lambda: (
+                f"aff is {aff.shape[2]}x{aff.shape[3]} but radius {radius} needs a map of "
+                f"at least {radius}x{2 * radius - 1}"
+            ),
+        )
+    return cam.new_empty(cam.shape, dtype=walk_result_dtype(cam.dtype, aff.dtype))

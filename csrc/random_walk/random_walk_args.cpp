@@ -23,12 +23,17 @@ void check_random_walk_args(const at::Tensor& cam, const at::Tensor& aff, double
       cam.size(0) == aff.size(0) && cam.size(2) == aff.size(2) && cam.size(3) == aff.size(3),
       "cam ", cam.sizes(), " and aff ", aff.sizes(),
       " must agree in batch and map size (B, ., H, W)");
-  check_map_size("aff", aff.size(2), aff.size(3), radius);
-  if (aff.numel() > 0) {
-    TORCH_CHECK_VALUE(!at::isnan(aff).any().item<bool>(), "aff contains NaN");
-    TORCH_CHECK_VALUE(!(aff < 0).any().item<bool>(), "aff contains negative affinities");
-  }
-  if (cam.numel() > 0) TORCH_CHECK_VALUE(!at::isnan(cam).any().item<bool>(), "cam contains NaN");
+  // psa's region needs a from-pixel; the full region works on any map (IRN's walk uses it).
+  if (region == kRegionPsa) check_map_size("aff", aff.size(2), aff.size(3), radius);
+}
+
+void throw_walk_value_flags(int flags) {
+  TORCH_CHECK_VALUE(!(flags & kAffNonFinite), "aff contains NaN or infinite values");
+  TORCH_CHECK_VALUE(!(flags & kAffNegative),
+                    "aff contains negative affinities; they must lie in [0, 1]");
+  TORCH_CHECK_VALUE(!(flags & kAffAboveOne),
+                    "aff contains affinities above 1; they must lie in [0, 1]");
+  TORCH_CHECK_VALUE(!(flags & kCamNonFinite), "cam contains NaN or infinite values");
 }
 
 }  // namespace affext

@@ -1,23 +1,32 @@
-// CPU random walk: taps built once, then `iterations` stencil steps over zero-padded channel
-// buffers, so that the inner loop along x has no branch and vectorises. All-zero channels stay
-// zero under the walk (it is linear per channel) and are skipped.
+// CPU random walk, two paths to one result (docs/method.md §5; the math in random_walk.h).
 //
-// A step costs one FMA and one pixel load (most of them across a cache line) per tap, pixel
-// and channel. Rows are stepped in pairs, so that a pixel vector both rows read is loaded
-// once, and the taps are stored per (row pair, run of x vectors) as lists of only those taps
-// that are non-zero somewhere in the run: psa's region leaves the pairs of the outer r - 1
-// columns and last r - 1 rows out, and with the x grid shifted to start at those columns'
-// edge about a seventh of the tap vectors at 56 x 56 are zero and skipped.
+// AVX2 path (x86-64 CPUs with AVX2 and FMA): taps built once, then `iterations` stencil steps
+// over zero-padded channel buffers, so that the inner loop along x has no branch and runs 8
+// floats wide. A step costs one FMA and one pixel load (most of them across a cache line) per
+// tap, pixel and channel. Rows are stepped in pairs, so that a pixel vector both rows read is
+// loaded once, and the taps are stored per (row pair, run of x vectors) as lists of only those
+// taps that are non-zero somewhere in the run: psa's region leaves the pairs of the outer
+// r - 1 columns and last r - 1 rows out, and with the x grid shifted to start at those
+// columns' edge about a seventh of the tap vectors at 56 x 56 are zero and skipped. Every
+// multiply-add is an explicit FMA instruction and a pixel's taps are summed in an order fixed
+// by the stencil alone, so the result is the same bits for any thread count, channel block and
+// compiler.
 //
-// Threads: one OpenMP team for the whole walk, splitting each step by (channel block, row
+// Portable path (any other CPU, or AFFEXT_WALK_CPU_PATH=portable): the GPU kernel's own
+// per-pixel functions (walk_step_pixel over padded planes), so that the CPU tests exercise the
+// arithmetic the GPU runs.
+//
+// Both skip all-zero channels (the walk is linear per channel, so they stay zero). Threads: the
+// AVX2 path runs one OpenMP team for the whole walk, splitting each step by (channel block, row
 // pair), with one barrier per step, or, with enough channels, whole blocks per thread and no
-// barrier. The step kernel is compiled twice (AVX2+FMA and baseline) and picked at run time,
-// so a portable build still runs 8 floats wide where the CPU can.
+// barrier; the portable path splits each step by (channel chunk, row).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <vector>
 
@@ -28,12 +37,178 @@
 #include "common/checks.h"
 #include "random_walk/random_walk.h"
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define AFFEXT_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#endif
+
 namespace affext {
 namespace {
 
+// ---- shared by both paths ------------------------------------------------------------------
+
+// The live channels in the order of the walk's buffers: slot l is channel c[l] of image b[l].
+struct LiveSlots {
+  std::vector<int64_t> b, c;
+  std::vector<int64_t> first, count;  // per image: its first slot and its number of slots
+  int64_t size() const { return static_cast<int64_t>(b.size()); }
+};
+
+LiveSlots live_slots(const at::Tensor& live, int64_t B, int64_t C) {
+  const bool* live_p = live.data_ptr<bool>();
+  LiveSlots s;
+  for (int64_t b = 0; b < B; ++b) {
+    s.first.push_back(s.size());
+    for (int64_t c = 0; c < C; ++c) {
+      if (!live_p[b * C + c]) continue;
+      s.b.push_back(b);
+      s.c.push_back(c);
+    }
+    s.count.push_back(s.size() - s.first.back());
+  }
+  return s;
+}
+
+// A block of live channels of one image, stepped together.
+struct ChannelBlock {
+  int64_t b, first;  // image, first slot in the live buffers
+  int n;
+};
+
+// n_live slots from `first` split into n_blocks blocks of near-equal size.
+void split_blocks(std::vector<ChannelBlock>& blocks, int64_t b, int64_t first, int64_t n_live,
+                  int64_t n_blocks) {
+  for (int64_t i = 0, start = first; i < n_blocks; ++i) {
+    const int n = static_cast<int>((n_live * (i + 1)) / n_blocks - (n_live * i) / n_blocks);
+    blocks.push_back({b, start, n});
+    start += n;
+  }
+}
+
+// Copies between cam-shaped (B, C, H, W) tensors and the live planes of a walk's buffers:
+// slot l's plane starts at l * plane, and row y of it at row(y).
+template <typename scalar_t, typename Row>
+void copy_planes_in(const at::Tensor& cam, const LiveSlots& s, scalar_t* planes, int64_t plane,
+                    Row row) {
+  const int64_t C = cam.size(1), H = cam.size(2), W = cam.size(3);
+  const scalar_t* cam_p = cam.data_ptr<scalar_t>();
+  for (int64_t l = 0; l < s.size(); ++l) {
+    const scalar_t* src = cam_p + (s.b[l] * C + s.c[l]) * H * W;
+    for (int64_t y = 0; y < H; ++y)
+      std::copy(src + y * W, src + (y + 1) * W, planes + l * plane + row(y));
+  }
+}
+
+template <typename scalar_t, typename Row>
+void copy_planes_out(const scalar_t* planes, int64_t plane, Row row, const LiveSlots& s,
+                     at::Tensor& result) {
+  const int64_t C = result.size(1), H = result.size(2), W = result.size(3);
+  scalar_t* res_p = result.data_ptr<scalar_t>();
+  for (int64_t l = 0; l < s.size(); ++l) {
+    scalar_t* dst = res_p + (s.b[l] * C + s.c[l]) * H * W;
+    for (int64_t y = 0; y < H; ++y) {
+      const scalar_t* src = planes + l * plane + row(y);
+      std::copy(src, src + W, dst + y * W);
+    }
+  }
+}
+
+// WalkValueFlag bits OR-ed over every value of t.
+template <typename scalar_t, typename Flags>
+int value_flags(const at::Tensor& t, Flags flags) {
+  const scalar_t* p = t.data_ptr<scalar_t>();
+  return at::parallel_reduce(
+      0, t.numel(), 1 << 16, 0,
+      [&](int64_t begin, int64_t end, int f) {
+        for (int64_t i = begin; i < end; ++i) f |= flags(p[i]);
+        return f;
+      },
+      [](int a, int b) { return a | b; });
+}
+
+// Forced choices, for tests: AFFEXT_WALK_CPU_PATH=portable|avx2, and
+// AFFEXT_WALK_CPU_BLOCK=n (1..kChanBlock), the AVX2 path's largest channel block.
+const char* env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+// ---- portable path: random_walk.h's per-pixel step, as the GPU runs it ----------------------
+
+// Channels of one image stepped together (each weight read once for them).
+constexpr int kPortableChannels = 4;
+
+template <typename scalar_t>
+void walk_portable(const at::Tensor& cam, const at::Tensor& aff, const LiveSlots& slots,
+                   double beta, int64_t iterations, const Offsets& o, int region,
+                   at::Tensor& result) {
+  using acc_t = scalar_t;
+  const int64_t B = cam.size(0), H = cam.size(2), W = cam.size(3), HW = H * W;
+  const WalkGrid g = make_walk_grid(H, W, o.radius);
+  const int K = o.count;
+  std::vector<int> shift(K);
+  for (int k = 0; k < K; ++k) shift[k] = g.shift(o, k);
+
+  // Weights (B, K, S) and inverse degrees (B, S), zero in the padding.
+  std::vector<acc_t> w(static_cast<size_t>(B * K * g.S));
+  std::vector<acc_t> invd(static_cast<size_t>(B * g.S), acc_t(0));
+  const scalar_t* aff_p = aff.data_ptr<scalar_t>();
+  at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bk = begin; bk < end; ++bk)
+      for (int64_t q = 0; q < g.S; ++q)
+        w[bk * g.S + q] = walk_padded_weight<acc_t>(
+            aff_p + bk * HW, g, o, static_cast<int>(bk % K), static_cast<int>(q / g.Wp),
+            static_cast<int>(q % g.Wp), region, static_cast<acc_t>(beta));
+  });
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H;
+      const int y = static_cast<int>(row % H);
+      for (int x = 0; x < W; ++x) {
+        const int64_t q = g.at(y, x);
+        invd[b * g.S + q] = walk_inv_degree(w.data() + b * K * g.S, g, o, q);
+      }
+    }
+  });
+
+  std::vector<ChannelBlock> chunks;
+  for (int64_t b = 0; b < B; ++b)
+    split_blocks(chunks, b, slots.first[b], slots.count[b],
+                 (slots.count[b] + kPortableChannels - 1) / kPortableChannels);
+  std::vector<acc_t> storage(static_cast<size_t>(2 * slots.size() * g.S), acc_t(0));
+  acc_t* bufs[2] = {storage.data(), storage.data() + slots.size() * g.S};
+  auto row = [&](int64_t y) { return g.at(static_cast<int>(y), 0); };
+  copy_planes_in(cam, slots, bufs[0], g.S, row);
+
+  const int64_t items = static_cast<int64_t>(chunks.size()) * H;
+  for (int64_t it = 0; it < iterations; ++it) {
+    const acc_t* cur = bufs[it % 2];
+    acc_t* nxt = bufs[(it + 1) % 2];
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const ChannelBlock& chunk = chunks[item / H];
+        const int y = static_cast<int>(item % H);
+        for (int x = 0; x < W; ++x) {
+          const int64_t q = g.at(y, x);
+          const PaddedWeights<acc_t> wt{w.data() + chunk.b * K * g.S + q,
+                                        invd.data() + chunk.b * g.S + q, g.S, shift.data()};
+          const ShiftedValues<acc_t> v{cur + chunk.first * g.S + q, g.S, shift.data()};
+          acc_t out[kPortableChannels];
+          walk_step_pixel<kPortableChannels>(wt, v, K, chunk.n, out);
+          for (int c = 0; c < chunk.n; ++c) nxt[(chunk.first + c) * g.S + q] = out[c];
+        }
+      }
+    });
+  }
+  copy_planes_out(bufs[iterations % 2], g.S, row, slots, result);
+}
+
+#ifdef AFFEXT_HAVE_AVX2_PATH
+// ---- AVX2 path ------------------------------------------------------------------------------
+
 // Channels sharing one load of the taps: a block of 6 on two rows is 12 accumulators, and
 // with two taps and a pixel it fills the 16 vector registers of AVX2. Blocks are sized to
-// share out evenly over the threads (see walk).
+// share out evenly over the threads (see plan_channel_blocks).
 constexpr int kChanBlock = 6;
 constexpr int kVecRegs = 16;
 // Rows stepped at once (see step_run); even for a single channel, sharing pixel loads between
@@ -84,17 +259,31 @@ struct TapRuns {
   std::vector<scalar_t> w;
 };
 
-// A block of up to kChanBlock live channels of one image.
-struct ChannelBlock {
-  int64_t b, first;  // image, first slot in the live buffers
-  int n;
-};
+// The step kernels below are compiled for AVX2+FMA (step_avx2 is their only caller), so that
+// they can name the FMA instruction.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
 
-// One run of U x vectors of one unit of R rows, CB channels. With Pin, a pixel vector both
-// rows use is held in a register for their two FMAs: left alone, the compiler folds the load
-// into each FMA and loads it twice, which costs as much as the FMAs (the loads cross cache
-// lines at most shifts).
-template <typename scalar_t, int CB, int U, int R, bool Pin>
+// acc += w * v, rounded once: an explicit FMA (an intrinsic, which no compiler splits into a
+// multiply and an add), so that no compiler's choice to contract (or not) a multiply and an
+// add can make two instantiations of step_run round a pixel differently.
+template <typename scalar_t, typename vec>
+__attribute__((always_inline)) inline void fma_into(vec& acc, const vec& w, const vec& v) {
+  if constexpr (sizeof(scalar_t) == 4)
+    acc = (vec)_mm256_fmadd_ps((__m256)w, (__m256)v, (__m256)acc);
+  else
+    acc = (vec)_mm256_fmadd_pd((__m256d)w, (__m256d)v, (__m256d)acc);
+}
+
+// One run of U x vectors of one unit of R rows, CB channels. A pixel vector both rows use is
+// held in a register for their two FMAs: left alone, the compiler folds the load into each
+// FMA and loads it twice, which costs as much as the FMAs (the loads cross cache lines at
+// most shifts).
+template <typename scalar_t, int CB, int U, int R>
 __attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, int64_t index,
                                                     const scalar_t* const* in, scalar_t* const* out,
                                                     int64_t x0, int64_t Wp) {
@@ -118,9 +307,9 @@ __attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, 
       for (int c = 0; c < CB; ++c)
         for (int u = 0; u < U; ++u) {
           vec v = *reinterpret_cast<const vec*>(in[c] + off + u * lanes);
-          if constexpr (Pin) __asm__("" : "+x"(v));
-          acc[0][u][c] += w0[u] * v;
-          acc[1][u][c] += w1[u] * v;
+          __asm__("" : "+x"(v));
+          fma_into<scalar_t>(acc[0][u][c], w0[u], v);
+          fma_into<scalar_t>(acc[1][u][c], w1[u], v);
         }
     }
   }
@@ -131,7 +320,8 @@ __attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, 
       const int64_t off = x0 + shift[e];
       for (int c = 0; c < CB; ++c)
         for (int u = 0; u < U; ++u)
-          acc[r][u][c] += w[u] * *reinterpret_cast<const vec*>(in[c] + off + u * lanes);
+          fma_into<scalar_t>(acc[r][u][c], w[u],
+                             *reinterpret_cast<const vec*>(in[c] + off + u * lanes));
     }
   }
   for (int r = 0; r < R; ++r)
@@ -141,22 +331,22 @@ __attribute__((always_inline)) inline void step_run(const TapRuns<scalar_t>& t, 
 }
 
 // The last run of a unit may be shorter than U vectors.
-template <typename scalar_t, int CB, int U, int R, bool Pin>
+template <typename scalar_t, int CB, int U, int R>
 __attribute__((always_inline)) inline void step_short_run(const TapRuns<scalar_t>& t, int64_t index,
                                                           const scalar_t* const* in,
                                                           scalar_t* const* out, int64_t x0,
                                                           int64_t Wp, int u) {
   if constexpr (U > 1) {
     if (u == U)
-      step_run<scalar_t, CB, U, R, Pin>(t, index, in, out, x0, Wp);
+      step_run<scalar_t, CB, U, R>(t, index, in, out, x0, Wp);
     else
-      step_short_run<scalar_t, CB, U - 1, R, Pin>(t, index, in, out, x0, Wp, u);
+      step_short_run<scalar_t, CB, U - 1, R>(t, index, in, out, x0, Wp, u);
   } else {
-    step_run<scalar_t, CB, 1, R, Pin>(t, index, in, out, x0, Wp);
+    step_run<scalar_t, CB, 1, R>(t, index, in, out, x0, Wp);
   }
 }
 
-template <typename scalar_t, int CB, bool Pin>
+template <typename scalar_t, int CB>
 __attribute__((always_inline)) inline void step_unit(const TapRuns<scalar_t>& t, int64_t unit,
                                                      const scalar_t* const* in,
                                                      scalar_t* const* out, const Layout& g) {
@@ -164,15 +354,15 @@ __attribute__((always_inline)) inline void step_unit(const TapRuns<scalar_t>& t,
   constexpr int lanes = Vec<scalar_t>::lanes;
   const int64_t full = g.G / U;
   for (int64_t run = 0; run < full; ++run)
-    step_run<scalar_t, CB, U, R, Pin>(t, unit * t.runs + run, in, out, run * U * lanes, g.Wp);
+    step_run<scalar_t, CB, U, R>(t, unit * t.runs + run, in, out, run * U * lanes, g.Wp);
   if (full < t.runs)
-    step_short_run<scalar_t, CB, U, R, Pin>(t, unit * t.runs + full, in, out, full * U * lanes,
-                                            g.Wp, static_cast<int>(g.G - full * U));
+    step_short_run<scalar_t, CB, U, R>(t, unit * t.runs + full, in, out, full * U * lanes, g.Wp,
+                                       static_cast<int>(g.G - full * U));
 }
 
 // One unit (kRows rows from row unit * kRows) of one channel block:
 // out = stencil(in). `in`/`out` point at the block's first channel plane.
-template <typename scalar_t, bool Pin>
+template <typename scalar_t>
 __attribute__((always_inline)) inline void step_block_unit(const TapRuns<scalar_t>& t,
                                                            const scalar_t* in, scalar_t* out, int n,
                                                            int64_t unit, const Layout& g) {
@@ -185,59 +375,39 @@ __attribute__((always_inline)) inline void step_block_unit(const TapRuns<scalar_
   }
   switch (n) {
     case 6:
-      step_unit<scalar_t, 6, Pin>(t, unit, ins, outs, g);
+      step_unit<scalar_t, 6>(t, unit, ins, outs, g);
       break;
     case 5:
-      step_unit<scalar_t, 5, Pin>(t, unit, ins, outs, g);
+      step_unit<scalar_t, 5>(t, unit, ins, outs, g);
       break;
     case 4:
-      step_unit<scalar_t, 4, Pin>(t, unit, ins, outs, g);
+      step_unit<scalar_t, 4>(t, unit, ins, outs, g);
       break;
     case 3:
-      step_unit<scalar_t, 3, Pin>(t, unit, ins, outs, g);
+      step_unit<scalar_t, 3>(t, unit, ins, outs, g);
       break;
     case 2:
-      step_unit<scalar_t, 2, Pin>(t, unit, ins, outs, g);
+      step_unit<scalar_t, 2>(t, unit, ins, outs, g);
       break;
     default:
-      step_unit<scalar_t, 1, Pin>(t, unit, ins, outs, g);
+      step_unit<scalar_t, 1>(t, unit, ins, outs, g);
       break;
   }
 }
 
-// The step compiled for AVX2+FMA, and for the baseline; chosen once at run time.
-#if defined(__GNUC__) && defined(__x86_64__)
-#define AFFEXT_HAVE_AVX2_PATH 1
+// The step, compiled for AVX2+FMA (the only instantiation of the kernels above).
 template <typename scalar_t>
 __attribute__((target("avx2,fma"))) void step_avx2(const TapRuns<scalar_t>& t, const scalar_t* in,
                                                    scalar_t* out, int n, int64_t unit,
                                                    const Layout& g) {
-  step_block_unit<scalar_t, true>(t, in, out, n, unit, g);
+  step_block_unit<scalar_t>(t, in, out, n, unit, g);
 }
 
-inline bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
 #endif
-
-template <typename scalar_t>
-void step_baseline(const TapRuns<scalar_t>& t, const scalar_t* in, scalar_t* out, int n,
-                   int64_t unit, const Layout& g) {
-  step_block_unit<scalar_t, false>(t, in, out, n, unit, g);
-}
-
-template <typename scalar_t>
-using StepFn = void (*)(const TapRuns<scalar_t>&, const scalar_t*, scalar_t*, int, int64_t,
-                        const Layout&);
-
-template <typename scalar_t>
-StepFn<scalar_t> pick_step() {
-#ifdef AFFEXT_HAVE_AVX2_PATH
-  if (cpu_has_avx2_fma()) return &step_avx2<scalar_t>;
-#endif
-  return &step_baseline<scalar_t>;
-}
 
 // Is tap j non-zero for some column of [x0, x0 + n) in row y? taps: (H, J, W) of one image.
 template <typename scalar_t>
@@ -317,73 +487,66 @@ void build_runs(TapRuns<scalar_t>& t, const scalar_t* taps, const Layout& g,
   }
 }
 
-template <typename scalar_t>
-void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, double beta,
-          int64_t iterations, const Offsets& o, int region, at::Tensor& result) {
-  constexpr int lanes = Vec<scalar_t>::lanes;
-  const int64_t B = cam.size(0), C = cam.size(1), H = cam.size(2), W = cam.size(3);
-  const int64_t J = 2 * o.count + 1;
-  const int threads = at::get_num_threads();
-
-  // Live channels, grouped by image into blocks of near-equal size (at most kChanBlock). With
-  // a channel for every thread, an image's block count is a multiple of the thread count, so
-  // that whole blocks share out evenly (21 channels on 2 threads: 5 + 5 and 5 + 6, not 8 + 8
-  // on one thread and 5 on the other), and the threads need no barrier: psa's 3 channels on
-  // 2 threads run as 1 + 2 rather than split by rows, as fast in the median on a busy
-  // machine and without the rare walks that took 50 times longer, a thread stalled at one of
-  // the 256 barriers while the other had lost its core.
-  // On large maps a step is long enough that its barrier costs little, and whole blocks that
-  // do not share out evenly (3 channels on 2 threads: 1 + 2) would leave a thread idle a third
-  // of the time: there, unless the imbalance is under an eighth, the rows are split instead.
+// Live channels grouped by image into blocks of near-equal size (at most max_block). With a
+// channel for every thread, an image's block count is a multiple of the thread count, so that
+// whole blocks share out evenly (21 channels on 2 threads: 5 + 5 and 5 + 6, not 8 + 8 on one
+// thread and 5 on the other), and the threads need no barrier: psa's 3 channels on 2 threads
+// run as 1 + 2 rather than split by rows, as fast in the median on a busy machine and without
+// the rare walks that took 50 times longer, a thread stalled at one of the 256 barriers while
+// the other had lost its core.
+// On large maps a step is long enough that its barrier costs little, and whole blocks that do
+// not share out evenly (3 channels on 2 threads: 1 + 2) would leave a thread idle a third of
+// the time: there, unless the imbalance is under an eighth, the rows are split instead.
+std::vector<ChannelBlock> plan_channel_blocks(const LiveSlots& slots, int threads, int64_t HW,
+                                              int max_block) {
   constexpr int64_t kRowSplitArea = 128 * 128;
-  const bool* live_p = live.data_ptr<bool>();
-  std::vector<int64_t> slot_b, slot_c;
   std::vector<ChannelBlock> blocks;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t first = static_cast<int64_t>(slot_b.size());
-    for (int64_t c = 0; c < C; ++c) {
-      if (!live_p[b * C + c]) continue;
-      slot_b.push_back(b);
-      slot_c.push_back(c);
-    }
-    const int64_t n_live = static_cast<int64_t>(slot_b.size()) - first;
-    int64_t n_blocks = (n_live + kChanBlock - 1) / kChanBlock;
+  for (int64_t b = 0; b < static_cast<int64_t>(slots.first.size()); ++b) {
+    const int64_t n_live = slots.count[b];
+    int64_t n_blocks = (n_live + max_block - 1) / max_block;
     const int64_t idle = (threads - n_live % threads) % threads;  // slots a split leaves empty
-    if (n_live >= threads && (H * W < kRowSplitArea || 8 * idle <= n_live))
+    if (n_live >= threads && (HW < kRowSplitArea || 8 * idle <= n_live))
       n_blocks = (n_blocks + threads - 1) / threads * threads;
-    for (int64_t i = 0, start = first; i < n_blocks; ++i) {
-      const int n = static_cast<int>((n_live * (i + 1)) / n_blocks - (n_live * i) / n_blocks);
-      blocks.push_back({b, start, n});
-      start += n;
-    }
+    // never an empty block (only a forced small max_block could round past n_live)
+    split_blocks(blocks, b, slots.first[b], n_live, std::min(n_blocks, n_live));
   }
-  const int64_t L = static_cast<int64_t>(slot_b.size());
-  if (L == 0) return;  // result is already zero
+  return blocks;
+}
 
-  // Taps (B, H, J, W), normalised by the column sums.
-  using acc_t = scalar_t;
-  const int64_t HW = H * W;
+// Taps (B, H, J, W), normalised by the column sums.
+template <typename scalar_t>
+std::vector<scalar_t> build_taps(const at::Tensor& aff, double beta, const Offsets& o, int region) {
+  const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3), HW = H * W;
+  const int64_t J = 2 * o.count + 1;
   std::vector<scalar_t> taps(static_cast<size_t>(B * H * J * W));
   const scalar_t* aff_p = aff.data_ptr<scalar_t>();
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> t(J);
+    std::vector<scalar_t> t(J);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, y = row % H;
       scalar_t* dst = taps.data() + row * J * W;
       for (int64_t x = 0; x < W; ++x) {
-        const acc_t d = walk_taps<scalar_t, acc_t>(aff_p + b * o.count * HW, y, x, H, W, o, region,
-                                                   static_cast<acc_t>(beta), t.data(), 1);
+        const scalar_t d = walk_taps<scalar_t, scalar_t>(
+            aff_p + b * o.count * HW, static_cast<int>(y), static_cast<int>(x), static_cast<int>(H),
+            static_cast<int>(W), o, region, static_cast<scalar_t>(beta), t.data(), 1);
         for (int64_t j = 0; j < J; ++j) dst[j * W + x] = t[j] / d;
       }
     }
   });
+  return taps;
+}
 
-  // The x grid: from column 0, or shifted left so that a vector edge falls on column r - 1
-  // (the left edge of psa's region); whichever leaves fewer non-zero tap vectors.
+// The x grid: from column 0, or shifted left so that a vector edge falls on column r - 1
+// (the left edge of psa's region); whichever leaves fewer non-zero tap vectors. Then the
+// padded row and plane strides.
+template <typename scalar_t>
+Layout choose_layout(const std::vector<scalar_t>& taps, int64_t B, int64_t H, int64_t W, int64_t J,
+                     int radius) {
+  constexpr int lanes = Vec<scalar_t>::lanes;
   Layout g;
   g.H = H;
   g.W = W;
-  g.P = o.radius - 1;
+  g.P = radius - 1;
   g.Hp = H + 2 * g.P;
   int64_t best_cost = -1;
   for (int64_t xs : {int64_t(0), g.P - (g.P + lanes - 1) / lanes * lanes}) {
@@ -403,45 +566,58 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
   constexpr int64_t line = 64 / sizeof(scalar_t);
   g.ps = (g.Hp * g.Wp + line - 1) / line * line;
   if ((g.ps / line) % 2 == 0) g.ps += line;
+  return g;
+}
+
+// Tap runs of every image for each x unroll the blocks use (keyed by block size), and each
+// block's runs.
+template <typename scalar_t>
+struct BlockRuns {
+  std::map<int, std::vector<TapRuns<scalar_t>>> by_size;
+  std::vector<const TapRuns<scalar_t>*> of_block;
+};
+
+template <typename scalar_t>
+void build_block_runs(BlockRuns<scalar_t>& r, const std::vector<scalar_t>& taps, const Layout& g,
+                      const Offsets& o, const std::vector<ChannelBlock>& blocks, int64_t B) {
+  const int64_t J = 2 * o.count + 1;
   std::vector<int64_t> shift(J);
   for (int j = 0; j < J; ++j) shift[j] = tap_dy(o, j) * g.Wp + tap_dx(o, j);
-
-  // Tap runs of every image for each x unroll the blocks use.
-  // Tap runs of every image for each x unroll the blocks use, keyed by block size.
-  std::map<int, std::vector<TapRuns<scalar_t>>> runs;
-  for (const ChannelBlock& blk : blocks) runs[blk.n];
-  for (auto& [n, per_image] : runs) {
+  for (const ChannelBlock& blk : blocks) r.by_size[blk.n];
+  for (auto& [n, per_image] : r.by_size) {
     per_image.resize(B);
     for (int64_t b = 0; b < B; ++b)
-      build_runs(per_image[b], taps.data() + b * H * J * W, g, shift, kRows, x_unroll(n));
+      build_runs(per_image[b], taps.data() + b * g.H * J * g.W, g, shift, kRows, x_unroll(n));
   }
-  std::vector<const TapRuns<scalar_t>*> block_runs;
-  std::vector<int64_t> block_units;
-  for (const ChannelBlock& blk : blocks) {
-    block_runs.push_back(&runs[blk.n][blk.b]);
-    block_units.push_back((H + kRows - 1) / kRows);
-  }
+  for (const ChannelBlock& blk : blocks) r.of_block.push_back(&r.by_size[blk.n][blk.b]);
+}
 
-  // Ping-pong buffers of the live channels, zero-padded: one allocation, aligned to a cache
-  // line, so that the odd plane stride also separates the two buffers' planes.
-  std::vector<scalar_t> storage(static_cast<size_t>(2 * L * g.plane() + line), scalar_t(0));
-  scalar_t* buf0 = storage.data();
-  while (reinterpret_cast<uintptr_t>(buf0) % 64 != 0) ++buf0;
-  scalar_t* buf1 = buf0 + L * g.plane();
-  const scalar_t* cam_p = cam.data_ptr<scalar_t>();
-  for (int64_t l = 0; l < L; ++l) {
-    const scalar_t* src = cam_p + (slot_b[l] * C + slot_c[l]) * HW;
-    for (int64_t y = 0; y < H; ++y)
-      std::copy(src + y * W, src + (y + 1) * W, buf0 + l * g.plane() + g.at(y, 0));
+// Ping-pong buffers of the live channels, zero-padded: one allocation, aligned to a cache
+// line, so that the odd plane stride also separates the two buffers' planes.
+template <typename scalar_t>
+struct PlaneBuffers {
+  std::vector<scalar_t> storage;
+  scalar_t* buf[2];
+  PlaneBuffers(int64_t L, const Layout& g) {
+    constexpr int64_t line = 64 / sizeof(scalar_t);
+    storage.assign(static_cast<size_t>(2 * L * g.plane() + line), scalar_t(0));
+    buf[0] = storage.data();
+    while (reinterpret_cast<uintptr_t>(buf[0]) % 64 != 0) ++buf[0];
+    buf[1] = buf[0] + L * g.plane();
   }
+};
 
-  scalar_t* bufs[2] = {buf0, buf1};
+// The steps, threaded: whole blocks per thread where there are enough, else each step split
+// by (block, unit of rows) with a barrier.
+template <typename scalar_t>
+void run_steps(const std::vector<ChannelBlock>& blocks, const BlockRuns<scalar_t>& runs,
+               PlaneBuffers<scalar_t>& planes, const Layout& g, int64_t iterations, int threads) {
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());
-  const StepFn<scalar_t> step = pick_step<scalar_t>();
+  const int64_t units = (g.H + kRows - 1) / kRows;
   auto step_item = [&](int64_t it, int64_t blk_index, int64_t unit) {
     const ChannelBlock& blk = blocks[blk_index];
-    step(*block_runs[blk_index], bufs[it % 2] + blk.first * g.plane(),
-         bufs[(it + 1) % 2] + blk.first * g.plane(), blk.n, unit, g);
+    step_avx2<scalar_t>(*runs.of_block[blk_index], planes.buf[it % 2] + blk.first * g.plane(),
+                        planes.buf[(it + 1) % 2] + blk.first * g.plane(), blk.n, unit, g);
   };
   if (n_blocks >= threads) {
     // Enough independent channel blocks: each thread walks whole blocks, with no barrier;
@@ -451,13 +627,10 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
 #endif
     for (int64_t blk = 0; blk < n_blocks; ++blk)
       for (int64_t it = 0; it < iterations; ++it)
-        for (int64_t unit = 0; unit < block_units[blk]; ++unit) step_item(it, blk, unit);
+        for (int64_t unit = 0; unit < units; ++unit) step_item(it, blk, unit);
   } else {
     // Few channels: split each step by (block, unit of rows), one barrier per step.
-    std::vector<std::pair<int64_t, int64_t>> work;
-    for (int64_t blk = 0; blk < n_blocks; ++blk)
-      for (int64_t unit = 0; unit < block_units[blk]; ++unit) work.emplace_back(blk, unit);
-    const int64_t items = static_cast<int64_t>(work.size());
+    const int64_t items = n_blocks * units;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(threads, items)))
 #endif
@@ -465,21 +638,58 @@ void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, 
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-      for (int64_t item = 0; item < items; ++item)
-        step_item(it, work[item].first, work[item].second);
+      for (int64_t item = 0; item < items; ++item) step_item(it, item / units, item % units);
       // implicit barrier: the next step reads every row of this one
     }
   }
+}
 
-  const scalar_t* final_buf = bufs[iterations % 2];
-  scalar_t* res_p = result.data_ptr<scalar_t>();
-  for (int64_t l = 0; l < L; ++l) {
-    scalar_t* dst = res_p + (slot_b[l] * C + slot_c[l]) * HW;
-    for (int64_t y = 0; y < H; ++y) {
-      const scalar_t* src = final_buf + l * g.plane() + g.at(y, 0);
-      std::copy(src, src + W, dst + y * W);
-    }
+template <typename scalar_t>
+void walk_avx2(const at::Tensor& cam, const at::Tensor& aff, const LiveSlots& slots, double beta,
+               int64_t iterations, const Offsets& o, int region, int max_block,
+               at::Tensor& result) {
+  const int64_t B = cam.size(0), H = cam.size(2), W = cam.size(3);
+  const int threads = at::get_num_threads();
+  const std::vector<ChannelBlock> blocks = plan_channel_blocks(slots, threads, H * W, max_block);
+  const std::vector<scalar_t> taps = build_taps<scalar_t>(aff, beta, o, region);
+  const Layout g = choose_layout(taps, B, H, W, 2 * o.count + 1, o.radius);
+  BlockRuns<scalar_t> runs;
+  build_block_runs(runs, taps, g, o, blocks, B);
+  PlaneBuffers<scalar_t> planes(slots.size(), g);
+  auto row = [&](int64_t y) { return g.at(y, 0); };
+  copy_planes_in(cam, slots, planes.buf[0], g.plane(), row);
+  run_steps(blocks, runs, planes, g, iterations, threads);
+  copy_planes_out(planes.buf[iterations % 2], g.plane(), row, slots, result);
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif  // AFFEXT_HAVE_AVX2_PATH
+
+template <typename scalar_t>
+void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, double beta,
+          int64_t iterations, const Offsets& o, int region, at::Tensor& result) {
+  const LiveSlots slots = live_slots(live, cam.size(0), cam.size(1));
+  if (slots.size() == 0) return;  // result is already zero
+  const char* path = env_or_empty("AFFEXT_WALK_CPU_PATH");
+  TORCH_CHECK_VALUE(!*path || !std::strcmp(path, "portable") || !std::strcmp(path, "avx2"),
+                    "AFFEXT_WALK_CPU_PATH must be 'portable' or 'avx2', got '", path, "'");
+#ifdef AFFEXT_HAVE_AVX2_PATH
+  if (std::strcmp(path, "portable") != 0 && cpu_has_avx2_fma()) {
+    const int max_block = *env_or_empty("AFFEXT_WALK_CPU_BLOCK")
+                              ? std::atoi(env_or_empty("AFFEXT_WALK_CPU_BLOCK"))
+                              : kChanBlock;
+    TORCH_CHECK_VALUE(max_block >= 1 && max_block <= kChanBlock,
+                      "AFFEXT_WALK_CPU_BLOCK must be in [1, ", kChanBlock, "]");
+    walk_avx2<scalar_t>(cam, aff, slots, beta, iterations, o, region, max_block, result);
+    return;
   }
+#endif
+  TORCH_CHECK_VALUE(std::strcmp(path, "avx2") != 0,
+                    "AFFEXT_WALK_CPU_PATH=avx2 but this CPU or build has no AVX2+FMA path");
+  walk_portable<scalar_t>(cam, aff, slots, beta, iterations, o, region, result);
 }
 
 }  // namespace
@@ -488,17 +698,19 @@ at::Tensor random_walk_cpu(const at::Tensor& cam_in, const at::Tensor& aff_in, d
                            int64_t iterations, int64_t radius, int64_t region) {
   check_random_walk_args(cam_in, aff_in, beta, iterations, radius, region);
   const Offsets o = offsets_for(radius);
-  const auto dtype = at::promote_types(cam_in.scalar_type(), aff_in.scalar_type());
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
+  const auto dtype = walk_result_dtype(cam_in, aff_in);
+  TORCH_CHECK_TYPE(dtype == at::promote_types(cam_in.scalar_type(), aff_in.scalar_type()),
                    "on the CPU cam and aff must be float32 or float64, got ", cam_in.scalar_type(),
                    " and ", aff_in.scalar_type());
+  if (cam_in.numel() == 0) return at::zeros(cam_in.sizes(), cam_in.options().dtype(dtype));
   const at::Tensor cam = cam_in.detach().to(dtype).contiguous();
   const at::Tensor aff = aff_in.detach().to(dtype).contiguous();
   at::Tensor result = at::zeros_like(cam);
-  if (cam.numel() == 0) return result;
-  // A channel that is zero everywhere stays zero: walk only the others.
-  const at::Tensor live = (cam != 0).flatten(2).any(2).contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "random_walk_cpu", [&] {
+    throw_walk_value_flags(value_flags<scalar_t>(aff, walk_aff_flags<scalar_t>) |
+                           value_flags<scalar_t>(cam, walk_cam_flags<scalar_t>));
+    // A channel that is zero everywhere stays zero: walk only the others.
+    const at::Tensor live = (cam != 0).flatten(2).any(2).contiguous();
     walk<scalar_t>(cam, aff, live, beta, iterations, o, static_cast<int>(region), result);
   });
   return result;

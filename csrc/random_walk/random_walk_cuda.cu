@@ -1,14 +1,59 @@
-// CUDA random walk: the launch layer around random_walk.h's math.
-// Taps (B, 2K+1, H, W) are built once. Live channels (all-zero ones stay zero) are gathered
-// into (L, H, W). When two planes of a map fit in shared memory, one block per live channel
-// runs every step in a single launch, with a block barrier between steps (channels are
-// independent, so no grid-wide sync is needed). Larger maps take one launch per step over
-// global ping-pong buffers.
+// CUDA random walk: the launch layer around random_walk.h's math (compiled for sm_80 / sm_90).
+//
+// Design
+// - Symmetry: a step needs only A_k[q] (K planes) and 1 / d_q per pixel (random_walk.h), built
+//   once per call into padded planes (WalkGrid) by walk_weights_kernel / walk_degrees_kernel:
+//   K + 1 numbers a pixel instead of 2K + 1 taps. The CAMs are copied into zeroed padded planes
+//   (walk_planes_in_kernel), which finds each channel's liveness (a channel zero everywhere
+//   stays zero under the linear walk) and a per-map list of live channels on the device; no
+//   host synchronisation decides anything.
+// - One persistent cooperative kernel (walk_kernel) runs every step. Its blocks own tiles of
+//   (map, tile_rows x 32 pixels) over the whole batch, round robin, for all steps; a step stages
+//   the tile and its r - 1 halo of up to kWalkChannels live channels of the current plane into
+//   shared memory, steps every pixel of the tile for those channels together (each weight read
+//   once per pixel, chunk and step), and writes the next plane; grid.sync() separates steps.
+//   Dead channels are never read: the chunk loop runs over the map's live list.
+// - Where a block's tiles' weights fit in shared memory (small maps, batches of small maps),
+//   they are loaded there once as 2K + 1 per-pixel values and stay for all steps; otherwise
+//   each step reads the K + 1 planes through the read-only cache (L2-resident up to ~512x512).
+// - Planes ping-pong in global memory; they are read with __ldcg and written with __stcg (L2,
+//   not the incoherent L1), and grid.sync() orders one step's writes before the next's reads.
+// - Without cooperative launch support (cudaDevAttrCooperativeLaunch), the same kernel runs
+//   one step a launch. Cooperative launches can be captured in a CUDA graph.
+// - Value checks (aff in [0, 1] and finite, cam finite) are made as the values are read and
+//   OR-ed into a device flag; the host reads it once at the end (the call's only host
+//   synchronisation), or, under stream capture, a device assert checks it.
+// - Deterministic: each output pixel is computed by one thread with walk_step_pixel's fixed
+//   order and explicit FMAs; no floating-point atomics.
+// - Memory: 2 B C planes + (K + 1) B planes of (H + 2r - 2)(W + 2r - 2): O((K + C) N).
+//
+// Performance model (float32, r = 5: K = 34, halo P = 4; H100/H200, 132 SMs, ~50 MB L2)
+// Per pixel, live channel and step: 68 FMAs, 68 shared-memory value loads, and 68 weight loads
+// per pixel and chunk of up to 4 channels; shared memory delivers 32 words per clock per SM,
+// so with 3 live channels a pixel costs ~8.5 SM-clocks of loads a step. The grid barrier costs
+// ~1-3 us, the staging round trip to L2 ~1 us.
+// - 56x56, 3 live (psa-shaped): 56 tiles of 2 x 32, weights resident (35 KB a block). A step:
+//   ~1 us of staging, ~1 us of dependent FMAs in 2 warps, one barrier: ~3 us; 256 steps
+//   ~0.8 ms. All 21 live: 6 chunks a step, ~2x that.
+// - 16 maps of 63x63, 3 live: 256 tiles of 8 x 32, two per block, resident (154 KB a block on
+//   132 SMs). A step: 512 pixels x 8.5 clocks ~2.6 us + staging + barrier ~5 us; 256 steps
+//   ~1.3 ms, ~12,000 maps/s.
+// - 512x512, 3 live: 1024 tiles of 8 x 32, weights not resident (37.8 MB of weights, 6.6 MB of
+//   live planes: L2-resident). A step reads ~38 MB of weights + ~8 MB of staged halos and
+//   writes 3 MB: ~9 us at ~5.5 TB/s of L2, overlapped with ~10 us of shared-memory loads
+//   (262k pixels x 8.5 clocks over 132 SMs); ~12-15 us a step, ~3-4 ms for 256 steps.
+// Compiled, not yet run on a GPU: these are estimates, the benchmarks measure.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
@@ -17,80 +62,431 @@
 namespace affext {
 namespace {
 
-template <typename scalar_t>
-__global__ void taps_kernel(const scalar_t* __restrict__ aff, scalar_t* __restrict__ taps,
-                            int64_t B, int H, int W, Offsets o, int region, scalar_t beta) {
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  const int J = 2 * o.count + 1;
+namespace cg = cooperative_groups;
+
+constexpr int kTileW = 32;        // one warp per tile row
+constexpr int kMaxTileRows = 8;   // 256 threads
+constexpr int kWalkChannels = 4;  // live channels stepped together
+constexpr int kMaxResidentTiles = 3;
+
+// ---- set-up kernels -------------------------------------------------------------------------
+
+// Block bc copies cam[bc] into plane bc (zeroed, padded) and records whether the channel is live
+// (non-zero somewhere) and whether it holds a non-finite value.
+template <typename scalar_t, typename acc_t>
+__global__ void walk_planes_in_kernel(const scalar_t* __restrict__ cam, acc_t* __restrict__ planes,
+                                      uint8_t* __restrict__ live, int* __restrict__ flags,
+                                      WalkGrid g) {
+  const int64_t bc = blockIdx.x;
+  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
+  const scalar_t* src = cam + bc * HW;
+  acc_t* dst = planes + bc * g.S;
+  int nonzero = 0, bad = 0;
+  for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
+    const acc_t v = static_cast<acc_t>(src[i]);
+    nonzero |= v != acc_t(0);
+    bad |= walk_cam_flags(v);
+    dst[g.at(static_cast<int>(i / g.W), static_cast<int>(i % g.W))] = v;
+  }
+  nonzero = __syncthreads_or(nonzero);
+  bad = __syncthreads_or(bad);
+  if (threadIdx.x == 0) {
+    live[bc] = nonzero ? 1 : 0;
+    if (bad) atomicOr(flags, kCamNonFinite);
+  }
+}
+
+// Per map, its live channels in order: live_idx[b, 0 .. live_n[b]).
+__global__ void walk_live_list_kernel(const uint8_t* __restrict__ live, int* __restrict__ live_idx,
+                                      int* __restrict__ live_n, int64_t B, int C) {
+  for (int64_t b = grid_first(); b < B; b += grid_stride()) {
+    int n = 0;
+    for (int c = 0; c < C; ++c)
+      if (live[b * C + c]) live_idx[b * C + n++] = c;
+    live_n[b] = n;
+  }
+}
+
+// The padded weights w (B, K, S); every affinity value is checked once, at its own pixel.
+template <typename scalar_t, typename acc_t>
+__global__ void walk_weights_kernel(const scalar_t* __restrict__ aff, acc_t* __restrict__ w,
+                                    int* __restrict__ flags, int64_t B, WalkGrid g, Offsets o,
+                                    int region, acc_t beta) {
+  const int K = o.count;
+  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
+  int bad = 0;
+  for (int64_t i = grid_first(); i < B * K * g.S; i += grid_stride()) {
+    const int64_t bk = i / g.S;
+    const int64_t q = i % g.S;
+    const int py = static_cast<int>(q / g.Wp), px = static_cast<int>(q % g.Wp);
+    const scalar_t* aff_k = aff + bk * HW;
+    const int y = py - g.P, x = px - g.P;
+    if (y >= 0 && y < g.H && x >= 0 && x < g.W)
+      bad |= walk_aff_flags(static_cast<acc_t>(aff_k[static_cast<int64_t>(y) * g.W + x]));
+    w[i] = walk_padded_weight<acc_t>(aff_k, g, o, static_cast<int>(bk % K), py, px, region, beta);
+  }
+  for (int lane = 16; lane > 0; lane /= 2) bad |= __shfl_xor_sync(0xffffffffu, bad, lane);
+  if (threadIdx.x % 32 == 0 && bad) atomicOr(flags, bad);
+}
+
+// 1 / d_q of every pixel into invd (B, S) (zeroed: the padding is never read).
+template <typename acc_t>
+__global__ void walk_degrees_kernel(const acc_t* __restrict__ w, acc_t* __restrict__ invd,
+                                    int64_t B, WalkGrid g, Offsets o) {
+  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
   for (int64_t i = grid_first(); i < B * HW; i += grid_stride()) {
     const int64_t b = i / HW, p = i % HW;
-    const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
-    scalar_t* t = taps + b * J * HW + p;
-    const scalar_t d =
-        walk_taps<scalar_t, scalar_t>(aff + b * o.count * HW, y, x, H, W, o, region, beta, t, HW);
-    for (int j = 0; j < J; ++j) t[j * HW] /= d;
+    const int64_t q = g.at(static_cast<int>(p / g.W), static_cast<int>(p % g.W));
+    invd[b * g.S + q] = walk_inv_degree(w + b * o.count * g.S, g, o, q);
   }
 }
 
-// One step for pixel p of one plane: sum_j tap[j, p] * v[p + s_j], taps outside the map skipped.
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t stencil(const scalar_t* __restrict__ taps, const scalar_t* v,
-                                            int y, int x, int H, int W, const Offsets& o) {
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  const int64_t p = static_cast<int64_t>(y) * W + x;
-  const int J = 2 * o.count + 1;
-  scalar_t acc = 0;
-  for (int j = 0; j < J; ++j) {
-    const int qy = y + tap_dy(o, j), qx = x + tap_dx(o, j);
-    if (qy < 0 || qy >= H || qx < 0 || qx >= W) continue;
-    acc += taps[j * HW + p] * v[static_cast<int64_t>(qy) * W + qx];
+// out (B, C, H, W) from the final planes; dead channels are zero.
+template <typename acc_t>
+__global__ void walk_planes_out_kernel(const acc_t* __restrict__ planes,
+                                       const uint8_t* __restrict__ live, acc_t* __restrict__ out,
+                                       int64_t BC, WalkGrid g) {
+  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
+  for (int64_t i = grid_first(); i < BC * HW; i += grid_stride()) {
+    const int64_t bc = i / HW, p = i % HW;
+    out[i] = live[bc]
+                 ? planes[bc * g.S + g.at(static_cast<int>(p / g.W), static_cast<int>(p % g.W))]
+                 : acc_t(0);
   }
-  return acc;
 }
 
-template <typename scalar_t>
-__global__ void walk_shared_kernel(const scalar_t* __restrict__ taps,
-                                   const int64_t* __restrict__ slot_image,
-                                   scalar_t* __restrict__ planes, int H, int W, int64_t iterations,
-                                   Offsets o) {
-  extern __shared__ unsigned char smem_raw[];
-  scalar_t* buf = reinterpret_cast<scalar_t*>(smem_raw);
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  const int J = 2 * o.count + 1;
-  const int64_t l = blockIdx.x;
-  const scalar_t* t = taps + slot_image[l] * J * HW;
-  scalar_t* plane = planes + l * HW;
-  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) buf[p] = plane[p];
+// Under stream capture the host cannot read the flag: the replay asserts on the device.
+__global__ void walk_assert_values_kernel(const int* flags) {
+  CUDA_KERNEL_ASSERT_MSG(*flags == 0,
+                         "affext.random_walk: aff outside [0, 1] or not finite, or cam not finite");
+}
+
+// ---- the walk ------------------------------------------------------------------------------
+
+template <typename acc_t>
+struct WalkParams {
+  const acc_t* w;     // (B, K, S)
+  const acc_t* invd;  // (B, S)
+  acc_t* planes[2];   // (B, C, S) each
+  const int* live_idx;
+  const int* live_n;
+  int64_t B;
+  int C;
+  WalkGrid g;
+  Offsets o;
+  int tile_rows, tiles_x, tiles_y;
+  int64_t tiles;
+  int resident_tiles;  // tiles a block keeps the weights of (resident kernels)
+  int64_t first_step, steps;
+};
+
+// A block's shared memory: the K weight shifts and K stage shifts, the staged channels, and,
+// for resident kernels, resident_tiles x (2K + 1) x tile pixels of weights.
+struct WalkSmem {
+  size_t shifts, stage, taps, total;
+};
+
+template <typename acc_t>
+__host__ __device__ WalkSmem walk_smem(int K, int P, int tile_rows, int resident_tiles) {
+  WalkSmem s;
+  s.shifts = 0;
+  s.stage = (2 * K * sizeof(int) + 15) / 16 * 16;
+  const size_t stage_elems =
+      static_cast<size_t>(kWalkChannels) * (tile_rows + 2 * P) * (kTileW + 2 * P);
+  s.taps = s.stage + stage_elems * sizeof(acc_t);
+  s.total = s.taps +
+            static_cast<size_t>(resident_tiles) * (2 * K + 1) * tile_rows * kTileW * sizeof(acc_t);
+  return s;
+}
+
+// A pixel's 2K + 1 weights kept in shared memory: forward, backward, then 1 / d, each a
+// plane of the tile's pixels.
+template <typename acc_t>
+struct TileWeights {
+  const acc_t* t;  // at the pixel in plane 0
+  int stride;      // tile pixels
+  int K;
+  __device__ acc_t forward(int k) const { return t[k * stride]; }
+  __device__ acc_t backward(int k) const { return t[(K + k) * stride]; }
+  __device__ acc_t inv_degree() const { return t[2 * K * stride]; }
+};
+
+struct Tile {
+  int64_t b;
+  int y0, x0;
+};
+
+template <typename acc_t>
+__device__ Tile walk_tile(const WalkParams<acc_t>& p, int64_t t) {
+  const int64_t per_map = static_cast<int64_t>(p.tiles_y) * p.tiles_x;
+  const int r = static_cast<int>(t % per_map);
+  return {t / per_map, (r / p.tiles_x) * p.tile_rows, (r % p.tiles_x) * kTileW};
+}
+
+template <typename acc_t, bool Resident>
+__global__ void __launch_bounds__(kMaxTileRows* kTileW) walk_kernel(const WalkParams<acc_t> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const WalkGrid& g = p.g;
+  const int K = p.o.count, P = g.P;
+  const WalkSmem layout = walk_smem<acc_t>(K, P, p.tile_rows, Resident ? p.resident_tiles : 0);
+  int* wshift = reinterpret_cast<int*>(smem_raw + layout.shifts);  // in the global planes
+  int* tshift = wshift + K;                                        // in the stage
+  acc_t* stage = reinterpret_cast<acc_t*>(smem_raw + layout.stage);
+  acc_t* taps = reinterpret_cast<acc_t*>(smem_raw + layout.taps);
+  const int TWp = kTileW + 2 * P;              // stage row
+  const int TS = (p.tile_rows + 2 * P) * TWp;  // stage channel
+  const int TP = p.tile_rows * kTileW;         // tile pixels
+  const int i = threadIdx.x, ly = i / kTileW, lx = i % kTileW;
+  for (int k = i; k < K; k += blockDim.x) {
+    wshift[k] = g.shift(p.o, k);
+    tshift[k] = p.o.dy[k] * TWp + p.o.dx[k];
+  }
   __syncthreads();
-  for (int64_t it = 0; it < iterations; ++it) {
-    const scalar_t* cur = buf + (it % 2) * HW;
-    scalar_t* nxt = buf + ((it + 1) % 2) * HW;
-    for (int64_t p = threadIdx.x; p < HW; p += blockDim.x)
-      nxt[p] = stencil(t, cur, static_cast<int>(p / W), static_cast<int>(p % W), H, W, o);
-    __syncthreads();
+
+  if constexpr (Resident) {
+    for (int m = 0; m < p.resident_tiles; ++m) {
+      const int64_t t = blockIdx.x + static_cast<int64_t>(m) * gridDim.x;
+      if (t >= p.tiles) break;
+      const Tile tile = walk_tile(p, t);
+      const int y = tile.y0 + ly, x = tile.x0 + lx;
+      const bool inside = y < g.H && x < g.W;
+      const int64_t q = inside ? g.at(y, x) : 0;
+      const PaddedWeights<acc_t> src{p.w + tile.b * K * g.S + q, p.invd + tile.b * g.S + q, g.S,
+                                     wshift};
+      acc_t* dst = taps + static_cast<int64_t>(m) * (2 * K + 1) * TP + i;
+      for (int k = 0; k < K; ++k) {
+        dst[k * TP] = inside ? src.forward(k) : acc_t(0);
+        dst[(K + k) * TP] = inside ? src.backward(k) : acc_t(0);
+      }
+      dst[2 * K * TP] = inside ? src.inv_degree() : acc_t(0);
+    }
+    // the first step's barrier below orders these writes before their reads
   }
-  const scalar_t* last = buf + (iterations % 2) * HW;
-  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) plane[p] = last[p];
+
+  for (int64_t s = 0; s < p.steps; ++s) {
+    const acc_t* cur = p.planes[(p.first_step + s) & 1];
+    acc_t* nxt = p.planes[(p.first_step + s + 1) & 1];
+    int m = 0;
+    for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x, ++m) {
+      const Tile tile = walk_tile(p, t);
+      const int n_live = __ldg(p.live_n + tile.b);
+      for (int c0 = 0; c0 < n_live; c0 += kWalkChannels) {
+        const int nc = min(kWalkChannels, n_live - c0);
+        int64_t plane[kWalkChannels];
+#pragma unroll
+        for (int c = 0; c < kWalkChannels; ++c)
+          plane[c] = c < nc ? (tile.b * p.C + __ldg(p.live_idx + tile.b * p.C + c0 + c)) * g.S : 0;
+        __syncthreads();  // the previous chunk's readers are done with the stage
+#pragma unroll
+        for (int c = 0; c < kWalkChannels; ++c) {
+          if (c >= nc) break;
+          for (int e = i; e < TS; e += blockDim.x) {
+            const int py = tile.y0 + e / TWp, px = tile.x0 + e % TWp;  // padded coordinates
+            acc_t v = acc_t(0);
+            if (py < g.Hp && px < g.Wp)
+              v = __ldcg(cur + plane[c] + static_cast<int64_t>(py) * g.Wp + px);
+            stage[c * TS + e] = v;
+          }
+        }
+        __syncthreads();
+        const int y = tile.y0 + ly, x = tile.x0 + lx;
+        if (y < g.H && x < g.W) {
+          const int64_t q = g.at(y, x);
+          const ShiftedValues<acc_t> v{stage + (ly + P) * TWp + lx + P, TS, tshift};
+          acc_t out[kWalkChannels];
+          if constexpr (Resident) {
+            const TileWeights<acc_t> wt{taps + static_cast<int64_t>(m) * (2 * K + 1) * TP + i, TP,
+                                        K};
+            walk_step_pixel<kWalkChannels>(wt, v, K, nc, out);
+          } else {
+            const PaddedWeights<acc_t> wt{p.w + tile.b * K * g.S + q, p.invd + tile.b * g.S + q,
+                                          g.S, wshift};
+            walk_step_pixel<kWalkChannels>(wt, v, K, nc, out);
+          }
+#pragma unroll
+          for (int c = 0; c < kWalkChannels; ++c)
+            if (c < nc) __stcg(nxt + plane[c] + q, out[c]);
+        }
+      }
+    }
+    if (s + 1 < p.steps) cg::this_grid().sync();
+  }
+}
+
+// ---- launch plan ---------------------------------------------------------------------------
+
+struct WalkPlan {
+  int tile_rows, tiles_x, tiles_y;
+  int64_t tiles;
+  bool cooperative, resident;
+  int resident_tiles;
+  unsigned int grid;
+  size_t smem;
+};
+
+template <typename Kernel>
+int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+  return blocks;
+}
+
+// Tiles of 8 rows where there are enough to fill the SMs, else 4 or 2 (small maps spread
+// over more SMs). Weights stay in shared memory where every block's share (1 to
+// kMaxResidentTiles tiles) fits with the grid that the occupancy allows.
+// AFFEXT_WALK_CUDA_MODE=resident|streamed|per-step forces a mode (tests: all three give the
+// same bits).
+template <typename acc_t>
+WalkPlan plan_walk(int64_t B, const WalkGrid& g, int K, int device) {
+  const char* env = std::getenv("AFFEXT_WALK_CUDA_MODE");
+  const std::string mode = env ? env : "";
+  TORCH_CHECK_VALUE(mode.empty() || mode == "resident" || mode == "streamed" || mode == "per-step",
+                    "AFFEXT_WALK_CUDA_MODE must be resident, streamed or per-step, got '", mode,
+                    "'");
+  int sms = 0, coop = 0, max_smem = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  WalkPlan plan{};
+  plan.tiles_x = (g.W + kTileW - 1) / kTileW;
+  for (int rows : {kMaxTileRows, kMaxTileRows / 2, kMaxTileRows / 4}) {
+    plan.tile_rows = rows;
+    plan.tiles_y = (g.H + rows - 1) / rows;
+    plan.tiles = B * plan.tiles_y * plan.tiles_x;
+    if (plan.tiles >= sms) break;
+  }
+  const int threads = plan.tile_rows * kTileW;
+  plan.cooperative = coop != 0 && mode != "per-step";
+  if (plan.cooperative && mode != "streamed") {
+    for (int m = 1; m <= kMaxResidentTiles; ++m) {
+      const size_t smem = walk_smem<acc_t>(K, g.P, plan.tile_rows, m).total;
+      if (smem > static_cast<size_t>(max_smem)) break;
+      const int per_sm = blocks_per_sm(walk_kernel<acc_t, true>, threads, smem);
+      if (per_sm == 0) break;
+      const int64_t grid = std::min<int64_t>(plan.tiles, static_cast<int64_t>(per_sm) * sms);
+      if ((plan.tiles + grid - 1) / grid <= m) {
+        plan.resident = true;
+        plan.resident_tiles = m;
+        plan.grid = static_cast<unsigned int>(grid);
+        plan.smem = smem;
+        return plan;
+      }
+    }
+  }
+  TORCH_CHECK_VALUE(mode != "resident", "AFFEXT_WALK_CUDA_MODE=resident, but this walk's ",
+                    "weights do not fit in shared memory (or the GPU has no cooperative launch)");
+  plan.smem = walk_smem<acc_t>(K, g.P, plan.tile_rows, 0).total;
+  TORCH_CHECK(plan.smem <= static_cast<size_t>(max_smem), "random_walk: radius ", g.P + 1,
+              " needs ", plan.smem, " bytes of shared memory a block, the GPU has ", max_smem);
+  const int per_sm = blocks_per_sm(walk_kernel<acc_t, false>, threads, plan.smem);
+  TORCH_CHECK(per_sm > 0, "random_walk: the walk kernel cannot run on this GPU");
+  const int64_t grid = plan.cooperative ? static_cast<int64_t>(per_sm) * sms : 65535;
+  plan.grid = static_cast<unsigned int>(std::min<int64_t>(plan.tiles, grid));
+  return plan;
+}
+
+template <typename acc_t>
+void launch_walk(const WalkPlan& plan, WalkParams<acc_t> params, cudaStream_t stream) {
+  const dim3 grid(plan.grid), block(plan.tile_rows * kTileW);
+  auto kernel = plan.resident ? walk_kernel<acc_t, true> : walk_kernel<acc_t, false>;
+  if (plan.cooperative) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = plan.smem;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+    return;
+  }
+  // One step a launch: no grid-wide barrier inside a kernel.
+  const int64_t steps = params.steps;
+  params.steps = 1;
+  for (int64_t s = 0; s < steps; ++s) {
+    params.first_step = s;
+    kernel<<<grid, block, plan.smem, stream>>>(params);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 template <typename scalar_t>
-__global__ void walk_step_kernel(const scalar_t* __restrict__ taps,
-                                 const int64_t* __restrict__ slot_image,
-                                 const scalar_t* __restrict__ cur, scalar_t* __restrict__ nxt,
-                                 int64_t L, int H, int W, Offsets o) {
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  const int J = 2 * o.count + 1;
-  for (int64_t i = grid_first(); i < L * HW; i += grid_stride()) {
-    const int64_t l = i / HW, p = i % HW;
-    nxt[i] = stencil(taps + slot_image[l] * J * HW, cur + l * HW, static_cast<int>(p / W),
-                     static_cast<int>(p % W), H, W, o);
-  }
-}
+at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64_t iterations,
+                const Offsets& o, int region) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = cam.size(0), C = cam.size(1);
+  const WalkGrid g = make_walk_grid(cam.size(2), cam.size(3), o.radius);
+  const int K = o.count;
+  const auto acc_options = cam.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const auto int_options = cam.options().dtype(at::kInt);
+  auto stream = c10::cuda::getCurrentCUDAStream();
 
-int max_shared_bytes(int device) {
-  int bytes = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+  at::Tensor flags = at::zeros({1}, int_options);
+  at::Tensor planes = at::zeros({2, B * C, g.S}, acc_options);
+  at::Tensor live = at::empty({B * C}, cam.options().dtype(at::kByte));
+  at::Tensor live_idx = at::empty({B, C}, int_options);
+  at::Tensor live_n = at::empty({B}, int_options);
+  at::Tensor w = at::empty({B, K, g.S}, acc_options);
+  at::Tensor invd = at::zeros({B, g.S}, acc_options);
+  at::Tensor out = at::empty(cam.sizes(), acc_options);
+
+  walk_planes_in_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(B * C), kThreads, 0, stream>>>(
+      cam.data_ptr<scalar_t>(), planes.data_ptr<acc_t>(), live.data_ptr<uint8_t>(),
+      flags.data_ptr<int>(), g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  walk_live_list_kernel<<<blocks_for(B), kThreads, 0, stream>>>(
+      live.data_ptr<uint8_t>(), live_idx.data_ptr<int>(), live_n.data_ptr<int>(), B,
+      static_cast<int>(C));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  walk_weights_kernel<scalar_t, acc_t><<<blocks_for(B * K * g.S), kThreads, 0, stream>>>(
+      aff.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), flags.data_ptr<int>(), B, g, o, region,
+      static_cast<acc_t>(beta));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  walk_degrees_kernel<acc_t><<<blocks_for(B * g.H * g.W), kThreads, 0, stream>>>(
+      w.data_ptr<acc_t>(), invd.data_ptr<acc_t>(), B, g, o);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const WalkPlan plan = plan_walk<acc_t>(B, g, K, cam.get_device());
+  WalkParams<acc_t> params{};
+  params.w = w.data_ptr<acc_t>();
+  params.invd = invd.data_ptr<acc_t>();
+  params.planes[0] = planes[0].data_ptr<acc_t>();
+  params.planes[1] = planes[1].data_ptr<acc_t>();
+  params.live_idx = live_idx.data_ptr<int>();
+  params.live_n = live_n.data_ptr<int>();
+  params.B = B;
+  params.C = static_cast<int>(C);
+  params.g = g;
+  params.o = o;
+  params.tile_rows = plan.tile_rows;
+  params.tiles_x = plan.tiles_x;
+  params.tiles_y = plan.tiles_y;
+  params.tiles = plan.tiles;
+  params.resident_tiles = plan.resident_tiles;
+  params.first_step = 0;
+  params.steps = iterations;
+  launch_walk(plan, params, stream);
+
+  walk_planes_out_kernel<acc_t><<<blocks_for(B * C * g.H * g.W), kThreads, 0, stream>>>(
+      planes[iterations % 2].data_ptr<acc_t>(), live.data_ptr<uint8_t>(), out.data_ptr<acc_t>(),
+      B * C, g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone) {
+    throw_walk_value_flags(flags.item<int>());  // the call's one host synchronisation
+  } else {
+    walk_assert_values_kernel<<<1, 1, 0, stream>>>(flags.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return out;
 }
 
 }  // namespace
@@ -100,51 +496,17 @@ at::Tensor random_walk_cuda(const at::Tensor& cam_in, const at::Tensor& aff_in, 
   check_random_walk_args(cam_in, aff_in, beta, iterations, radius, region);
   const Offsets o = offsets_for(radius);
   c10::cuda::CUDAGuard guard(cam_in.device());
-  auto dtype = at::promote_types(cam_in.scalar_type(), aff_in.scalar_type());
-  if (dtype != at::kDouble) dtype = at::kFloat;  // half/bf16 walk in float32
+  const auto result_dtype = walk_result_dtype(cam_in, aff_in);
+  if (cam_in.numel() == 0) return at::zeros(cam_in.sizes(), cam_in.options().dtype(result_dtype));
+  // Both inputs in their promoted dtype (half and bfloat16 are read as such, summed in float32).
+  const auto dtype = at::promote_types(cam_in.scalar_type(), aff_in.scalar_type());
   const at::Tensor cam = cam_in.detach().to(dtype).contiguous();
   const at::Tensor aff = aff_in.detach().to(dtype).contiguous();
-  const int64_t B = cam.size(0), C = cam.size(1), H = cam.size(2), W = cam.size(3);
-  const int64_t HW = H * W;
-  at::Tensor result = at::zeros_like(cam);
-  if (cam.numel() == 0) return result.to(cam_in.scalar_type());
-  // A channel that is zero everywhere stays zero: walk only the others.
-  const at::Tensor live = (cam != 0).flatten(2).any(2).flatten().nonzero().flatten();
-  const int64_t L = live.size(0);
-  if (L == 0) return result;
-  const at::Tensor slot_image = at::floor_divide(live, C).contiguous();
-  at::Tensor planes = cam.view({B * C, H, W}).index_select(0, live).contiguous();
-  const int J = 2 * o.count + 1;
-  at::Tensor taps = at::empty({B, J, H, W}, cam.options());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(dtype, "random_walk_cuda", [&] {
-    taps_kernel<scalar_t><<<blocks_for(B * HW), kThreads, 0, stream>>>(
-        aff.data_ptr<scalar_t>(), taps.data_ptr<scalar_t>(), B, static_cast<int>(H),
-        static_cast<int>(W), o, static_cast<int>(region), static_cast<scalar_t>(beta));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const size_t smem = 2 * HW * sizeof(scalar_t);
-    if (smem <= static_cast<size_t>(max_shared_bytes(cam.get_device()))) {
-      auto kernel = walk_shared_kernel<scalar_t>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-      kernel<<<static_cast<unsigned int>(L), 1024, smem, stream>>>(
-          taps.data_ptr<scalar_t>(), slot_image.data_ptr<int64_t>(), planes.data_ptr<scalar_t>(),
-          static_cast<int>(H), static_cast<int>(W), iterations, o);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      at::Tensor other = at::empty_like(planes);
-      scalar_t* bufs[2] = {planes.data_ptr<scalar_t>(), other.data_ptr<scalar_t>()};
-      for (int64_t it = 0; it < iterations; ++it) {
-        walk_step_kernel<scalar_t><<<blocks_for(L * HW), kThreads, 0, stream>>>(
-            taps.data_ptr<scalar_t>(), slot_image.data_ptr<int64_t>(), bufs[it % 2],
-            bufs[(it + 1) % 2], L, static_cast<int>(H), static_cast<int>(W), o);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if (iterations % 2 == 1) planes = other;
-    }
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "random_walk_cuda", [&] {
+    out = walk<scalar_t>(cam, aff, beta, iterations, o, static_cast<int>(region));
   });
-  result.view({B * C, H, W}).index_copy_(0, live, planes);
-  return result;
+  return out;
 }
 
 TORCH_LIBRARY_IMPL(affext, CUDA, m) { m.impl("random_walk", &random_walk_cuda); }

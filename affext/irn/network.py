@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbones.base import StateDict, load_strict, read_state_dict
-from ..models.backbones.resnet50 import Bottleneck
+from ..models.backbones.resnet50 import resnet50_modules
 from .files import STRIDE
 
 CROP_SIZE = 512  # IRN's training crop, and the canvas it pads every image to at inference
@@ -29,27 +29,8 @@ class IRNResNet50(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-        self._inplanes = 64
-        self.layer1 = self._make_layer(64, 3, 1)
-        self.layer2 = self._make_layer(128, 4, 2)
-        self.layer3 = self._make_layer(256, 6, 2)
-        self.layer4 = self._make_layer(512, 3, 1)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self._inplanes != planes * 4:
-            downsample = nn.Sequential(
-                nn.Conv2d(self._inplanes, planes * 4, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * 4),
-            )
-        layers = [Bottleneck(self._inplanes, planes, stride, 1, downsample)]
-        self._inplanes = planes * 4
-        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        for name, module in resnet50_modules((1, 2, 2, 1), (False,) * 4).items():
+            self.add_module(name, module)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, 3, H, W) -> the five stages' outputs: 64 and 256 channels at stride 4, 512 at

@@ -41,6 +41,37 @@ class Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
+def resnet50_modules(
+    strides: tuple[int, int, int, int], dilate: tuple[bool, bool, bool, bool]
+) -> dict[str, nn.Module]:
+    """torchvision's ResNet-50 modules by name (conv1, bn1, relu, maxpool, layer1..layer4), in
+    registration order. Layer i has stride strides[i]; a dilated layer keeps stride 1 and
+    doubles the dilation from its second block on, as torchvision's
+    replace_stride_with_dilation does."""
+    modules: dict[str, nn.Module] = {
+        "conv1": nn.Conv2d(3, 64, 7, 2, padding=3, bias=False),
+        "bn1": nn.BatchNorm2d(64),
+        "relu": nn.ReLU(inplace=True),
+        "maxpool": nn.MaxPool2d(3, 2, padding=1),
+    }
+    inplanes, dilation = 64, 1
+    for i, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        stride, first_dilation = strides[i], dilation
+        if dilate[i]:
+            stride, dilation = 1, dilation * 2
+        downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * 4),
+            )
+        layers = [Bottleneck(inplanes, planes, stride, first_dilation, downsample)]
+        inplanes = planes * 4
+        layers += [Bottleneck(inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
+        modules[f"layer{i + 1}"] = nn.Sequential(*layers)
+    return modules
+
+
 class ResNet50(Backbone):
     """ResNet-50 at output stride 8; features layer2 (512), layer3 (1024), layer4 (2048).
 
@@ -59,39 +90,11 @@ class ResNet50(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-        self._inplanes = 64
-        self._dilation = 1
-        self.layer1 = self._make_layer(64, 3)
-        self.layer2 = self._make_layer(128, 4, stride=2)
-        self.layer3 = self._make_layer(256, 6, dilate=True)
-        self.layer4 = self._make_layer(512, 3, dilate=True)
+        for name, module in resnet50_modules((1, 2, 2, 2), (False, False, True, True)).items():
+            self.add_module(name, module)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def _make_layer(
-        self, planes: int, blocks: int, stride: int = 1, dilate: bool = False
-    ) -> nn.Sequential:
-        first_dilation = self._dilation
-        if dilate:
-            # stride 2 becomes dilation 2 from the second block on (keeps output stride 8)
-            self._dilation *= 2
-        downsample = None
-        if stride != 1 or self._inplanes != planes * 4:
-            downsample = nn.Sequential(
-                nn.Conv2d(self._inplanes, planes * 4, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * 4),
-            )
-        layers = [Bottleneck(self._inplanes, planes, stride, first_dilation, downsample)]
-        self._inplanes = planes * 4
-        layers += [
-            Bottleneck(self._inplanes, planes, dilation=self._dilation) for _ in range(1, blocks)
-        ]
-        return nn.Sequential(*layers)
 
     def first_blocks(self) -> list[nn.Module]:
         return [self.conv1, self.bn1]

@@ -19,7 +19,8 @@
 # statically, and with such a build every error raised inside an op crashes the process
 # (segfault) instead of raising an exception (setup.py warns about it).
 # Leaves under OUT_DIR: build.log, tests.log, bench_cuda.{json,png,log}
-# (bench_cpu.{json,png,log}), train_step.{json,log}, bench_make_rw.{json,log}, and summary.txt with each step's exit
+# bench_walk_cuda.{json,log} (bench_cpu.{json,png,log}), train_step.{json,log},
+# bench_make_rw.{json,log}, and summary.txt with each step's exit
 # status. The steps after a
 # failed test step still run; the script exits non-zero if any step failed.
 set -uo pipefail
@@ -102,6 +103,8 @@ fi
 step tests "$OUT/tests.log" python -m pytest -q -ra "$@"
 step "bench cuda" "$OUT/bench_cuda.log" \
   "${BENCH[@]}" --device cuda --json "$OUT/bench_cuda.json" --plot "$OUT/bench_cuda.png"
+step "bench walk cuda" "$OUT/bench_walk_cuda.log" python -m pytest -q -s -k cuda \
+  benchmarks/bench_random_walk.py --benchmark-json="$OUT/bench_walk_cuda.json"
 if [ "${GPU_CHECK_CPU_BENCH:-0}" = 1 ]; then
   step "bench cpu" "$OUT/bench_cpu.log" \
     "${BENCH[@]}" --device cpu --json "$OUT/bench_cpu.json" --plot "$OUT/bench_cpu.png"
@@ -116,6 +119,6 @@ cat "$SUMMARY"
 tail -n 1 "$OUT/tests.log"
 # The bench's tables (stdout) follow its progress lines (stderr) in its log.
 sed -n '/^affext bench, /,$p' "$OUT/bench_cuda.log"
-grep -h '^\[cuda' "$OUT/train_step.log"
+grep -h '^\[cuda' "$OUT/bench_walk_cuda.log" "$OUT/train_step.log"
 sed -n '/^make-rw device path/,$p' "$OUT/bench_make_rw.log"
 exit "$FAILED"

@@ -105,25 +105,34 @@ def draw_neighborhood(path: Path, radius: int = 5) -> None:
 
 
 LAYERS = [
-    ("affext.cli", "`affext` command: parse arguments, call a stage", "#fee6ce"),
+    ("affext.cli", "`affext` command: parse arguments, call a stage or a drop-in", "#fee6ce"),
+    (
+        "affext.psa | affext.irn",
+        "psa's tensors, network patch, scripts | IRN's path affinities, walk, labels",
+        "#fdae6b",
+    ),
     (
         "affext.stages",
-        "train_cam, make_cam, aff_labels, train_aff, make_rw, evaluate, run",
+        "train_cam, make_cam, aff_labels, train_aff, make_rw, evaluate, run; config, overview",
         "#fdd0a2",
     ),
     (
         "affext.models | affext.data",
-        "CAMNet, AffinityNet, backbones | VOC reader, synthetic set",
+        "CAMNet, AffinityNet, backbones, checkpoint | VOC reader, synthetic set, transforms",
         "#c7e9c0",
     ),
-    ("affext.ops", "pairwise_affinity, pair_loss, random_walk: checks, autograd, fakes", "#9ecae1"),
+    (
+        "affext.ops | affext.files",
+        "pairwise_affinity, pair_loss, random_walk | atomic writes, records, score files",
+        "#9ecae1",
+    ),
     ("affext._extension", "loads affext._C, build_info()", "#c6dbef"),
     ("csrc/", "TORCH_LIBRARY schemas; CPU and CUDA kernels by dispatch key", "#dadaeb"),
 ]
 
 
 def draw_layers(path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 6.2))
+    fig, ax = plt.subplots(figsize=(9, 6.9))
     w, h, gap = 6.0, 0.62, 0.38
     top = len(LAYERS) * (h + gap)
     for i, (name, what, face) in enumerate(LAYERS):
@@ -162,7 +171,8 @@ def draw_layers(path: Path) -> None:
                 "formulations), affext.bench",
                 "and benchmarks/ (measure the",
                 "ops against the references),",
-                "tests/.",
+                "tests/; affext.extras (the",
+                "optional pipeline extra).",
             ]
         ),
         fontsize=8,

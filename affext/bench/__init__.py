@@ -8,7 +8,7 @@ affext.bench.cases, seeded), so that the ratios hold on a shared, noisy machine
 (docs/performance.md). Measured:
 
 - affinity forward+backward at a training step's shape (448 crop: C=448, 56x56, radius 5,
-  batch 8): affext vs psa-dense;
+  batch 8): affext vs psa-dense, and on a GPU affext in bfloat16 too ("affext-bf16");
 - the balanced pair loss forward+backward from a label map, same shape: affext vs psa-dense
   (psa's mask build + train_aff's loss);
 - the random walk of one image (C=21, beta 8, t=256, radius 5, from precomputed affinities)

@@ -132,7 +132,8 @@ def random_walk(
     Returns:
         What psa's `torch.matmul(cam_vec, trans_mat)` gives after its logt squarings, shaped
         like cam, (C, h, w) or (B, C, h, w), on aff's device (cam is moved there, as psa moves
-        its CAM vector to the GPU), in the promoted dtype of cam and aff. No autograd.
+        its CAM vector to the GPU), in the promoted dtype of cam and aff, at least float32.
+        No autograd.
     """
     cam, aff = _tensor("cam", cam), _tensor("aff", aff)
     if isinstance(logt, bool) or not isinstance(logt, int) or not 0 <= logt <= 30:

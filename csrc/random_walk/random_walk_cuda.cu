@@ -1,4 +1,4 @@
-// CUDA random walk: the launch layer around random_walk.h's math (compiled for sm_80 / sm_90).
+// CUDA random walk: the launch layer around random_walk.h's math.
 //
 // Design
 // - Symmetry: a step needs only A_k[q] (K planes) and 1 / d_q per pixel (random_walk.h), built

@@ -97,7 +97,7 @@ def load_trained(
     bare state dict such as psa's res38_cls.pth / res38_aff.pth). Another backbone's weights
     are refused."""
     path = Path(source)
-    ckpt = read_trained(path / file_name if path.is_dir() else path, backbone, what)
+    ckpt = read_trained(path if path.is_file() else path / file_name, backbone, what)
     model = build()
     load_checkpoint(model, ckpt)
     return model.to(device).eval()

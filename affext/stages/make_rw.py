@@ -167,14 +167,6 @@ def _crf_label(
     return np.asarray(keys, np.uint8)[np.argmax(refined, axis=0)]
 
 
-def rw_crf_label(
-    rgb: np.ndarray, scores: np.ndarray, present: Sequence[int], crf: CRFConfig | None = None
-) -> np.ndarray:
-    """dCRF of the walked scores over [bg; present classes], normalised per pixel; (H, W)."""
-    keys = [0] + list(present)
-    return _crf_label(rgb, scores[keys], keys, crf)
-
-
 def _write_crf_label(
     path: Path, rgb: np.ndarray, scores: np.ndarray, keys: Sequence[int], crf: CRFConfig | None
 ) -> None:

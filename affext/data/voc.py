@@ -196,6 +196,17 @@ class VOCDataset:
             )
         self.label_source = label_source
         self._cls_labels = load_cls_labels(cls_labels) if label_source == "npy" else None
+        self.classes: tuple[str, ...] = VOC_CLASSES  # foreground class names, index 1..C
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of foreground classes (label vectors have C entries)."""
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """("background",) + classes: the names of label indices 0..C."""
+        return ("background",) + self.classes
 
     # -- paths ----------------------------------------------------------------------------
     def image_path(self, image_id: str) -> Path:

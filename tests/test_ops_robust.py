@@ -3,22 +3,38 @@ Ctrl-C during a long walk, a killed parent."""
 
 import importlib
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from helpers import small_voc
 
 import affext
+from affext.data import VOCDataset, read_id_list
+from affext.files import save_score_dict
 from affext.reference.affinity import psa_affinity
 from affext.reference.pair_loss import psa_affinity_labels, psa_pair_loss
 
 OPS = torch.ops.affext
 ROOT = Path(__file__).resolve().parents[1]
 walk_module = importlib.import_module("affext.ops.random_walk")
+
+
+def first_line(child: subprocess.Popen, seconds: float = 120) -> str:
+    """The child's first line of output; a child that hangs instead is killed (and fails)."""
+    if not select.select([child.stdout], [], [], seconds)[0]:
+        for pid in children(child.pid):
+            os.kill(pid, signal.SIGKILL)
+        child.kill()
+        child.wait()
+        pytest.fail(f"the child printed nothing in {seconds} s")
+    return child.stdout.readline()
 
 
 def python_child(code: str, **kwargs) -> subprocess.Popen:
@@ -171,7 +187,7 @@ def test_ctrl_c_stops_a_long_walk():
         stderr=subprocess.PIPE,
     )
     try:
-        assert child.stdout.readline() == "walking\n"
+        assert first_line(child) == "walking\n"
         time.sleep(1.5)  # well into the walk (hours long)
         assert child.poll() is None
         child.send_signal(signal.SIGINT)
@@ -183,3 +199,142 @@ def test_ctrl_c_stops_a_long_walk():
         child.wait()
     assert "KeyboardInterrupt" in err
     assert seconds < 3, f"the walk went on {seconds:.1f} s after SIGINT"
+
+
+# ---- worker processes die with their parent (issue: orphans alive 20+ minutes after kill -9) -
+
+
+def children(pid: int) -> set[int]:
+    """The live (not zombie) processes whose parent is pid."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of pids still running (a zombie has ended)."""
+    running = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                running.add(pid)
+        except OSError:
+            pass
+    return running
+
+
+def kill_and_wait_for(child: subprocess.Popen, workers: set[int], seconds: float) -> set[int]:
+    """SIGKILL child; the workers still alive `seconds` later (killed then, so that none is
+    left behind by a failing test)."""
+    child.kill()
+    child.wait()
+    deadline = time.monotonic() + seconds
+    while alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = alive(workers)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+pytestmark_linux = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+
+
+@pytestmark_linux
+def test_loader_workers_blocked_on_a_full_pipe_die_with_their_parent():
+    # Workers whose batches (numpy arrays, pickled through the pipe) fill the pipe to a parent
+    # that no longer reads: torch's own parent check cannot end them, they block on the pipe.
+    child = python_child(
+        "import time, numpy as np\n"
+        "from torch.utils.data import DataLoader\n"
+        "from affext.stages.common import die_with_parent\n"
+        "class Big:\n"
+        "    def __len__(self): return 100\n"
+        "    def __getitem__(self, i): return np.ones(1 << 20, np.uint8)\n"
+        "loader = DataLoader(Big(), batch_size=None, num_workers=2, collate_fn=lambda x: x,\n"
+        "                    worker_init_fn=die_with_parent)\n"
+        "batches = iter(loader)\n"
+        "next(batches)\n"
+        "print('loading', flush=True)\n"
+        "time.sleep(600)\n",
+        stdout=subprocess.PIPE,
+    )
+    assert first_line(child) == "loading\n"
+    workers = children(child.pid)
+    assert len(workers) == 2
+    time.sleep(0.5)  # their next batches fill the pipe
+    assert not kill_and_wait_for(child, workers, 3)
+
+
+@pytestmark_linux
+def test_worker_forked_from_a_passing_thread_outlives_it_not_its_process():
+    # PR_SET_PDEATHSIG fires when the forking *thread* ends: a pool started from a thread that
+    # ends must keep its worker while the process lives, and lose it when the process dies.
+    child = python_child(
+        "import multiprocessing, os, threading, time\n"
+        "from affext.stages.common import die_with_parent\n"
+        "def start():\n"
+        "    global pool, first\n"
+        "    pool = multiprocessing.get_context('fork').Pool(1, die_with_parent)\n"
+        "    first = pool.apply(os.getpid)\n"
+        "thread = threading.Thread(target=start)\n"
+        "thread.start(); thread.join()\n"
+        "time.sleep(1.0)\n"
+        "print(first, pool.apply(os.getpid), flush=True)\n"
+        "time.sleep(600)\n",
+        stdout=subprocess.PIPE,
+    )
+    first, worker = map(int, first_line(child).split())
+    assert worker == first  # the same worker, alive after its thread ended
+    assert worker in children(child.pid)
+    assert not kill_and_wait_for(child, {worker}, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A synthetic VOC of 4 images and psa-format CAMs of their classes."""
+    voc = small_voc(tmp_path_factory.mktemp("voc"), 3, 1, size=(40, 48))
+    ids = read_id_list(voc / "ImageSets/Segmentation/trainval.txt")
+    cam_dir = tmp_path_factory.mktemp("cam")
+    data = VOCDataset(voc)
+    rng = np.random.default_rng(0)
+    for i in ids:
+        h, w = data.load_mask(i).shape
+        classes = np.nonzero(data.image_labels(i))[0]
+        cams = {int(c): rng.random((h, w), np.float32) for c in classes}
+        save_score_dict(cam_dir / f"{i}.npy", cams)
+    return voc, ids, cam_dir
+
+
+@pytestmark_linux
+def test_make_rw_workers_and_dcrf_processes_die_with_a_killed_stage(tiny_run, tmp_path):
+    # Both kinds are forked from the stage's main thread: the kernel ends them (the parent
+    # check is slowed down here to show it).
+    voc, ids, cam_dir = tiny_run
+    child = python_child(
+        "import importlib, time\n"
+        "from affext.models import AffinityNet, build_backbone\n"
+        "from affext.stages import common\n"
+        "common.PARENT_CHECK_SECONDS = 600  # so that only PR_SET_PDEATHSIG can end them\n"
+        "stage = importlib.import_module('affext.stages.make_rw')\n"
+        "stage.load_aff_net = lambda p, b, d: AffinityNet(build_backbone('tiny')).eval()\n"
+        "def stuck(*args):\n"
+        "    print('walking', flush=True)\n"
+        "    time.sleep(600)\n"
+        "stage.walk_batch = stuck\n"
+        "cfg = stage.MakeRwConfig(backbone='tiny', device='cpu', num_workers=2, crf_workers=1,\n"
+        "                         batch_size=1)\n"
+        f"stage.make_rw({str(voc)!r}, {ids!r}, {str(cam_dir)!r}, 'unused', "
+        f"{str(tmp_path)!r}, cfg, progress=False)\n",
+        stdout=subprocess.PIPE,
+    )
+    assert first_line(child) == "walking\n"
+    workers = children(child.pid)
+    assert len(workers) == 3  # two loader workers, one dCRF process
+    assert not kill_and_wait_for(child, workers, 3)

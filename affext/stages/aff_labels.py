@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..data.voc import VOCDataset
 from ..files import load_score_dict, record_config, save_score_dict
-from .common import background_score, pending, require_cams
+from .common import background_score, die_with_parent, pending, require_cams
 from .crf import CRFConfig, crf_inference
 
 
@@ -94,7 +94,7 @@ def make_aff_labels(
         total=len(ids), initial=len(ids) - len(todo), desc="make-aff-labels", disable=not progress
     )
     if cfg.num_workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(cfg.num_workers) as pool:
+        with get_context("spawn").Pool(cfg.num_workers, die_with_parent) as pool:
             for _ in pool.imap_unordered(_work, jobs, chunksize=4):
                 bar.update()
     else:

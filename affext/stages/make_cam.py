@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..data.datasets import MultiScaleDataset
 from ..data.voc import VOCDataset, save_label_png
 from ..files import record_config, save_score_dict
-from .common import default_workers, pending, resolve_device
+from .common import default_workers, die_with_parent, pending, resolve_device
 from .train_cam import image_labels, load_cam_net
 
 
@@ -95,6 +95,7 @@ def make_cam(
         MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side),
         batch_size=None,
         num_workers=cfg.num_workers if len(todo) > 1 else 0,
+        worker_init_fn=die_with_parent,
     )
     bar = tqdm(
         loader, total=len(ids), initial=len(ids) - len(todo), desc="make-cam", disable=not progress

@@ -42,6 +42,7 @@ from .common import (
     background_score,
     cam_stack,
     default_workers,
+    die_with_parent,
     pending,
     require_cams,
     resolve_device,
@@ -264,6 +265,7 @@ def _ignore_sigint() -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, the dCRF processes
     # finish their image instead of printing tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 class _Finisher:
@@ -398,6 +400,7 @@ def make_rw(
         collate_fn=_collate,
         num_workers=cfg.num_workers if len(todo) > 1 else 0,
         pin_memory=device.type == "cuda",
+        worker_init_fn=die_with_parent,
     )
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="make-rw", disable=not progress)
     start = time.perf_counter()

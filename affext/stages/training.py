@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..files import atomic_write_json
 from ..models.base import Network
 from ..models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .common import default_workers
+from .common import default_workers, die_with_parent
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -170,6 +170,7 @@ def _epoch_loader(
         generator=gen,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=die_with_parent,
     )
 
 

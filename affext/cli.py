@@ -294,6 +294,7 @@ def _add_stage_commands(sub) -> None:
 
     p = sub.add_parser("make-rw", help="random walk: pseudo-label PNGs")
     _add_common(p)
+    _add_labels(p)  # the CAMs' classes are checked against the image-level labels
     p.add_argument("--list", required=True)
     p.add_argument("--cam-dir", required=True)
     p.add_argument(

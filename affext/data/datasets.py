@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from ..files import load_score_dict
 from .transforms import (
     colour_jitter,
+    long_side_size,
     normalize,
     pool_by,
     random_crop,
@@ -25,7 +26,7 @@ from .transforms import (
     resize_maps,
     to_long_side,
 )
-from .voc import VOCDataset
+from .voc import DatasetError, VOCDataset
 
 
 class _Epoched(Dataset):
@@ -107,6 +108,59 @@ class MultiScaleDataset(Dataset):
             im = image if size == (w, h) else image.resize(size, Image.BICUBIC)
             scaled.append(torch.from_numpy(normalize(np.asarray(im))))
         return self.ids[index], scaled, torch.from_numpy(self.labels[index]), original
+
+
+def image_classes(voc: VOCDataset, image_id: str) -> set[int] | None:
+    """The image's classes as CAM keys (0-based: VOC class c is key c - 1), or None where the
+    dataset has no image-level labels for it (no mask, annotation or cls_labels entry)."""
+    try:
+        return {int(c) for c in np.nonzero(voc.image_labels(image_id))[0]}
+    except DatasetError:
+        return None
+
+
+def check_cam(
+    cam: dict[int, np.ndarray],
+    path: str | os.PathLike,
+    image_size: tuple[int, int],
+    num_classes: int,
+    classes: set[int] | None,
+) -> None:
+    """Raise DatasetError naming the CAM file when its keys are not classes of the dataset
+    (0..num_classes-1) or not the image's `classes` (None: not known), or when its maps
+    are neither the image's size (H, W) nor the image's shape at a smaller long side
+    (make-cam's working size)."""
+    keys = sorted(int(k) for k in cam)
+    outside = [k for k in keys if not 0 <= k < num_classes]
+    if outside:
+        raise DatasetError(
+            f"CAM file {str(path)!r} has class keys {outside} outside the dataset's "
+            f"{num_classes} classes (keys 0..{num_classes - 1}): it was made for another dataset"
+        )
+    if classes is not None and set(keys) != classes:
+        raise DatasetError(
+            f"CAM file {str(path)!r} has class keys {keys} but the image's classes are "
+            f"{sorted(classes)} (keys are 0-based): it was made with other labels or for "
+            "another image; make the CAMs again with make-cam"
+        )
+    h, w = image_size
+    for k in keys:
+        shape = tuple(np.shape(cam[k]))
+        reduced = len(shape) == 2 and long_side_size((w, h), max(shape))[::-1] == shape
+        if shape != (h, w) and not (reduced and max(shape) < max(h, w)):
+            raise DatasetError(
+                f"CAM file {str(path)!r}: the map of class {k} is {shape} but the image is "
+                f"{(h, w)}: the CAMs come from another dataset; make them again with make-cam"
+            )
+
+
+def load_cam(
+    voc: VOCDataset, cam_path: str | os.PathLike, image_id: str, image_size: tuple[int, int]
+) -> dict[int, np.ndarray]:
+    """psa's CAM dict of one image, checked against the image (check_cam)."""
+    cam = load_score_dict(cam_path, "CAM")
+    check_cam(cam, cam_path, image_size, voc.num_classes, image_classes(voc, image_id))
+    return cam
 
 
 def affinity_label_map(

@@ -35,9 +35,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..data.datasets import load_cam
 from ..data.transforms import long_side_size, normalize, pool_by, resize_maps, to_long_side
 from ..data.voc import VOCDataset, save_label_png
-from ..files import atomic_write_json, load_score_dict, record_config
+from ..files import atomic_write_json, record_config
 from .common import (
     background_score,
     cam_stack,
@@ -75,6 +76,8 @@ class MakeRwConfig:
     num_workers: int = default_workers()
     crf_workers: int = default_crf_workers()  # dCRF processes; 0: in this process (slow)
     device: str = "auto"
+    label_source: str = "auto"  # the image-level labels the CAMs' classes are checked against
+    cls_labels: str | None = None
 
 
 def padded(n: int) -> int:
@@ -103,13 +106,7 @@ class _RwDataset(Dataset):
         image_id = self.ids[index]
         pil = self.voc.load_pil(image_id)
         rgb = np.asarray(pil)
-        cam = load_score_dict(self.cam_dir / f"{image_id}.npy", "CAM")
-        for k, v in cam.items():
-            if np.shape(v) != rgb.shape[:2]:
-                raise ValueError(
-                    f"CAM of {image_id!r} class {k} is {np.shape(v)} but the image "
-                    f"is {rgb.shape[:2]}: the CAMs come from another dataset"
-                )
+        cam = load_cam(self.voc, self.cam_dir / f"{image_id}.npy", image_id, rgb.shape[:2])
         work = np.asarray(to_long_side(pil, self.long_side))
         h, w = work.shape[:2]
         fg = resize_maps(cam_stack(cam, rgb.shape[:2]), (h, w))
@@ -378,7 +375,7 @@ def make_rw(
     """
     cfg = config or MakeRwConfig()
     device = resolve_device(cfg.device)
-    voc = VOCDataset(voc_root, label_source="mask")
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     require_cams(cam_dir, ids)

@@ -1,0 +1,86 @@
+"""No silent wrong results and errors a user can act on: foreign CAMs, huge images, stray
+temporaries and resumed stage times, one-line CLI errors, training from scratch refused."""
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import small_voc
+
+from affext.data import DatasetError, VOCDataset, read_id_list
+from affext.files import save_score_dict
+from affext.models import AffinityNet, build_backbone
+
+make_rw_stage = importlib.import_module("affext.stages.make_rw")
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> Path:
+    return small_voc(tmp_path_factory.mktemp("voc"), 4, 2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def ids(voc) -> list[str]:
+    return read_id_list(voc / "ImageSets/Segmentation/trainval.txt")
+
+
+def write_cams(voc: Path, ids, out: Path, keys_of=None) -> Path:
+    """CAM files of the images' own classes (or keys_of(image classes) instead), flat 0.5."""
+    data = VOCDataset(voc)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        h, w = data.load_image(i).shape[:2]
+        keys = [int(c) for c in np.nonzero(data.image_labels(i))[0]]
+        if keys_of is not None:
+            keys = keys_of(keys)
+        save_score_dict(out / f"{i}.npy", {k: np.full((h, w), 0.5, np.float32) for k in keys})
+    return out
+
+
+@pytest.fixture
+def random_aff_net(monkeypatch):
+    def load(path, backbone, device):
+        torch.manual_seed(7)
+        return AffinityNet(build_backbone("tiny")).eval().to(device)
+
+    monkeypatch.setattr(make_rw_stage, "load_aff_net", load)
+
+
+def rw_config(**kw):
+    base = dict(backbone="tiny", device="cpu", num_workers=0, iterations=4, crf_workers=0)
+    return make_rw_stage.MakeRwConfig(**{**base, **kw})
+
+
+# -- 3: CAMs whose classes are not the image's -------------------------------------------------
+def test_make_rw_refuses_cams_of_classes_the_image_lacks(voc, ids, tmp_path, random_aff_net):
+    data = VOCDataset(voc)
+    image = ids[0]
+    own = [int(c) for c in np.nonzero(data.image_labels(image))[0]]
+    others = [c for c in range(data.num_classes) if c not in own][:2]
+    cams = write_cams(voc, [image], tmp_path / "cam", lambda keys: others)
+    with pytest.raises(DatasetError) as err:
+        make_rw_stage.make_rw(
+            voc, [image], cams, "unused", tmp_path / "rw", rw_config(), progress=False
+        )
+    message = str(err.value)
+    assert f"{image}.npy" in message and str(others) in message and str(sorted(own)) in message
+    assert not list((tmp_path / "rw" / "rw").glob("*.png"))
+
+
+def test_make_rw_refuses_cam_keys_outside_the_classes(voc, ids, tmp_path, random_aff_net):
+    num_classes = VOCDataset(voc).num_classes
+    cams = write_cams(voc, ids[:1], tmp_path / "cam", lambda keys: keys + [num_classes])
+    with pytest.raises(DatasetError, match=rf"{ids[0]}\.npy.*\[{num_classes}\] outside"):
+        make_rw_stage.make_rw(
+            voc, ids[:1], cams, "unused", tmp_path / "rw", rw_config(), progress=False
+        )
+
+
+def test_make_rw_takes_the_images_own_cams(voc, ids, tmp_path, random_aff_net):
+    cams = write_cams(voc, ids, tmp_path / "cam")
+    out = make_rw_stage.make_rw(
+        voc, ids, cams, "unused", tmp_path / "rw", rw_config(), progress=False
+    )
+    assert sorted(p.stem for p in (out / "rw").glob("*.png")) == sorted(ids)

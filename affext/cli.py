@@ -61,6 +61,30 @@ def _stage_config(cls, args, stage: str | None = None, **fields):
     return stage_config(cls, stage, _shared(args), **fields)
 
 
+# Where each backbone's ImageNet weights come from (what build_backbone's `weights` takes).
+IMAGENET_WEIGHTS = {
+    "resnet38": "psa's ImageNet ResNet-38, ilsvrc-cls_rna-a1_cls1000_ep-0001.params (linked "
+    "from psa's README: github.com/itijyou/ademxapp), converted once with `affext psa "
+    "convert_weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params res38_imagenet.pth`",
+    "resnet50": "torchvision's ImageNet ResNet-50 state-dict file, e.g. resnet50-0676ba61.pth "
+    "(torchvision.models.ResNet50_Weights.IMAGENET1K_V1)",
+}
+
+
+def _require_weights(args) -> None:
+    """Refuse, before any work, to train an ImageNet backbone from scratch unless asked to:
+    psa starts from ImageNet weights, and from scratch its schedule learns nothing useful."""
+    source = IMAGENET_WEIGHTS.get(args.backbone)
+    if source is None or args.weights or args.from_scratch:
+        return
+    raise ValueError(
+        f"no --weights for the {args.backbone} backbone, which would then train from scratch "
+        f"(psa starts from ImageNet weights; from scratch its epochs learn nothing useful). "
+        f"Pass --weights with {source}; or --backbone tiny for the CPU demo; or "
+        "--from-scratch to train from scratch all the same"
+    )
+
+
 def _cmd_synth(args) -> None:
     from .data.synth import SynthConfig, make_synthetic_voc
 
@@ -75,6 +99,7 @@ def _cmd_synth(args) -> None:
 def _cmd_train_cam(args) -> None:
     from .stages.train_cam import TrainCamConfig, train_cam
 
+    _require_weights(args)
     cfg = _stage_config(TrainCamConfig, args, "train_cam", **_training_fields(args))
     print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg, progress=not args.quiet))
 
@@ -108,6 +133,7 @@ def _cmd_aff_labels(args) -> None:
 def _cmd_train_aff(args) -> None:
     from .stages.train_aff import TrainAffConfig, train_aff
 
+    _require_weights(args)
     cfg = _stage_config(TrainAffConfig, args, "train_aff", **_training_fields(args))
     print(
         train_aff(
@@ -172,6 +198,7 @@ def _cmd_run(args) -> None:
     from .stages.config import RunConfig
     from .stages.pipeline import run
 
+    _require_weights(args)
     # None (not given) is left out by stage_config: the preset's or psa's value stays.
     overrides: dict = {k: v for k, v in _shared(args).items() if k != "backbone" and v is not None}
     overrides["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
@@ -203,6 +230,11 @@ def _cmd_info(args) -> None:
 def _add_training(p: argparse.ArgumentParser, out_help: str) -> None:
     """The options train-cam and train-aff share (unset: the backbone's preset, then psa's)."""
     p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train resnet38 / resnet50 without --weights (psa starts from ImageNet weights)",
+    )
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -332,6 +364,11 @@ def _add_run_command(sub) -> None:
     p.add_argument("--eval-list", required=True, help="ids scored against the ground truth")
     p.add_argument("--workdir", required=True)
     p.add_argument("--weights", help="pretrained backbone weights for both networks")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train resnet38 / resnet50 without --weights (psa starts from ImageNet weights)",
+    )
     p.add_argument("--cam-epochs", type=int)
     p.add_argument("--aff-epochs", type=int)
     p.add_argument("--seed", type=int, default=0)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import small_voc
 
+from affext.cli import main
 from affext.data import DatasetError, VOCDataset, read_id_list
 from affext.files import save_score_dict
 from affext.models import AffinityNet, build_backbone
@@ -84,3 +85,72 @@ def test_make_rw_takes_the_images_own_cams(voc, ids, tmp_path, random_aff_net):
         voc, ids, cams, "unused", tmp_path / "rw", rw_config(), progress=False
     )
     assert sorted(p.stem for p in (out / "rw").glob("*.png")) == sorted(ids)
+
+
+# -- 12: an ImageNet backbone is not trained from scratch unless asked for ---------------------
+def run_args(voc: Path, work: Path, *extra: str) -> list[str]:
+    lists = voc / "ImageSets" / "Segmentation"
+    return [
+        "run",
+        "--voc-root",
+        str(voc),
+        "--train-list",
+        str(lists / "train.txt"),
+        "--eval-list",
+        str(lists / "val.txt"),
+        "--workdir",
+        str(work),
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """pipeline.run replaced by a recorder: these tests are about what the CLI lets through."""
+    calls = []
+
+    def run(voc_root, train, evals, workdir, cfg, progress=True):
+        calls.append(cfg)
+        return {"stage_seconds": {}}
+
+    monkeypatch.setattr(importlib.import_module("affext.stages.pipeline"), "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("backbone", [None, "resnet38", "resnet50"])
+def test_run_refuses_imagenet_backbones_without_weights(voc, tmp_path, capsys, fake_run, backbone):
+    extra = [] if backbone is None else ["--backbone", backbone]
+    assert main(run_args(voc, tmp_path / "work", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--weights" in err and "--from-scratch" in err
+    source = "convert_weights" if backbone in (None, "resnet38") else "torchvision"
+    assert source in err
+    assert not fake_run and not (tmp_path / "work").exists()
+
+
+def test_train_stages_refuse_imagenet_backbones_without_weights(voc, tmp_path, capsys, monkeypatch):
+    calls = []
+    for stage in ("train_cam", "train_aff"):
+        module = importlib.import_module(f"affext.stages.{stage}")
+        monkeypatch.setattr(module, stage, lambda *a, **k: calls.append(a))
+    lists = voc / "ImageSets" / "Segmentation"
+    common = ["--voc-root", str(voc), "--train-list", str(lists / "train.txt"), "--quiet"]
+    assert main(["train-cam", *common, "--out", str(tmp_path / "c")]) == 2
+    assert "--weights" in capsys.readouterr().err
+    aff = ["--aff-labels", str(tmp_path / "al"), "--out", str(tmp_path / "a")]
+    assert main(["train-aff", *common, *aff, "--backbone", "resnet50"]) == 2
+    assert "torchvision" in capsys.readouterr().err
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "extra", [["--backbone", "tiny"], ["--from-scratch"], ["--weights", "w.pth"]]
+)
+def test_run_goes_on_with_tiny_weights_or_an_explicit_from_scratch(voc, tmp_path, fake_run, extra):
+    assert main(run_args(voc, tmp_path / "work", *extra)) == 0
+    (cfg,) = fake_run
+    assert cfg.backbone == ("tiny" if "tiny" in extra else "resnet38")
+    assert (
+        cfg.train_cam.weights == cfg.train_aff.weights == (extra[1] if "w.pth" in extra else None)
+    )

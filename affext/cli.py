@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -389,13 +390,61 @@ def _add_tool_commands(sub, with_bench: bool) -> None:
         p.set_defaults(func=bench.main)
 
 
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line `affext` prints for an error: its message, without the traceback that a
+    DataLoader worker's error carries, and for an OSError on a path, what is wrong with it."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
+        return _path_problem(exc)
+    text = str(exc)
+    if _WORKER_TRACEBACK in text:
+        # torch re-raises a worker's error with its traceback in the message, the error's own
+        # "module.Type: message" line last
+        lines = text.split(_WORKER_TRACEBACK, 1)[1].rstrip().splitlines()
+        last = next((line for line in reversed(lines) if line and not line[0].isspace()), text)
+        return last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n")) if isinstance(exc, OSError) else text
+
+
+def _path_problem(exc: OSError) -> str:
+    """An OSError on a path as a sentence naming the path and what is wrong with it."""
+    path = Path(os.fsdecode(exc.filename))
+    ancestors = [*reversed(path.parents), path]
+    if isinstance(exc, FileExistsError) and path.is_symlink() and not path.exists():
+        return f"{str(path)!r} is a link to {os.readlink(path)!r}, which does not exist"
+    if isinstance(exc, FileExistsError) and not path.is_dir():
+        return f"{str(path)!r} is a file, not a folder: give a folder (or a path to create)"
+    if isinstance(exc, NotADirectoryError):
+        blocker = next((a for a in ancestors if a.exists() and not a.is_dir()), path)
+        return f"cannot create {str(path)!r}: {str(blocker)!r} is a file, not a folder"
+    existing = next((a for a in reversed(ancestors) if a.exists()), Path("."))
+    if isinstance(exc, PermissionError):
+        if existing == path:
+            return f"permission denied: {str(path)!r} cannot be opened by this user"
+        return (
+            f"permission denied: cannot create {str(path)!r}, as {str(existing)!r} is not "
+            "writable by this user; choose a folder you can write to"
+        )
+    if isinstance(exc, FileNotFoundError):
+        if existing == path.parent:
+            return (
+                f"{str(path)!r} does not exist and cannot be created in {str(existing)!r} "
+                "(a file system that does not allow it); choose another path"
+            )
+        missing = ancestors[ancestors.index(existing) + 1]
+        return f"cannot open {str(path)!r}: {str(missing)!r} does not exist"
+    return f"{exc.strerror}: {str(path)!r}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     try:
         rc = args.func(args)
-    except (MissingExtraError, FileNotFoundError, ValueError) as exc:  # DatasetError: a ValueError
-        print(f"affext {args.command}: error: {exc}", file=sys.stderr)
+    except (MissingExtraError, OSError, ValueError, FloatingPointError) as exc:  # DatasetError
+        print(f"affext {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -1,7 +1,10 @@
 """No silent wrong results and errors a user can act on: foreign CAMs, huge images, stray
 temporaries and resumed stage times, one-line CLI errors, training from scratch refused."""
 
+import errno
 import importlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +12,11 @@ import pytest
 import torch
 from helpers import small_voc
 
+from affext import files
 from affext.cli import main
 from affext.data import DatasetError, VOCDataset, read_id_list
-from affext.files import save_score_dict
-from affext.models import AffinityNet, build_backbone
+from affext.files import load_score_dict, save_score_dict
+from affext.models import AffinityNet, CAMNet, build_backbone, save_checkpoint
 
 make_rw_stage = importlib.import_module("affext.stages.make_rw")
 
@@ -154,3 +158,87 @@ def test_run_goes_on_with_tiny_weights_or_an_explicit_from_scratch(voc, tmp_path
     assert (
         cfg.train_cam.weights == cfg.train_aff.weights == (extra[1] if "w.pth" in extra else None)
     )
+
+
+# -- 11: one line naming the file and the problem, no traceback --------------------------------
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def voc_copy(voc, tmp_path) -> Path:
+    out = tmp_path / "voc"
+    shutil.copytree(voc, out)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["zero-byte", "truncated"])
+def test_a_broken_jpeg_read_in_a_worker_is_one_line(voc_copy, ids, tmp_path, capsys, damage):
+    image = voc_copy / "JPEGImages" / f"{ids[0]}.jpg"
+    image.write_bytes(b"" if damage == "zero-byte" else image.read_bytes()[:300])
+    lists = voc_copy / "ImageSets" / "Segmentation"
+    argv = ["train-cam", "--voc-root", str(voc_copy), "--train-list", str(lists / "train.txt")]
+    argv += ["--backbone", "tiny", "--device", "cpu", "--workers", "1", "--epochs", "1", "--quiet"]
+    err = one_line_error(capsys, [*argv, "--batch-size", "2", "--out", str(tmp_path / "o")])
+    assert f"cannot decode image {str(image)!r}" in err
+
+
+def test_a_cam_of_the_wrong_size_read_in_a_worker_is_one_line(voc, ids, tmp_path, capsys):
+    cams = write_cams(voc, ids[:2], tmp_path / "cam")
+    keys = load_score_dict(cams / f"{ids[1]}.npy")
+    save_score_dict(cams / f"{ids[1]}.npy", {k: np.zeros((10, 17), np.float32) for k in keys})
+    net = tmp_path / "aff_net.pt"
+    save_checkpoint(AffinityNet(build_backbone("tiny")), net)
+    (tmp_path / "list.txt").write_text("\n".join(ids[:2]) + "\n")
+    argv = ["make-rw", "--voc-root", str(voc), "--list", str(tmp_path / "list.txt")]
+    argv += ["--cam-dir", str(cams), "--aff-net", str(net), "--out", str(tmp_path / "rw")]
+    argv += ["--backbone", "tiny", "--device", "cpu", "--workers", "1", "--iterations", "2"]
+    err = one_line_error(capsys, [*argv, "--no-crf", "--quiet"])
+    assert f"CAM file {str(cams / f'{ids[1]}.npy')!r}" in err and "(10, 17)" in err
+
+
+def test_a_cam_checkpoint_given_as_the_affinitynet_says_what_the_file_holds(
+    voc, ids, tmp_path, capsys
+):
+    net = tmp_path / "cam_net.pt"
+    save_checkpoint(CAMNet(build_backbone("tiny")), net)
+    for path, state in ((net, None), (tmp_path / "bare.pth", CAMNet(build_backbone("tiny")))):
+        if state is not None:  # a bare state dict, as psa's res38_cls.pth
+            torch.save(state.state_dict(), path)
+        argv = ["make-rw", "--voc-root", str(voc), "--list", str(tmp_path / "l.txt")]
+        (tmp_path / "l.txt").write_text(ids[0] + "\n")
+        argv += ["--cam-dir", str(write_cams(voc, ids[:1], tmp_path / "cam"))]
+        argv += ["--aff-net", str(path), "--out", str(tmp_path / "rw"), "--backbone", "tiny"]
+        err = one_line_error(capsys, [*argv, "--device", "cpu", "--quiet"])
+        assert f"checkpoint {path} holds a CAM network" in err and "--aff-net" in err
+
+
+@pytest.mark.parametrize("case", ["file", "under-a-file", "uncreatable", "read-only"])
+def test_an_unusable_workdir_is_one_line_naming_it(voc, tmp_path, capsys, monkeypatch, case):
+    (tmp_path / "afile").write_text("x")
+    work = {
+        "file": tmp_path / "afile",
+        "under-a-file": tmp_path / "afile" / "work",
+        "uncreatable": Path("/proc/affext-work"),
+        "read-only": tmp_path / "ro",
+    }[case]
+    if case == "read-only":
+        work.mkdir(mode=0o555)
+        if os.geteuid() == 0:  # root writes anywhere: fail as the OS does for everyone else
+
+            def denied(*args, dir=None, **kw):
+                raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/.x.tmp")
+
+            monkeypatch.setattr(files.tempfile, "mkstemp", denied)
+    err = one_line_error(capsys, run_args(voc, work, "--backbone", "tiny", "--device", "cpu"))
+    expected = {
+        "file": f"{str(work)!r} is a file, not a folder",
+        "under-a-file": f"cannot create {str(work)!r}: {str(work.parent)!r} is a file",
+        "uncreatable": f"{str(work)!r} does not exist and cannot be created in '/proc'",
+        "read-only": f"permission denied: cannot create {str(work / '.x.tmp')!r}, as "
+        f"{str(work)!r} is not writable",
+    }[case]
+    assert expected in err

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ..data.datasets import load_cam
 from ..data.transforms import long_side_size, normalize, pool_by, resize_maps, to_long_side
-from ..data.voc import VOCDataset, save_label_png
+from ..data.voc import DatasetError, VOCDataset, save_label_png
 from ..files import atomic_write_json, record_config
 from .common import (
     background_score,
@@ -144,8 +144,12 @@ def _size_batches(
     """
     groups: dict[tuple[int, int], list[int]] = {}
     for n, image_id in enumerate(ids):
-        with Image.open(voc.image_path(image_id)) as im:
-            w, h = long_side_size(im.size, long_side)
+        path = voc.image_path(image_id)
+        try:
+            with Image.open(path) as im:
+                w, h = long_side_size(im.size, long_side)
+        except (OSError, SyntaxError) as exc:
+            raise DatasetError(f"cannot read image {str(path)!r} (id {image_id!r}): {exc}") from exc
         groups.setdefault((padded(h), padded(w)), []).append(n)
     return [
         members[i : i + batch_size]

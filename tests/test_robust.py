@@ -5,18 +5,22 @@ import errno
 import importlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import small_voc
+from PIL import Image
 
 from affext import files
 from affext.cli import main
-from affext.data import DatasetError, VOCDataset, read_id_list
+from affext.data import DatasetError, VOCDataset, read_id_list, save_label_png
 from affext.files import load_score_dict, save_score_dict
 from affext.models import AffinityNet, CAMNet, build_backbone, save_checkpoint
+from affext.stages.config import RunConfig
+from affext.stages.overview import write_overview
 
 make_rw_stage = importlib.import_module("affext.stages.make_rw")
 
@@ -242,3 +246,59 @@ def test_an_unusable_workdir_is_one_line_naming_it(voc, tmp_path, capsys, monkey
         f"{str(work)!r} is not writable",
     }[case]
     assert expected in err
+
+
+# -- 9: no stray temporary of the overview; resumed runs report each stage's own time ----------
+def test_overview_removes_the_temporaries_a_killed_run_left(voc, ids, tmp_path):
+    data = VOCDataset(voc)
+    cams = write_cams(voc, ids[:2], tmp_path / "cam")
+    (tmp_path / "rw").mkdir()
+    for i in ids[:2]:
+        save_label_png(tmp_path / "rw" / f"{i}.png", data.load_mask(i))
+    stray = tmp_path / ".overview.png.k1ll3d.tmp"
+    stray.write_bytes(b"")  # what a run killed inside atomic_save leaves
+    other = tmp_path / ".other.png.k1ll3d.tmp"
+    other.write_bytes(b"")
+    write_overview(data, ids[:2], cams, tmp_path / "rw", tmp_path / "overview.png")
+    assert not stray.exists() and other.exists()
+    with Image.open(tmp_path / "overview.png") as im:
+        assert im.height >= 2 * 128
+
+
+def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
+    """run_stages with the stages replaced by sleeps: the first invocation is interrupted
+    (Ctrl-C) in make-rw; the resumed one finds the rest done at once."""
+    pipeline = importlib.import_module("affext.stages.pipeline")
+    sleeps = {"train_cam": 0.3, "make_cam": 0.2, "make_aff_labels": 0.1, "train_aff": 0.2}
+    interrupted = []
+
+    def fake(name, seconds):
+        def stage(*args, progress=True):
+            out = Path(args[-2])
+            out.mkdir(parents=True, exist_ok=True)
+            if (out / "done").exists():
+                return
+            time.sleep(seconds)
+            if name == "make_rw" and not interrupted:
+                interrupted.append(True)
+                raise KeyboardInterrupt
+            (out / "done").write_text("")
+
+        return stage
+
+    for name, seconds in {**sleeps, "make_rw": 0.15}.items():
+        monkeypatch.setattr(pipeline, name, fake(name, seconds))
+    cfg = RunConfig.for_backbone("tiny")
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stages("voc", ["a"], ["b"], tmp_path, cfg, progress=False)
+    times = pipeline.run_stages("voc", ["a"], ["b"], tmp_path, cfg, progress=False)
+    expected = {
+        "train-cam": 0.3,
+        "make-cam": 0.2,
+        "make-aff-labels": 0.1,
+        "train-aff": 0.2,
+        "make-rw": 0.3,  # the interrupted part and the resumed one
+    }
+    assert set(times) == set(expected)
+    for name, seconds in expected.items():
+        assert seconds <= times[name] < seconds + 0.2, name

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,8 +66,21 @@ def write_overview(
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     picture = Image.fromarray(np.concatenate(rows, axis=0))
-    atomic_save(out, lambda f: picture.save(f, format="PNG"))
+    _save_png(picture, Path(out))
     return Path(out)
+
+
+def _save_png(picture: Image.Image, out: Path) -> None:
+    """Write the PNG atomically, encoded before its temporary file exists (a kill while
+    encoding leaves nothing behind), and remove the temporaries of out that an earlier run,
+    killed between creating one and renaming it, left (atomic_save's ".<name>.*.tmp")."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    for stray in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stray.unlink()
+    atomic_save(out, lambda f: f.write(data))
 
 
 __all__ = ["write_overview"]

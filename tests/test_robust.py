@@ -5,6 +5,8 @@ import errno
 import importlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,12 +19,15 @@ from PIL import Image
 from affext import files
 from affext.cli import main
 from affext.data import DatasetError, VOCDataset, read_id_list, save_label_png
+from affext.data.datasets import AffTrainDataset, kept_size
 from affext.files import load_score_dict, save_score_dict
 from affext.models import AffinityNet, CAMNet, build_backbone, save_checkpoint
+from affext.stages.aff_labels import make_aff_labels
 from affext.stages.config import RunConfig
 from affext.stages.overview import write_overview
 
 make_rw_stage = importlib.import_module("affext.stages.make_rw")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -302,3 +307,91 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
     assert set(times) == set(expected)
     for name, seconds in expected.items():
         assert seconds <= times[name] < seconds + 0.2, name
+
+
+# -- 8: memory bounded by the working size, outputs at the image's size ------------------------
+MEMORY_CHILD = """
+import resource, sys
+from pathlib import Path
+from affext.stages.make_cam import MakeCamConfig, make_cam
+from affext.stages.make_rw import MakeRwConfig, make_rw
+
+root = Path(sys.argv[1])
+common = dict(backbone="tiny", device="cpu", num_workers=0)
+cam_cfg = MakeCamConfig(**common, long_side=160, scales=(1.0, 0.5))
+rw_cfg = MakeRwConfig(**common, crf_workers=0, long_side=320, iterations=8)
+peaks = []
+for image in ("small", "big"):
+    make_cam(root, [image], root / "cam_net", root / "cams", cam_cfg, progress=False)
+    make_rw(root, [image], root / "cams" / "cam", root / "aff_net", root / "rw", rw_cfg,
+            progress=False)
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+print(*peaks)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB is Linux's")
+def test_a_huge_image_costs_memory_of_its_working_size_only(tmp_path):
+    """make-cam (long side 160) and make-rw (320), the tiny preset's, in a child process: a
+    400x300 image first (the child's own peak, every code path warmed), then a 4000x3000
+    one, whose full-size float maps would cost 48 MB a channel (960 MB for the 20 classes).
+    The peak may grow by far less than that; the outputs are at the image's size."""
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    pattern = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
+    for name, size in (("small", (400, 300)), ("big", (4000, 3000))):
+        pattern.resize(size, Image.BICUBIC).save(root / "JPEGImages" / f"{name}.jpg")
+        (root / "Annotations" / f"{name}.xml").write_text(
+            "<annotation><object><name>cat</name></object><object><name>dog</name></object>"
+            "</annotation>"
+        )
+    save_checkpoint(CAMNet(build_backbone("tiny")), root / "cam_net" / "cam_net.pt")
+    save_checkpoint(AffinityNet(build_backbone("tiny")), root / "aff_net" / "aff_net.pt")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    small, big = (int(v) for v in done.stdout.split())
+    assert big - small < 100 * 1024, f"peak grew by {(big - small) / 1024:.0f} MiB"
+    cam = load_score_dict(root / "cams" / "cam" / "big.npy")
+    assert sorted(cam) == [7, 11] and all(v.shape == (120, 160) for v in cam.values())
+    for png in ("cams/cam_pred", "rw/rw", "rw/rw_crf"):
+        label = np.array(Image.open(root / png / "big.png"))
+        assert label.shape == (3000, 4000) and set(np.unique(label)) <= {0, 8, 12}, png
+
+
+def test_cams_kept_at_a_working_size_are_read_by_every_stage(voc, ids, tmp_path, random_aff_net):
+    """A large image's CAMs are at make-cam's working size: make-aff-labels (dCRF at their
+    size), train-aff's dataset, make-rw and the overview take them; other shapes are refused."""
+    data = VOCDataset(voc)
+    cams = tmp_path / "cam"
+    cams.mkdir()
+    for i in ids[:2]:
+        h, w = data.load_image(i).shape[:2]
+        small = kept_size((h, w), 40)
+        keys = [int(c) for c in np.nonzero(data.image_labels(i))[0]]
+        save_score_dict(cams / f"{i}.npy", {k: np.full(small, 0.5, np.float32) for k in keys})
+    make_aff_labels(voc, ids[:2], cams, tmp_path / "al", progress=False)
+    la = load_score_dict(tmp_path / "al" / "la" / f"{ids[0]}.npy")
+    assert max(next(iter(la.values())).shape) == 40
+    dataset = AffTrainDataset(
+        data, ids[:2], tmp_path / "al" / "la", tmp_path / "al" / "ha", 48, (0,) * 4
+    )
+    image, labels = dataset[0]
+    assert image.shape == (3, 48, 48) and labels.shape == (6, 6)
+    out = make_rw_stage.make_rw(
+        voc, ids[:2], cams, "unused", tmp_path / "rw", rw_config(long_side=96), progress=False
+    )
+    for i in ids[:2]:
+        assert np.array(Image.open(out / "rw" / f"{i}.png")).shape == data.load_image(i).shape[:2]
+    write_overview(data, ids[:2], cams, out / "rw", tmp_path / "overview.png")
+    keys = load_score_dict(cams / f"{ids[0]}.npy")
+    save_score_dict(cams / f"{ids[0]}.npy", {k: np.zeros((7, 40), np.float32) for k in keys})
+    with pytest.raises(DatasetError, match=r"is \(7, 40\) but the image is"):
+        make_aff_labels(voc, ids[:1], cams, tmp_path / "al2", progress=False)

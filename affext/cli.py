@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,30 @@ def _stage_config(cls, args, stage: str | None = None, **fields):
     return stage_config(cls, stage, _shared(args), **fields)
 
 
+# Where each backbone's ImageNet weights come from (what build_backbone's `weights` takes).
+IMAGENET_WEIGHTS = {
+    "resnet38": "psa's ImageNet ResNet-38, ilsvrc-cls_rna-a1_cls1000_ep-0001.params (linked "
+    "from psa's README: github.com/itijyou/ademxapp), converted once with `affext psa "
+    "convert_weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params res38_imagenet.pth`",
+    "resnet50": "torchvision's ImageNet ResNet-50 state-dict file, e.g. resnet50-0676ba61.pth "
+    "(torchvision.models.ResNet50_Weights.IMAGENET1K_V1)",
+}
+
+
+def _require_weights(args) -> None:
+    """Refuse, before any work, to train an ImageNet backbone from scratch unless asked to:
+    psa starts from ImageNet weights, and from scratch its schedule learns nothing useful."""
+    source = IMAGENET_WEIGHTS.get(args.backbone)
+    if source is None or args.weights or args.from_scratch:
+        return
+    raise ValueError(
+        f"no --weights for the {args.backbone} backbone, which would then train from scratch "
+        f"(psa starts from ImageNet weights; from scratch its epochs learn nothing useful). "
+        f"Pass --weights with {source}; or --backbone tiny for the CPU demo; or "
+        "--from-scratch to train from scratch all the same"
+    )
+
+
 def _cmd_synth(args) -> None:
     from .data.synth import SynthConfig, make_synthetic_voc
 
@@ -75,6 +100,7 @@ def _cmd_synth(args) -> None:
 def _cmd_train_cam(args) -> None:
     from .stages.train_cam import TrainCamConfig, train_cam
 
+    _require_weights(args)
     cfg = _stage_config(TrainCamConfig, args, "train_cam", **_training_fields(args))
     print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg, progress=not args.quiet))
 
@@ -108,6 +134,7 @@ def _cmd_aff_labels(args) -> None:
 def _cmd_train_aff(args) -> None:
     from .stages.train_aff import TrainAffConfig, train_aff
 
+    _require_weights(args)
     cfg = _stage_config(TrainAffConfig, args, "train_aff", **_training_fields(args))
     print(
         train_aff(
@@ -172,6 +199,7 @@ def _cmd_run(args) -> None:
     from .stages.config import RunConfig
     from .stages.pipeline import run
 
+    _require_weights(args)
     # None (not given) is left out by stage_config: the preset's or psa's value stays.
     overrides: dict = {k: v for k, v in _shared(args).items() if k != "backbone" and v is not None}
     overrides["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
@@ -203,6 +231,11 @@ def _cmd_info(args) -> None:
 def _add_training(p: argparse.ArgumentParser, out_help: str) -> None:
     """The options train-cam and train-aff share (unset: the backbone's preset, then psa's)."""
     p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train resnet38 / resnet50 without --weights (psa starts from ImageNet weights)",
+    )
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -294,6 +327,7 @@ def _add_stage_commands(sub) -> None:
 
     p = sub.add_parser("make-rw", help="random walk: pseudo-label PNGs")
     _add_common(p)
+    _add_labels(p)  # the CAMs' classes are checked against the image-level labels
     p.add_argument("--list", required=True)
     p.add_argument("--cam-dir", required=True)
     p.add_argument(
@@ -331,6 +365,11 @@ def _add_run_command(sub) -> None:
     p.add_argument("--eval-list", required=True, help="ids scored against the ground truth")
     p.add_argument("--workdir", required=True)
     p.add_argument("--weights", help="pretrained backbone weights for both networks")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train resnet38 / resnet50 without --weights (psa starts from ImageNet weights)",
+    )
     p.add_argument("--cam-epochs", type=int)
     p.add_argument("--aff-epochs", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -351,13 +390,61 @@ def _add_tool_commands(sub, with_bench: bool) -> None:
         p.set_defaults(func=bench.main)
 
 
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line `affext` prints for an error: its message, without the traceback that a
+    DataLoader worker's error carries, and for an OSError on a path, what is wrong with it."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
+        return _path_problem(exc)
+    text = str(exc)
+    if _WORKER_TRACEBACK in text:
+        # torch re-raises a worker's error with its traceback in the message, the error's own
+        # "module.Type: message" line last
+        lines = text.split(_WORKER_TRACEBACK, 1)[1].rstrip().splitlines()
+        last = next((line for line in reversed(lines) if line and not line[0].isspace()), text)
+        return last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n")) if isinstance(exc, OSError) else text
+
+
+def _path_problem(exc: OSError) -> str:
+    """An OSError on a path as a sentence naming the path and what is wrong with it."""
+    path = Path(os.fsdecode(exc.filename))
+    ancestors = [*reversed(path.parents), path]
+    if isinstance(exc, FileExistsError) and path.is_symlink() and not path.exists():
+        return f"{str(path)!r} is a link to {os.readlink(path)!r}, which does not exist"
+    if isinstance(exc, FileExistsError) and not path.is_dir():
+        return f"{str(path)!r} is a file, not a folder: give a folder (or a path to create)"
+    if isinstance(exc, NotADirectoryError):
+        blocker = next((a for a in ancestors if a.exists() and not a.is_dir()), path)
+        return f"cannot create {str(path)!r}: {str(blocker)!r} is a file, not a folder"
+    existing = next((a for a in reversed(ancestors) if a.exists()), Path("."))
+    if isinstance(exc, PermissionError):
+        if existing == path:
+            return f"permission denied: {str(path)!r} cannot be opened by this user"
+        return (
+            f"permission denied: cannot create {str(path)!r}, as {str(existing)!r} is not "
+            "writable by this user; choose a folder you can write to"
+        )
+    if isinstance(exc, FileNotFoundError):
+        if existing == path.parent:
+            return (
+                f"{str(path)!r} does not exist and cannot be created in {str(existing)!r} "
+                "(a file system that does not allow it); choose another path"
+            )
+        missing = ancestors[ancestors.index(existing) + 1]
+        return f"cannot open {str(path)!r}: {str(missing)!r} does not exist"
+    return f"{exc.strerror}: {str(path)!r}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     try:
         rc = args.func(args)
-    except (MissingExtraError, FileNotFoundError, ValueError) as exc:  # DatasetError: a ValueError
-        print(f"affext {args.command}: error: {exc}", file=sys.stderr)
+    except (MissingExtraError, OSError, ValueError, FloatingPointError) as exc:  # DatasetError
+        print(f"affext {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..data.datasets import load_cam_and_image
 from ..data.voc import VOCDataset
-from ..files import load_score_dict, record_config, save_score_dict
+from ..files import record_config, save_score_dict
 from .common import background_score, die_with_parent, pending, require_cams
 from .crf import CRFConfig, crf_inference
 
@@ -54,8 +55,8 @@ def crf_with_alpha(
 def _work(job):
     voc_root, cam_dir, la_dir, ha_dir, image_id, cfg = job
     voc = VOCDataset(voc_root, label_source="mask")  # images only; labels are not needed
-    image = voc.load_image(image_id)
-    cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
+    # at the CAMs' size: make-cam keeps a large image's CAMs at its working size
+    cam, image = load_cam_and_image(voc, Path(cam_dir) / f"{image_id}.npy", image_id)
     save_score_dict(
         Path(la_dir) / f"{image_id}.npy", crf_with_alpha(image, cam, cfg.alpha_low, cfg.crf)
     )

@@ -12,6 +12,8 @@ affext.stages.config's, the overview affext.stages.overview's.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,10 +132,34 @@ def run_stages(
     ]
     times: dict[str, float] = {}
     for name, stage, args in stages:
-        t = StageTimer()
-        stage(*args, progress=progress)
-        times[name] = round(t.seconds, 2)
+        with stage_time(args[-2], name) as record:  # args: (..., out_dir, config)
+            stage(*args, progress=progress)
+        times[name] = record["seconds"]
     return times
+
+
+STAGE_TIME_SUFFIX = ".seconds.json"
+
+
+@contextlib.contextmanager
+def stage_time(out_dir: str | os.PathLike, stage: str):
+    """Time a stage into OUT_DIR/<stage>.seconds.json, kept with its outputs: {"seconds": the
+    wall time of every invocation so far (a resumed one adds its part, an interrupted one
+    too unless killed), "invocations"}. Yields that record, updated when the stage ends."""
+    path = Path(out_dir) / f"{stage}{STAGE_TIME_SUFFIX}"
+    record = {"stage": stage, "seconds": 0.0, "invocations": 0}
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            record.update(json.loads(path.read_text()))
+    t = StageTimer()
+    try:
+        yield record
+    finally:
+        record["seconds"] = round(float(record["seconds"]) + t.seconds, 2)
+        record["invocations"] = int(record["invocations"]) + 1
+        if Path(out_dir).is_dir():
+            with contextlib.suppress(OSError):  # a time record never hides the stage's error
+                atomic_write_json(path, record)
 
 
 def evaluate_outputs(
@@ -169,7 +195,9 @@ def _metrics(
             "per_class_iou": {k: v["iou"] for k, v in results.items()},
             "precision": {k: v["mean_precision"] for k, v in results.items()},
             "recall": {k: v["mean_recall"] for k, v in results.items()},
-            "stage_seconds": times,  # the same dict: the overview's time joins it later
+            # each stage's own time, over every invocation (run_stages); eval and overview:
+            # this run's. The same dict: the overview's time joins it later
+            "stage_seconds": times,
         }
     )
     return metrics

@@ -194,8 +194,11 @@ def merge_settings(base: dict, top: dict) -> dict:
 
 
 def config_text(cfg: RunConfig, fmt: str = "yaml") -> str:
-    """cfg as a config file `affext run --config` reads back: YAML (needs pyyaml) or JSON."""
+    """cfg as a config file `affext run --config` reads back: YAML (needs pyyaml) or JSON.
+    The run-wide settings (SHARED) appear once, at the top, not in every stage's mapping."""
     values = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists
+    for stage in STAGE_CONFIGS:  # the run-wide settings once, at the top (SHARED)
+        values[stage] = {k: v for k, v in values[stage].items() if k not in SHARED}
     if fmt == "json":
         return json.dumps(values, indent=2) + "\n"
     yaml = _yaml()
@@ -204,7 +207,7 @@ def config_text(cfg: RunConfig, fmt: str = "yaml") -> str:
         "# `affext run --config FILE` reads this (command-line flags override it); the file\n"
         "# may also give voc_root, train_list, eval_list and workdir.\n"
     )
-    return head + yaml.safe_dump(values, sort_keys=False)
+    return head + yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
 
 
 __all__ = [

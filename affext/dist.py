@@ -129,13 +129,28 @@ def mean(values: dict[str, float]) -> dict[str, float]:
     return {k: v / world() for k, v in zip(keys, t.tolist())}
 
 
+class _AllSum(torch.autograd.Function):
+    """y = sum over ranks of x on every rank; dL/dx = sum over ranks of dL/dy (each rank's
+    y feeds its own loss, and the losses add up)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        td.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.clone()
+        td.all_reduce(g)
+        return g
+
+
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """The sum over ranks of `t`, differentiable (the gradient is summed back over ranks)."""
     if not setup():
         return t
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(t)
+    return _AllSum.apply(t)
 
 
 class GlobalBatchNorm(nn.BatchNorm2d):

@@ -200,10 +200,7 @@ class _Replicated:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device] if device.type == "cuda" else None
-        # buffers: GlobalBatchNorm keeps the running statistics equal on every rank
-        self.ddp = DistributedDataParallel(
-            self._Dispatch(model), device_ids=ids, broadcast_buffers=False
-        )
+        self.ddp = DistributedDataParallel(self._Dispatch(model), device_ids=ids)
 
     def __call__(self, *args, **kwargs):
         return self.ddp("forward", *args, **kwargs)

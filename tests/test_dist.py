@@ -347,3 +347,44 @@ def test_a_changed_setting_is_refused_then_overwritten_from_that_stage_on(
     assert json.loads((work / "run.config.json").read_text())["config"]["make_rw"]["beta"] == 4.0
     assert cam_net.stat().st_mtime_ns == stamp  # earlier stages kept
     assert walked.is_file() and walked.stat().st_mtime_ns != walked_stamp  # redone
+
+
+def test_each_rank_takes_its_share_of_the_batches_one_process_trains_on():
+    """The order of one process is DataLoader(shuffle=True)'s with the epoch's generator, as
+    before processes were counted; with N, step k's images on all ranks are its batch k."""
+    from torch.utils.data import DataLoader
+
+    from affext.stages.training import _GlobalOrder
+
+    data, seed, epoch, batch = list(range(23)), 70, 3, 4
+    gen = torch.Generator().manual_seed(seed + epoch)
+    plain = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, generator=gen)
+    expected = [sorted(b.tolist()) for b in plain]
+    assert len(expected) == 5 and expected != [sorted(data[i : i + 4]) for i in range(0, 20, 4)]
+    for world in (1, 2, 4):
+        steps = []
+        for rank in range(world):
+            order = _GlobalOrder(data, num_replicas=world, rank=rank, seed=seed, drop_last=True)
+            order.set_epoch(epoch)
+            loader = DataLoader(data, batch_size=batch // world, sampler=order, drop_last=True)
+            steps.append([b.tolist() for b in loader])
+        assert [sorted(sum(s, [])) for s in zip(*steps)] == expected, world
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(monkeypatch, tmp_path):
+    from affext import dist
+    from affext.stages.train_cam import build_cam_net
+    from affext.stages.training import TrainConfig, fit
+
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    cfg = TrainConfig(backbone="tiny", batch_size=3, device="cpu", num_workers=0)
+    with pytest.raises(ValueError, match="batch size 3 .* must be a multiple of 2"):
+        fit(
+            build_cam_net("tiny"),
+            list(range(8)),
+            None,
+            name="train-cam",
+            out_dir=tmp_path,
+            config=cfg,
+            device=torch.device("cpu"),
+        )

@@ -139,9 +139,10 @@ def fit(
     world = dist.world()
     if batch_size % world:
         raise ValueError(
-            f"{name}: the batch size {batch_size} is the global batch (psa's), split over the "
-            f"{world} processes, and must be a multiple of {world}: set batch_size (--batch-size "
-            f"or the config file) to a multiple of {world}, or launch a divisor of it processes"
+            f"{name}: the batch size {batch_size} (batch_size, at most the number of images) "
+            f"is the global batch, as psa's, split over the {world} processes, so it must be a "
+            f"multiple of {world}: set batch_size (--batch-size or the config file) to a "
+            f"multiple of {world}, or launch a number of processes that divides it"
         )
     steps_per_epoch = len(dataset) // batch_size
     max_step = steps_per_epoch * epochs
@@ -199,7 +200,9 @@ class _Replicated:
     def __init__(self, model: Network, device: torch.device):
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [device] if device.type == "cuda" else None
+        ids = None
+        if device.type == "cuda":  # "cuda" alone: this local rank's GPU (dist.setup)
+            ids = [device if device.index is not None else dist.device()]
         self.ddp = DistributedDataParallel(self._Dispatch(model), device_ids=ids)
 
     def __call__(self, *args, **kwargs):
@@ -257,7 +260,7 @@ def _epoch_loader(
     # resumed run trains exactly as an uninterrupted one
     torch.manual_seed(cfg.seed * 1000003 + epoch)
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-    sampler = DistributedSampler(
+    sampler = _GlobalOrder(
         dataset,
         num_replicas=dist.world(),
         rank=dist.rank(),
@@ -276,6 +279,19 @@ def _epoch_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
+
+
+class _GlobalOrder(DistributedSampler):
+    """DistributedSampler over the permutation that DataLoader(shuffle=True, generator=
+    Generator().manual_seed(seed + epoch)) gives one process (its iterator draws the
+    workers' base seed from the generator, then the permutation), so that one process
+    trains on the order it did before processes were counted, and N on the same one."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()[: self.total_size]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
 
 def _train_epoch(

@@ -388,3 +388,14 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(monkeypatc
             config=cfg,
             device=torch.device("cpu"),
         )
+
+
+def test_training_logs_without_tensorboard(monkeypatch, tmp_path):
+    """TensorBoard is optional: without it no writer, and the step logger only counts."""
+    from affext.stages import training
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    assert training._board(tmp_path, 0) is None
+    log = training._Logger(None, "train-cam", 5, None)
+    log({"loss": 1.0})
+    assert log.step == 6 and not (tmp_path / "tensorboard").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -437,7 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     if getattr(args, "nproc", None) and not dist.launched():
-        return _launch(argv, args.nproc, getattr(args, "workdir", None))
+        workdir = getattr(args, "workdir", None)
+        if workdir is None and getattr(args, "config", None):
+            from .stages.config import read_config_file
+
+            with contextlib.suppress(ValueError, OSError):  # the ranks report it
+                workdir = read_config_file(args.config).get("workdir")
+        return _launch(argv, args.nproc, workdir)
     if dist.launched():  # under torchrun: one process group; bars and prints on rank 0
         dist.setup()
         if not dist.is_main() and hasattr(args, "quiet"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .. import dist
 from ..data.datasets import load_cam_and_image
 from ..data.voc import VOCDataset
 from ..files import record_config, save_score_dict
@@ -88,8 +89,8 @@ def make_aff_labels(
     la_dir, ha_dir = out_dir / "la", out_dir / "ha"
     la_dir.mkdir(parents=True, exist_ok=True)
     ha_dir.mkdir(parents=True, exist_ok=True)
-    record_config(out_dir, "make-aff-labels", cfg)
-    todo = pending(ids, [la_dir / "{}.npy", ha_dir / "{}.npy"], overwrite)
+    record_config(out_dir, "make-aff-labels", cfg, check=not overwrite)
+    todo = dist.shard(pending(ids, [la_dir / "{}.npy", ha_dir / "{}.npy"], overwrite))
     jobs = [(str(voc_root), str(cam_dir), str(la_dir), str(ha_dir), i, cfg) for i in todo]
     bar = tqdm(
         total=len(ids), initial=len(ids) - len(todo), desc="make-aff-labels", disable=not progress

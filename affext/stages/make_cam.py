@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .. import dist
 from ..data.datasets import MultiScaleDataset, argmax_at_size, kept_size
 from ..data.voc import VOCDataset, save_label_png
 from ..files import record_config, save_score_dict
@@ -90,8 +91,8 @@ def make_cam(
     cam_dir.mkdir(parents=True, exist_ok=True)
     pred_dir.mkdir(parents=True, exist_ok=True)
     model = load_cam_net(cam_net_dir, cfg.backbone, device)
-    record_config(out_dir, "make-cam", cfg)
-    todo = pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite)
+    record_config(out_dir, "make-cam", cfg, check=not overwrite)
+    todo = dist.shard(pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite))
     labels = image_labels(voc, todo)
     loader = DataLoader(
         MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side),

@@ -35,6 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .. import dist
 from ..data.datasets import argmax_at_size, kept_size, load_cam, load_working_image
 from ..data.transforms import long_side_size, normalize, pool_by, resize_maps
 from ..data.voc import DatasetError, VOCDataset, save_label_png
@@ -426,9 +427,10 @@ def make_rw(
         crf_dir.mkdir(parents=True, exist_ok=True)
         outputs.append(crf_dir / "{}.png")
     model = load_aff_net(aff_net_dir, cfg.backbone, device)
-    record_config(out_dir, "make-rw", cfg)
+    record_config(out_dir, "make-rw", cfg, check=not overwrite)
     todo = pending(ids, outputs, overwrite)
-    batches = _size_batches(voc, todo, cfg.batch_size, cfg.long_side)
+    # whole batches per rank: each image is walked in the batch one process would use
+    batches = dist.shard(_size_batches(voc, todo, cfg.batch_size, cfg.long_side))
     loader = DataLoader(
         _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.long_side),
         batch_sampler=batches,

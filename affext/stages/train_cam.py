@@ -12,7 +12,7 @@ import torch
 
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
-from ..files import record_config
+from ..files import check_config, record_config
 from .common import resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, load_trained, read_trained
 
@@ -78,6 +78,7 @@ def train_cam(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / CAM_NET_FILE
+    check_config(out_dir, "train-cam", cfg)  # outputs of other settings: refused
     if final.is_file():
         read_trained(final, cfg.backbone, "train-cam")  # a clear error for another backbone
         return final

@@ -223,11 +223,11 @@ def _cmd_run(args) -> None:
     if args.print_config:
         print(config_text(cfg, "json" if args.print_config == "json" else "yaml"), end="")
         return
-    _require_weights(args, cfg.backbone, cfg.train_cam.weights and cfg.train_aff.weights)
     missing = [k for k, v in paths.items() if v is None]
     if missing:
         flags_needed = ", ".join("--" + k.replace("_", "-") for k in missing)
         raise ValueError(f"{flags_needed} needed (on the command line or in the --config file)")
+    _require_weights(args, cfg.backbone, cfg.train_cam.weights and cfg.train_aff.weights)
     metrics = run(
         paths["voc_root"],
         paths["train_list"],

@@ -123,7 +123,7 @@ def fake_run(monkeypatch):
     """pipeline.run replaced by a recorder: these tests are about what the CLI lets through."""
     calls = []
 
-    def run(voc_root, train, evals, workdir, cfg, progress=True):
+    def run(voc_root, train, evals, workdir, cfg, progress=True, overwrite=False):
         calls.append(cfg)
         return {"stage_seconds": {}}
 

@@ -107,6 +107,15 @@ def broadcast(obj: T) -> T:
     return box[0]
 
 
+def gather(obj: T) -> list[T]:
+    """Every rank's `obj` (a picklable value), in rank order, on every rank."""
+    if not setup():
+        return [obj]
+    out: list = [None] * world()
+    td.all_gather_object(out, obj)
+    return out
+
+
 def shard(items: Sequence[T]) -> list[T]:
     """This rank's share of `items`: every world-th item from its rank on, of rank 0's list.
 

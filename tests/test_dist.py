@@ -230,6 +230,9 @@ def test_two_ranks_run_the_pipeline_with_the_config_file_and_flags(two):
     metrics = json.loads((two / "metrics.json").read_text())
     assert metrics["train_images"] == 8 and metrics["eval_images"] == 2
     assert (two / "overview.png").is_file()
+    # make-rw's throughput: the images of both ranks (train + eval, 10 in all), once
+    throughput = json.loads((two / "make_rw" / "make-rw.throughput.json").read_text())
+    assert (throughput["images"], throughput["processes"]) == (10, 2)
     log = json.loads((two / "train_cam" / "train-cam.log.json").read_text())
     assert [e["epoch"] for e in log] == [1, 2]
     events = list((two / "train_cam" / "tensorboard").glob("events.out.tfevents.*"))

@@ -392,7 +392,7 @@ def _pending_limit(cfg: MakeRwConfig) -> int:
 
 def load_throughput(out_dir: str | os.PathLike) -> dict:
     """The record make_rw writes to OUT_DIR/make-rw.throughput.json: {"images", "seconds",
-    "images_per_s", "device", "batch_size", "batches", "crf", "crf_workers"}."""
+    "images_per_s", "processes", "device", "batch_size", "batches", "crf", "crf_workers"}."""
     path = Path(out_dir) / THROUGHPUT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no make-rw record {str(path)!r}: run make-rw into that folder")
@@ -480,22 +480,27 @@ def make_rw(
             finisher.close(cancel=failed)
         finally:
             bar.close()
-    seconds = time.perf_counter() - start
+    # every rank's share: the images of all, in the time of the slowest
+    shares = dist.gather((done, time.perf_counter() - start, len(batches)))
+    done = sum(d for d, _, _ in shares)
+    seconds = max(s for _, s, _ in shares)
     record = {
         "images": done,
         "seconds": round(seconds, 3),
         "images_per_s": round(done / seconds, 3) if done else None,
+        "processes": len(shares),
         "device": str(device),
         "batch_size": cfg.batch_size,
-        "batches": len(batches),
+        "batches": sum(b for _, _, b in shares),
         "crf": cfg.write_crf,
         "crf_workers": cfg.crf_workers if cfg.write_crf else 0,
     }
-    atomic_write_json(out_dir / THROUGHPUT_FILE, record)
-    if progress and done:
+    if dist.is_main():
+        atomic_write_json(out_dir / THROUGHPUT_FILE, record)
+    if progress and done and dist.is_main():
         print(
             f"make-rw: {done} images in {seconds:.1f} s, {done / seconds:.2f} images/s "
-            f"({device}, {len(batches)} batches)",
+            f"({device}, {record['batches']} batches, {len(shares)} processes)",
             file=sys.stderr,
         )
     return out_dir

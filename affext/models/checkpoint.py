@@ -97,6 +97,8 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
             f"{source} holds {_NETWORK_NAMES[kind]}, not "
             f"{_NETWORK_NAMES[model.kind]}: load it into {_NETWORKS[kind].__name__}"
         )
+    if kind == "cam":
+        _check_classes(model, flat["fc8.weight"].shape[0], source)
     check_keys(
         psa_state_dict(model), flat, source, f"{type(model).__name__} with backbone {name!r}"
     )
@@ -107,6 +109,16 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
         target=f"{type(model).__name__} with backbone {name!r}",
     )
     return model
+
+
+def _check_classes(model: Network, num_classes: int | None, source: str) -> None:
+    """Refuse a CAM network's weights of another class count than the model's."""
+    if isinstance(model, CAMNet) and num_classes is not None and num_classes != model.num_classes:
+        raise ValueError(
+            f"{source} holds a CAM network for {num_classes} classes, but the model has "
+            f"{model.num_classes}: it was trained on another dataset (or class list); build "
+            f"CAMNet(backbone, num_classes={num_classes}) or retrain"
+        )
 
 
 def save_checkpoint(model: Network, path: str | os.PathLike, **meta: Any) -> None:
@@ -196,6 +208,7 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
             f"{source} holds {_NETWORK_NAMES.get(ckpt['network'], ckpt['network'])}"
             f", not {_NETWORK_NAMES[model.kind]}"
         )
+    _check_classes(model, ckpt.get("num_classes"), source)
     load_strict(
         model,
         ckpt["state_dict"],

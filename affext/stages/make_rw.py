@@ -75,6 +75,7 @@ class MakeRwConfig:
     num_workers: int = default_workers()
     crf_workers: int = default_crf_workers()  # dCRF processes; 0: in this process (slow)
     device: str = "auto"
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
 
 def padded(n: int) -> int:
@@ -82,7 +83,7 @@ def padded(n: int) -> int:
 
 
 class _RwDataset(Dataset):
-    """Items: (id, image (3, Hp, Wp) zero-padded, cams (21, Hp/8, Wp/8), working (h, w),
+    """Items: (id, image (3, Hp, Wp) zero-padded, cams (C + 1, Hp/8, Wp/8), working (h, w),
     present classes, original RGB (H, W, 3))."""
 
     def __init__(
@@ -112,13 +113,13 @@ class _RwDataset(Dataset):
                 )
         work = np.asarray(to_long_side(pil, self.long_side))
         h, w = work.shape[:2]
-        fg = resize_maps(cam_stack(cam, rgb.shape[:2]), (h, w))
-        # docs/method.md §5: [M_bg (alpha); M_1..M_20], zero-padded, pooled by 8
+        fg = resize_maps(cam_stack(cam, rgb.shape[:2], self.voc.num_classes), (h, w))
+        # docs/method.md §5: [M_bg (alpha); M_1..M_C], zero-padded, pooled by 8
         scores = np.concatenate([background_score(fg, self.alpha)[None], fg])
         hp, wp = padded(h), padded(w)
         x = np.zeros((3, hp, wp), np.float32)
         x[:, :h, :w] = normalize(work)
-        full = np.zeros((21, hp, wp), np.float32)
+        full = np.zeros((self.voc.num_classes + 1, hp, wp), np.float32)
         full[:, :h, :w] = scores
         present = sorted(int(k) + 1 for k in cam)
         return (
@@ -202,8 +203,8 @@ def walk_batch(
     cfg: MakeRwConfig,
 ) -> torch.Tensor:
     """AffinityNet and the walk of one batch on the model's device, upsampled to the padded
-    image size (docs/method.md §5): x (B, 3, Hp, Wp), cams (B, 21, Hp/8, Wp/8) ->
-    (B, 21, Hp, Wp) scores."""
+    image size (docs/method.md §5): x (B, 3, Hp, Wp), cams (B, C + 1, Hp/8, Wp/8) ->
+    (B, C + 1, Hp, Wp) scores."""
     from .. import random_walk
 
     aff = model.affinity(x, cfg.radius)
@@ -230,7 +231,7 @@ def labels_to_host(
     present: Sequence[Sequence[int]] | None,
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Per image: crop walk_batch's scores to its working size (h, w), bring them to its
-    original size, and queue the copies of its label (argmax over the 21 classes) and, where
+    original size, and queue the copies of its label (argmax over the C + 1 classes) and, where
     `present` is given, of the scores of [bg; present] to the host. Returns (label (H, W)
     uint8, scores or None) per image; from a GPU, valid once the stream has reached here."""
     out = []
@@ -378,7 +379,7 @@ def make_rw(
     """
     cfg = config or MakeRwConfig()
     device = resolve_device(cfg.device)
-    voc = VOCDataset(voc_root, label_source="mask")
+    voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     require_cams(cam_dir, ids)

@@ -19,10 +19,10 @@ def _colour(label: np.ndarray) -> np.ndarray:
     return palette[label]
 
 
-def _cam_picture(rgb: np.ndarray, cam: dict[int, np.ndarray]) -> np.ndarray:
+def _cam_picture(rgb: np.ndarray, cam: dict[int, np.ndarray], num_classes: int) -> np.ndarray:
     """The image darkened, with each class's CAM painted in its palette colour."""
     h, w = rgb.shape[:2]
-    cams = cam_stack(cam, (h, w))
+    cams = cam_stack(cam, (h, w), num_classes)
     top = cams.max(axis=0)[..., None]
     colour = _colour((cams.argmax(axis=0) + 1).astype(np.uint8)).astype(np.float32)
     out = (
@@ -52,7 +52,7 @@ def write_overview(
         )
         cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
         rw = load_label_png(Path(rw_dir) / f"{image_id}.png")
-        panels = [rgb, _colour(gt), _cam_picture(rgb, cam), _colour(rw)]
+        panels = [rgb, _colour(gt), _cam_picture(rgb, cam, voc.num_classes), _colour(rw)]
         scale = height / rgb.shape[0]
         size = (max(1, int(round(rgb.shape[1] * scale))), height)
         panels = [np.asarray(Image.fromarray(p).resize(size, Image.NEAREST)) for p in panels]

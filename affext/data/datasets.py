@@ -41,7 +41,7 @@ class _Epoched(Dataset):
 
 class ClsTrainDataset(_Epoched):
     """Classifier training (psa train_cls): random long-side resize, flip, colour jitter,
-    normalisation, random crop. Items: (image (3, S, S) float32, labels (20,) float32)."""
+    normalisation, random crop. Items: (image (3, S, S) float32, labels (C,) float32)."""
 
     def __init__(
         self,
@@ -79,7 +79,7 @@ class ClsTrainDataset(_Epoched):
 
 class MultiScaleDataset(Dataset):
     """CAM inference (psa infer_cls): the image (long side resized to long_side) at each scale
-    (bicubic), normalised. Items: (id, [(3, h_s, w_s) float32 per scale], labels (20,),
+    (bicubic), normalised. Items: (id, [(3, h_s, w_s) float32 per scale], labels (C,),
     original (H, W))."""
 
     def __init__(

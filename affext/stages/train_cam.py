@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import ClsTrainDataset
-from ..data.voc import VOCDataset
+from ..data.voc import NUM_CLASSES, VOCDataset
 from ..files import record_config
 from .common import resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, load_trained, read_trained
@@ -33,7 +33,7 @@ class TrainCamConfig(TrainConfig):
 
 
 def build_cam_net(
-    backbone: str, weights: str | None = None, dropout: float = 0.5, num_classes: int = 20
+    backbone: str, weights: str | None = None, dropout: float = 0.5, num_classes: int = NUM_CLASSES
 ) -> torch.nn.Module:
     from ..models import CAMNet, build_backbone
 
@@ -44,7 +44,7 @@ def load_cam_net(
     out_dir: str | os.PathLike,
     backbone: str,
     device: torch.device | str = "cpu",
-    num_classes: int = 20,
+    num_classes: int = NUM_CLASSES,
 ) -> torch.nn.Module:
     """The trained classifier: train-cam's OUT_DIR (its cam_net.pt) or a weights file such as
     psa's res38_cls.pth (refuses another backbone's, or another class count's)."""

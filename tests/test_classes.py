@@ -28,6 +28,7 @@ from affext.data import (
 from affext.data.synth import SYNTH_CLASSES
 from affext.files import load_score_dict
 from affext.models import read_checkpoint
+from affext.stages import pipeline
 from affext.stages.aff_labels import make_aff_labels
 from affext.stages.config import RunConfig
 from affext.stages.evaluate import evaluate
@@ -313,6 +314,8 @@ def test_repeated_list_ids_are_used_once_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="more than once"):
         twice = evaluate(root, pred, [ids[0], *ids, ids[0]], progress=False)
     assert twice == once and twice["images"] == 3
+    with pytest.warns(UserWarning, match="more than once"):  # `affext run`'s lists given as ids
+        assert pipeline._ids([ids[1], ids[0], ids[1]]) == [ids[1], ids[0]]
 
 
 def test_eval_command_takes_classes(voc3, stages3, tmp_path, capsys):

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data.voc import VOCDataset, read_id_list
+from ..data.voc import VOCDataset, read_id_list, unique_ids
 from ..files import atomic_write_json, record_config
 from .aff_labels import make_aff_labels
 from .common import StageTimer
@@ -32,7 +32,7 @@ from .train_cam import image_labels, train_cam
 def _ids(arg: str | os.PathLike | Sequence[str]) -> list[str]:
     if isinstance(arg, (str, os.PathLike)):
         return read_id_list(arg)
-    return list(arg)
+    return unique_ids(arg)  # a repeated id would be trained and scored twice
 
 
 def run(

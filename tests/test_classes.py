@@ -116,6 +116,12 @@ def test_synthetic_set_declares_six_classes_or_voc_indices(tmp_path):
         tmp_path / "voc", SynthConfig(num_train=3, num_val=0, voc_indices=True), False
     )
     assert VOCDataset(own).classes == SYNTH_CLASSES
+    # a folder of the other layout is not topped up (its masks would mix the two)
+    with pytest.raises(ValueError, match="written with VOC's class indices"):
+        make_synthetic_voc(tmp_path / "voc", SynthConfig(num_train=3, num_val=0), False)
+    with pytest.raises(ValueError, match="written with its own classes"):
+        make_synthetic_voc(own, SynthConfig(num_train=3, num_val=0, voc_indices=True), False)
+    assert make_synthetic_voc(own, SynthConfig(num_train=3, num_val=0), False) == own  # resumes
     assert VOCDataset(voc).classes == VOC_CLASSES and not (voc / CLASSES_FILE).exists()
     lut = np.array([0] + [VOC_CLASSES.index(n) + 1 for n in SYNTH_CLASSES], np.uint8)
     for i in read_id_list(own / "ImageSets/Segmentation/train.txt"):

@@ -286,6 +286,13 @@ def make_synthetic_voc(
         (out / sub).mkdir(parents=True, exist_ok=True)
     names = synth_class_names(cfg)
     classes_file = out / CLASSES_FILE
+    if classes_file.is_file() == cfg.voc_indices and any((out / "SegmentationClass").iterdir()):
+        # the kept files would mix the two class layouts
+        held = "its own classes" if cfg.voc_indices else "VOC's class indices (an earlier affext)"
+        raise ValueError(
+            f"{str(out)!r} holds a synthetic set written with {held}; write this one to a "
+            "new folder"
+        )
     if cfg.voc_indices:
         classes_file.unlink(missing_ok=True)
     else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,6 +69,32 @@ def _stage_config(cls, args, stage: str | None = None, **fields):
     return stage_config(cls, stage, _shared(args), **fields)
 
 
+# Where each backbone's ImageNet weights come from (what build_backbone's `weights` takes).
+IMAGENET_WEIGHTS = {
+    "resnet38": "psa's ImageNet ResNet-38, ilsvrc-cls_rna-a1_cls1000_ep-0001.params (linked "
+    "from psa's README: github.com/itijyou/ademxapp), converted once with `affext psa "
+    "convert_weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params res38_imagenet.pth`",
+    "resnet50": "torchvision's ImageNet ResNet-50 state-dict file, e.g. resnet50-0676ba61.pth "
+    "(torchvision.models.ResNet50_Weights.IMAGENET1K_V1)",
+}
+
+
+def _require_weights(args, backbone: str | None = None, weights: str | None = None) -> None:
+    """Refuse, before any work, to train an ImageNet backbone from scratch unless asked to:
+    psa starts from ImageNet weights, and from scratch its schedule learns nothing useful.
+    backbone / weights: the resolved ones (a --config file's), else the flags'."""
+    backbone = backbone or args.backbone
+    source = IMAGENET_WEIGHTS.get(backbone)
+    if source is None or weights or args.weights or args.from_scratch:
+        return
+    raise ValueError(
+        f"no --weights for the {backbone} backbone, which would then train from scratch "
+        f"(psa starts from ImageNet weights; from scratch its epochs learn nothing useful). "
+        f"Pass --weights with {source}; or --backbone tiny for the CPU demo; or "
+        "--from-scratch to train from scratch all the same"
+    )
+
+
 def _cmd_synth(args) -> None:
     from .data.synth import SynthConfig, make_synthetic_voc
 
@@ -81,6 +109,7 @@ def _cmd_synth(args) -> None:
 def _cmd_train_cam(args) -> None:
     from .stages.train_cam import TrainCamConfig, train_cam
 
+    _require_weights(args)
     cfg = _stage_config(TrainCamConfig, args, "train_cam", **_training_fields(args))
     print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg, progress=not args.quiet))
 
@@ -114,6 +143,7 @@ def _cmd_aff_labels(args) -> None:
 def _cmd_train_aff(args) -> None:
     from .stages.train_aff import TrainAffConfig, train_aff
 
+    _require_weights(args)
     cfg = _stage_config(TrainAffConfig, args, "train_aff", **_training_fields(args))
     print(
         train_aff(
@@ -176,23 +206,50 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    from .stages.config import RunConfig
+    from . import dist
+    from .stages.config import (
+        RUN_PATHS,
+        RunConfig,
+        config_text,
+        merge_settings,
+        read_config_file,
+    )
     from .stages.pipeline import run
 
-    # None (not given) is left out by stage_config: the preset's or psa's value stays.
-    overrides: dict = {k: v for k, v in _shared(args).items() if k != "backbone" and v is not None}
-    overrides["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
-    overrides["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
-    cfg = RunConfig.for_backbone(args.backbone, **overrides)
+    settings = read_config_file(args.config) if args.config else {}
+    # command-line flags over the file; None (not given) keeps the file's, preset's or psa's
+    flags: dict = {k: v for k, v in _shared(args).items() if k != "backbone"}
+    flags["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
+    flags["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
+    flags.update({k: getattr(args, k) for k in RUN_PATHS})
+    settings = merge_settings(settings, flags)
+    paths = {k: settings.pop(k, None) for k in RUN_PATHS}
+    backbone = args.backbone or settings.pop("backbone", None) or "resnet38"
+    settings.pop("backbone", None)
+    cfg = RunConfig.for_backbone(backbone, **settings)
+    if args.print_config:
+        print(config_text(cfg, "json" if args.print_config == "json" else "yaml"), end="")
+        return
+    missing = [k for k, v in paths.items() if v is None]
+    if missing:
+        flags_needed = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise ValueError(f"{flags_needed} needed (on the command line or in the --config file)")
+    _require_weights(args, cfg.backbone, cfg.train_cam.weights and cfg.train_aff.weights)
     metrics = run(
-        args.voc_root, args.train_list, args.eval_list, args.workdir, cfg, progress=not args.quiet
+        paths["voc_root"],
+        paths["train_list"],
+        paths["eval_list"],
+        paths["workdir"],
+        cfg,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
     )
+    if not dist.is_main():
+        return
+    workdir = Path(paths["workdir"])
     summary = {k: metrics[k] for k in ("cam_miou", "rw_miou", "rw_crf_miou") if k in metrics}
     print(json.dumps({**summary, "stage_seconds": metrics["stage_seconds"]}, indent=2))
-    print(
-        f"metrics: {Path(args.workdir) / 'metrics.json'}   "
-        f"overview: {Path(args.workdir) / 'overview.png'}"
-    )
+    print(f"metrics: {workdir / 'metrics.json'}   overview: {workdir / 'overview.png'}")
 
 
 def _cmd_info(args) -> None:
@@ -210,6 +267,11 @@ def _cmd_info(args) -> None:
 def _add_training(p: argparse.ArgumentParser, out_help: str) -> None:
     """The options train-cam and train-aff share (unset: the backbone's preset, then psa's)."""
     p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train resnet38 / resnet50 without --weights (psa starts from ImageNet weights)",
+    )
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -301,6 +363,7 @@ def _add_stage_commands(sub) -> None:
 
     p = sub.add_parser("make-rw", help="random walk: pseudo-label PNGs")
     _add_common(p)
+    _add_labels(p)  # the CAMs' classes are checked against the image-level labels
     p.add_argument("--list", required=True)
     p.add_argument("--cam-dir", required=True)
     p.add_argument(
@@ -334,14 +397,53 @@ def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline in one work directory")
     _add_common(p)
     _add_labels(p)
-    p.add_argument("--train-list", required=True)
-    p.add_argument("--eval-list", required=True, help="ids scored against the ground truth")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--train-list")
+    p.add_argument("--eval-list", help="ids scored against the ground truth")
+    p.add_argument("--workdir")
     p.add_argument("--weights", help="pretrained backbone weights for both networks")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train resnet38 / resnet50 without --weights (psa starts from ImageNet weights)",
+    )
     p.add_argument("--cam-epochs", type=int)
     p.add_argument("--aff-epochs", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
+    _add_run_options(p)
     p.set_defaults(func=_cmd_run)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """run's config file, overwrite and launcher options. The inputs and the work directory
+    may come from the config file, and a flag not given leaves the file's value, so their
+    defaults here are None (RunConfig's defaults, the preset's, apply after the file)."""
+    p._option_string_actions["--voc-root"].required = False
+    p.set_defaults(backbone=None, device=None, label_source=None, voc_root=None)
+    p.add_argument(
+        "--config",
+        help="YAML or JSON file of settings, any stage's (see --print-config); "
+        "flags given here override it",
+    )
+    p.add_argument(
+        "--print-config",
+        nargs="?",
+        const="yaml",
+        choices=("yaml", "json"),
+        help="print the resolved settings (the preset's defaults, the file's, the flags') "
+        "in a form --config reads, and exit",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo the first stage whose outputs were made with other settings, and the "
+        "later ones (without it such a run is refused)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help="processes on this machine (GPUs): launches torchrun for you; for several "
+        "machines run torchrun yourself (README)",
+    )
 
 
 def _add_tool_commands(sub, with_bench: bool) -> None:
@@ -358,13 +460,95 @@ def _add_tool_commands(sub, with_bench: bool) -> None:
         p.set_defaults(func=bench.main)
 
 
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line `affext` prints for an error: its message, without the traceback that a
+    DataLoader worker's error carries, and for an OSError on a path, what is wrong with it."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
+        return _path_problem(exc)
+    text = str(exc)
+    if _WORKER_TRACEBACK in text:
+        # torch re-raises a worker's error with its traceback in the message, the error's own
+        # "module.Type: message" line last
+        lines = text.split(_WORKER_TRACEBACK, 1)[1].rstrip().splitlines()
+        last = next((line for line in reversed(lines) if line and not line[0].isspace()), text)
+        return last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n")) if isinstance(exc, OSError) else text
+
+
+def _path_problem(exc: OSError) -> str:
+    """An OSError on a path as a sentence naming the path and what is wrong with it."""
+    path = Path(os.fsdecode(exc.filename))
+    ancestors = [*reversed(path.parents), path]
+    if isinstance(exc, FileExistsError) and path.is_symlink() and not path.exists():
+        return f"{str(path)!r} is a link to {os.readlink(path)!r}, which does not exist"
+    if isinstance(exc, FileExistsError) and not path.is_dir():
+        return f"{str(path)!r} is a file, not a folder: give a folder (or a path to create)"
+    if isinstance(exc, NotADirectoryError):
+        blocker = next((a for a in ancestors if a.exists() and not a.is_dir()), path)
+        return f"cannot create {str(path)!r}: {str(blocker)!r} is a file, not a folder"
+    existing = next((a for a in reversed(ancestors) if a.exists()), Path("."))
+    if isinstance(exc, PermissionError):
+        if existing == path:
+            return f"permission denied: {str(path)!r} cannot be opened by this user"
+        return (
+            f"permission denied: cannot create {str(path)!r}, as {str(existing)!r} is not "
+            "writable by this user; choose a folder you can write to"
+        )
+    if isinstance(exc, FileNotFoundError):
+        if existing == path.parent:
+            return (
+                f"{str(path)!r} does not exist and cannot be created in {str(existing)!r} "
+                "(a file system that does not allow it); choose another path"
+            )
+        missing = ancestors[ancestors.index(existing) + 1]
+        return f"cannot open {str(path)!r}: {str(missing)!r} does not exist"
+    return f"{exc.strerror}: {str(path)!r}"
+
+
+def _launch(argv: list[str], nproc: int, workdir: str | None) -> int:
+    """`affext ... --nproc N`: the same command under torchrun, N processes on this machine
+    (rank logs in WORKDIR/logs when there is a work directory); its exit status."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += [f"--nproc_per_node={nproc}"]
+    if workdir:
+        launcher += [f"--log-dir={Path(workdir) / 'logs'}", "--tee=3"]
+    return subprocess.call([*launcher, "-m", "affext", *rest])
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import dist
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
+    if getattr(args, "nproc", None) and not dist.launched():
+        workdir = getattr(args, "workdir", None)
+        if workdir is None and getattr(args, "config", None):
+            from .stages.config import read_config_file
+
+            with contextlib.suppress(ValueError, OSError):  # the ranks report it
+                workdir = read_config_file(args.config).get("workdir")
+        return _launch(argv, args.nproc, workdir)
+    if dist.launched():  # under torchrun: one process group; bars and prints on rank 0
+        dist.setup()
+        if not dist.is_main() and hasattr(args, "quiet"):
+            args.quiet = True
     try:
         rc = args.func(args)
-    except (MissingExtraError, FileNotFoundError, ValueError) as exc:  # DatasetError: a ValueError
-        print(f"affext {args.command}: error: {exc}", file=sys.stderr)
+    except (MissingExtraError, OSError, ValueError, FloatingPointError) as exc:  # DatasetError
+        print(f"affext {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -372,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        dist.cleanup()
     return rc if isinstance(rc, int) else 0
 
 

@@ -12,6 +12,7 @@ PIPELINE = {
     "tqdm": "tqdm",
     "pydensecrf": "pydensecrf2",
     "matplotlib": "matplotlib",
+    "yaml": "pyyaml",
 }
 
 

@@ -91,21 +91,96 @@ def versions() -> dict[str, str]:
     return out
 
 
+# Settings that change how fast a stage runs, or where, but not what it writes: a recorded
+# config that differs from the one asked for only in these does not block a resume
+# (check_config). Anything else (a learning rate, alpha, the CRF's parameters, the backbone,
+# weights, a batch size) counts as a change.
+NON_OUTPUT_SETTINGS = ("device", "num_workers", "crf_workers", "progress")
+
+
+class ConfigChangedError(ValueError):
+    """A stage's outputs were made with other settings than the ones asked for now."""
+
+
 def record_config(
-    out_dir: str | os.PathLike, stage: str, config: Any, extra: dict | None = None
+    out_dir: str | os.PathLike,
+    stage: str,
+    config: Any,
+    extra: dict | None = None,
+    check: bool = False,
 ) -> Path:
-    """Write OUT_DIR/<stage>.config.json: the stage's config dataclass and the versions."""
+    """Write OUT_DIR/<stage>.config.json: the stage's config dataclass and the versions.
+
+    check: first refuse (check_config) when the record there holds other settings, i.e.
+    when the outputs beside it were made with them. Under torchrun only rank 0 writes (every
+    rank checks and gets the path).
+    """
+    from . import dist
+
+    if check:
+        check_config(out_dir, stage, config)
+    path = Path(out_dir) / f"{stage}{CONFIG_SUFFIX}"
+    if not dist.is_main():
+        return path
     record = {
         "stage": stage,
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
+        "config": _plain(config),
         "versions": versions(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if extra:
         record.update(extra)
-    path = Path(out_dir) / f"{stage}{CONFIG_SUFFIX}"
     atomic_write_json(path, record)
     return path
+
+
+def _plain(config: Any) -> dict:
+    """A config dataclass (or dict) as JSON gives it back (tuples as lists)."""
+    obj = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def config_changes(
+    out_dir: str | os.PathLike, stage: str, config: Any
+) -> dict[str, tuple[Any, Any]]:
+    """The settings whose value in OUT_DIR/<stage>.config.json (the outputs there were made
+    with it) differs from `config`'s: {"name" or "group.name": (old, new)}. Settings of
+    NON_OUTPUT_SETTINGS are left out; no record: no change."""
+    path = Path(out_dir) / f"{stage}{CONFIG_SUFFIX}"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"cannot read the config record {str(path)!r} ({exc}): delete it, or the folder"
+        ) from exc
+    return _diff(old, _plain(config))
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = {}
+        for k in dict.fromkeys([*old, *new]):
+            if k in NON_OUTPUT_SETTINGS:
+                continue
+            out.update(_diff(old.get(k), new.get(k), f"{prefix}{k}."))
+        return out
+    return {} if old == new else {prefix[:-1]: (old, new)}
+
+
+def check_config(out_dir: str | os.PathLike, stage: str, config: Any) -> None:
+    """Raise ConfigChangedError when OUT_DIR holds `stage` outputs made with other settings
+    than `config`'s (see config_changes): reusing them would silently keep the old results.
+    The message names each setting (old -> new) and the way out."""
+    changes = config_changes(out_dir, stage, config)
+    if changes:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise ConfigChangedError(
+            f"{stage}: the outputs in {str(out_dir)!r} were made with other settings ({listed}); "
+            "pass --overwrite to redo this stage and the ones after it, or use another "
+            "output folder (work directory)"
+        )
 
 
 # -- per-image score files (psa's dict .npy) ---------------------------------------------

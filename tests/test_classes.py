@@ -43,6 +43,12 @@ FAST = dict(backbone="tiny", device="cpu", num_workers=0)
 THREE = ("red thing", "green thing", "blue thing")
 
 
+def cam_config() -> TrainCamConfig:
+    return TrainCamConfig(
+        **FAST, epochs=1, batch_size=3, crop_size=40, resize_long=(40, 56), lr=0.01
+    )
+
+
 def three_class_voc(out: Path, num_train: int = 5, num_val: int = 2) -> Path:
     """The synthetic set with its classes merged pairwise into THREE (1, 2 -> 1; 3, 4 -> 2;
     5, 6 -> 3): masks, XML names and a classes.txt that starts with "background"."""
@@ -166,10 +172,7 @@ def stages3(voc3, tmp_path_factory):
     work = tmp_path_factory.mktemp("work3")
     ids = read_id_list(voc3 / "ImageSets/Segmentation/trainval.txt")
     train = read_id_list(voc3 / "ImageSets/Segmentation/train.txt")
-    cam_cfg = TrainCamConfig(
-        **FAST, epochs=1, batch_size=3, crop_size=40, resize_long=(40, 56), lr=0.01
-    )
-    train_cam(voc3, train, work / "cam_net", cam_cfg, progress=False)
+    train_cam(voc3, train, work / "cam_net", cam_config(), progress=False)
     cfg = MakeCamConfig(**FAST, scales=(1.0, 0.5))
     make_cam(voc3, ids, work / "cam_net", work / "cams", cfg, progress=False)
     make_aff_labels(voc3, train, work / "cams" / "cam", work / "aff", progress=False)
@@ -217,9 +220,8 @@ def test_a_cam_network_of_another_class_count_is_refused(voc3, stages3, tmp_path
     with pytest.raises(ValueError, match="was trained for 3 classes, but the dataset has 6"):
         make_cam(six, ids[:0], work / "cam_net", tmp_path / "cams", MakeCamConfig(**FAST), False)
     # train-cam into a folder whose network is another dataset's: refused, not reused
-    cam_cfg = TrainCamConfig(**FAST, epochs=1, batch_size=2, crop_size=40)
     with pytest.raises(ValueError, match="was trained for 3 classes, but the dataset has 6"):
-        train_cam(six, ["synth_00000"], work / "cam_net", cam_cfg, progress=False)
+        train_cam(six, ["synth_00000"], work / "cam_net", cam_config(), progress=False)
     # the same dataset read as VOC's 20 classes (--classes voc): refused as well
     with pytest.raises(ValueError, match="was trained for 3 classes, but the dataset has 20"):
         cfg = MakeCamConfig(**FAST, classes="voc", label_source="mask")

@@ -203,4 +203,6 @@ def test_run_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     again = json.loads((work / "metrics.json").read_text())
     assert again["rw_miou"] == metrics["rw_miou"]
-    assert again["stage_seconds"]["train-cam"] < metrics["stage_seconds"]["train-cam"]
+    # a stage's time is kept with its outputs: the resumed run reports it, not its own check
+    seconds = again["stage_seconds"]["train-cam"]
+    assert seconds == pytest.approx(metrics["stage_seconds"]["train-cam"], abs=0.5)

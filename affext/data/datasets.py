@@ -12,20 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..files import load_score_dict
 from .transforms import (
     colour_jitter,
+    long_side_size,
     normalize,
     pool_by,
     random_crop,
     random_resize_long,
     resize_maps,
-    to_long_side,
 )
-from .voc import VOCDataset
+from .voc import DatasetError, VOCDataset
 
 
 class _Epoched(Dataset):
@@ -37,6 +38,85 @@ class _Epoched(Dataset):
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch, index))
+
+
+# -- the working size (docs/architecture.md: memory bounded by it, outputs at full size) ----
+def load_working_image(
+    voc: VOCDataset, image_id: str, long_side: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The RGB image at its working size (to_long_side's) and its original (H, W).
+
+    A JPEG at least four times the working size is decoded at a reduced scale (PIL's draft:
+    1/2 to 1/8, never below twice the working size), so that a huge photo's full-resolution
+    pixels are never held; below that it is decoded as it is, then resized as to_long_side.
+    """
+    if not long_side:
+        image = voc.load_pil(image_id)
+        return image, image.size[::-1]
+    path = voc.image_path(image_id)
+    try:
+        with Image.open(path) as im:
+            original = im.size
+            w, h = long_side_size(original, long_side)
+            im.draft(None, (2 * w, 2 * h))
+            im.load()
+            image = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot decode image {str(path)!r} (id {image_id!r}): {exc}") from exc
+    if image.size != (w, h):
+        image = image.resize((w, h), Image.BICUBIC)
+    return image, original[::-1]
+
+
+def kept_size(original: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """The (h, w) at which a stage keeps an image's float maps (CAMs, scores): its original
+    (H, W) unless that is larger than the working size, then the working size."""
+    h, w = original
+    if not long_side or max(h, w) <= long_side:
+        return h, w
+    return long_side_size((w, h), long_side)[::-1]
+
+
+def is_image_shape(shape: tuple[int, ...], original: tuple[int, int]) -> bool:
+    """Whether a map of `shape` belongs to an image of (H, W) `original`: the same size, or
+    its shape at a smaller long side (kept_size's working size)."""
+    shape = tuple(shape)
+    if shape == tuple(original):
+        return True
+    if len(shape) != 2 or max(shape) >= max(original):
+        return False
+    return kept_size(original, max(shape)) == shape
+
+
+def _row_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F.interpolate's linear taps along rows (align_corners=False): the two source rows and
+    the second one's weight for each output row."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0, i1, (src - i0).float()
+
+
+def argmax_at_size(scores: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 index of the largest of `scores` (n <= 256, h, w) bilinearly upsampled to
+    `size` (align_corners=False), made in bands of rows: no (n, H, W) array is ever held.
+    Ties go to the first index, as argmax's."""
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    n, h, w = scores.shape
+    height, width = size
+    y0, y1, wy = _row_taps(h, height)
+    rows = max(1, (1 << 20) // max(1, n * width))  # a band: about 4 MB of scores
+    out = torch.empty((height, width), dtype=torch.uint8)
+    for top in range(0, height, rows):
+        band = slice(top, min(height, top + rows))
+        t = wy[band, None]
+        part = scores[:, y0[band]] * (1 - t) + scores[:, y1[band]] * t  # (n, r, w)
+        part = F.interpolate(part, size=width, mode="linear", align_corners=False)  # (n, r, W)
+        best, index = part[0], out[band].zero_()
+        for c in range(1, n):
+            index.masked_fill_(part[c] > best, c)
+            best = torch.maximum(best, part[c])
+    return out.numpy()
 
 
 class ClsTrainDataset(_Epoched):
@@ -68,7 +148,7 @@ class ClsTrainDataset(_Epoched):
 
     def __getitem__(self, index: int):
         rng = self._rng(index)
-        image = to_long_side(self.voc.load_pil(self.ids[index]), self.long_side)
+        image, _ = load_working_image(self.voc, self.ids[index], self.long_side)
         image = random_resize_long(image, *self.resize_long, rng)
         if rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
@@ -80,7 +160,7 @@ class ClsTrainDataset(_Epoched):
 class MultiScaleDataset(Dataset):
     """CAM inference (psa infer_cls): the image (long side resized to long_side) at each scale
     (bicubic), normalised. Items: (id, [(3, h_s, w_s) float32 per scale], labels (C,),
-    original (H, W))."""
+    original (H, W)); a huge image is never decoded at full size (load_working_image)."""
 
     def __init__(
         self,
@@ -97,9 +177,7 @@ class MultiScaleDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        image = self.voc.load_pil(self.ids[index])
-        original = image.size[::-1]
-        image = to_long_side(image, self.long_side)
+        image, original = load_working_image(self.voc, self.ids[index], self.long_side)
         w, h = image.size
         scaled = []
         for s in self.scales:
@@ -107,6 +185,72 @@ class MultiScaleDataset(Dataset):
             im = image if size == (w, h) else image.resize(size, Image.BICUBIC)
             scaled.append(torch.from_numpy(normalize(np.asarray(im))))
         return self.ids[index], scaled, torch.from_numpy(self.labels[index]), original
+
+
+def image_classes(voc: VOCDataset, image_id: str) -> set[int] | None:
+    """The image's classes as CAM keys (0-based: VOC class c is key c - 1), or None where the
+    dataset has no image-level labels for it (no mask, annotation or cls_labels entry)."""
+    try:
+        return {int(c) for c in np.nonzero(voc.image_labels(image_id))[0]}
+    except DatasetError:
+        return None
+
+
+def check_cam(
+    cam: dict[int, np.ndarray],
+    path: str | os.PathLike,
+    image_size: tuple[int, int],
+    num_classes: int,
+    classes: set[int] | None,
+) -> None:
+    """Raise DatasetError naming the CAM file when its keys are not classes of the dataset
+    (0..num_classes-1) or not the image's `classes` (None: not known), or when its maps
+    are neither the image's size (H, W) nor the image's shape at a smaller long side
+    (make-cam's working size)."""
+    keys = sorted(int(k) for k in cam)
+    outside = [k for k in keys if not 0 <= k < num_classes]
+    if outside:
+        raise DatasetError(
+            f"CAM file {str(path)!r} has class keys {outside} outside the dataset's "
+            f"{num_classes} classes (keys 0..{num_classes - 1}): it was made for another dataset"
+        )
+    if classes is not None and set(keys) != classes:
+        raise DatasetError(
+            f"CAM file {str(path)!r} has class keys {keys} but the image's classes are "
+            f"{sorted(classes)} (keys are 0-based): it was made with other labels or for "
+            "another image; make the CAMs again with make-cam"
+        )
+    shapes = {tuple(np.shape(cam[k])) for k in keys}
+    for k in keys:
+        shape = tuple(np.shape(cam[k]))
+        if not is_image_shape(shape, image_size) or len(shapes) > 1:
+            raise DatasetError(
+                f"CAM file {str(path)!r}: the map of class {k} is {shape} but the image is "
+                f"{tuple(image_size)}: the CAMs come from another dataset; make them again "
+                "with make-cam"
+            )
+
+
+def load_cam(
+    voc: VOCDataset, cam_path: str | os.PathLike, image_id: str, image_size: tuple[int, int]
+) -> dict[int, np.ndarray]:
+    """psa's CAM dict of one image, checked against the image (check_cam)."""
+    cam = load_score_dict(cam_path, "CAM")
+    check_cam(cam, cam_path, image_size, voc.num_classes, image_classes(voc, image_id))
+    return cam
+
+
+def load_cam_and_image(
+    voc: VOCDataset, cam_path: str | os.PathLike, image_id: str
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """psa's CAM dict of one image (keys and shapes checked, not the image's classes) and the
+    (h, w, 3) RGB image at the CAMs' size: its own, or make-cam's working size for a large
+    image, decoded at a reduced scale (load_working_image)."""
+    cam = load_score_dict(cam_path, "CAM")
+    long_side = max(next((np.shape(v) for v in cam.values()), (0,))) or None
+    image, original = load_working_image(voc, image_id, long_side)
+    check_cam(cam, cam_path, original, voc.num_classes, None)
+    return cam, np.asarray(image)
 
 
 def affinity_label_map(
@@ -169,13 +313,12 @@ class AffTrainDataset(_Epoched):
         image_id = self.ids[index]
         la_keys, la = _load_scores(self.la_dir / f"{image_id}.npy")
         ha_keys, ha = _load_scores(self.ha_dir / f"{image_id}.npy")
-        image = self.voc.load_pil(image_id)
-        if la.shape[1:] != image.size[::-1] or ha.shape[1:] != image.size[::-1]:
+        image, original = load_working_image(self.voc, image_id, self.long_side)
+        if not (is_image_shape(la.shape[1:], original) and is_image_shape(ha.shape[1:], original)):
             raise ValueError(
                 f"affinity-label scores of {image_id!r} are {la.shape[1:]} but the "
-                f"image is {image.size[::-1]}: they come from another dataset"
+                f"image is {original}: they come from another dataset"
             )
-        image = to_long_side(image, self.long_side)
         la, ha = (resize_maps(a, image.size[::-1]) for a in (la, ha))
         x = normalize(np.asarray(colour_jitter(image, rng, *self.jitter)))
         x, la, ha = random_crop([x, la, ha], self.crop_size, rng)

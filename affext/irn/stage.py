@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data.transforms import normalize
 from ..data.voc import VOCDataset
 from ..files import record_config
-from ..stages.common import pending, resolve_device
+from ..stages.common import die_with_parent, pending, resolve_device
 from .files import STRIDE, cam_path, load_cam_file, save_label, strided_size
 from .network import CROP_SIZE, IRNEdgeNet, load_irn_weights
 from .walk import propagate_to_edge
@@ -127,6 +127,7 @@ def make_sem_seg_labels(
         _Images(voc, todo, cam_dir),
         batch_size=None,
         num_workers=cfg.num_workers if len(todo) > 1 else 0,
+        worker_init_fn=die_with_parent,
     )
     bar = tqdm(
         total=len(ids), initial=len(ids) - len(todo), desc="irn sem-seg", disable=not progress

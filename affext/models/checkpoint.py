@@ -42,8 +42,20 @@ def _check_network(model: object) -> None:
 
 
 def _source(path: object, otherwise: str) -> str:
-    """How an error names what was read: the file, or `otherwise` for a mapping."""
+    """How an error names what was read: the file (also that of a read_checkpoint dict), or
+    `otherwise` for a mapping."""
+    if isinstance(path, Mapping) and isinstance(path.get("path"), str):
+        path = path["path"]
     return f"checkpoint {os.fspath(path)}" if isinstance(path, (str, os.PathLike)) else otherwise
+
+
+def _wrong_network(source: str, found: str, wanted: str) -> ValueError:
+    return ValueError(
+        f"{source} holds {_NETWORK_NAMES[found]}, not {_NETWORK_NAMES[wanted]}: load it into "
+        f"{_NETWORKS[found].__name__} (train-cam's cam_net.pt and psa's res38_cls.pth are CAM "
+        "networks, for --cam-net; train-aff's aff_net.pt and psa's res38_aff.pth are "
+        "AffinityNets, for --aff-net)"
+    )
 
 
 def _head_names(model: Network) -> set[str]:
@@ -81,8 +93,10 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
     or listing the missing and unexpected keys (in psa's layout).
     """
     _check_network(model)
-    source = _source(weights, "the state dict")
-    state = read_state_dict(weights)
+    return _load_psa_layout(model, read_state_dict(weights), _source(weights, "the state dict"))
+
+
+def _load_psa_layout(model: Network, state: dict, source: str) -> Network:
     name = model.backbone.name
     found = detect_backbone(state)
     if found is not None and found != name:
@@ -93,10 +107,7 @@ def load_psa_checkpoint(model: Network, weights: str | os.PathLike | StateDict) 
     flat = {k.removeprefix(_PREFIX): v for k, v in state.items()}
     kind = _detect_network(flat)
     if kind is not None and kind != model.kind:
-        raise ValueError(
-            f"{source} holds {_NETWORK_NAMES[kind]}, not "
-            f"{_NETWORK_NAMES[model.kind]}: load it into {_NETWORKS[kind].__name__}"
-        )
+        raise _wrong_network(source, kind, model.kind)
     if kind == "cam":
         _check_classes(model, flat["fc8.weight"].shape[0], source)
     check_keys(
@@ -152,6 +163,9 @@ def read_checkpoint(path: str | os.PathLike | Mapping) -> dict:
         obj = path
     else:
         obj = load_torch_file(path, "checkpoint")
+        ckpt = read_checkpoint(obj)
+        ckpt["path"] = os.fspath(path)  # errors of load_checkpoint(model, ckpt) name the file
+        return ckpt
     if isinstance(obj, Mapping) and "affext_checkpoint" in obj:
         return dict(obj)
     if isinstance(obj, Mapping) and isinstance(obj.get("backbone"), str) and "model" in obj:
@@ -195,7 +209,7 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
     source = _source(path, "the checkpoint")
     ckpt = read_checkpoint(path)
     if not ckpt["affext_checkpoint"]:
-        load_psa_checkpoint(model, ckpt["state_dict"])
+        _load_psa_layout(model, read_state_dict(ckpt["state_dict"]), source)
         return {}
     if ckpt["backbone"] != model.backbone.name:
         raise ValueError(
@@ -204,10 +218,9 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
             f"build_backbone({ckpt['backbone']!r})"
         )
     if ckpt["network"] != model.kind:
-        raise ValueError(
-            f"{source} holds {_NETWORK_NAMES.get(ckpt['network'], ckpt['network'])}"
-            f", not {_NETWORK_NAMES[model.kind]}"
-        )
+        if ckpt["network"] in _NETWORKS:
+            raise _wrong_network(source, ckpt["network"], model.kind)
+        raise ValueError(f"{source} holds {ckpt['network']!r}, not {_NETWORK_NAMES[model.kind]}")
     _check_classes(model, ckpt.get("num_classes"), source)
     load_strict(
         model,
@@ -238,5 +251,5 @@ def build_from_checkpoint(path: str | os.PathLike | Mapping) -> Network:
         )
     backbone = build_backbone(name)
     model = CAMNet(backbone, ckpt["num_classes"]) if kind == "cam" else AffinityNet(backbone)
-    load_checkpoint(model, ckpt if ckpt["affext_checkpoint"] else ckpt["state_dict"])
+    load_checkpoint(model, ckpt)
     return model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
 from ..neighborhood import check_radius, neighborhood_offsets
@@ -24,8 +25,11 @@ def pairwise_affinity(feat: torch.Tensor, radius: int = 5) -> torch.Tensor:
         feat[b, c, y + dy_k, x + dx_k]|), and 0 where that neighbour lies outside the map.
         `affext.psa_layout(out, radius)` gives psa's (B, K, n_from) tensor.
 
-    Differentiable with respect to feat; the backward is deterministic. Neither pass builds
-    the (B, C, K, H*W) difference tensor of the dense formulation.
+    Differentiable with respect to feat, twice and more (torch.autograd.grad with
+    create_graph=True): the first backward is a deterministic kernel; the second derivative
+    follows the dense formulation's (d|x|/dx = sign(x), whose own derivative is 0) with one
+    (B, C, H, W) temporary per offset. Neither kernel builds the (B, C, K, H*W) difference
+    tensor of the dense formulation.
     """
     if not isinstance(feat, torch.Tensor):
         raise TypeError(f"feat must be a torch.Tensor, got {type(feat).__name__}")
@@ -82,4 +86,49 @@ def _backward(ctx, grad):
 
 torch.library.register_autograd(
     "affext::pairwise_affinity", _backward, setup_context=_setup_context
+)
+
+
+def _l1_derivative(feat: torch.Tensor, tangent: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, K, H, W): the derivative of every pair's L1 sum sum_c |f_p,c - f_q,c| in the
+    direction `tangent`, sum_c sign(f_p,c - f_q,c) (t_p,c - t_q,c); 0 for pairs outside the
+    map. One offset at a time, in at least float32 (half inputs)."""
+    dtype = torch.promote_types(feat.dtype, torch.float32)
+    feat, tangent = feat.to(dtype), tangent.to(dtype)
+    h, w = feat.shape[2], feat.shape[3]
+    planes = []
+    for dy, dx in neighborhood_offsets(radius):
+        x0, x1 = max(0, -dx), min(w, w - dx)  # columns whose neighbour lies inside the map
+        first = (slice(None), slice(None), slice(0, h - dy), slice(x0, x1))
+        second = (slice(None), slice(None), slice(dy, h), slice(x0 + dx, x1 + dx))
+        sign = torch.sign(feat[first] - feat[second])
+        plane = (sign * (tangent[first] - tangent[second])).sum(1)
+        planes.append(F.pad(plane, (x0, w - x1, 0, dy)))
+    return torch.stack(planes, 1)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    grad, feat, aff, radius = inputs
+    ctx.save_for_backward(grad, feat, aff)
+    ctx.radius = radius
+
+
+def _backward_backward(ctx, grad_grad_feat):
+    # The backward is grad_feat = sum over pairs of -w sign(f_p - f_q) at p (and + at q) with
+    # w = grad * aff / C: linear in grad and in aff, piecewise constant in feat. Its
+    # derivative in the direction grad_grad_feat is therefore -d l1 / C times aff (for grad)
+    # and times grad (for aff); feat's part is 0, as the dense formulation's.
+    grad, feat, aff = ctx.saved_tensors
+    if grad_grad_feat is None:
+        return None, None, None, None
+    d_l1 = _l1_derivative(feat, grad_grad_feat, ctx.radius) / -feat.shape[1]
+    grad_grad = (d_l1 * aff).to(grad.dtype) if ctx.needs_input_grad[0] else None
+    grad_aff = (d_l1 * grad).to(aff.dtype) if ctx.needs_input_grad[2] else None
+    return grad_grad, None, grad_aff, None
+
+
+torch.library.register_autograd(
+    "affext::pairwise_affinity_backward",
+    _backward_backward,
+    setup_context=_setup_backward_context,
 )

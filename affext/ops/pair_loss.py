@@ -79,7 +79,8 @@ def pair_loss(
         bg_loss = -sum_bg log(a + 1e-5) / (bg_count + 1e-5), fg_loss likewise and
         neg_loss = -sum_neg log(1 + 1e-5 - a) / (neg_count + 1e-5). A class without pairs
         gives a part of 0. Differentiable with respect to aff (through any of the four
-        losses); the reductions are deterministic (fixed-order partial sums in float64).
+        losses, also twice and more: torch.autograd.grad with create_graph=True); the
+        reductions are deterministic (fixed-order partial sums in float64).
         With uint8 labels neither pass synchronises with the host (a CUDA graph can hold
         them).
     """
@@ -179,3 +180,47 @@ def _backward(ctx, grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, _grad_c
 
 
 torch.library.register_autograd("affext::pair_loss", _backward, setup_context=_setup_context)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    *grads, counts, aff, labels, radius, region = inputs
+    ctx.given = tuple(g is not None for g in grads)
+    ctx.save_for_backward(*(g for g in grads if g is not None), counts, aff, labels)
+    ctx.radius, ctx.region = radius, region
+
+
+def _backward_backward(ctx, grad_grad_aff):
+    # The backward is, per pair of class c, grad_aff = G_c / (n_c + 1e-5) * h(a) with
+    # h = d pair_term / da (-1 / (a + 1e-5) for bg and fg pairs, 1 / (1 + 1e-5 - a) for neg
+    # pairs, pair_loss.h) and G = (g_loss/4 + g_bg, g_loss/4 + g_fg, g_loss/2 + g_neg).
+    # h' = h^2, so d grad_aff / da = grad_aff * h; each G_c gets sum_c(grad_grad * h) / n_c.
+    *given_grads, counts, aff, labels = ctx.saved_tensors
+    given = iter(given_grads)
+    grads = [next(given) if g else None for g in ctx.given]
+    if grad_grad_aff is None:
+        return (None,) * 9
+    classes = _classes_op(labels, ctx.radius, ctx.region).long()
+    dtype = torch.promote_types(aff.dtype, torch.float32)
+    a, gg = aff.to(dtype), grad_grad_aff.to(dtype)
+    one = a.new_ones(())
+    pos = torch.where(classes < PAIR_NEG, -one / (a + 1e-5), one / ((1.0 + 1e-5) - a))
+    h = torch.where(classes < PAIR_NONE, pos, 0)
+    inv_n = 1 / (counts.to(dtype) + 1e-5)
+    g_loss, g_bg, g_fg, g_neg = (a.new_zeros(()) if g is None else g.to(dtype) for g in grads)
+    class_grad = torch.stack([g_loss / 4 + g_bg, g_loss / 4 + g_fg, g_loss / 2 + g_neg])
+    # class_grad / n per pair, with a zero slot for pairs of no class
+    per_pair = torch.cat([class_grad * inv_n, a.new_zeros(1)])[classes]
+    grad_aff = (gg * per_pair * h * h).to(aff.dtype) if ctx.needs_input_grad[5] else None
+    weighted = gg * h
+    sums = torch.stack([torch.where(classes == c, weighted, 0).sum() for c in range(3)]) * inv_n
+    part_grads = (sums[0] / 4 + sums[1] / 4 + sums[2] / 2, sums[0], sums[1], sums[2])
+    out = [
+        p.to(g.dtype) if g is not None and ctx.needs_input_grad[i] else None
+        for i, (p, g) in enumerate(zip(part_grads, grads))
+    ]
+    return (*out, None, grad_aff, None, None, None)
+
+
+torch.library.register_autograd(
+    "affext::pair_loss_backward", _backward_backward, setup_context=_setup_backward_context
+)

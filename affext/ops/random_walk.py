@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
@@ -39,7 +41,9 @@ def random_walk(
         dtype, at least float32 (float16 and bfloat16, accepted on CUDA only, walk and return
         in float32). Deterministic: the same bits on every run and thread count. On CUDA the
         call synchronises with the host once, to raise on bad values (none under CUDA-graph
-        capture, where bad values trip a device assert instead).
+        capture, where bad values trip a device assert instead). On the CPU a long walk runs
+        as chunks of steps, each up to about half a second, so that Ctrl-C stops it between
+        two of them; the result is the same bits as one kernel call.
 
     Raises:
         ValueError: shapes that do not agree, K not matching radius, beta <= 0,
@@ -52,15 +56,38 @@ def random_walk(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if isinstance(iterations, bool) or not isinstance(iterations, int):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
+    args = (float(beta), iterations, check_radius(radius), region_code(region))
     with torch.no_grad():
-        return _op(
-            cam.detach(),
-            aff.detach(),
-            float(beta),
-            iterations,
-            check_radius(radius),
-            region_code(region),
-        )
+        if cam.device.type == "cpu" and not torch.compiler.is_compiling():
+            return _walk_in_chunks(cam.detach(), aff.detach(), *args)
+        return _op(cam.detach(), aff.detach(), *args)
+
+
+# The CPU walk's chunks: the first of FIRST_CHUNK steps (psa's whole walk), each next one sized
+# from the last one's time to take about CHUNK_SECONDS (at most 8 times as many steps).
+# On CUDA the walk stays one call: chunks would each add the call's host synchronisation.
+FIRST_CHUNK = 256
+CHUNK_SECONDS = 0.5
+
+
+def _walk_in_chunks(cam, aff, beta, iterations, radius, region):
+    """The walk as consecutive kernel calls, each continuing from the last one's result.
+
+    Python acts on a signal (Ctrl-C's KeyboardInterrupt) only between two calls into the
+    kernel, which holds no other state between steps than the CAM planes: each call rebuilds
+    the same transition from aff and takes each step in the same fixed order
+    (csrc/random_walk/random_walk.h), so the chunks give the same bits as one call. (A channel
+    that turned exactly 0 everywhere would stay +0 where one call might keep a -0.)
+    """
+    steps, done = min(iterations, FIRST_CHUNK), 0
+    while True:
+        start = time.perf_counter()
+        cam = _op(cam, aff, beta, steps, radius, region)
+        done += steps
+        if done == iterations:
+            return cam
+        rate = steps / max(time.perf_counter() - start, 1e-6)
+        steps = min(iterations - done, 8 * steps, max(1, int(rate * CHUNK_SECONDS)))
 
 
 def walk_result_dtype(cam_dtype: torch.dtype, aff_dtype: torch.dtype) -> torch.dtype:

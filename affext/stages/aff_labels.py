@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .. import dist
+from ..data.datasets import load_cam_and_image
 from ..data.voc import VOCDataset
-from ..files import load_score_dict, record_config, save_score_dict
-from .common import background_score, pending, require_cams
+from ..files import record_config, save_score_dict
+from .common import background_score, die_with_parent, pending, require_cams
 from .crf import CRFConfig, crf_inference
 
 
@@ -54,8 +56,8 @@ def crf_with_alpha(
 def _work(job):
     voc_root, cam_dir, la_dir, ha_dir, image_id, cfg = job
     voc = VOCDataset(voc_root, label_source="mask")  # images only; labels are not needed
-    image = voc.load_image(image_id)
-    cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
+    # at the CAMs' size: make-cam keeps a large image's CAMs at its working size
+    cam, image = load_cam_and_image(voc, Path(cam_dir) / f"{image_id}.npy", image_id)
     save_score_dict(
         Path(la_dir) / f"{image_id}.npy", crf_with_alpha(image, cam, cfg.alpha_low, cfg.crf)
     )
@@ -87,14 +89,14 @@ def make_aff_labels(
     la_dir, ha_dir = out_dir / "la", out_dir / "ha"
     la_dir.mkdir(parents=True, exist_ok=True)
     ha_dir.mkdir(parents=True, exist_ok=True)
-    record_config(out_dir, "make-aff-labels", cfg)
-    todo = pending(ids, [la_dir / "{}.npy", ha_dir / "{}.npy"], overwrite)
+    record_config(out_dir, "make-aff-labels", cfg, check=not overwrite)
+    todo = dist.shard(pending(ids, [la_dir / "{}.npy", ha_dir / "{}.npy"], overwrite))
     jobs = [(str(voc_root), str(cam_dir), str(la_dir), str(ha_dir), i, cfg) for i in todo]
     bar = tqdm(
         total=len(ids), initial=len(ids) - len(todo), desc="make-aff-labels", disable=not progress
     )
     if cfg.num_workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(cfg.num_workers) as pool:
+        with get_context("spawn").Pool(cfg.num_workers, die_with_parent) as pool:
             for _ in pool.imap_unordered(_work, jobs, chunksize=4):
                 bar.update()
     else:

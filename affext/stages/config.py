@@ -5,7 +5,10 @@ defaults, a preset, the settings every stage shares and a caller's overrides (th
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .aff_labels import AffLabelsConfig
 from .common import default_workers
@@ -74,7 +77,26 @@ def stage_config(cls, stage: str | None, shared: dict | None = None, **overrides
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"{stage or cls.__name__} has no setting(s) {sorted(unknown)}")
-    return cls(**values)
+    return cls(**_typed(cls, values, stage or cls.__name__))
+
+
+def _typed(cls, values: dict, where: str) -> dict:
+    """Values as a config file gives them made cls's types: a dict for a nested config (the
+    CRF's) merged over its defaults, a list for a tuple setting made a tuple."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.name not in out:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = out[f.name]
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            unknown = set(value) - {g.name for g in dataclasses.fields(default)}
+            if unknown:
+                raise ValueError(f"{where}.{f.name} has no setting(s) {sorted(unknown)}")
+            out[f.name] = dataclasses.replace(default, **_typed(type(default), value, where))
+        elif isinstance(default, tuple) and isinstance(value, list):
+            out[f.name] = tuple(value)
+    return out
 
 
 @dataclass
@@ -110,4 +132,93 @@ class RunConfig:
         return cfg
 
 
-__all__ = ["PRESETS", "SHARED", "STAGE_CONFIGS", "RunConfig", "stage_config"]
+# What a config file may hold besides RunConfig's settings: the run's inputs and work
+# directory (the command line's --voc-root, --train-list, --eval-list, --workdir).
+RUN_PATHS = ("voc_root", "train_list", "eval_list", "workdir")
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The settings of a config file: YAML (.yaml, .yml; needs pyyaml) or JSON (.json), a
+    mapping of RunConfig's settings, with a mapping per stage (train_cam: {lr: 0.1, ...}),
+    and optionally RUN_PATHS. Errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file {str(path)!r}")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        try:
+            values = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"cannot read config file {str(path)!r}: {exc}") from exc
+    else:
+        yaml = _yaml()
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"cannot read config file {str(path)!r}: {exc}") from exc
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of settings")
+    known = {f.name for f in dataclasses.fields(RunConfig)} | set(RUN_PATHS)
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(
+            f"config file {str(path)!r}: unknown setting(s) {sorted(unknown)}; "
+            "`affext run --print-config` lists them all"
+        )
+    for stage in STAGE_CONFIGS:
+        if stage in values and not isinstance(values[stage], dict):
+            raise ValueError(f"config file {str(path)!r}: {stage} must be a mapping of settings")
+    return values
+
+
+def _yaml():
+    from ..extras import require
+
+    require("YAML config files (JSON ones need nothing)", ("yaml",))
+    import yaml
+
+    return yaml
+
+
+def merge_settings(base: dict, top: dict) -> dict:
+    """`top` over `base`, stage mappings merged key by key; None in `top` keeps base's."""
+    out = dict(base)
+    for k, v in top.items():
+        if v is None:
+            continue
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_settings(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_text(cfg: RunConfig, fmt: str = "yaml") -> str:
+    """cfg as a config file `affext run --config` reads back: YAML (needs pyyaml) or JSON.
+    The run-wide settings (SHARED) appear once, at the top, not in every stage's mapping."""
+    values = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists
+    for stage in STAGE_CONFIGS:  # the run-wide settings once, at the top (SHARED)
+        values[stage] = {k: v for k, v in values[stage].items() if k not in SHARED}
+    if fmt == "json":
+        return json.dumps(values, indent=2) + "\n"
+    yaml = _yaml()
+    head = (
+        f"# affext run settings: psa's defaults with the {cfg.backbone!r} preset.\n"
+        "# `affext run --config FILE` reads this (command-line flags override it); the file\n"
+        "# may also give voc_root, train_list, eval_list and workdir.\n"
+    )
+    return head + yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
+
+
+__all__ = [
+    "PRESETS",
+    "RUN_PATHS",
+    "SHARED",
+    "STAGE_CONFIGS",
+    "RunConfig",
+    "config_text",
+    "merge_settings",
+    "read_config_file",
+    "stage_config",
+]

@@ -1,8 +1,10 @@
 """Stage `make-cam`: multi-scale, flipped CAM inference (docs/method.md §1, psa infer_cls).
 
 OUT/cam/<id>.npy: psa's dict {class_index 0..C-1: (H, W) float32} (C = 20 for VOC), present
-classes only, each map divided by (its max + 1e-5). OUT/cam_pred/<id>.png: the CAM-only
-prediction, argmax over [bg_threshold, M_1..M_C] (psa's --out_cam_pred), for the CAM mIoU.
+classes only, each map divided by (its max + 1e-5); an image larger than the working size
+(long_side) has its maps at the working size instead (readers bring them to the size they
+need). OUT/cam_pred/<id>.png: the CAM-only prediction, argmax over [bg_threshold, M_1..M_C]
+(psa's --out_cam_pred), for the CAM mIoU, at the image's size.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.datasets import MultiScaleDataset
+from .. import dist
+from ..data.datasets import MultiScaleDataset, argmax_at_size, kept_size
 from ..data.voc import VOCDataset, save_label_png
 from ..files import record_config, save_score_dict
-from .common import default_workers, pending, resolve_device
+from .common import default_workers, die_with_parent, pending, resolve_device
 from .train_cam import image_labels, load_cam_net
 
 
@@ -89,21 +92,31 @@ def make_cam(
     cam_dir.mkdir(parents=True, exist_ok=True)
     pred_dir.mkdir(parents=True, exist_ok=True)
     model = load_cam_net(cam_net_dir, cfg.backbone, device, voc.num_classes)
-    record_config(out_dir, "make-cam", cfg)
-    todo = pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite)
+    record_config(out_dir, "make-cam", cfg, check=not overwrite)
+    todo = dist.shard(pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite))
     labels = image_labels(voc, todo)
     loader = DataLoader(
         MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side),
         batch_size=None,
         num_workers=cfg.num_workers if len(todo) > 1 else 0,
+        worker_init_fn=die_with_parent,
     )
     bar = tqdm(
         loader, total=len(ids), initial=len(ids) - len(todo), desc="make-cam", disable=not progress
     )
     for image_id, scaled, label, size in bar:
         scaled = [x.to(device) for x in scaled]
-        cams = multiscale_cam(model, scaled, label, tuple(size), cfg.flip).cpu().numpy()
+        # CAMs at the original size, or at the working size for a larger image (memory bound
+        # by the working size); the prediction PNG at the original size either way
+        kept = kept_size(tuple(size), cfg.long_side)
+        cams = multiscale_cam(model, scaled, label, kept, cfg.flip).cpu().numpy()
         present = np.nonzero(label.numpy() > 1e-5)[0]
         save_score_dict(cam_dir / f"{image_id}.npy", {int(c): cams[c] for c in present})
-        save_label_png(pred_dir / f"{image_id}.png", cam_prediction(cams, cfg.bg_threshold))
+        if kept == tuple(size):
+            pred = cam_prediction(cams, cfg.bg_threshold)
+        else:  # absent classes are 0 < bg_threshold: the argmax over bg and present ones
+            bg = np.full((1,) + kept, cfg.bg_threshold, np.float32)
+            index = argmax_at_size(np.concatenate([bg, cams[present]]), tuple(size))
+            pred = np.asarray([0, *(present + 1)], np.uint8)[index]
+        save_label_png(pred_dir / f"{image_id}.png", pred)
     return out_dir

@@ -35,13 +35,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.transforms import long_side_size, normalize, pool_by, resize_maps, to_long_side
-from ..data.voc import VOCDataset, save_label_png
-from ..files import atomic_write_json, load_score_dict, record_config
+from .. import dist
+from ..data.datasets import argmax_at_size, kept_size, load_cam, load_working_image
+from ..data.transforms import long_side_size, normalize, pool_by, resize_maps
+from ..data.voc import DatasetError, VOCDataset, save_label_png
+from ..files import atomic_write_json, record_config
 from .common import (
     background_score,
     cam_stack,
     default_workers,
+    die_with_parent,
     pending,
     require_cams,
     resolve_device,
@@ -75,6 +78,8 @@ class MakeRwConfig:
     num_workers: int = default_workers()
     crf_workers: int = default_crf_workers()  # dCRF processes; 0: in this process (slow)
     device: str = "auto"
+    label_source: str = "auto"  # the image-level labels the CAMs' classes are checked against
+    cls_labels: str | None = None
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
 
@@ -84,7 +89,8 @@ def padded(n: int) -> int:
 
 class _RwDataset(Dataset):
     """Items: (id, image (3, Hp, Wp) zero-padded, cams (C + 1, Hp/8, Wp/8), working (h, w),
-    present classes, original RGB (H, W, 3))."""
+    present classes, RGB for the dCRF at kept_size (the original (H, W, 3), or the working
+    size's for an image larger than that), original (H, W))."""
 
     def __init__(
         self,
@@ -102,18 +108,15 @@ class _RwDataset(Dataset):
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
-        pil = self.voc.load_pil(image_id)
-        rgb = np.asarray(pil)
-        cam = load_score_dict(self.cam_dir / f"{image_id}.npy", "CAM")
-        for k, v in cam.items():
-            if np.shape(v) != rgb.shape[:2]:
-                raise ValueError(
-                    f"CAM of {image_id!r} class {k} is {np.shape(v)} but the image "
-                    f"is {rgb.shape[:2]}: the CAMs come from another dataset"
-                )
-        work = np.asarray(to_long_side(pil, self.long_side))
+        pil, original = load_working_image(self.voc, image_id, self.long_side)
+        work = np.asarray(pil)
         h, w = work.shape[:2]
-        fg = resize_maps(cam_stack(cam, rgb.shape[:2], self.voc.num_classes), (h, w))
+        keep = kept_size(original, self.long_side)
+        rgb = np.asarray(self.voc.load_pil(image_id)) if keep != (h, w) else work
+        path = self.cam_dir / f"{image_id}.npy"
+        cam = load_cam(self.voc, path, image_id, original)
+        cam_size = next((np.shape(v) for v in cam.values()), (h, w))
+        fg = resize_maps(cam_stack(cam, cam_size, self.voc.num_classes), (h, w))
         # docs/method.md §5: [M_bg (alpha); M_1..M_C], zero-padded, pooled by 8
         scores = np.concatenate([background_score(fg, self.alpha)[None], fg])
         hp, wp = padded(h), padded(w)
@@ -129,12 +132,14 @@ class _RwDataset(Dataset):
             (h, w),
             present,
             rgb,
+            original,
         )
 
 
 def _collate(items):
-    ids, xs, cams, sizes, present, rgbs = zip(*items)
-    return list(ids), torch.stack(xs), torch.stack(cams), list(sizes), list(present), list(rgbs)
+    ids, xs, cams, sizes, present, rgbs, originals = zip(*items)
+    batch = list(ids), torch.stack(xs), torch.stack(cams), list(sizes), list(present), list(rgbs)
+    return (*batch, list(originals))
 
 
 def _size_batches(
@@ -148,8 +153,12 @@ def _size_batches(
     """
     groups: dict[tuple[int, int], list[int]] = {}
     for n, image_id in enumerate(ids):
-        with Image.open(voc.image_path(image_id)) as im:
-            w, h = long_side_size(im.size, long_side)
+        path = voc.image_path(image_id)
+        try:
+            with Image.open(path) as im:
+                w, h = long_side_size(im.size, long_side)
+        except (OSError, SyntaxError) as exc:
+            raise DatasetError(f"cannot read image {str(path)!r} (id {image_id!r}): {exc}") from exc
         groups.setdefault((padded(h), padded(w)), []).append(n)
     return [
         members[i : i + batch_size]
@@ -159,19 +168,31 @@ def _size_batches(
 
 
 def _crf_label(
-    rgb: np.ndarray, scores: np.ndarray, keys: Sequence[int], crf: CRFConfig | None
+    rgb: np.ndarray,
+    scores: np.ndarray,
+    keys: Sequence[int],
+    crf: CRFConfig | None,
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """dCRF over the walked scores of `keys` (n, H, W), normalised per pixel; (H, W) labels."""
+    """dCRF over the walked scores of `keys` (n, h, w), normalised per pixel, on the (h, w)
+    RGB; (h, w) labels, or (H, W) ones for a larger `size` (marginals upsampled in bands)."""
     sub = np.maximum(scores, 0.0)
     sub = sub / np.maximum(sub.sum(axis=0, keepdims=True), 1e-5)
     refined = crf_inference(rgb, sub, crf)
+    if size is not None and tuple(size) != refined.shape[1:]:
+        return np.asarray(keys, np.uint8)[argmax_at_size(refined, size)]
     return np.asarray(keys, np.uint8)[np.argmax(refined, axis=0)]
 
 
 def _write_crf_label(
-    path: Path, rgb: np.ndarray, scores: np.ndarray, keys: Sequence[int], crf: CRFConfig | None
+    path: Path,
+    rgb: np.ndarray,
+    scores: np.ndarray,
+    keys: Sequence[int],
+    crf: CRFConfig | None,
+    size: tuple[int, int] | None = None,
 ) -> None:
-    save_label_png(path, _crf_label(rgb, scores, keys, crf))
+    save_label_png(path, _crf_label(rgb, scores, keys, crf, size))
 
 
 @dataclass
@@ -181,11 +202,12 @@ class _Walked:
     keys = [bg; present classes] (len(keys), H, W) float32."""
 
     image_id: str
-    label: torch.Tensor
+    label: torch.Tensor | None  # None: made on the host from scores at `size` (a large image)
     keys: list[int]
     scores: torch.Tensor | None
     rgb: np.ndarray
     ready: torch.cuda.Event | None
+    size: tuple[int, int] | None = None  # the original (H, W) where larger than the scores
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
@@ -233,11 +255,20 @@ def labels_to_host(
     """Per image: crop walk_batch's scores to its working size (h, w), bring them to its
     original size, and queue the copies of its label (argmax over the C + 1 classes) and, where
     `present` is given, of the scores of [bg; present] to the host. Returns (label (H, W)
-    uint8, scores or None) per image; from a GPU, valid once the stream has reached here."""
+    uint8, scores or None) per image; from a GPU, valid once the stream has reached here.
+
+    An image whose original size is larger than its working size gets (None, the scores of
+    [bg; present] at the working size): the host makes its label at the original size in
+    bands (argmax_at_size; absent classes, exactly 0, never win), so that no full-size float
+    array exists."""
     out = []
     for j, (h, w) in enumerate(sizes):
         scores = walked[j : j + 1, :, :h, :w]
-        if (h, w) != tuple(full_sizes[j]):  # a reduced working size: back to the original
+        if max(full_sizes[j]) > max(h, w):
+            keys = (0, *present[j]) if present is not None else range(walked.shape[1])
+            out.append((None, _to_host(torch.stack([scores[0, k] for k in keys]))))
+            continue
+        if (h, w) != tuple(full_sizes[j]):  # a working size above the original: back to it
             scores = F.interpolate(
                 scores, size=tuple(full_sizes[j]), mode="bilinear", align_corners=False
             )
@@ -265,6 +296,7 @@ def _ignore_sigint() -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, the dCRF processes
     # finish their image instead of printing tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 class _Finisher:
@@ -323,12 +355,18 @@ class _Finisher:
                     item.scores.numpy(),
                     item.keys,
                     self.crf,
+                    item.size,
                 )
                 if self.processes is not None:
                     crf_job = self.processes.submit(_write_crf_label, *args)
                 else:
                     _write_crf_label(*args)
-            save_label_png(self.rw_dir / f"{item.image_id}.png", item.label.numpy())
+            if item.label is None:
+                index = argmax_at_size(item.scores, item.size)
+                label = np.asarray(item.keys, np.uint8)[index]
+            else:
+                label = item.label.numpy()
+            save_label_png(self.rw_dir / f"{item.image_id}.png", label)
             if crf_job is not None:
                 crf_job.result()
         except Exception as exc:
@@ -379,7 +417,7 @@ def make_rw(
     """
     cfg = config or MakeRwConfig()
     device = resolve_device(cfg.device)
-    voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     require_cams(cam_dir, ids)
@@ -390,15 +428,17 @@ def make_rw(
         crf_dir.mkdir(parents=True, exist_ok=True)
         outputs.append(crf_dir / "{}.png")
     model = load_aff_net(aff_net_dir, cfg.backbone, device)
-    record_config(out_dir, "make-rw", cfg)
+    record_config(out_dir, "make-rw", cfg, check=not overwrite)
     todo = pending(ids, outputs, overwrite)
-    batches = _size_batches(voc, todo, cfg.batch_size, cfg.long_side)
+    # whole batches per rank: each image is walked in the batch one process would use
+    batches = dist.shard(_size_batches(voc, todo, cfg.batch_size, cfg.long_side))
     loader = DataLoader(
         _RwDataset(voc, todo, cam_dir, cfg.alpha, cfg.long_side),
         batch_sampler=batches,
         collate_fn=_collate,
         num_workers=cfg.num_workers if len(todo) > 1 else 0,
         pin_memory=device.type == "cuda",
+        worker_init_fn=die_with_parent,
     )
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="make-rw", disable=not progress)
     start = time.perf_counter()
@@ -421,20 +461,20 @@ def make_rw(
     failed = True
     try:
         with torch.inference_mode():
-            for batch_ids, x, cams, sizes, present, rgbs in loader:
+            for batch_ids, x, cams, sizes, present, rgbs, originals in loader:
                 x = x.to(device, non_blocking=True)
                 cams = cams.to(device, non_blocking=True)
                 walked = walk_batch(model, x, cams, cfg)
-                host = labels_to_host(
-                    walked, sizes, [r.shape[:2] for r in rgbs], present if cfg.write_crf else None
-                )
+                host = labels_to_host(walked, sizes, originals, present)
                 ready = None
                 if device.type == "cuda":
                     ready = torch.cuda.Event()
                     ready.record()
                 for j, (label, scores) in enumerate(host):
                     keys = [0, *present[j]]
-                    finisher.submit(_Walked(batch_ids[j], label, keys, scores, rgbs[j], ready))
+                    size = tuple(originals[j]) if label is None else None
+                    item = _Walked(batch_ids[j], label, keys, scores, rgbs[j], ready, size)
+                    finisher.submit(item)
         failed = False
     finally:
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.datasets import load_working_image
+from ..data.transforms import resize_maps
 from ..data.voc import VOCDataset, load_label_png, voc_palette
 from ..files import atomic_save, load_score_dict
 from .common import cam_stack
@@ -20,9 +25,11 @@ def _colour(label: np.ndarray) -> np.ndarray:
 
 
 def _cam_picture(rgb: np.ndarray, cam: dict[int, np.ndarray], num_classes: int) -> np.ndarray:
-    """The image darkened, with each class's CAM painted in its palette colour."""
+    """The image darkened, with each class's CAM (brought to the image's size) painted in its
+    palette colour."""
     h, w = rgb.shape[:2]
-    cams = cam_stack(cam, (h, w), num_classes)
+    shape = next((np.shape(v) for v in cam.values()), (h, w))
+    cams = resize_maps(cam_stack(cam, shape, num_classes), (h, w))
     top = cams.max(axis=0)[..., None]
     colour = _colour((cams.argmax(axis=0) + 1).astype(np.uint8)).astype(np.float32)
     out = (
@@ -44,18 +51,17 @@ def write_overview(
     """overview.png: one row per image: image | ground truth | CAM | random walk."""
     rows = []
     for image_id in ids:
-        rgb = voc.load_image(image_id)
-        gt = (
-            voc.load_mask(image_id)
-            if voc.mask_path(image_id)
-            else np.zeros(rgb.shape[:2], np.uint8)
-        )
+        # every panel made at its size in the picture: a huge image costs no more than that
+        with Image.open(voc.image_path(image_id)) as im:
+            w, h = im.size
+        size = (max(1, int(round(w * height / h))), height)
+        rgb = np.asarray(load_working_image(voc, image_id, max(size))[0].resize(size))
+        gt = voc.load_mask(image_id) if voc.mask_path(image_id) else np.zeros((h, w), np.uint8)
         cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
         rw = load_label_png(Path(rw_dir) / f"{image_id}.png")
-        panels = [rgb, _colour(gt), _cam_picture(rgb, cam, voc.num_classes), _colour(rw)]
-        scale = height / rgb.shape[0]
-        size = (max(1, int(round(rgb.shape[1] * scale))), height)
-        panels = [np.asarray(Image.fromarray(p).resize(size, Image.NEAREST)) for p in panels]
+        labels = [np.asarray(Image.fromarray(a).resize(size, Image.NEAREST)) for a in (gt, rw)]
+        picture = _cam_picture(rgb, cam, voc.num_classes)
+        panels = [rgb, _colour(labels[0]), picture, _colour(labels[1])]
         gap = np.full((height, 4, 3), 255, np.uint8)
         rows.append(np.concatenate(sum(([p, gap] for p in panels), [])[:-1], axis=1))
     if not rows:
@@ -63,8 +69,21 @@ def write_overview(
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     picture = Image.fromarray(np.concatenate(rows, axis=0))
-    atomic_save(out, lambda f: picture.save(f, format="PNG"))
+    _save_png(picture, Path(out))
     return Path(out)
+
+
+def _save_png(picture: Image.Image, out: Path) -> None:
+    """Write the PNG atomically, encoded before its temporary file exists (a kill while
+    encoding leaves nothing behind), and remove the temporaries of out that an earlier run,
+    killed between creating one and renaming it, left (atomic_save's ".<name>.*.tmp")."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    for stray in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stray.unlink()
+    atomic_save(out, lambda f: f.write(data))
 
 
 __all__ = ["write_overview"]

@@ -12,12 +12,16 @@ affext.stages.config's, the overview affext.stages.overview's.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import dist
 from ..data.voc import VOCDataset, read_id_list, unique_ids
-from ..files import atomic_write_json, record_config
+from ..files import atomic_write_json, check_config, config_changes, record_config
 from .aff_labels import make_aff_labels
 from .common import StageTimer
 from .config import PRESETS, RunConfig
@@ -42,18 +46,29 @@ def run(
     workdir: str | os.PathLike,
     config: RunConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """The whole pipeline (docs/method.md §1-7). Returns the metrics (also metrics.json).
 
     train_ids / eval_ids: list files or lists of ids. CAMs and random walks are made for both
     lists; affinity labels and the two networks use the training list only.
+
+    A stage whose outputs in WORKDIR were made with other settings (its config record) is
+    refused with the settings that differ (affext.files.ConfigChangedError); overwrite: that
+    stage and every later one are deleted and redone instead.
+
+    Under torchrun (affext.dist) every process calls it: the stages share the work, a barrier
+    between them; rank 0 alone evaluates and writes metrics.json, the overview and the
+    records, and every rank returns its metrics.
     """
     cfg = config or RunConfig.for_backbone("resnet38")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     train = _ids(train_ids)
     evals = _ids(eval_ids)
+    progress = progress and dist.is_main()
     voc = _check_inputs(voc_root, cfg, train, evals)
+    _redo_changed(work, cfg, overwrite)
     record_config(
         work,
         "run",
@@ -61,12 +76,24 @@ def run(
         {"voc_root": str(voc_root), "train_images": len(train), "eval_images": len(evals)},
     )
     times = run_stages(voc_root, train, evals, work, cfg, progress)
+    if not dist.is_main():
+        return dist.broadcast(None)
+    try:
+        metrics = _finish(voc_root, voc, evals, work, cfg, times, len(train), progress)
+    except BaseException:
+        dist.broadcast(None)  # the other ranks stop waiting; this rank raises
+        raise
+    return dist.broadcast(metrics)
+
+
+def _finish(voc_root, voc, evals, work, cfg, times, train_images, progress) -> dict:
+    """Rank 0's end of a run: the scores, metrics.json and the overview."""
     t = StageTimer()
     results = evaluate_outputs(
         voc_root, evals, work, cfg.make_rw.write_crf, progress, classes=cfg.classes
     )
     times["eval"] = round(t.seconds, 2)
-    metrics = _metrics(results, cfg, len(train), len(evals), times)
+    metrics = _metrics(results, cfg, train_images, len(evals), times)
     # None when a resumed run found every label already written
     metrics["make_rw_images_per_s"] = load_throughput(work / "make_rw")["images_per_s"]
     t = StageTimer()
@@ -135,10 +162,62 @@ def run_stages(
     ]
     times: dict[str, float] = {}
     for name, stage, args in stages:
-        t = StageTimer()
-        stage(*args, progress=progress)
-        times[name] = round(t.seconds, 2)
+        with stage_time(args[-2], name) as record:  # args: (..., out_dir, config)
+            stage(*args, progress=progress)
+            dist.barrier()  # the next stage reads every rank's outputs
+        times[name] = record["seconds"]
     return times
+
+
+STAGE_TIME_SUFFIX = ".seconds.json"
+
+
+@contextlib.contextmanager
+def stage_time(out_dir: str | os.PathLike, stage: str):
+    """Time a stage into OUT_DIR/<stage>.seconds.json, kept with its outputs: {"seconds": the
+    wall time of every invocation so far (a resumed one adds its part, an interrupted one
+    too unless killed), "invocations"}. Yields that record, updated when the stage ends."""
+    path = Path(out_dir) / f"{stage}{STAGE_TIME_SUFFIX}"
+    record = {"stage": stage, "seconds": 0.0, "invocations": 0}
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            record.update(json.loads(path.read_text()))
+    t = StageTimer()
+    try:
+        yield record
+    finally:
+        record["seconds"] = round(float(record["seconds"]) + t.seconds, 2)
+        record["invocations"] = int(record["invocations"]) + 1
+        if dist.is_main() and Path(out_dir).is_dir():
+            with contextlib.suppress(OSError):  # a time record never hides the stage's error
+                atomic_write_json(path, record)
+
+
+# The stages of a run: (name in RunConfig, folder in WORKDIR, config record name), in order.
+STAGE_DIRS = (
+    ("train_cam", "train_cam", "train-cam"),
+    ("make_cam", "make_cam", "make-cam"),
+    ("aff_labels", "aff_labels", "make-aff-labels"),
+    ("train_aff", "train_aff", "train-aff"),
+    ("make_rw", "make_rw", "make-rw"),
+)
+
+
+def _redo_changed(work: Path, cfg: RunConfig, overwrite: bool) -> None:
+    """Refuse (ConfigChangedError) a run whose first stage with a config record unlike cfg's
+    would otherwise reuse its outputs; with `overwrite`, delete that stage's folder and those
+    of the later stages (which used its outputs), so that they are redone."""
+    for i, (field, folder, record) in enumerate(STAGE_DIRS):
+        if not config_changes(work / folder, record, getattr(cfg, field)):
+            continue
+        if not overwrite:
+            check_config(work / folder, record, getattr(cfg, field))
+        dist.barrier()  # every rank has checked before rank 0 deletes
+        if dist.is_main():
+            for _, later, _ in STAGE_DIRS[i:]:
+                shutil.rmtree(work / later, ignore_errors=True)
+        dist.barrier()
+        return
 
 
 def evaluate_outputs(
@@ -183,7 +262,9 @@ def _metrics(
             "per_class_iou": {k: v["iou"] for k, v in results.items()},
             "precision": {k: v["mean_precision"] for k, v in results.items()},
             "recall": {k: v["mean_recall"] for k, v in results.items()},
-            "stage_seconds": times,  # the same dict: the overview's time joins it later
+            # each stage's own time, over every invocation (run_stages); eval and overview:
+            # this run's. The same dict: the overview's time joins it later
+            "stage_seconds": times,
         }
     )
     return metrics

@@ -11,7 +11,7 @@ import torch
 
 from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
-from ..files import record_config, require_files
+from ..files import check_config, record_config, require_files
 from .common import resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, load_trained, read_trained
 
@@ -54,7 +54,7 @@ def _aff_step(radius: int, region: str):
                 f"{tuple(image.shape[-2:])} crop but the labels are "
                 f"{tuple(labels.shape[-2:])}: the backbone's stride must be 8"
             )
-        out = pair_loss(aff, labels, radius=radius, region=region)
+        out = _global_batch(pair_loss(aff, labels, radius=radius, region=region))
         return out.loss, {
             "loss": out.loss.item(),
             "bg_loss": out.bg_loss.item(),
@@ -66,6 +66,25 @@ def _aff_step(radius: int, region: str):
         }
 
     return step
+
+
+def _global_batch(out):
+    """Under torchrun: this rank's share of the global batch's loss, times the world size
+    (DDP averages the ranks' gradients), so that N processes train as one does. The pair
+    loss divides by the pair counts of the whole batch (docs/method.md §4), so each rank's
+    sums are divided by the counts summed over the ranks; the logged values, averaged over
+    ranks, are then the global batch's (counts: its sums)."""
+    from .. import dist
+
+    world = dist.world()
+    if world == 1:
+        return out
+    local = torch.stack([out.bg_count, out.fg_count, out.neg_count]).double()
+    total = dist.all_sum(local.clone())
+    scale = (world * (local + 1e-5) / (total + 1e-5)).to(out.loss.dtype)
+    bg, fg, neg = out.bg_loss * scale[0], out.fg_loss * scale[1], out.neg_loss * scale[2]
+    counts = (world * local).tolist()
+    return type(out)(bg / 4 + fg / 4 + neg / 2, bg, fg, neg, *counts)
 
 
 def train_aff(
@@ -82,6 +101,7 @@ def train_aff(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / AFF_NET_FILE
+    check_config(out_dir, "train-aff", cfg)  # outputs of other settings: refused
     if final.is_file():
         read_trained(final, cfg.backbone, "train-aff")
         return final

@@ -12,7 +12,7 @@ import torch
 
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import NUM_CLASSES, VOCDataset
-from ..files import record_config
+from ..files import check_config, record_config
 from .common import resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, load_trained, read_trained
 
@@ -90,6 +90,7 @@ def train_cam(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / CAM_NET_FILE
+    check_config(out_dir, "train-cam", cfg)  # outputs of other settings: refused
     voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     if final.is_file():
         # a clear error for another backbone or class count

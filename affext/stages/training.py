@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 from torch.optim.lr_scheduler import PolynomialLR
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from .. import dist
 from ..files import atomic_write_json
 from ..models.base import Network
 from ..models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .common import default_workers
+from .common import default_workers, die_with_parent
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -128,13 +129,32 @@ def fit(
     """Train `model` for config.epochs, resuming from OUT_DIR/<name>.checkpoint.pt if present.
 
     step_loss(model, batch) -> (loss tensor, {name: float} for the log). The batch size is at
-    most len(dataset). Returns the per-epoch log (also written to OUT_DIR/<name>.log.json).
+    most len(dataset). Returns the per-epoch log (also written to OUT_DIR/<name>.log.json);
+    the per-step values and learning rate also go to TensorBoard event files in
+    OUT_DIR/tensorboard/ where the tensorboard package is installed.
+
+    Launched by torchrun (affext.dist), every process trains a DistributedDataParallel
+    replica on its share of each global batch: config.batch_size stays the global batch
+    (psa's), each of the N processes takes batch_size / N images of it (DistributedSampler
+    over the same shuffled order one process would use), BatchNorm layers that train
+    normalise over the global batch (dist.GlobalBatchNorm), and the learning-rate schedule
+    counts global steps, so N processes train the model one would, up to floating-point
+    order (and for dropout, which draws its masks per process). Rank 0 alone writes the
+    checkpoints and the logs; a checkpoint resumes with any number of processes.
     """
     cfg = config
     backbone, epochs = cfg.backbone, cfg.epochs
     if len(dataset) == 0:
         raise ValueError(f"{name}: no training images")
     batch_size = min(cfg.batch_size, len(dataset))
+    world = dist.world()
+    if batch_size % world:
+        raise ValueError(
+            f"{name}: the batch size {batch_size} (batch_size, at most the number of images) "
+            f"is the global batch, as psa's, split over the {world} processes, so it must be a "
+            f"multiple of {world}: set batch_size (--batch-size or the config file) to a "
+            f"multiple of {world}, or launch a number of processes that divides it"
+        )
     steps_per_epoch = len(dataset) // batch_size
     max_step = steps_per_epoch * epochs
     model.to(device)
@@ -144,47 +164,150 @@ def fit(
     start_epoch, log = 0, []
     if ckpt_path.is_file():
         start_epoch, log = _resume(ckpt_path, model, opt, schedule, backbone, name)
-    for epoch in range(start_epoch, epochs):
-        loader = _epoch_loader(dataset, epoch, batch_size, cfg, device)
-        desc = f"{name} epoch {epoch + 1}/{epochs}"
-        means = _train_epoch(model, loader, step_loss, opt, schedule, device, desc, progress)
-        log.append({"epoch": epoch + 1, **means})
-        save_checkpoint(
-            model,
-            ckpt_path,
-            optimizer=opt.state_dict(),
-            schedule=schedule.state_dict(),
-            epoch=epoch + 1,
-            log=log,
-        )
-        if progress:
-            tqdm.write(f"{desc}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
-    atomic_write_json(out_dir / f"{name}.log.json", log)
+    net = _replicate(model, device)
+    board = _board(out_dir, start_epoch * steps_per_epoch)
+    try:
+        for epoch in range(start_epoch, epochs):
+            loader = _epoch_loader(dataset, epoch, batch_size // world, cfg, device)
+            desc = f"{name} epoch {epoch + 1}/{epochs}"
+            step = _Logger(board, name, epoch * steps_per_epoch, opt)
+            means = _train_epoch(
+                net, model, loader, step_loss, opt, schedule, device, desc, progress, step
+            )
+            log.append({"epoch": epoch + 1, **means})
+            if dist.is_main():
+                save_checkpoint(
+                    model,
+                    ckpt_path,
+                    optimizer=opt.state_dict(),
+                    schedule=schedule.state_dict(),
+                    epoch=epoch + 1,
+                    log=log,
+                )
+            dist.barrier()
+            if progress:
+                tqdm.write(f"{desc}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    finally:
+        dist.use_local_batch_norm(model)
+        if board is not None:
+            board.close()
+    if dist.is_main():
+        atomic_write_json(out_dir / f"{name}.log.json", log)
     return log
+
+
+class _Replicated:
+    """A DistributedDataParallel replica called like the network: `net(x)` and every method,
+    e.g. `net.affinity(x, r)`, go through DDP's forward (which its gradient sync needs)."""
+
+    class _Dispatch(torch.nn.Module):
+        def __init__(self, net: Network):
+            super().__init__()
+            self.net = net
+
+        def forward(self, method: str, *args, **kwargs):
+            return getattr(self.net, method)(*args, **kwargs)
+
+    def __init__(self, model: Network, device: torch.device):
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = None
+        if device.type == "cuda":  # "cuda" alone: this local rank's GPU (dist.setup)
+            ids = [device if device.index is not None else dist.device()]
+        self.ddp = DistributedDataParallel(self._Dispatch(model), device_ids=ids)
+
+    def __call__(self, *args, **kwargs):
+        return self.ddp("forward", *args, **kwargs)
+
+    def __getattr__(self, method: str):
+        return lambda *args, **kwargs: self.ddp(method, *args, **kwargs)
+
+
+def _replicate(model: Network, device: torch.device):
+    """The network for one process, or its DDP replica with global BatchNorm for several."""
+    if dist.world() == 1:
+        return model
+    dist.use_global_batch_norm(model)
+    return _Replicated(model, device)
+
+
+def _board(out_dir: Path, first_step: int):
+    """Rank 0's TensorBoard writer into OUT_DIR/tensorboard (events after `first_step`, left
+    by an interrupted run, are dropped), or None without the tensorboard package."""
+    if not dist.is_main():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: the JSON log is always written
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"), purge_step=first_step)
+
+
+class _Logger:
+    """Per-step values (averaged over ranks) and learning rates to TensorBoard."""
+
+    def __init__(self, board, name: str, first_step: int, opt: torch.optim.Optimizer):
+        self.board, self.name, self.step, self.opt = board, name, first_step, opt
+
+    def __call__(self, parts: dict[str, float]) -> None:
+        if self.board is not None:
+            for k, v in parts.items():
+                self.board.add_scalar(f"{self.name}/{k}", v, self.step)
+            for g in self.opt.param_groups:
+                if g["params"]:
+                    tag = g.get("name", "lr")
+                    self.board.add_scalar(f"{self.name}/lr/{tag}", g["lr"], self.step)
+        self.step += 1
 
 
 def _epoch_loader(
     dataset: Dataset, epoch: int, batch_size: int, cfg: TrainConfig, device: torch.device
 ) -> DataLoader:
-    """The epoch's shuffled batches, seeded by (seed, epoch)."""
+    """This process's batches of the epoch: the order is a permutation seeded by (seed,
+    epoch), the same for any number of processes; global batch k is its k-th slice of
+    batch_size * world images, of which this rank takes every world-th (DistributedSampler)."""
     dataset.set_epoch(epoch)
     # dropout and friends draw from torch's global generator: seed it per epoch so a
     # resumed run trains exactly as an uninterrupted one
     torch.manual_seed(cfg.seed * 1000003 + epoch)
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
+    sampler = _GlobalOrder(
+        dataset,
+        num_replicas=dist.world(),
+        rank=dist.rank(),
+        shuffle=True,
+        seed=cfg.seed * 1000003,
+        drop_last=True,
+    )
+    sampler.set_epoch(epoch)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=sampler,
         drop_last=True,
         num_workers=cfg.num_workers,
         generator=gen,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=die_with_parent,
     )
 
 
+class _GlobalOrder(DistributedSampler):
+    """DistributedSampler over the permutation that DataLoader(shuffle=True, generator=
+    Generator().manual_seed(seed + epoch)) gives one process (its iterator draws the
+    workers' base seed from the generator, then the permutation), so that one process
+    trains on the order it did before processes were counted, and N on the same one."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()[: self.total_size]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
 def _train_epoch(
+    net,
     model: Network,
     loader: DataLoader,
     step_loss: Callable,
@@ -193,26 +316,30 @@ def _train_epoch(
     device: torch.device,
     desc: str,
     progress: bool,
+    on_step: Callable[[dict], None],
 ) -> dict[str, float]:
     """One pass over `loader`, an optimiser and schedule step a batch; the mean of each of
-    step_loss's logged values."""
+    step_loss's logged values (each step's averaged over ranks). `net` is what step_loss
+    calls: `model` itself, or its DDP replica."""
     model.train()
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
     for i, batch in enumerate(bar):
         batch = [b.to(device, non_blocking=True) for b in batch]
-        loss, parts = step_loss(model, batch)
+        loss, parts = step_loss(net, batch)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
                 f"{desc}, step {i}: the loss became {loss.item()}; lower the learning rate"
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        parts = dist.mean(parts)
+        on_step(parts)
         opt.step()
         schedule.step()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{parts.get('loss', loss.item()):.4f}")
     return {k: v / len(loader) for k, v in sums.items()}
 
 
@@ -238,7 +365,9 @@ def fit_and_save(
         device=device,
         progress=progress,
     )
-    save_checkpoint(model, final)
+    if dist.is_main():
+        save_checkpoint(model, final)
+    dist.barrier()
     return final
 
 

@@ -28,6 +28,12 @@ def _add_common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
         help="DataLoader workers decoding images (default: min(4, cores - 1))",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="the dataset's classes: a file with one class name a line, or 'voc' "
+        "(default: VOC_ROOT/classes.txt if present, else VOC's 20)",
+    )
 
 
 def _add_labels(p: argparse.ArgumentParser) -> None:
@@ -180,10 +186,11 @@ def _cmd_make_rw(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from .stages.evaluate import evaluate
+    from .stages.evaluate import EvalConfig, evaluate
 
+    cfg = EvalConfig(classes=args.classes)
     result = evaluate(
-        args.voc_root, args.pred_dir, _ids(args.list), args.out, progress=not args.quiet
+        args.voc_root, args.pred_dir, _ids(args.list), args.out, cfg, progress=not args.quiet
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -17,6 +17,7 @@ from affext.data import (
     voc_palette,
 )
 from affext.data.datasets import AffTrainDataset, affinity_label_map
+from affext.data.synth import SYNTH_CLASSES
 from affext.data.transforms import colour_jitter, crop_box, normalize, pool_by, random_crop
 from affext.files import save_score_dict
 
@@ -68,7 +69,9 @@ def test_synthetic_dataset_layout_and_labels_agree(synth):
         # every object named in the XML is drawn in the mask, and only those
         np.testing.assert_array_equal(xml.image_labels(i), mask.image_labels(i))
         assert xml.image_labels(i).sum() >= 1
-        assert set(np.unique(gt)) <= {0, 255} | {VOC_CLASSES.index(n) + 1 for n in VOC_CLASSES}
+        # the set declares its own six classes (classes.txt): indices 1..6
+        assert xml.classes == SYNTH_CLASSES and xml.image_labels(i).shape == (6,)
+        assert set(np.unique(gt)) <= {0, 255} | set(range(1, 7))
 
 
 def test_synthetic_dataset_is_deterministic(synth, tmp_path):
@@ -82,7 +85,7 @@ def test_synthetic_dataset_is_deterministic(synth, tmp_path):
 
 
 def test_cls_labels_npy_source(synth, tmp_path):
-    table = {"synth_00000": np.eye(20, dtype=np.float32)[3]}
+    table = {"synth_00000": np.eye(6, dtype=np.float32)[3]}  # the set's 6 classes
     np.save(tmp_path / "cls_labels.npy", table)
     voc = VOCDataset(synth, label_source="auto", cls_labels=tmp_path / "cls_labels.npy")
     assert voc.label_source == "npy"

@@ -63,3 +63,23 @@ def test_evaluate_folder(tmp_path):
     (tmp_path / "pred" / f"{ids[0]}.png").unlink()
     with pytest.raises(DatasetError, match="missing predictions for"):
         evaluate(root, tmp_path / "pred", ids, progress=False)
+
+
+def test_scores_over_another_class_count_carry_its_names(tmp_path):
+    gt = np.array([[0, 1, 2, 3]], np.uint8)
+    pred = np.array([[0, 1, 3, 3]], np.uint8)
+    names = ("background", "a", "b", "c")
+    out = evaluate_arrays([(pred, gt)], num_classes=4, class_names=names)
+    assert out["iou"] == {"background": 100.0, "a": 100.0, "b": 0.0, "c": 50.0}
+    assert tuple(evaluate_arrays([(pred, gt)], num_classes=4)["iou"]) == ("0", "1", "2", "3")
+    with pytest.raises(ValueError, match="3 class names for 4 labels"):
+        evaluate_arrays([(pred, gt)], num_classes=4, class_names=names[:3])
+    # a dataset's own classes name the scores of evaluate (the synthetic set's six)
+    root = small_voc(tmp_path / "voc", 2, 0, size=(40, 48))
+    ids = read_id_list(root / "ImageSets/Segmentation/train.txt")
+    voc = VOCDataset(root)
+    for i in ids:
+        save_label_png(tmp_path / "pred" / f"{i}.png", voc.load_mask(i))
+    out = evaluate(root, tmp_path / "pred", ids, progress=False)
+    assert tuple(out["iou"]) == voc.class_names and len(voc.class_names) == 7
+    assert out["miou"] == 100.0

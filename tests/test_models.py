@@ -469,8 +469,12 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
         load_checkpoint(r50, path)
     with pytest.raises(ValueError, match="holds a CAM network .*, not an AffinityNet"):
         load_checkpoint(AffinityNet(build_backbone("tiny")), path)
-    with pytest.raises(ValueError, match=r"shape mismatch in fc8\.weight"):
+    with pytest.raises(ValueError, match="holds a CAM network for 7 classes, but the model has 20"):
         load_checkpoint(CAMNet(build_backbone("tiny"), num_classes=20), path)
+    # psa's bare state dict of another class count: the same sentence
+    torch.save(psa_state_dict(net), tmp_path / "bare7.pth")
+    with pytest.raises(ValueError, match="holds a CAM network for 7 classes, but the model has 20"):
+        load_checkpoint(CAMNet(build_backbone("tiny"), num_classes=20), tmp_path / "bare7.pth")
 
     aff = AffinityNet(build_backbone("tiny"))
     bare = tmp_path / "aff_bare.pth"

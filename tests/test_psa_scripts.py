@@ -236,7 +236,8 @@ def test_session_state_dicts_load_into_psa_named_networks(tmp_path):
 # ------------------------------------------------------------------ the scripts end to end
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
-    cfg = SynthConfig(num_train=3, num_val=0, min_size=72, max_size=80, seed=2)
+    # psa's scripts are VOC's: the set on VOC's 20 class indices, without its classes.txt
+    cfg = SynthConfig(num_train=3, num_val=0, min_size=72, max_size=80, seed=2, voc_indices=True)
     root = make_synthetic_voc(tmp_path_factory.mktemp("voc"), cfg, progress=False)
     ids = (root / "ImageSets/Segmentation/train.txt").read_text().split()
     lines = [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in ids]  # psa's lists

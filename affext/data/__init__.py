@@ -8,30 +8,38 @@ require("affext's datasets", ("PIL", "tqdm"))
 from .synth import SynthConfig, make_synthetic_voc
 from .voc import (
     CLASS_NAMES,
+    CLASSES_FILE,
     IGNORE_INDEX,
     VOC_CLASSES,
     DatasetError,
     VOCDataset,
+    dataset_classes,
     labels_from_xml,
     load_cls_labels,
     load_label_png,
+    read_classes,
     read_id_list,
+    save_cls_labels,
     save_label_png,
     voc_palette,
 )
 
 __all__ = [
+    "CLASSES_FILE",
     "CLASS_NAMES",
     "IGNORE_INDEX",
     "VOC_CLASSES",
     "DatasetError",
     "SynthConfig",
     "VOCDataset",
+    "dataset_classes",
     "labels_from_xml",
     "load_cls_labels",
     "load_label_png",
     "make_synthetic_voc",
+    "read_classes",
     "read_id_list",
+    "save_cls_labels",
     "save_label_png",
     "voc_palette",
 ]

@@ -121,7 +121,7 @@ def argmax_at_size(scores: np.ndarray | torch.Tensor, size: tuple[int, int]) -> 
 
 class ClsTrainDataset(_Epoched):
     """Classifier training (psa train_cls): random long-side resize, flip, colour jitter,
-    normalisation, random crop. Items: (image (3, S, S) float32, labels (20,) float32)."""
+    normalisation, random crop. Items: (image (3, S, S) float32, labels (C,) float32)."""
 
     def __init__(
         self,

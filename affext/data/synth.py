@@ -8,6 +8,10 @@ classifier's CAMs are strong on the mark and weak over the rest of the object (d
 §1's premise). The rest of the object is one flat colour bounded by a clear edge, which
 is what an affinity can learn and a random walk can spread over.
 
+The dataset declares its own six classes (ROOT/classes.txt, indices 1..6; the names are VOC
+names, so the XML reads the same either way), so that the pipeline runs on a class count
+other than VOC's; `SynthConfig(voc_indices=True)` writes VOC's indices and no classes file.
+
 Everything is generated from a seed, deterministically; nothing is downloaded or shipped.
 """
 
@@ -24,9 +28,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..files import atomic_save, record_config
-from .voc import ANNOTATION_DIR, IMAGE_DIR, VOC_CLASSES, save_label_png
+from .voc import ANNOTATION_DIR, CLASSES_FILE, IMAGE_DIR, VOC_CLASSES, save_label_png
 
-# The classes the scenes use (VOC indices 1..20), and their marks: hue (degrees) and pattern.
+# The classes the scenes use (indices 1..6, or VOC's), and their marks: hue and pattern.
 SYNTH_CLASSES: tuple[str, ...] = ("aeroplane", "bird", "car", "cat", "dog", "person")
 _PATTERNS = ("solid", "stripes", "checker")
 
@@ -46,15 +50,22 @@ class SynthConfig:
     body_hue_spread: float = 0.5  # body hue = class hue +- this (turns; 0.5: any hue)
     void_width: int = 2  # VOC-like 255 band around object boundaries
     jpeg_quality: int = 92
+    voc_indices: bool = False  # VOC's class indices and no classes.txt (a VOC stand-in)
 
 
-def _class_marks() -> dict[int, tuple[float, tuple[int, int, int], str]]:
-    """Class index (1..20) -> (hue, mark RGB, pattern); hues evenly spaced, patterns cycling."""
+def synth_class_names(cfg: SynthConfig) -> tuple[str, ...]:
+    """The dataset's foreground classes, index 1..C: its own six, or VOC's 20."""
+    return VOC_CLASSES if cfg.voc_indices else SYNTH_CLASSES
+
+
+def _class_marks(names: tuple[str, ...]) -> dict[int, tuple[float, tuple[int, int, int], str]]:
+    """Class index (1..C of `names`) -> (hue, mark RGB, pattern); hues evenly spaced, patterns
+    cycling."""
     marks = {}
     n = len(SYNTH_CLASSES)
     for i, name in enumerate(SYNTH_CLASSES):
         r, g, b = colorsys.hsv_to_rgb(i / n, 1.0, 1.0)
-        marks[VOC_CLASSES.index(name) + 1] = (
+        marks[names.index(name) + 1] = (
             i / n,
             (int(r * 255), int(g * 255), int(b * 255)),
             _PATTERNS[i % len(_PATTERNS)],
@@ -236,7 +247,7 @@ def _object_count_probs(n: int) -> np.ndarray:
     return p / p.sum()
 
 
-def _annotation_xml(image_id: str, width: int, height: int, boxes) -> bytes:
+def _annotation_xml(image_id: str, width: int, height: int, boxes, names) -> bytes:
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "VOC2012"
     ET.SubElement(root, "filename").text = f"{image_id}.jpg"
@@ -248,7 +259,7 @@ def _annotation_xml(image_id: str, width: int, height: int, boxes) -> bytes:
     ET.SubElement(root, "segmented").text = "1"
     for cls, (x0, y0, x1, y1) in boxes:
         obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = VOC_CLASSES[cls - 1]
+        ET.SubElement(obj, "name").text = names[cls - 1]
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "0"
@@ -265,14 +276,29 @@ def make_synthetic_voc(
     """Write the synthetic dataset to OUT in the VOC 2012 layout; returns OUT.
 
     OUT/JPEGImages/*.jpg, SegmentationClass/*.png (VOC palette, 255 void bands),
-    Annotations/*.xml, ImageSets/Segmentation/{train,val,trainval}.txt. Image i depends only on
-    (seed, i), so the files are the same on every run; existing complete files are kept.
+    Annotations/*.xml, ImageSets/Segmentation/{train,val,trainval}.txt, classes.txt (unless
+    voc_indices). Image i depends only on (seed, i), so the files are the same on every run;
+    existing complete files are kept.
     """
     cfg = config or SynthConfig()
     out = Path(out)
     for sub in (IMAGE_DIR, "SegmentationClass", ANNOTATION_DIR, "ImageSets/Segmentation"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    marks = _class_marks()
+    names = synth_class_names(cfg)
+    classes_file = out / CLASSES_FILE
+    if classes_file.is_file() == cfg.voc_indices and any((out / "SegmentationClass").iterdir()):
+        # the kept files would mix the two class layouts
+        held = "its own classes" if cfg.voc_indices else "VOC's class indices (an earlier affext)"
+        raise ValueError(
+            f"{str(out)!r} holds a synthetic set written with {held}; write this one to a "
+            "new folder"
+        )
+    if cfg.voc_indices:
+        classes_file.unlink(missing_ok=True)
+    else:
+        text = "".join(f"{n}\n" for n in names).encode()
+        atomic_save(classes_file, lambda f: f.write(text))
+    marks = _class_marks(names)
     total = cfg.num_train + cfg.num_val
     ids = [f"synth_{i:05d}" for i in range(total)]
     for i, image_id in enumerate(tqdm(ids, desc="data synth", disable=not progress)):
@@ -290,7 +316,7 @@ def make_synthetic_voc(
             paths[0], lambda f, pil=pil: pil.save(f, format="JPEG", quality=cfg.jpeg_quality)
         )
         save_label_png(paths[1], gt)
-        xml = _annotation_xml(image_id, image.shape[1], image.shape[0], boxes)
+        xml = _annotation_xml(image_id, image.shape[1], image.shape[0], boxes, names)
         atomic_save(paths[2], lambda f, xml=xml: f.write(xml))
     lists = {"train": ids[: cfg.num_train], "val": ids[cfg.num_train :], "trainval": ids}
     for name, members in lists.items():
@@ -302,4 +328,4 @@ def make_synthetic_voc(
     return out
 
 
-__all__ = ["SYNTH_CLASSES", "SynthConfig", "make_synthetic_voc"]
+__all__ = ["SYNTH_CLASSES", "SynthConfig", "make_synthetic_voc", "synth_class_names"]

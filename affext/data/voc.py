@@ -5,16 +5,28 @@
     ROOT/Annotations/<id>.xml            (object names give the image-level labels)
     ROOT/ImageSets/Segmentation/*.txt    (or any list file of image ids)
 
-Class indices: 0 is background, 1..20 the VOC classes in VOC_CLASSES order, 255 is "void"
-(ignored). Image-level labels are (20,) float32 vectors without the background, as psa keeps
-them (`cls_labels.npy`: a dict {image_id: (20,) vector}).
+    ROOT/classes.txt                     (optional: the dataset's classes, see below)
+
+Classes: a dataset's foreground classes are VOC's 20 (VOC_CLASSES) unless it declares others
+in ROOT/classes.txt, or a classes file is given (`VOCDataset(classes=...)`, the stages'
+`classes` setting, the CLI's --classes). A classes file holds one foreground class name per
+line, in index order (the first is class 1); blank lines and lines starting with '#' are
+skipped, surrounding spaces dropped (names may hold inner spaces: "traffic light"); a first
+name "background" is tolerated and skipped. Names must be unique, at most 254 of them (index
+255 is void). The names are matched against the XML <object><name>s; the masks hold the
+indices.
+
+Class indices: 0 is background, 1..C the classes in file order, 255 is "void" (ignored).
+Image-level labels are (C,) float32 vectors without the background, as psa keeps them
+(`cls_labels.npy`: a dict {image_id: (C,) vector}; psa's (20,) for VOC).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +64,8 @@ ANNOTATION_DIR = "Annotations"
 MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_SOURCES = ("auto", "xml", "npy", "mask")
+CLASSES_FILE = "classes.txt"  # ROOT/classes.txt: the dataset's own classes
+MAX_CLASSES = IGNORE_INDEX - 1  # indices 1..C and 255 (void) must fit a uint8 PNG
 
 
 class DatasetError(ValueError):
@@ -98,28 +112,124 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         ids.append(stem if ext.lower() in IMAGE_EXTENSIONS + (".png",) else name)
     if not ids:
         raise DatasetError(f"list file {str(path)!r} holds no image ids")
-    return ids
+    return unique_ids(ids, f"list file {str(path)!r}")
 
 
-def labels_to_vector(class_indices: Iterable[int]) -> np.ndarray:
-    """(20,) float32 multi-hot vector from foreground class indices 1..20."""
-    vec = np.zeros(NUM_CLASSES, np.float32)
+def unique_ids(ids: Iterable[str], source: str = "the id list") -> list[str]:
+    """ids without repeats, in first-seen order; warns naming `source` and the repeated ids
+    (a repeated id would be trained twice and counted twice in the mIoU)."""
+    ids = list(ids)
+    unique = list(dict.fromkeys(ids))
+    if len(unique) != len(ids):
+        seen: set[str] = set()
+        repeated = list(dict.fromkeys(i for i in ids if i in seen or seen.add(i)))
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        warnings.warn(
+            f"{source} names {len(ids) - len(unique)} id(s) more than once "
+            f"({repeated[:5]}{more}); each is used once",
+            stacklevel=2,
+        )
+    return unique
+
+
+def check_classes(names: Iterable[str], source: str = "the class list") -> tuple[str, ...]:
+    """Foreground class names, validated: stripped, a leading "background" dropped, none
+    empty or repeated, 1 to 254 of them. Raises DatasetError naming `source`."""
+    names = [str(n).strip() for n in names]
+    if names and names[0].lower() == "background":
+        names = names[1:]
+    if not names:
+        raise DatasetError(f"{source} names no class: list one foreground class per line")
+    empty = [n for n, name in enumerate(names, 1) if not name]
+    if empty:
+        raise DatasetError(f"{source}: class {empty[0]} has an empty name")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DatasetError(f"{source} names class(es) {repeated} more than once")
+    if "background" in (n.lower() for n in names):
+        raise DatasetError(
+            f"{source}: 'background' is class 0 and may only be the first line, or left out"
+        )
+    if len(names) > MAX_CLASSES:
+        raise DatasetError(
+            f"{source} names {len(names)} classes; at most {MAX_CLASSES} fit the label PNGs "
+            "(0 is background, 255 void)"
+        )
+    return tuple(names)
+
+
+def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
+    """The foreground class names of a classes file (format: this module's docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"classes file {str(path)!r} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read classes file {str(path)!r}: {exc}") from exc
+    names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    return check_classes(names, f"classes file {str(path)!r}")
+
+
+def dataset_classes(
+    root: str | os.PathLike, classes: str | os.PathLike | Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """A dataset's foreground classes: `classes` (a classes file, "voc" for VOC's 20, or the
+    names) when given, else ROOT/classes.txt when there is one, else VOC's 20."""
+    if classes is None:
+        own = Path(root) / CLASSES_FILE
+        return read_classes(own) if own.is_file() else VOC_CLASSES
+    if isinstance(classes, (str, os.PathLike)):
+        return VOC_CLASSES if str(classes).lower() == "voc" else read_classes(classes)
+    return check_classes(classes, "the classes given")
+
+
+def labels_to_vector(
+    class_indices: Iterable[int], num_classes: int = NUM_CLASSES, source: str | None = None
+) -> np.ndarray:
+    """(C,) float32 multi-hot vector from class indices: 1..C set their entry, 0 (background)
+    and 255 (void) are skipped, any other index raises DatasetError naming `source`."""
+    vec = np.zeros(num_classes, np.float32)
     for c in class_indices:
-        if 1 <= int(c) <= NUM_CLASSES:
-            vec[int(c) - 1] = 1.0
+        c = int(c)
+        if 1 <= c <= num_classes:
+            vec[c - 1] = 1.0
+        elif c not in (0, IGNORE_INDEX):
+            raise DatasetError(
+                f"{source or 'the labels'} hold(s) class index {c}, outside the dataset's "
+                f"classes 1..{num_classes} (0 background, 255 void): "
+                "declare the dataset's classes in ROOT/classes.txt or give --classes"
+            )
     return vec
 
 
-def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """psa's cls_labels.npy: a pickled dict {image_id: (20,) label vector}."""
+def load_cls_labels(
+    path: str | os.PathLike, num_classes: int = NUM_CLASSES
+) -> dict[str, np.ndarray]:
+    """psa's cls_labels.npy: a pickled dict {image_id: (C,) label vector} (C = 20 for VOC)."""
     try:
         data = np.load(path, allow_pickle=True)
         table = data.item() if isinstance(data, np.ndarray) and data.dtype == object else data
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read class labels from {str(path)!r}: {exc}") from exc
     if not isinstance(table, dict):
-        raise DatasetError(f"{str(path)!r} must hold a dict {{image_id: (20,) vector}}")
-    return {str(k): np.asarray(v, np.float32).reshape(NUM_CLASSES) for k, v in table.items()}
+        raise DatasetError(f"{str(path)!r} must hold a dict {{image_id: ({num_classes},) vector}}")
+    out = {}
+    for k, v in table.items():
+        v = np.asarray(v, np.float32)
+        if v.size != num_classes:
+            raise DatasetError(
+                f"{str(path)!r} holds a {v.shape} label vector for {k!r}, but the dataset "
+                f"has {num_classes} classes: the file belongs to another class list"
+            )
+        out[str(k)] = v.reshape(num_classes)
+    return out
+
+
+def save_cls_labels(path: str | os.PathLike, table: dict[str, np.ndarray]) -> None:
+    """Write {image_id: (C,) vector} as psa's cls_labels.npy (a pickled dict), atomically."""
+    data = {str(k): np.asarray(v, np.float32) for k, v in table.items()}
+    atomic_save(path, lambda f: np.save(f, data, allow_pickle=True))
 
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
@@ -157,6 +267,8 @@ class VOCDataset:
             "mask" (the classes present in the ground-truth mask), or "auto" (npy if the file
             is given or present, else xml if Annotations/ exists, else mask).
         cls_labels: path of a cls_labels.npy file.
+        classes: the foreground classes: a classes file, "voc" (VOC's 20) or the names;
+            None: ROOT/classes.txt when there is one, else VOC's 20 (`dataset_classes`).
     """
 
     def __init__(
@@ -164,6 +276,7 @@ class VOCDataset:
         root: str | os.PathLike,
         label_source: str = "auto",
         cls_labels: str | os.PathLike | None = None,
+        classes: str | os.PathLike | Sequence[str] | None = None,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -195,8 +308,11 @@ class VOCDataset:
                 f"none at {str(self.root / 'cls_labels.npy')!r})"
             )
         self.label_source = label_source
-        self._cls_labels = load_cls_labels(cls_labels) if label_source == "npy" else None
-        self.classes: tuple[str, ...] = VOC_CLASSES  # foreground class names, index 1..C
+        # foreground class names, index 1..C
+        self.classes: tuple[str, ...] = dataset_classes(self.root, classes)
+        self._cls_labels = (
+            load_cls_labels(cls_labels, self.num_classes) if label_source == "npy" else None
+        )
 
     @property
     def num_classes(self) -> int:
@@ -258,7 +374,7 @@ class VOCDataset:
             ) from exc
 
     def load_mask(self, image_id: str) -> np.ndarray:
-        """(H, W) uint8 ground truth (0 background, 1..20 classes, 255 void)."""
+        """(H, W) uint8 ground truth (0 background, 1..C classes, 255 void)."""
         path = self.mask_path(image_id)
         if path is None:
             raise DatasetError(
@@ -270,8 +386,29 @@ class VOCDataset:
     def has_masks(self, ids: Iterable[str]) -> bool:
         return all(self.mask_path(i) is not None for i in ids)
 
+    def check_mask(self, image_id: str, mask: np.ndarray | None = None) -> np.ndarray:
+        """The ground truth of image_id (or `mask`, read from it), once every value in it is
+        background, one of the dataset's classes or void; else DatasetError naming the file."""
+        if mask is None:
+            mask = self.load_mask(image_id)
+        values = np.unique(mask)
+        bad = values[(values > self.num_classes) & (values != IGNORE_INDEX)]
+        if bad.size:
+            raise DatasetError(
+                f"ground truth {str(self.mask_path(image_id))!r} holds class index(es) "
+                f"{bad.tolist()}, outside the dataset's classes 1..{self.num_classes} (0 "
+                "background, 255 void): declare the dataset's classes in ROOT/classes.txt "
+                "or give --classes"
+            )
+        return mask
+
+    def check_masks(self, ids: Iterable[str]) -> None:
+        """check_mask for every id (each mask is read once)."""
+        for image_id in ids:
+            self.check_mask(image_id)
+
     def image_labels(self, image_id: str) -> np.ndarray:
-        """(20,) float32 multi-hot image-level label, from the configured source."""
+        """(C,) float32 multi-hot image-level label, from the configured source."""
         if self.label_source == "npy":
             try:
                 return self._cls_labels[image_id].copy()
@@ -280,13 +417,17 @@ class VOCDataset:
                     f"image id {image_id!r} is not in the cls_labels.npy table"
                 ) from None
         if self.label_source == "xml":
-            return labels_from_xml(self.root / ANNOTATION_DIR / f"{image_id}.xml")
+            return labels_from_xml(self.root / ANNOTATION_DIR / f"{image_id}.xml", self.classes)
         mask = self.load_mask(image_id)
-        return labels_to_vector(np.unique(mask))
+        return labels_to_vector(
+            np.unique(mask), self.num_classes, f"ground truth {str(self.mask_path(image_id))!r}"
+        )
 
 
-def labels_from_xml(path: str | os.PathLike) -> np.ndarray:
-    """(20,) label vector from a VOC annotation: every <object><name> that is a VOC class."""
+def labels_from_xml(path: str | os.PathLike, classes: Sequence[str] = VOC_CLASSES) -> np.ndarray:
+    """(C,) label vector from a VOC annotation: the <object><name> of every object (the names
+    of its parts, such as a person's "head", are not classes). A name that is not one of
+    `classes` raises DatasetError naming the file and the name."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"annotation {str(path)!r} does not exist")
@@ -294,6 +435,14 @@ def labels_from_xml(path: str | os.PathLike) -> np.ndarray:
         tree = ET.parse(path)
     except ET.ParseError as exc:
         raise DatasetError(f"cannot parse annotation {str(path)!r}: {exc}") from exc
-    index = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
-    names = [(el.text or "").strip() for el in tree.getroot().iter("name")]
-    return labels_to_vector(index[n] for n in names if n in index)
+    index = {name: i + 1 for i, name in enumerate(classes)}
+    names = [(obj.findtext("name") or "").strip() for obj in tree.getroot().iter("object")]
+    unknown = sorted({n for n in names if n not in index})
+    if unknown:
+        which = "VOC's 20" if tuple(classes) == VOC_CLASSES else f"the {len(classes)} declared"
+        raise DatasetError(
+            f"annotation {str(path)!r} names class(es) {unknown}, not among the dataset's "
+            f"classes ({which}): declare the dataset's classes in ROOT/classes.txt or give "
+            "--classes"
+        )
+    return labels_to_vector((index[n] for n in names), len(classes))

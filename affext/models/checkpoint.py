@@ -108,6 +108,8 @@ def _load_psa_layout(model: Network, state: dict, source: str) -> Network:
     kind = _detect_network(flat)
     if kind is not None and kind != model.kind:
         raise _wrong_network(source, kind, model.kind)
+    if kind == "cam":
+        _check_classes(model, flat["fc8.weight"].shape[0], source)
     check_keys(
         psa_state_dict(model), flat, source, f"{type(model).__name__} with backbone {name!r}"
     )
@@ -118,6 +120,16 @@ def _load_psa_layout(model: Network, state: dict, source: str) -> Network:
         target=f"{type(model).__name__} with backbone {name!r}",
     )
     return model
+
+
+def _check_classes(model: Network, num_classes: int | None, source: str) -> None:
+    """Refuse a CAM network's weights of another class count than the model's."""
+    if isinstance(model, CAMNet) and num_classes is not None and num_classes != model.num_classes:
+        raise ValueError(
+            f"{source} holds a CAM network for {num_classes} classes, but the model has "
+            f"{model.num_classes}: it was trained on another dataset (or class list); build "
+            f"CAMNet(backbone, num_classes={num_classes}) or retrain"
+        )
 
 
 def save_checkpoint(model: Network, path: str | os.PathLike, **meta: Any) -> None:
@@ -209,6 +221,7 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
         if ckpt["network"] in _NETWORKS:
             raise _wrong_network(source, ckpt["network"], model.kind)
         raise ValueError(f"{source} holds {ckpt['network']!r}, not {_NETWORK_NAMES[model.kind]}")
+    _check_classes(model, ckpt.get("num_classes"), source)
     load_strict(
         model,
         ckpt["state_dict"],

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.voc import NUM_CLASSES
 from ..files import missing_files, require_files
 
 
@@ -93,10 +94,18 @@ def pending(
     return ids if overwrite else missing_files(ids, templates)
 
 
-def cam_stack(cam: dict[int, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """(20, H, W) float32 array from psa's CAM dict {class_index 0..19: (H, W)}."""
-    out = np.zeros((20,) + tuple(shape), np.float32)
+def cam_stack(
+    cam: dict[int, np.ndarray], shape: tuple[int, int], num_classes: int = NUM_CLASSES
+) -> np.ndarray:
+    """(C, H, W) float32 array from psa's CAM dict {class_index 0..C-1: (H, W)}; a key
+    outside 0..C-1 raises ValueError (the CAMs are another dataset's)."""
+    out = np.zeros((num_classes,) + tuple(shape), np.float32)
     for k, v in cam.items():
+        if not 0 <= int(k) < num_classes:
+            raise ValueError(
+                f"CAM of class index {int(k)}, but the dataset has {num_classes} classes "
+                f"(0..{num_classes - 1}): the CAMs come from another dataset"
+            )
         out[int(k)] = v
     return out
 

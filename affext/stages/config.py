@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 # The settings of a whole run that every stage having the field takes.
-SHARED = ("backbone", "device", "num_workers", "seed", "label_source", "cls_labels")
+SHARED = ("backbone", "device", "num_workers", "seed", "label_source", "cls_labels", "classes")
 
 # The stages of `affext run`, in order, by their names in PRESETS and RunConfig.
 STAGE_CONFIGS = {
@@ -109,6 +109,7 @@ class RunConfig:
     seed: int = 0
     label_source: str = "auto"
     cls_labels: str | None = None
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
     overview_images: int = 6
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)

@@ -9,16 +9,37 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data.voc import CLASS_NAMES, IGNORE_INDEX, DatasetError, VOCDataset, load_label_png
+from ..data.voc import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    DatasetError,
+    VOCDataset,
+    load_label_png,
+    unique_ids,
+)
 from ..files import atomic_write_json, record_config, require_files
 
-NUM_LABELS = len(CLASS_NAMES)  # 21: background + 20 classes
+NUM_LABELS = len(CLASS_NAMES)  # VOC's 21: background + 20 classes
 
 
 @dataclass
 class EvalConfig:
-    num_classes: int = NUM_LABELS
+    # labels scored, background included; None: the dataset's C + 1
+    num_classes: int | None = None
     ignore_index: int = IGNORE_INDEX
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
+
+
+def label_names(num_classes: int, class_names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Names of labels 0..num_classes-1: `class_names` (VOC's when None and num_classes is
+    21), else their indices as strings."""
+    if class_names is None and num_classes == NUM_LABELS:
+        class_names = CLASS_NAMES
+    if class_names is not None:
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} labels")
+        return tuple(class_names)
+    return tuple(str(i) for i in range(num_classes))
 
 
 def confusion_matrix(
@@ -46,15 +67,16 @@ def confusion_matrix(
     return np.bincount(g * n + p, minlength=num_classes * n).reshape(num_classes, n)
 
 
-def scores_from_confusion(conf: np.ndarray, class_names: tuple[str, ...] = CLASS_NAMES) -> dict:
+def scores_from_confusion(conf: np.ndarray, class_names: tuple[str, ...] | None = None) -> dict:
     """IoU, precision and recall per class, and their means, in percent, from
-    confusion_matrix's counts.
+    confusion_matrix's counts; class_names: label_names' (VOC's for 21 labels).
 
     A class with no ground truth and no prediction (union 0) has no IoU (None) and is left
     out of the mean, as the VOC evaluation does for empty classes.
     """
     conf = conf.astype(np.float64)
     k = conf.shape[0]
+    class_names = label_names(k, class_names)
     tp = np.diag(conf[:, :k])
     gt_count = conf.sum(axis=1)
     pred_count = conf[:, :k].sum(axis=0)
@@ -86,14 +108,20 @@ def scores_from_confusion(conf: np.ndarray, class_names: tuple[str, ...] = CLASS
     }
 
 
-def evaluate_arrays(pairs, num_classes: int = NUM_LABELS, ignore_index: int = IGNORE_INDEX) -> dict:
-    """Scores over an iterable of (pred, gt) (H, W) arrays."""
+def evaluate_arrays(
+    pairs,
+    num_classes: int = NUM_LABELS,
+    ignore_index: int = IGNORE_INDEX,
+    class_names: tuple[str, ...] | None = None,
+) -> dict:
+    """Scores over an iterable of (pred, gt) (H, W) arrays; num_classes labels, background
+    included (class_names: their names, label_names')."""
     conf = np.zeros((num_classes, num_classes + 1), np.int64)
     n = 0
     for pred, gt in pairs:
         conf += confusion_matrix(pred, gt, num_classes, ignore_index)
         n += 1
-    out = scores_from_confusion(conf)
+    out = scores_from_confusion(conf, class_names)
     out["images"] = n
     return out
 
@@ -106,12 +134,22 @@ def evaluate(
     config: EvalConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """mIoU (and per-class IoU, precision, recall) of PRED_DIR/<id>.png over `ids`.
+    """mIoU (and per-class IoU, precision, recall) of PRED_DIR/<id>.png over `ids`, over the
+    dataset's classes (each id once: a repeated one is scored once, with a warning).
 
     Returns the scores dict; writes it to `out_json` when given (with the config next to it).
+    A ground truth with a class outside the dataset's, or a prediction of another size than
+    its ground truth, raises DatasetError naming the file.
     """
     cfg = config or EvalConfig()
-    data = VOCDataset(voc_root, label_source="mask")
+    data = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
+    ids = unique_ids(ids)
+    num_labels = data.num_classes + 1
+    if cfg.num_classes is not None and cfg.num_classes != num_labels:
+        raise ValueError(
+            f"EvalConfig.num_classes is {cfg.num_classes} but the dataset has {num_labels} "
+            "labels (background and its classes): leave it unset"
+        )
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DatasetError(f"prediction folder {str(pred_dir)!r} does not exist")
@@ -128,9 +166,18 @@ def evaluate(
 
     def pairs():
         for i in tqdm(ids, desc=f"eval {pred_dir.name}", disable=not progress):
-            yield load_label_png(pred_dir / f"{i}.png"), data.load_mask(i)
+            pred = load_label_png(pred_dir / f"{i}.png")
+            gt = data.check_mask(i)
+            if pred.shape != gt.shape:
+                raise DatasetError(
+                    f"prediction {str(pred_dir / f'{i}.png')!r} is {pred.shape[1]}x"
+                    f"{pred.shape[0]} but the ground truth {str(data.mask_path(i))!r} of "
+                    f"image {i!r} is {gt.shape[1]}x{gt.shape[0]}: it belongs to another image "
+                    "or dataset"
+                )
+            yield pred, gt
 
-    result = evaluate_arrays(pairs(), cfg.num_classes, cfg.ignore_index)
+    result = evaluate_arrays(pairs(), num_labels, cfg.ignore_index, data.class_names)
     if out_json is not None:
         atomic_write_json(out_json, result)
         record_config(Path(out_json).parent, "eval", cfg)

@@ -1,10 +1,10 @@
 """Stage `make-cam`: multi-scale, flipped CAM inference (docs/method.md §1, psa infer_cls).
 
-OUT/cam/<id>.npy: psa's dict {class_index 0..19: (H, W) float32}, present classes only, each
-map divided by (its max + 1e-5); an image larger than the working size (long_side) has its
-maps at the working size instead (readers bring them to the size they need).
-OUT/cam_pred/<id>.png: the CAM-only prediction, argmax over [bg_threshold, M_1..M_20] (psa's
---out_cam_pred), for the CAM mIoU, at the image's size.
+OUT/cam/<id>.npy: psa's dict {class_index 0..C-1: (H, W) float32} (C = 20 for VOC), present
+classes only, each map divided by (its max + 1e-5); an image larger than the working size
+(long_side) has its maps at the working size instead (readers bring them to the size they
+need). OUT/cam_pred/<id>.png: the CAM-only prediction, argmax over [bg_threshold, M_1..M_C]
+(psa's --out_cam_pred), for the CAM mIoU, at the image's size.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class MakeCamConfig:
     long_side: int | None = None  # working size: long side resized to this (None: as is)
     label_source: str = "auto"
     cls_labels: str | None = None
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
     num_workers: int = default_workers()
     device: str = "auto"
 
@@ -51,7 +52,7 @@ def multiscale_cam(
 ) -> torch.Tensor:
     """Sum over scales (and flips) of the CAMs upsampled to `size`, absent classes zeroed,
     each class map then divided by (its max + 1e-5). scaled: (3, h_s, w_s) tensors;
-    labels: (20,). Returns (20, H, W) float32."""
+    labels: (C,). Returns (C, H, W) float32."""
     total = None
     for x in scaled:
         batch = torch.stack([x, x.flip(-1)]) if flip else x[None]
@@ -68,7 +69,7 @@ def multiscale_cam(
 
 
 def cam_prediction(cams: np.ndarray, bg_threshold: float = 0.2) -> np.ndarray:
-    """(H, W) uint8 argmax over [bg_threshold, M_1..M_20]; cams (20, H, W)."""
+    """(H, W) uint8 argmax over [bg_threshold, M_1..M_C]; cams (C, H, W)."""
     bg = np.full((1,) + cams.shape[1:], bg_threshold, np.float32)
     return np.argmax(np.concatenate([bg, cams]), axis=0).astype(np.uint8)
 
@@ -85,12 +86,12 @@ def make_cam(
     """Write OUT_DIR/cam/<id>.npy and OUT_DIR/cam_pred/<id>.png; existing ones are kept."""
     cfg = config or MakeCamConfig()
     device = resolve_device(cfg.device)
-    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     out_dir = Path(out_dir)
     cam_dir, pred_dir = out_dir / "cam", out_dir / "cam_pred"
     cam_dir.mkdir(parents=True, exist_ok=True)
     pred_dir.mkdir(parents=True, exist_ok=True)
-    model = load_cam_net(cam_net_dir, cfg.backbone, device)
+    model = load_cam_net(cam_net_dir, cfg.backbone, device, voc.num_classes)
     record_config(out_dir, "make-cam", cfg, check=not overwrite)
     todo = dist.shard(pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite))
     labels = image_labels(voc, todo)

@@ -80,6 +80,7 @@ class MakeRwConfig:
     device: str = "auto"
     label_source: str = "auto"  # the image-level labels the CAMs' classes are checked against
     cls_labels: str | None = None
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
 
 def padded(n: int) -> int:
@@ -87,7 +88,7 @@ def padded(n: int) -> int:
 
 
 class _RwDataset(Dataset):
-    """Items: (id, image (3, Hp, Wp) zero-padded, cams (21, Hp/8, Wp/8), working (h, w),
+    """Items: (id, image (3, Hp, Wp) zero-padded, cams (C + 1, Hp/8, Wp/8), working (h, w),
     present classes, RGB for the dCRF at kept_size (the original (H, W, 3), or the working
     size's for an image larger than that), original (H, W))."""
 
@@ -115,13 +116,13 @@ class _RwDataset(Dataset):
         path = self.cam_dir / f"{image_id}.npy"
         cam = load_cam(self.voc, path, image_id, original)
         cam_size = next((np.shape(v) for v in cam.values()), (h, w))
-        fg = resize_maps(cam_stack(cam, cam_size), (h, w))
-        # docs/method.md §5: [M_bg (alpha); M_1..M_20], zero-padded, pooled by 8
+        fg = resize_maps(cam_stack(cam, cam_size, self.voc.num_classes), (h, w))
+        # docs/method.md §5: [M_bg (alpha); M_1..M_C], zero-padded, pooled by 8
         scores = np.concatenate([background_score(fg, self.alpha)[None], fg])
         hp, wp = padded(h), padded(w)
         x = np.zeros((3, hp, wp), np.float32)
         x[:, :h, :w] = normalize(work)
-        full = np.zeros((21, hp, wp), np.float32)
+        full = np.zeros((self.voc.num_classes + 1, hp, wp), np.float32)
         full[:, :h, :w] = scores
         present = sorted(int(k) + 1 for k in cam)
         return (
@@ -224,8 +225,8 @@ def walk_batch(
     cfg: MakeRwConfig,
 ) -> torch.Tensor:
     """AffinityNet and the walk of one batch on the model's device, upsampled to the padded
-    image size (docs/method.md §5): x (B, 3, Hp, Wp), cams (B, 21, Hp/8, Wp/8) ->
-    (B, 21, Hp, Wp) scores."""
+    image size (docs/method.md §5): x (B, 3, Hp, Wp), cams (B, C + 1, Hp/8, Wp/8) ->
+    (B, C + 1, Hp, Wp) scores."""
     from .. import random_walk
 
     aff = model.affinity(x, cfg.radius)
@@ -252,7 +253,7 @@ def labels_to_host(
     present: Sequence[Sequence[int]] | None,
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Per image: crop walk_batch's scores to its working size (h, w), bring them to its
-    original size, and queue the copies of its label (argmax over the 21 classes) and, where
+    original size, and queue the copies of its label (argmax over the C + 1 classes) and, where
     `present` is given, of the scores of [bg; present] to the host. Returns (label (H, W)
     uint8, scores or None) per image; from a GPU, valid once the stream has reached here.
 
@@ -416,7 +417,7 @@ def make_rw(
     """
     cfg = config or MakeRwConfig()
     device = resolve_device(cfg.device)
-    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     require_cams(cam_dir, ids)

@@ -24,12 +24,12 @@ def _colour(label: np.ndarray) -> np.ndarray:
     return palette[label]
 
 
-def _cam_picture(rgb: np.ndarray, cam: dict[int, np.ndarray]) -> np.ndarray:
+def _cam_picture(rgb: np.ndarray, cam: dict[int, np.ndarray], num_classes: int) -> np.ndarray:
     """The image darkened, with each class's CAM (brought to the image's size) painted in its
     palette colour."""
     h, w = rgb.shape[:2]
     shape = next((np.shape(v) for v in cam.values()), (h, w))
-    cams = resize_maps(cam_stack(cam, shape), (h, w))
+    cams = resize_maps(cam_stack(cam, shape, num_classes), (h, w))
     top = cams.max(axis=0)[..., None]
     colour = _colour((cams.argmax(axis=0) + 1).astype(np.uint8)).astype(np.float32)
     out = (
@@ -60,7 +60,8 @@ def write_overview(
         cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
         rw = load_label_png(Path(rw_dir) / f"{image_id}.png")
         labels = [np.asarray(Image.fromarray(a).resize(size, Image.NEAREST)) for a in (gt, rw)]
-        panels = [rgb, _colour(labels[0]), _cam_picture(rgb, cam), _colour(labels[1])]
+        picture = _cam_picture(rgb, cam, voc.num_classes)
+        panels = [rgb, _colour(labels[0]), picture, _colour(labels[1])]
         gap = np.full((height, 4, 3), 255, np.uint8)
         rows.append(np.concatenate(sum(([p, gap] for p in panels), [])[:-1], axis=1))
     if not rows:

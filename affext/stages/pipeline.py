@@ -20,23 +20,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import dist
-from ..data.voc import VOCDataset, read_id_list
+from ..data.voc import VOCDataset, read_id_list, unique_ids
 from ..files import atomic_write_json, check_config, config_changes, record_config
 from .aff_labels import make_aff_labels
 from .common import StageTimer
 from .config import PRESETS, RunConfig
-from .evaluate import evaluate
+from .evaluate import EvalConfig, evaluate
 from .make_cam import make_cam
 from .make_rw import load_throughput, make_rw
 from .overview import write_overview
 from .train_aff import train_aff
-from .train_cam import train_cam
+from .train_cam import image_labels, train_cam
 
 
 def _ids(arg: str | os.PathLike | Sequence[str]) -> list[str]:
     if isinstance(arg, (str, os.PathLike)):
         return read_id_list(arg)
-    return list(arg)
+    return unique_ids(arg)  # a repeated id would be trained and scored twice
 
 
 def run(
@@ -89,7 +89,9 @@ def run(
 def _finish(voc_root, voc, evals, work, cfg, times, train_images, progress) -> dict:
     """Rank 0's end of a run: the scores, metrics.json and the overview."""
     t = StageTimer()
-    results = evaluate_outputs(voc_root, evals, work, cfg.make_rw.write_crf, progress)
+    results = evaluate_outputs(
+        voc_root, evals, work, cfg.make_rw.write_crf, progress, classes=cfg.classes
+    )
     times["eval"] = round(t.seconds, 2)
     metrics = _metrics(results, cfg, train_images, len(evals), times)
     # None when a resumed run found every label already written
@@ -112,11 +114,14 @@ def _check_inputs(
     voc_root: str | os.PathLike, cfg: RunConfig, train: list[str], evals: list[str]
 ) -> VOCDataset:
     """The dataset, once every id has an image and every eval id a ground-truth mask."""
-    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     voc.check_ids(train + evals)
     if not voc.has_masks(evals):
         missing = [i for i in evals if voc.mask_path(i) is None][:3]
         raise FileNotFoundError(f"the eval list needs ground-truth masks; none for {missing}")
+    # the dataset's classes: every image's labels and every eval mask, before the first stage
+    image_labels(voc, list(dict.fromkeys(train + evals)))
+    voc.check_masks(evals)
     return voc
 
 
@@ -221,13 +226,22 @@ def evaluate_outputs(
     work: Path,
     with_crf: bool = True,
     progress: bool = True,
+    classes: str | None = None,
 ) -> dict[str, dict]:
-    """Scores of the CAM, walk (and walk + CRF) labels on the eval list; WORK/eval/*.json."""
+    """Scores of the CAM, walk (and walk + CRF) labels on the eval list; WORK/eval/*.json.
+    classes: the dataset's classes file (None: its own, `VOCDataset`)."""
     folders = {"cam": work / "make_cam" / "cam_pred", "rw": work / "make_rw" / "rw"}
     if with_crf:
         folders["rw_crf"] = work / "make_rw" / "rw_crf"
     return {
-        name: evaluate(voc_root, folder, evals, work / "eval" / f"{name}.json", progress=progress)
+        name: evaluate(
+            voc_root,
+            folder,
+            evals,
+            work / "eval" / f"{name}.json",
+            EvalConfig(classes=classes),
+            progress=progress,
+        )
         for name, folder in folders.items()
     }
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import ClsTrainDataset
-from ..data.voc import VOCDataset
+from ..data.voc import NUM_CLASSES, VOCDataset
 from ..files import check_config, record_config
 from .common import resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, load_trained, read_trained
@@ -29,30 +29,42 @@ class TrainCamConfig(TrainConfig):
     resize_long: tuple[int, int] = (256, 512)
     label_source: str = "auto"
     cls_labels: str | None = None
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
 
 def build_cam_net(
-    backbone: str, weights: str | None = None, dropout: float = 0.5
+    backbone: str, weights: str | None = None, dropout: float = 0.5, num_classes: int = NUM_CLASSES
 ) -> torch.nn.Module:
     from ..models import CAMNet, build_backbone
 
-    return CAMNet(build_backbone(backbone, weights), dropout=dropout)
+    return CAMNet(build_backbone(backbone, weights), num_classes=num_classes, dropout=dropout)
 
 
 def load_cam_net(
-    out_dir: str | os.PathLike, backbone: str, device: torch.device | str = "cpu"
+    out_dir: str | os.PathLike,
+    backbone: str,
+    device: torch.device | str = "cpu",
+    num_classes: int = NUM_CLASSES,
 ) -> torch.nn.Module:
     """The trained classifier: train-cam's OUT_DIR (its cam_net.pt) or a weights file such as
-    psa's res38_cls.pth (refuses another backbone's)."""
+    psa's res38_cls.pth (refuses another backbone's, or another class count's)."""
     return load_trained(
-        out_dir, CAM_NET_FILE, backbone, "train-cam", lambda: build_cam_net(backbone), device
+        out_dir,
+        CAM_NET_FILE,
+        backbone,
+        "train-cam",
+        lambda: build_cam_net(backbone, num_classes=num_classes),
+        device,
+        num_classes,
     )
 
 
 def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:
-    """(N, 20) image-level labels of ids (raises for an id with no image)."""
+    """(N, C) image-level labels of ids (raises for an id with no image)."""
     voc.check_ids(ids)
-    return np.stack([voc.image_labels(i) for i in ids]) if ids else np.zeros((0, 20), np.float32)
+    if not ids:
+        return np.zeros((0, voc.num_classes), np.float32)
+    return np.stack([voc.image_labels(i) for i in ids])
 
 
 def _cls_step(model, batch):
@@ -79,18 +91,24 @@ def train_cam(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / CAM_NET_FILE
     check_config(out_dir, "train-cam", cfg)  # outputs of other settings: refused
+    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     if final.is_file():
-        read_trained(final, cfg.backbone, "train-cam")  # a clear error for another backbone
+        # a clear error for another backbone or class count
+        read_trained(final, cfg.backbone, "train-cam", voc.num_classes)
         return final
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels)
     labels = image_labels(voc, ids)
-    record_config(out_dir, "train-cam", cfg, {"images": len(ids), "label_source": voc.label_source})
+    record_config(
+        out_dir,
+        "train-cam",
+        cfg,
+        {"images": len(ids), "label_source": voc.label_source, "classes": list(voc.classes)},
+    )
     dataset = ClsTrainDataset(
         voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter, cfg.seed, cfg.long_side
     )
-    model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout)
+    model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout, voc.num_classes)
     return fit_and_save(
         model,
         dataset,

@@ -69,8 +69,11 @@ def poly_schedule(
     return PolynomialLR(optimizer, total_iters=max_step, power=power)
 
 
-def read_trained(path: str | os.PathLike, backbone: str, what: str) -> dict:
-    """The checkpoint at `path` (read_checkpoint's dict), refusing another backbone's with the
+def read_trained(
+    path: str | os.PathLike, backbone: str, what: str, num_classes: int | None = None
+) -> dict:
+    """The checkpoint at `path` (read_checkpoint's dict), refusing another backbone's, or a
+    CAM network of another class count than `num_classes` (when given), with the
     command-line remedy."""
     path = Path(path)
     if not path.is_file():
@@ -80,6 +83,13 @@ def read_trained(path: str | os.PathLike, backbone: str, what: str) -> dict:
         raise ValueError(
             f"{what} checkpoint {str(path)!r} was trained with backbone "
             f"{ckpt['backbone']!r}, not {backbone!r}: pass --backbone {ckpt['backbone']} or "
+            "retrain in a fresh work directory"
+        )
+    found = ckpt.get("num_classes")
+    if num_classes is not None and found is not None and found != num_classes:
+        raise ValueError(
+            f"{what} checkpoint {str(path)!r} was trained for {found} classes, but the "
+            f"dataset has {num_classes}: it belongs to another dataset (or --classes); "
             "retrain in a fresh work directory"
         )
     return ckpt
@@ -92,13 +102,14 @@ def load_trained(
     what: str,
     build: Callable[[], Network],
     device: torch.device | str = "cpu",
+    num_classes: int | None = None,
 ) -> Network:
     """The network `build()` makes, on `device` in eval mode, with the weights of `source`:
     a stage's output folder (its `file_name`) or a weights file (an affext checkpoint, or a
     bare state dict such as psa's res38_cls.pth / res38_aff.pth). Another backbone's weights
-    are refused."""
+    are refused, and so are a CAM network's of another class count than `num_classes`."""
     path = Path(source)
-    ckpt = read_trained(path if path.is_file() else path / file_name, backbone, what)
+    ckpt = read_trained(path if path.is_file() else path / file_name, backbone, what, num_classes)
     model = build()
     load_checkpoint(model, ckpt)
     return model.to(device).eval()
@@ -369,7 +380,9 @@ def _resume(
     name: str,
 ) -> tuple[int, list]:
     """Load a per-epoch checkpoint into model, optimiser and schedule; (epochs done, log)."""
-    meta = load_checkpoint(model, read_trained(path, backbone, name))
+    meta = load_checkpoint(
+        model, read_trained(path, backbone, name, getattr(model, "num_classes", None))
+    )
     if "schedule" not in meta:
         raise ValueError(
             f"{name} checkpoint {str(path)!r} was written by an earlier affext without its "

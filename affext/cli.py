@@ -149,6 +149,37 @@ def _cmd_make_rw(args) -> None:
     )
 
 
+def _cmd_train_seg(args) -> None:
+    from .stages.train_seg import TrainSegConfig, train_seg
+
+    cfg = _stage_config(
+        TrainSegConfig, args, "train_seg", labels=args.labels, **_training_fields(args)
+    )
+    print(
+        train_seg(
+            args.voc_root,
+            _ids(args.train_list),
+            args.rw_dir,
+            args.out,
+            cfg,
+            progress=not args.quiet,
+        )
+    )
+
+
+def _cmd_make_seg(args) -> None:
+    from .stages.make_seg import MakeSegConfig, make_seg
+
+    cfg = _stage_config(MakeSegConfig, args, "make_seg", crf_workers=args.crf_workers)
+    if args.no_crf:
+        cfg.write_crf = False
+    print(
+        make_seg(
+            args.voc_root, _ids(args.list), args.seg_net, args.out, cfg, progress=not args.quiet
+        )
+    )
+
+
 def _cmd_eval(args) -> None:
     from .stages.evaluate import evaluate
 
@@ -176,11 +207,17 @@ def _cmd_run(args) -> None:
     overrides: dict = {k: v for k, v in _shared(args).items() if k != "backbone" and v is not None}
     overrides["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
     overrides["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
+    overrides["train_seg"] = {
+        "epochs": args.seg_epochs,
+        "weights": args.weights,
+        "labels": args.seg_labels,
+    }
     cfg = RunConfig.for_backbone(args.backbone, **overrides)
     metrics = run(
         args.voc_root, args.train_list, args.eval_list, args.workdir, cfg, progress=not args.quiet
     )
-    summary = {k: metrics[k] for k in ("cam_miou", "rw_miou", "rw_crf_miou") if k in metrics}
+    shown = ("cam_miou", "rw_miou", "rw_crf_miou", "seg_miou", "seg_crf_miou")
+    summary = {k: metrics[k] for k in shown if k in metrics}
     print(json.dumps({**summary, "stage_seconds": metrics["stage_seconds"]}, indent=2))
     print(
         f"metrics: {Path(args.workdir) / 'metrics.json'}   "
@@ -256,7 +293,8 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_stage_commands(sub) -> None:
-    """One command a stage: train-cam, make-cam, make-aff-labels, train-aff, make-rw, eval."""
+    """One command a stage: train-cam, make-cam, make-aff-labels, train-aff, make-rw,
+    train-seg, make-seg, eval."""
     p = sub.add_parser("train-cam", help="train the classifier that gives CAMs")
     _add_common(p)
     _add_labels(p)
@@ -314,6 +352,31 @@ def _add_stage_commands(sub) -> None:
     )
     p.set_defaults(func=_cmd_make_rw)
 
+    p = sub.add_parser("train-seg", help="train the segmentation network on the pseudo labels")
+    _add_common(p)
+    p.add_argument("--train-list", required=True)
+    p.add_argument("--rw-dir", required=True, help="make-rw's output folder (rw/, rw_crf/)")
+    p.add_argument(
+        "--labels",
+        choices=("rw", "rw_crf"),
+        help="which pseudo labels to train on (default: rw_crf, as psa)",
+    )
+    _add_training(p, "folder for seg_net.pt and checkpoints")
+    p.set_defaults(func=_cmd_train_seg)
+
+    p = sub.add_parser("make-seg", help="segment images: multi-scale + flip, optional dCRF")
+    _add_common(p)
+    p.add_argument("--list", required=True)
+    p.add_argument("--seg-net", required=True, help="train-seg's output folder, or its seg_net.pt")
+    p.add_argument("--out", required=True, help="writes OUT/seg/*.png and OUT/seg_crf/*.png")
+    p.add_argument("--no-crf", action="store_true", help="skip the seg_crf predictions")
+    p.add_argument(
+        "--crf-workers",
+        type=int,
+        help="processes for the dCRF (default: half the cores, 1 to 8; 0: in the main process)",
+    )
+    p.set_defaults(func=_cmd_make_seg)
+
     p = sub.add_parser("eval", help="mIoU of a folder of predicted PNGs")
     _add_common(p, backbone=False)
     p.add_argument("--list", required=True)
@@ -333,6 +396,12 @@ def _add_run_command(sub) -> None:
     p.add_argument("--weights", help="pretrained backbone weights for both networks")
     p.add_argument("--cam-epochs", type=int)
     p.add_argument("--aff-epochs", type=int)
+    p.add_argument("--seg-epochs", type=int)
+    p.add_argument(
+        "--seg-labels",
+        choices=("rw", "rw_crf"),
+        help="pseudo labels the segmentation network trains on (default: rw_crf, as psa)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_run)
 

@@ -1,4 +1,5 @@
-"""overview.png of `affext run`: one row per image: image | ground truth | CAM | random walk."""
+"""overview.png of `affext run`: one row per image: image | ground truth | CAM | random walk
+(| segmentation network)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def write_overview(
     rw_dir: str | os.PathLike,
     out: str | os.PathLike,
     height: int = 128,
+    seg_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """overview.png: one row per image: image | ground truth | CAM | random walk."""
+    """overview.png: one row per image: image | ground truth | CAM | random walk, and the
+    segmentation network's prediction from SEG_DIR/<id>.png when seg_dir is given."""
     rows = []
     for image_id in ids:
         rgb = voc.load_image(image_id)
@@ -53,6 +56,8 @@ def write_overview(
         cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
         rw = load_label_png(Path(rw_dir) / f"{image_id}.png")
         panels = [rgb, _colour(gt), _cam_picture(rgb, cam), _colour(rw)]
+        if seg_dir is not None:
+            panels.append(_colour(load_label_png(Path(seg_dir) / f"{image_id}.png")))
         scale = height / rgb.shape[0]
         size = (max(1, int(round(rgb.shape[1] * scale))), height)
         panels = [np.asarray(Image.fromarray(p).resize(size, Image.NEAREST)) for p in panels]

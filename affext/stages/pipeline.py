@@ -5,6 +5,7 @@ WORKDIR/
   train_cam/  cam_net.pt, checkpoints, config      make_cam/  cam/*.npy, cam_pred/*.png
   aff_labels/ la/*.npy, ha/*.npy                   train_aff/ aff_net.pt, checkpoints
   make_rw/    rw/*.png, rw_crf/*.png               eval/      cam.json, rw.json, rw_crf.json
+  train_seg/  seg_net.pt, checkpoints              make_seg/  seg/*.png, seg_crf/*.png (eval ids)
   metrics.json  overview.png  run.config.json
 Each stage resumes where an interrupted run stopped. The configs and presets are
 affext.stages.config's, the overview affext.stages.overview's.
@@ -24,9 +25,11 @@ from .config import PRESETS, RunConfig
 from .evaluate import evaluate
 from .make_cam import make_cam
 from .make_rw import load_throughput, make_rw
+from .make_seg import make_seg
 from .overview import write_overview
 from .train_aff import train_aff
 from .train_cam import train_cam
+from .train_seg import train_seg
 
 
 def _ids(arg: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -62,7 +65,9 @@ def run(
     )
     times = run_stages(voc_root, train, evals, work, cfg, progress)
     t = StageTimer()
-    results = evaluate_outputs(voc_root, evals, work, cfg.make_rw.write_crf, progress)
+    results = evaluate_outputs(
+        voc_root, evals, work, cfg.make_rw.write_crf, progress, seg_crf=cfg.make_seg.write_crf
+    )
     times["eval"] = round(t.seconds, 2)
     metrics = _metrics(results, cfg, len(train), len(evals), times)
     # None when a resumed run found every label already written
@@ -74,6 +79,7 @@ def run(
         work / "make_cam" / "cam",
         work / "make_rw" / "rw",
         work / "overview.png",
+        seg_dir=work / "make_seg" / "seg",
     )
     times["overview"] = round(t.seconds, 2)
     metrics["total_seconds"] = round(sum(times.values()), 2)
@@ -101,8 +107,9 @@ def run_stages(
     cfg: RunConfig,
     progress: bool = True,
 ) -> dict[str, float]:
-    """train-cam -> make-cam -> make-aff-labels -> train-aff -> make-rw in WORK; the seconds
-    each took. CAMs and walks are made for both lists, the rest from the training list."""
+    """train-cam -> make-cam -> make-aff-labels -> train-aff -> make-rw -> train-seg ->
+    make-seg in WORK; the seconds each took. CAMs and walks are made for both lists, the
+    segmentation network's predictions for the eval list, the rest from the training list."""
     both = list(dict.fromkeys(train + evals))
     cams = work / "make_cam" / "cam"
     stages = [
@@ -127,6 +134,16 @@ def run_stages(
             make_rw,
             (voc_root, both, cams, work / "train_aff", work / "make_rw", cfg.make_rw),
         ),
+        (
+            "train-seg",
+            train_seg,
+            (voc_root, train, work / "make_rw", work / "train_seg", cfg.train_seg),
+        ),
+        (
+            "make-seg",
+            make_seg,
+            (voc_root, evals, work / "train_seg", work / "make_seg", cfg.make_seg),
+        ),
     ]
     times: dict[str, float] = {}
     for name, stage, args in stages:
@@ -142,11 +159,18 @@ def evaluate_outputs(
     work: Path,
     with_crf: bool = True,
     progress: bool = True,
+    seg_crf: bool | None = None,
 ) -> dict[str, dict]:
-    """Scores of the CAM, walk (and walk + CRF) labels on the eval list; WORK/eval/*.json."""
+    """Scores of the CAM, walk (and walk + CRF) labels on the eval list; WORK/eval/*.json.
+    seg_crf: None leaves the segmentation network out; False scores its predictions, True
+    those and their dCRF refinement too."""
     folders = {"cam": work / "make_cam" / "cam_pred", "rw": work / "make_rw" / "rw"}
     if with_crf:
         folders["rw_crf"] = work / "make_rw" / "rw_crf"
+    if seg_crf is not None:
+        folders["seg"] = work / "make_seg" / "seg"
+    if seg_crf:
+        folders["seg_crf"] = work / "make_seg" / "seg_crf"
     return {
         name: evaluate(voc_root, folder, evals, work / "eval" / f"{name}.json", progress=progress)
         for name, folder in folders.items()

@@ -1,6 +1,7 @@
 """The segmentation network and its stages (train-seg, make-seg) on a handful of tiny images:
 shapes, the loss against a plain formulation, outputs, resume, errors, another class count."""
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -16,10 +17,12 @@ from affext.data import VOCDataset, load_label_png, read_id_list, save_label_png
 from affext.data.transforms import normalize
 from affext.models import CAMNet, build_backbone, param_groups, read_checkpoint, save_checkpoint
 from affext.models.seg import SegNet, segmentation_loss
-from affext.stages import make_seg as make_seg_module
 from affext.stages import training
 from affext.stages.make_seg import MakeSegConfig, load_seg_net, make_seg
 from affext.stages.train_seg import TrainSegConfig, build_seg_net, train_seg
+
+# the module (affext.stages re-exports the function under the same name)
+make_seg_module = importlib.import_module("affext.stages.make_seg")
 
 FAST = dict(backbone="tiny", device="cpu", num_workers=0)
 HEAD = dict(channels=16, rates=(1, 2, 3), dropout=0.0)

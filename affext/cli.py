@@ -153,7 +153,12 @@ def _cmd_train_seg(args) -> None:
     from .stages.train_seg import TrainSegConfig, train_seg
 
     cfg = _stage_config(
-        TrainSegConfig, args, "train_seg", labels=args.labels, **_training_fields(args)
+        TrainSegConfig,
+        args,
+        "train_seg",
+        labels=args.labels,
+        init_from=args.init_from,
+        **_training_fields(args),
     )
     print(
         train_seg(
@@ -360,6 +365,11 @@ def _add_stage_commands(sub) -> None:
         "--labels",
         choices=("rw", "rw_crf"),
         help="which pseudo labels to train on (default: rw_crf, as psa)",
+    )
+    p.add_argument(
+        "--init-from",
+        help="start the backbone from a trained network's: a checkpoint or a stage folder "
+        "(e.g. train-aff's)",
     )
     _add_training(p, "folder for seg_net.pt and checkpoints")
     p.set_defaults(func=_cmd_train_seg)

@@ -316,3 +316,21 @@ def test_the_class_count_comes_from_the_dataset(voc, ids, rw_dir, tmp_path, monk
     out = make_seg(voc, ids, tmp_path / "s", tmp_path / "p", infer_config(), progress=False)
     for i in ids:
         assert load_label_png(out / "seg" / f"{i}.png").max() <= 3
+
+
+def test_warm_start_takes_a_trained_networks_backbone(voc, ids, rw_dir, tmp_path, monkeypatch):
+    cam_net = CAMNet(build_backbone("tiny"))
+    save_checkpoint(cam_net, tmp_path / "train_cam" / "cam_net.pt")
+    train_seg_module = importlib.import_module("affext.stages.train_seg")
+    monkeypatch.setattr(train_seg_module, "fit", lambda *args, **kwargs: [])  # no training
+    cfg = seg_config(init_from=str(tmp_path / "train_cam"))
+    train_seg(voc, ids[:4], rw_dir, tmp_path / "s", cfg, progress=False)
+    ckpt = read_checkpoint(tmp_path / "s" / "seg_net.pt")
+    assert ckpt["meta"]["init_from"] == str(tmp_path / "train_cam" / "cam_net.pt")
+    for k, v in cam_net.backbone.state_dict().items():
+        torch.testing.assert_close(ckpt["state_dict"][f"backbone.{k}"], v, msg=k)
+    with pytest.raises(FileNotFoundError, match="resolved by `affext run` only"):
+        train_seg(voc, ids[:4], rw_dir, tmp_path / "t", seg_config(init_from="train-aff"))
+    with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
+        cfg = seg_config(backbone="resnet50", init_from=str(tmp_path / "train_cam"))
+        train_seg(voc, ids[:4], rw_dir, tmp_path / "u", cfg, progress=False)

@@ -13,6 +13,7 @@ affext.stages.config's, the overview affext.stages.overview's.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +113,9 @@ def run_stages(
     segmentation network's predictions for the eval list, the rest from the training list."""
     both = list(dict.fromkeys(train + evals))
     cams = work / "make_cam" / "cam"
+    seg = cfg.train_seg
+    if seg.init_from in ("train-cam", "train-aff"):  # that stage's network of this run
+        seg = dataclasses.replace(seg, init_from=str(work / seg.init_from.replace("-", "_")))
     stages = [
         ("train-cam", train_cam, (voc_root, train, work / "train_cam", cfg.train_cam)),
         (
@@ -137,7 +141,7 @@ def run_stages(
         (
             "train-seg",
             train_seg,
-            (voc_root, train, work / "make_rw", work / "train_seg", cfg.train_seg),
+            (voc_root, train, work / "make_rw", work / "train_seg", seg),
         ),
         (
             "make-seg",

@@ -23,6 +23,7 @@ from ..data.datasets import _Epoched
 from ..data.transforms import colour_jitter, normalize, random_crop, to_long_side
 from ..data.voc import IGNORE_INDEX, VOCDataset, load_label_png
 from ..files import record_config
+from ..models.backbones.base import load_strict
 from ..models.checkpoint import save_checkpoint
 from ..models.seg import DEEPLAB_RATES, head_num_classes, segmentation_loss
 from .common import resolve_device, seed_everything
@@ -46,6 +47,12 @@ class TrainSegConfig(TrainConfig):
     channels: int = 256  # ASPP width (DeepLab v3)
     rates: tuple[int, ...] = DEEPLAB_RATES  # ASPP dilations at stride 8 (DeepLab v3)
     dropout: float = 0.5
+    # Warm start: a trained affext network (its checkpoint, or its stage's output folder)
+    # whose backbone starts this one, e.g. train-aff's AffinityNet, trained on the same
+    # images at the same working size. `affext run` also takes "train-cam" / "train-aff":
+    # that stage's network of the run. The backbone then trains on with the head at one
+    # learning rate, BatchNorm not frozen (it is not an ImageNet backbone). None: `weights`.
+    init_from: str | None = None
 
 
 def head_settings(cfg: TrainSegConfig, num_classes: int) -> dict:
@@ -70,6 +77,37 @@ def build_seg_net(
     from ..models.seg import SegNet
 
     return SegNet(build_backbone(backbone, weights), num_classes, channels, rates, dropout)
+
+
+TRAINED_FILES = ("aff_net.pt", "cam_net.pt", SEG_NET_FILE)
+
+
+def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> Path:
+    """Load the backbone of the trained network at `source` (a checkpoint file, or a stage
+    folder holding aff_net.pt, cam_net.pt or seg_net.pt) into model.backbone; its path."""
+    path = Path(source)
+    if path.is_dir():
+        found = [path / name for name in TRAINED_FILES if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"init_from folder {str(path)!r} holds none of {list(TRAINED_FILES)}: train "
+                "that network first, or pass its checkpoint file"
+            )
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(
+            f"init_from {str(path)!r} is neither a checkpoint nor a stage's output folder"
+            " (the stage names 'train-cam' / 'train-aff' are resolved by `affext run` only)"
+        )
+    backbone = model.backbone
+    ckpt = read_trained(path, backbone.name, "init_from")
+    state = {
+        k.removeprefix("backbone."): v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("backbone.")
+    }
+    load_strict(backbone, state, what=f"the backbone of {str(path)!r}", target=backbone.name)
+    return path
 
 
 def check_seg_checkpoint(ckpt: dict, path: str | os.PathLike, num_classes: int) -> None:
@@ -221,6 +259,7 @@ def train_seg(
     )
     head = head_settings(cfg, num_classes)
     model = build_seg_net(cfg.backbone, weights=cfg.weights, **head)
+    init = None if cfg.init_from is None else str(warm_start(model, cfg.init_from))
     fit(
         model,
         dataset,
@@ -231,5 +270,5 @@ def train_seg(
         device=device,
         progress=progress,
     )
-    save_checkpoint(model, final, head=head, labels=cfg.labels)
+    save_checkpoint(model, final, head=head, labels=cfg.labels, init_from=init)
     return final

@@ -403,7 +403,7 @@ def _add_run_command(sub) -> None:
     p.add_argument("--train-list", required=True)
     p.add_argument("--eval-list", required=True, help="ids scored against the ground truth")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--weights", help="pretrained backbone weights for both networks")
+    p.add_argument("--weights", help="pretrained backbone weights for the three networks")
     p.add_argument("--cam-epochs", type=int)
     p.add_argument("--aff-epochs", type=int)
     p.add_argument("--seg-epochs", type=int)

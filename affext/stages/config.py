@@ -47,11 +47,14 @@ PRESETS: dict[str, dict[str, dict]] = {
         },
         "make_rw": {"long_side": 320},
         # The segmentation network as AffinityNet: 256 px crops of the 320 px working size,
-        # AdamW, no dropout or hue jitter. The ASPP head as wide as tiny's feature (128), its
-        # rates DeepLab v3's share of the crop's map (6, 12, 18 cells of 32, as DeepLab's on
-        # 33), DeepLab v2's inference scales (0.5, 0.75, 1) of the working size.
+        # AdamW, no dropout or hue jitter. Its backbone starts from the run's classifier, as
+        # psa's starts from an ImageNet classifier (tiny has none). The ASPP head as wide as
+        # tiny's feature (128), its rates DeepLab v3's share of the crop's map (6, 12, 18
+        # cells of 32, as DeepLab's on 33); 12 epochs, what the time budget allows; DeepLab
+        # v2's inference scales (0.5, 0.75, 1) of the working size.
         "train_seg": {
-            "epochs": 8,
+            "epochs": 12,
+            "init_from": "train-cam",
             "batch_size": 8,
             "crop_size": 256,
             "long_side": 320,

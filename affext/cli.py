@@ -185,6 +185,42 @@ def _cmd_make_rw(args) -> None:
     )
 
 
+def _cmd_train_seg(args) -> None:
+    from .stages.train_seg import TrainSegConfig, train_seg
+
+    cfg = _stage_config(
+        TrainSegConfig,
+        args,
+        "train_seg",
+        labels=args.labels,
+        init_from=args.init_from,
+        **_training_fields(args),
+    )
+    print(
+        train_seg(
+            args.voc_root,
+            _ids(args.train_list),
+            args.rw_dir,
+            args.out,
+            cfg,
+            progress=not args.quiet,
+        )
+    )
+
+
+def _cmd_make_seg(args) -> None:
+    from .stages.make_seg import MakeSegConfig, make_seg
+
+    cfg = _stage_config(MakeSegConfig, args, "make_seg", crf_workers=args.crf_workers)
+    if args.no_crf:
+        cfg.write_crf = False
+    print(
+        make_seg(
+            args.voc_root, _ids(args.list), args.seg_net, args.out, cfg, progress=not args.quiet
+        )
+    )
+
+
 def _cmd_eval(args) -> None:
     from .stages.evaluate import EvalConfig, evaluate
 
@@ -221,6 +257,11 @@ def _cmd_run(args) -> None:
     flags: dict = {k: v for k, v in _shared(args).items() if k != "backbone"}
     flags["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
     flags["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
+    flags["train_seg"] = {
+        "epochs": args.seg_epochs,
+        "weights": args.weights,
+        "labels": args.seg_labels,
+    }
     flags.update({k: getattr(args, k) for k in RUN_PATHS})
     settings = merge_settings(settings, flags)
     paths = {k: settings.pop(k, None) for k in RUN_PATHS}
@@ -247,7 +288,8 @@ def _cmd_run(args) -> None:
     if not dist.is_main():
         return
     workdir = Path(paths["workdir"])
-    summary = {k: metrics[k] for k in ("cam_miou", "rw_miou", "rw_crf_miou") if k in metrics}
+    shown = ("cam_miou", "rw_miou", "rw_crf_miou", "seg_miou", "seg_crf_miou")
+    summary = {k: metrics[k] for k in shown if k in metrics}
     print(json.dumps({**summary, "stage_seconds": metrics["stage_seconds"]}, indent=2))
     print(f"metrics: {workdir / 'metrics.json'}   overview: {workdir / 'overview.png'}")
 
@@ -325,7 +367,8 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_stage_commands(sub) -> None:
-    """One command a stage: train-cam, make-cam, make-aff-labels, train-aff, make-rw, eval."""
+    """One command a stage: train-cam, make-cam, make-aff-labels, train-aff, make-rw,
+    train-seg, make-seg, eval."""
     p = sub.add_parser("train-cam", help="train the classifier that gives CAMs")
     _add_common(p)
     _add_labels(p)
@@ -384,6 +427,36 @@ def _add_stage_commands(sub) -> None:
     )
     p.set_defaults(func=_cmd_make_rw)
 
+    p = sub.add_parser("train-seg", help="train the segmentation network on the pseudo labels")
+    _add_common(p)
+    p.add_argument("--train-list", required=True)
+    p.add_argument("--rw-dir", required=True, help="make-rw's output folder (rw/, rw_crf/)")
+    p.add_argument(
+        "--labels",
+        choices=("rw", "rw_crf"),
+        help="which pseudo labels to train on (default: rw_crf, as psa)",
+    )
+    p.add_argument(
+        "--init-from",
+        help="start the backbone from a trained network's: a checkpoint or a stage folder "
+        "(e.g. train-aff's)",
+    )
+    _add_training(p, "folder for seg_net.pt and checkpoints")
+    p.set_defaults(func=_cmd_train_seg)
+
+    p = sub.add_parser("make-seg", help="segment images: multi-scale + flip, optional dCRF")
+    _add_common(p)
+    p.add_argument("--list", required=True)
+    p.add_argument("--seg-net", required=True, help="train-seg's output folder, or its seg_net.pt")
+    p.add_argument("--out", required=True, help="writes OUT/seg/*.png and OUT/seg_crf/*.png")
+    p.add_argument("--no-crf", action="store_true", help="skip the seg_crf predictions")
+    p.add_argument(
+        "--crf-workers",
+        type=int,
+        help="processes for the dCRF (default: half the cores, 1 to 8; 0: in the main process)",
+    )
+    p.set_defaults(func=_cmd_make_seg)
+
     p = sub.add_parser("eval", help="mIoU of a folder of predicted PNGs")
     _add_common(p, backbone=False)
     p.add_argument("--list", required=True)
@@ -400,7 +473,7 @@ def _add_run_command(sub) -> None:
     p.add_argument("--train-list")
     p.add_argument("--eval-list", help="ids scored against the ground truth")
     p.add_argument("--workdir")
-    p.add_argument("--weights", help="pretrained backbone weights for both networks")
+    p.add_argument("--weights", help="pretrained backbone weights for the three networks")
     p.add_argument(
         "--from-scratch",
         action="store_true",
@@ -408,6 +481,12 @@ def _add_run_command(sub) -> None:
     )
     p.add_argument("--cam-epochs", type=int)
     p.add_argument("--aff-epochs", type=int)
+    p.add_argument("--seg-epochs", type=int)
+    p.add_argument(
+        "--seg-labels",
+        choices=("rw", "rw_crf"),
+        help="pseudo labels the segmentation network trains on (default: rw_crf, as psa)",
+    )
     p.add_argument("--seed", type=int)
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)

@@ -16,6 +16,7 @@ from affext.data import read_id_list
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("train-cam", "make-cam", "make-aff-labels", "train-aff", "make-rw")
+STAGES += ("train-seg", "make-seg")
 
 
 def test_info_prints_build_info(capsys):
@@ -159,6 +160,8 @@ def test_run_end_to_end(tmp_path, capsys):
         "1",
         "--aff-epochs",
         "1",
+        "--seg-epochs",
+        "1",
         "--quiet",
     ]
     assert main(args) == 0
@@ -171,6 +174,8 @@ def test_run_end_to_end(tmp_path, capsys):
         ("cam_miou", "make_cam/cam_pred"),
         ("rw_miou", "make_rw/rw"),
         ("rw_crf_miou", "make_rw/rw_crf"),
+        ("seg_miou", "make_seg/seg"),
+        ("seg_crf_miou", "make_seg/seg_crf"),
     ):
         pred = [work / folder / f"{i}.png" for i in evals]
         assert metrics[key] == pytest.approx(miou_by_hand(pred, gt), abs=1e-3), key

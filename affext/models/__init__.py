@@ -1,4 +1,4 @@
-"""Networks of the pseudo-label pipeline: backbones, the CAM network, AffinityNet.
+"""Networks of the pipeline: backbones, the CAM network, AffinityNet, the segmentation network.
 
 backbone = build_backbone("resnet38", weights="res38_imagenet.pth")  # or "tiny"
 cam_net = CAMNet(backbone)                 # logits, .cams(x) at stride 8
@@ -21,6 +21,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .seg import SegNet, segmentation_loss
 
 __all__ = [
     "BACKBONES",
@@ -28,6 +29,7 @@ __all__ = [
     "Backbone",
     "CAMNet",
     "Network",
+    "SegNet",
     "build_backbone",
     "build_from_checkpoint",
     "classification_loss",
@@ -38,4 +40,5 @@ __all__ = [
     "psa_state_dict",
     "read_checkpoint",
     "save_checkpoint",
+    "segmentation_loss",
 ]

@@ -31,7 +31,11 @@ from .cam import CAMNet
 
 FORMAT_VERSION = 1
 _NETWORKS = {"cam": CAMNet, "aff": AffinityNet}
-_NETWORK_NAMES = {"cam": "a CAM network (CAMNet)", "aff": "an AffinityNet"}
+_NETWORK_NAMES = {
+    "cam": "a CAM network (CAMNet)",
+    "aff": "an AffinityNet",
+    "seg": "a segmentation network (SegNet, train-seg's seg_net.pt)",
+}
 _HEAD_SIGNATURES = {"cam": "fc8.weight", "aff": "f9.weight"}
 _PREFIX = "backbone."
 
@@ -220,7 +224,8 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
     if ckpt["network"] != model.kind:
         if ckpt["network"] in _NETWORKS:
             raise _wrong_network(source, ckpt["network"], model.kind)
-        raise ValueError(f"{source} holds {ckpt['network']!r}, not {_NETWORK_NAMES[model.kind]}")
+        held = _NETWORK_NAMES.get(ckpt["network"], repr(ckpt["network"]))
+        raise ValueError(f"{source} holds {held}, not {_NETWORK_NAMES[model.kind]}")
     _check_classes(model, ckpt.get("num_classes"), source)
     load_strict(
         model,

@@ -1,6 +1,7 @@
 """The pipeline stages (docs/method.md §1-7), each a function a notebook can call:
 
-    train_cam -> make_cam -> make_aff_labels -> train_aff -> make_rw -> evaluate
+    train_cam -> make_cam -> make_aff_labels -> train_aff -> make_rw -> train_seg -> make_seg
+    -> evaluate
 
 and `run`, which does them all in one work directory. The `affext` command wraps each.
 """
@@ -16,10 +17,12 @@ from .crf import CRFConfig, crf_inference
 from .evaluate import EvalConfig, evaluate
 from .make_cam import MakeCamConfig, make_cam
 from .make_rw import MakeRwConfig, make_rw
+from .make_seg import MakeSegConfig, make_seg
 from .overview import write_overview
 from .pipeline import run
 from .train_aff import TrainAffConfig, train_aff
 from .train_cam import TrainCamConfig, train_cam
+from .train_seg import TrainSegConfig, train_seg
 
 __all__ = [
     "PRESETS",
@@ -28,17 +31,21 @@ __all__ = [
     "EvalConfig",
     "MakeCamConfig",
     "MakeRwConfig",
+    "MakeSegConfig",
     "RunConfig",
     "TrainAffConfig",
     "TrainCamConfig",
+    "TrainSegConfig",
     "crf_inference",
     "evaluate",
     "make_aff_labels",
     "make_cam",
     "make_rw",
+    "make_seg",
     "run",
     "stage_config",
     "train_aff",
     "train_cam",
+    "train_seg",
     "write_overview",
 ]

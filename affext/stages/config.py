@@ -14,8 +14,10 @@ from .aff_labels import AffLabelsConfig
 from .common import default_workers
 from .make_cam import MakeCamConfig
 from .make_rw import MakeRwConfig
+from .make_seg import MakeSegConfig
 from .train_aff import TrainAffConfig
 from .train_cam import TrainCamConfig
+from .train_seg import TrainSegConfig
 
 # The tiny backbone's preset: a CPU runs the whole pipeline in minutes, the same settings for
 # every dataset (chosen for compute, not for one dataset). The networks train from scratch in
@@ -47,6 +49,26 @@ PRESETS: dict[str, dict[str, dict]] = {
             "lr": 0.003,
         },
         "make_rw": {"long_side": 320},
+        # The segmentation network as AffinityNet: 256 px crops of the 320 px working size,
+        # AdamW, no dropout or hue jitter. Its backbone starts from the run's classifier, as
+        # psa's starts from an ImageNet classifier (tiny has none). The ASPP head as wide as
+        # tiny's feature (128), its rates DeepLab v3's share of the crop's map (6, 12, 18
+        # cells of 32, as DeepLab's on 33); 12 epochs, what the time budget allows; DeepLab
+        # v2's inference scales (0.5, 0.75, 1) of the working size.
+        "train_seg": {
+            "epochs": 12,
+            "init_from": "train-cam",
+            "batch_size": 8,
+            "crop_size": 256,
+            "long_side": 320,
+            "optimizer": "adam",
+            "lr": 0.003,
+            "dropout": 0.0,
+            "jitter": (0.3, 0.3, 0.3, 0.0),
+            "channels": 128,
+            "rates": (6, 12, 18),
+        },
+        "make_seg": {"long_side": 320, "scales": (0.5, 0.75, 1.0)},
     },
 }
 
@@ -60,6 +82,8 @@ STAGE_CONFIGS = {
     "aff_labels": AffLabelsConfig,
     "train_aff": TrainAffConfig,
     "make_rw": MakeRwConfig,
+    "train_seg": TrainSegConfig,
+    "make_seg": MakeSegConfig,
 }
 
 
@@ -116,6 +140,8 @@ class RunConfig:
     aff_labels: AffLabelsConfig = field(default_factory=AffLabelsConfig)
     train_aff: TrainAffConfig = field(default_factory=TrainAffConfig)
     make_rw: MakeRwConfig = field(default_factory=MakeRwConfig)
+    train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
+    make_seg: MakeSegConfig = field(default_factory=MakeSegConfig)
 
     @classmethod
     def for_backbone(cls, backbone: str, **overrides) -> RunConfig:

@@ -1,4 +1,5 @@
-"""overview.png of `affext run`: one row per image: image | ground truth | CAM | random walk."""
+"""overview.png of `affext run`: one row per image: image | ground truth | CAM | random walk
+(| segmentation network)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,10 @@ def write_overview(
     rw_dir: str | os.PathLike,
     out: str | os.PathLike,
     height: int = 128,
+    seg_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """overview.png: one row per image: image | ground truth | CAM | random walk."""
+    """overview.png: one row per image: image | ground truth | CAM | random walk, and the
+    segmentation network's prediction from SEG_DIR/<id>.png when seg_dir is given."""
     rows = []
     for image_id in ids:
         # every panel made at its size in the picture: a huge image costs no more than that
@@ -59,9 +62,10 @@ def write_overview(
         gt = voc.load_mask(image_id) if voc.mask_path(image_id) else np.zeros((h, w), np.uint8)
         cam = load_score_dict(Path(cam_dir) / f"{image_id}.npy", "CAM")
         rw = load_label_png(Path(rw_dir) / f"{image_id}.png")
-        labels = [np.asarray(Image.fromarray(a).resize(size, Image.NEAREST)) for a in (gt, rw)]
-        picture = _cam_picture(rgb, cam, voc.num_classes)
-        panels = [rgb, _colour(labels[0]), picture, _colour(labels[1])]
+        panels = [rgb, _colour(gt), _cam_picture(rgb, cam, voc.num_classes), _colour(rw)]
+        if seg_dir is not None:
+            panels.append(_colour(load_label_png(Path(seg_dir) / f"{image_id}.png")))
+        panels = [np.asarray(Image.fromarray(p).resize(size, Image.NEAREST)) for p in panels]
         gap = np.full((height, 4, 3), 255, np.uint8)
         rows.append(np.concatenate(sum(([p, gap] for p in panels), [])[:-1], axis=1))
     if not rows:

@@ -5,6 +5,7 @@ WORKDIR/
   train_cam/  cam_net.pt, checkpoints, config      make_cam/  cam/*.npy, cam_pred/*.png
   aff_labels/ la/*.npy, ha/*.npy                   train_aff/ aff_net.pt, checkpoints
   make_rw/    rw/*.png, rw_crf/*.png               eval/      cam.json, rw.json, rw_crf.json
+  train_seg/  seg_net.pt, checkpoints              make_seg/  seg/*.png, seg_crf/*.png (eval ids)
   metrics.json  overview.png  run.config.json
 Each stage resumes where an interrupted run stopped. The configs and presets are
 affext.stages.config's, the overview affext.stages.overview's.
@@ -13,6 +14,7 @@ affext.stages.config's, the overview affext.stages.overview's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -28,9 +30,11 @@ from .config import PRESETS, RunConfig
 from .evaluate import EvalConfig, evaluate
 from .make_cam import make_cam
 from .make_rw import load_throughput, make_rw
+from .make_seg import make_seg
 from .overview import write_overview
 from .train_aff import train_aff
 from .train_cam import image_labels, train_cam
+from .train_seg import train_seg
 
 
 def _ids(arg: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -90,7 +94,13 @@ def _finish(voc_root, voc, evals, work, cfg, times, train_images, progress) -> d
     """Rank 0's end of a run: the scores, metrics.json and the overview."""
     t = StageTimer()
     results = evaluate_outputs(
-        voc_root, evals, work, cfg.make_rw.write_crf, progress, classes=cfg.classes
+        voc_root,
+        evals,
+        work,
+        cfg.make_rw.write_crf,
+        progress,
+        classes=cfg.classes,
+        seg_crf=cfg.make_seg.write_crf,
     )
     times["eval"] = round(t.seconds, 2)
     metrics = _metrics(results, cfg, train_images, len(evals), times)
@@ -103,6 +113,7 @@ def _finish(voc_root, voc, evals, work, cfg, times, train_images, progress) -> d
         work / "make_cam" / "cam",
         work / "make_rw" / "rw",
         work / "overview.png",
+        seg_dir=work / "make_seg" / "seg",
     )
     times["overview"] = round(t.seconds, 2)
     metrics["total_seconds"] = round(sum(times.values()), 2)
@@ -133,10 +144,14 @@ def run_stages(
     cfg: RunConfig,
     progress: bool = True,
 ) -> dict[str, float]:
-    """train-cam -> make-cam -> make-aff-labels -> train-aff -> make-rw in WORK; the seconds
-    each took. CAMs and walks are made for both lists, the rest from the training list."""
+    """train-cam -> make-cam -> make-aff-labels -> train-aff -> make-rw -> train-seg ->
+    make-seg in WORK; the seconds each took. CAMs and walks are made for both lists, the
+    segmentation network's predictions for the eval list, the rest from the training list."""
     both = list(dict.fromkeys(train + evals))
     cams = work / "make_cam" / "cam"
+    seg = cfg.train_seg
+    if seg.init_from in ("train-cam", "train-aff"):  # that stage's network of this run
+        seg = dataclasses.replace(seg, init_from=str(work / seg.init_from.replace("-", "_")))
     stages = [
         ("train-cam", train_cam, (voc_root, train, work / "train_cam", cfg.train_cam)),
         (
@@ -158,6 +173,16 @@ def run_stages(
             "make-rw",
             make_rw,
             (voc_root, both, cams, work / "train_aff", work / "make_rw", cfg.make_rw),
+        ),
+        (
+            "train-seg",
+            train_seg,
+            (voc_root, train, work / "make_rw", work / "train_seg", seg),
+        ),
+        (
+            "make-seg",
+            make_seg,
+            (voc_root, evals, work / "train_seg", work / "make_seg", cfg.make_seg),
         ),
     ]
     times: dict[str, float] = {}
@@ -200,6 +225,8 @@ STAGE_DIRS = (
     ("aff_labels", "aff_labels", "make-aff-labels"),
     ("train_aff", "train_aff", "train-aff"),
     ("make_rw", "make_rw", "make-rw"),
+    ("train_seg", "train_seg", "train-seg"),
+    ("make_seg", "make_seg", "make-seg"),
 )
 
 
@@ -227,12 +254,19 @@ def evaluate_outputs(
     with_crf: bool = True,
     progress: bool = True,
     classes: str | None = None,
+    seg_crf: bool | None = None,
 ) -> dict[str, dict]:
     """Scores of the CAM, walk (and walk + CRF) labels on the eval list; WORK/eval/*.json.
-    classes: the dataset's classes file (None: its own, `VOCDataset`)."""
+    classes: the dataset's classes file (None: its own, `VOCDataset`). seg_crf: None leaves
+    the segmentation network out; False scores its predictions, True those and their dCRF
+    refinement too."""
     folders = {"cam": work / "make_cam" / "cam_pred", "rw": work / "make_rw" / "rw"}
     if with_crf:
         folders["rw_crf"] = work / "make_rw" / "rw_crf"
+    if seg_crf is not None:
+        folders["seg"] = work / "make_seg" / "seg"
+    if seg_crf:
+        folders["seg_crf"] = work / "make_seg" / "seg_crf"
     return {
         name: evaluate(
             voc_root,

@@ -1,0 +1,169 @@
+"""Stage `make-seg`: the segmentation network's predictions (docs/method.md §8).
+
+OUT/seg/<id>.png: argmax of the class probabilities averaged over scales and horizontal
+flips (DeepLab's multi-scale inference), at the image's size (VOC palette); OUT/seg_crf/
+<id>.png: those probabilities refined by the dense CRF with docs/method.md §2's settings.
+Unlike the pseudo labels, nothing here knows an image's classes: every class competes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import dist
+from ..data.datasets import MultiScaleDataset
+from ..data.voc import VOCDataset, save_label_png
+from ..files import record_config
+from ..models.checkpoint import load_checkpoint
+from .common import default_workers, die_with_parent, pending, resolve_device
+from .crf import CRFConfig, crf_inference
+from .make_rw import _crf_context, _ignore_sigint, default_crf_workers
+from .train_seg import SEG_NET_FILE, build_seg_net, check_seg_checkpoint
+from .training import read_trained
+
+# DeepLab v3's evaluation scales (with flips)
+DEEPLAB_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@dataclass
+class MakeSegConfig:
+    backbone: str = "resnet38"
+    scales: tuple[float, ...] = DEEPLAB_SCALES
+    flip: bool = True
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    write_crf: bool = True
+    long_side: int | None = None  # working size: long side resized to this (None: as is)
+    num_workers: int = default_workers()
+    crf_workers: int = default_crf_workers()  # dCRF processes; 0: in this process
+    device: str = "auto"
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
+
+
+def load_seg_net(
+    source: str | os.PathLike,
+    backbone: str,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+) -> torch.nn.Module:
+    """The trained segmentation network, in eval mode on `device`: train-seg's output folder
+    (its seg_net.pt) or the file itself. Refuses another backbone's, another network's and
+    another class count's."""
+    path = Path(source)
+    path = path if path.is_file() else path / SEG_NET_FILE
+    ckpt = read_trained(path, backbone, "train-seg")
+    check_seg_checkpoint(ckpt, path, num_classes)
+    head = dict(ckpt.get("meta", {}).get("head") or {"num_classes": num_classes})
+    model = build_seg_net(backbone, **head)
+    load_checkpoint(model, ckpt)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def multiscale_probs(
+    model: torch.nn.Module,
+    scaled: Sequence[torch.Tensor],
+    size: tuple[int, int],
+    flip: bool = True,
+) -> torch.Tensor:
+    """The mean over scales (and flips) of the class probabilities, each pass's logits
+    upsampled bilinearly to `size`. scaled: (3, h_s, w_s) tensors. Returns (K, H, W)."""
+    total, passes = None, 0
+    for x in scaled:
+        batch = torch.stack([x, x.flip(-1)]) if flip else x[None]
+        logits = F.interpolate(model(batch), size=size, mode="bilinear", align_corners=False)
+        probs = torch.softmax(logits.float(), dim=1)
+        probs = probs[0] + probs[1].flip(-1) if flip else probs[0]
+        total = probs if total is None else total + probs
+        passes += len(batch)
+    return total / passes
+
+
+def crf_label(rgb: np.ndarray, probs: np.ndarray, crf: CRFConfig | None) -> np.ndarray:
+    """(H, W) uint8 argmax of the dCRF over the (K, H, W) probabilities of every class."""
+    return np.argmax(crf_inference(rgb, probs, crf), axis=0).astype(np.uint8)
+
+
+def _write_crf_label(path: Path, rgb: np.ndarray, probs: np.ndarray, crf: CRFConfig | None) -> None:
+    save_label_png(path, crf_label(rgb, probs, crf))
+
+
+def make_seg(
+    voc_root: str | os.PathLike,
+    ids: Sequence[str],
+    seg_net_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: MakeSegConfig | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write OUT_DIR/seg/<id>.png (and seg_crf/) for every id; finished ones are kept."""
+    cfg = config or MakeSegConfig()
+    device = resolve_device(cfg.device)
+    voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
+    voc.check_ids(ids)
+    out_dir = Path(out_dir)
+    seg_dir, crf_dir = out_dir / "seg", out_dir / "seg_crf"
+    outputs = [seg_dir / "{}.png"] + ([crf_dir / "{}.png"] if cfg.write_crf else [])
+    for template in outputs:
+        Path(template).parent.mkdir(parents=True, exist_ok=True)
+    model = load_seg_net(seg_net_dir, cfg.backbone, voc.num_classes, device)
+    record_config(out_dir, "make-seg", cfg, check=not overwrite)
+    todo = dist.shard(pending(ids, outputs, overwrite))
+    loader = DataLoader(
+        MultiScaleDataset(
+            voc, todo, np.zeros((len(todo), 0), np.float32), cfg.scales, cfg.long_side
+        ),
+        batch_size=None,
+        num_workers=cfg.num_workers if len(todo) > 1 else 0,
+        worker_init_fn=die_with_parent,
+    )
+    bar = tqdm(
+        loader, total=len(ids), initial=len(ids) - len(todo), desc="make-seg", disable=not progress
+    )
+    pool = None
+    if cfg.write_crf and cfg.crf_workers > 0 and todo:
+        pool = ProcessPoolExecutor(
+            cfg.crf_workers, mp_context=_crf_context(), initializer=_ignore_sigint
+        )
+    in_flight: set[Future] = set()
+    limit = 2 * max(1, cfg.crf_workers)
+
+    def reap(done: set[Future]) -> None:
+        for future in done:
+            in_flight.discard(future)
+            future.result()  # raises the image's error
+
+    failed = True
+    try:
+        for image_id, scaled, _, size in bar:
+            probs = multiscale_probs(model, [x.to(device) for x in scaled], tuple(size), cfg.flip)
+            probs = probs.cpu().numpy()
+            save_label_png(seg_dir / f"{image_id}.png", probs.argmax(axis=0).astype(np.uint8))
+            if not cfg.write_crf:
+                continue
+            job = (crf_dir / f"{image_id}.png", voc.load_image(image_id), probs, cfg.crf)
+            if pool is None:
+                _write_crf_label(*job)
+                continue
+            while len(in_flight) >= limit:
+                reap(wait_futures(in_flight, return_when=FIRST_COMPLETED).done)
+            in_flight.add(pool.submit(_write_crf_label, *job))
+        reap(set(in_flight))
+        failed = False
+    finally:
+        if pool is not None:
+            # on an error or Ctrl-C: images not started are dropped (none is half-written)
+            pool.shutdown(wait=True, cancel_futures=failed)
+        bar.close()
+    return out_dir

@@ -24,11 +24,18 @@ AFFEXT_HOST_DEVICE acc_t l1_term(acc_t a, acc_t b) {
   return abs_acc(a - b);
 }
 
-// d|a - b| / da with psa's (autograd's) convention sign(0) = 0 (and 0 for NaN). Two selects
-// rather than (a > b) - (a < b), which costs an integer-to-float conversion on the GPU.
+// d|a - b| / da with psa's (autograd's) convention sign(0) = 0 (and 0 for NaN); both forms
+// give +1, -1 or +0 for the same inputs. On the GPU two selects, rather than
+// (a > b) - (a < b), which costs an integer-to-float conversion there; on the CPU the
+// branch-free difference, since the nested select is control flow that stops the compiler
+// from vectorising the backward's loops (measured: about 8x slower).
 template <typename T>
 AFFEXT_HOST_DEVICE T sign_of_difference(T a, T b) {
+#ifdef __CUDA_ARCH__
   return a > b ? T(1) : (a < b ? T(-1) : T(0));
+#else
+  return T(a > b) - T(a < b);
+#endif
 }
 
 // Weight of a pair in the backward pass: w = grad * aff / C, so that

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up (once), write the embedded synthetic dataset (once), then run the whole
-# pipeline (CAM -> dCRF affinity labels -> AffinityNet -> random walk -> mIoU) with the tiny
-# backbone on the CPU, and print the metrics. An interrupted run picks up where it stopped.
+# pipeline (CAM -> dCRF affinity labels -> AffinityNet -> random walk -> segmentation network
+# -> mIoU) with the tiny backbone on the CPU, and print the metrics. An interrupted run picks up where it stopped.
 #   AFFEXT_DATA   dataset folder (default data/synth)
 #   AFFEXT_WORK   work directory (default work/demo)
 set -euo pipefail

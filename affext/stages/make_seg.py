@@ -27,8 +27,13 @@ from ..data.voc import VOCDataset, save_label_png
 from ..files import record_config
 from ..models.checkpoint import load_checkpoint
 from .common import default_workers, die_with_parent, pending, resolve_device
-from .crf import CRFConfig, crf_inference
-from .make_rw import _crf_context, _ignore_sigint, default_crf_workers
+from .crf import (
+    CRFConfig,
+    crf_inference,
+    crf_process_context,
+    crf_process_init,
+    default_crf_workers,
+)
 from .train_seg import SEG_NET_FILE, build_seg_net, check_seg_checkpoint
 from .training import read_trained
 
@@ -134,7 +139,7 @@ def make_seg(
     pool = None
     if cfg.write_crf and cfg.crf_workers > 0 and todo:
         pool = ProcessPoolExecutor(
-            cfg.crf_workers, mp_context=_crf_context(), initializer=_ignore_sigint
+            cfg.crf_workers, mp_context=crf_process_context(), initializer=crf_process_init
         )
     in_flight: set[Future] = set()
     limit = 2 * max(1, cfg.crf_workers)

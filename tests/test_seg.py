@@ -321,8 +321,7 @@ def test_the_class_count_comes_from_the_dataset(voc, ids, rw_dir, tmp_path, monk
 def test_warm_start_takes_a_trained_networks_backbone(voc, ids, rw_dir, tmp_path, monkeypatch):
     cam_net = CAMNet(build_backbone("tiny"))
     save_checkpoint(cam_net, tmp_path / "train_cam" / "cam_net.pt")
-    train_seg_module = importlib.import_module("affext.stages.train_seg")
-    monkeypatch.setattr(train_seg_module, "fit", lambda *args, **kwargs: [])  # no training
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: [])  # no training
     cfg = seg_config(init_from=str(tmp_path / "train_cam"))
     train_seg(voc, ids[:4], rw_dir, tmp_path / "s", cfg, progress=False)
     ckpt = read_checkpoint(tmp_path / "s" / "seg_net.pt")

@@ -19,16 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import dist
 from ..data.datasets import _Epoched
 from ..data.transforms import colour_jitter, normalize, random_crop, to_long_side
 from ..data.voc import IGNORE_INDEX, VOCDataset, load_label_png
 from ..files import check_config, record_config
 from ..models.backbones.base import load_strict
-from ..models.checkpoint import save_checkpoint
 from ..models.seg import DEEPLAB_RATES, head_num_classes, segmentation_loss
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit, read_trained
+from .training import TrainConfig, fit_and_save, read_trained
 
 SEG_NET_FILE = "seg_net.pt"
 PSEUDO_LABELS = ("rw", "rw_crf")
@@ -264,17 +262,16 @@ def train_seg(
     head = head_settings(cfg, num_classes)
     model = build_seg_net(cfg.backbone, weights=cfg.weights, **head)
     init = None if cfg.init_from is None else str(warm_start(model, cfg.init_from))
-    fit(
+    return fit_and_save(
         model,
         dataset,
         _seg_step,
+        final,
         name="train-seg",
-        out_dir=out_dir,
         config=cfg,
         device=device,
         progress=progress,
+        head=head,
+        labels=cfg.labels,
+        init_from=init,
     )
-    if dist.is_main():
-        save_checkpoint(model, final, head=head, labels=cfg.labels, init_from=init)
-    dist.barrier()
-    return final

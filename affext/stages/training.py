@@ -1,5 +1,6 @@
-"""The training loop shared by train-cam and train-aff (docs/method.md §4's optimiser):
-SGD with momentum, psa's four parameter groups, poly learning rate, a checkpoint per epoch.
+"""The training loop shared by train-cam, train-aff and train-seg (docs/method.md §4's
+optimiser): SGD with momentum, psa's four parameter groups, poly learning rate, a checkpoint
+per epoch.
 Adam (decoupled weight decay) over the same groups is the alternative for networks trained
 from scratch in a few epochs, where plain SGD converges too slowly."""
 
@@ -27,7 +28,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass
 class TrainConfig:
-    """What train-cam and train-aff share; psa's values (both READMEs: lr 0.1, crop 448)."""
+    """What the training stages share; psa's values (both READMEs: lr 0.1, crop 448)."""
 
     backbone: str = "resnet38"
     weights: str | None = None  # pretrained backbone weights (psa: ImageNet); None: scratch
@@ -353,8 +354,10 @@ def fit_and_save(
     config: TrainConfig,
     device: torch.device,
     progress: bool = True,
+    **meta,
 ) -> Path:
-    """fit() with its per-epoch checkpoints beside FINAL, then the trained network at FINAL."""
+    """fit() with its per-epoch checkpoints beside FINAL, then the trained network at FINAL
+    (written by rank 0; `meta` kept in it, see save_checkpoint)."""
     fit(
         model,
         dataset,
@@ -366,7 +369,7 @@ def fit_and_save(
         progress=progress,
     )
     if dist.is_main():
-        save_checkpoint(model, final)
+        save_checkpoint(model, final, **meta)
     dist.barrier()
     return final
 

@@ -157,6 +157,28 @@ def test_train_stages_refuse_imagenet_backbones_without_weights(voc, tmp_path, c
     assert not calls
 
 
+def test_train_seg_refuses_imagenet_backbones_without_weights_or_init_from(
+    voc, tmp_path, capsys, monkeypatch, fake_run
+):
+    calls = []
+    module = importlib.import_module("affext.stages.train_seg")
+    monkeypatch.setattr(module, "train_seg", lambda *a, **k: calls.append(a[-1]))
+    lists = voc / "ImageSets" / "Segmentation"
+    argv = ["train-seg", "--voc-root", str(voc), "--train-list", str(lists / "train.txt")]
+    argv += ["--rw-dir", str(tmp_path / "rw"), "--out", str(tmp_path / "s"), "--quiet"]
+    assert main(argv) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert not calls
+    assert main([*argv, "--init-from", str(tmp_path / "train_aff")]) == 0
+    (cfg,) = calls
+    assert cfg.init_from == str(tmp_path / "train_aff") and cfg.weights is None
+    # affext run: a config file with weights for two of the three networks is refused too
+    config = tmp_path / "run.json"
+    config.write_text('{"train_cam": {"weights": "w.pth"}, "train_aff": {"weights": "w.pth"}}')
+    assert main(run_args(voc, tmp_path / "work", "--config", str(config))) == 2
+    assert "--weights" in capsys.readouterr().err and not fake_run
+
+
 @pytest.mark.parametrize(
     "extra", [["--backbone", "tiny"], ["--from-scratch"], ["--weights", "w.pth"]]
 )

@@ -4,6 +4,7 @@ shapes, the loss against a plain formulation, outputs, resume, errors, another c
 import importlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from PIL import Image
 
 from affext.data import VOCDataset, load_label_png, read_id_list, save_label_png
 from affext.data.transforms import normalize
+from affext.files import ConfigChangedError
 from affext.models import CAMNet, build_backbone, param_groups, read_checkpoint, save_checkpoint
 from affext.models.seg import SegNet, segmentation_loss
 from affext.stages import training
+from affext.stages.config import RunConfig
 from affext.stages.make_seg import MakeSegConfig, load_seg_net, make_seg
 from affext.stages.train_seg import TrainSegConfig, build_seg_net, train_seg
 
@@ -333,3 +336,32 @@ def test_warm_start_takes_a_trained_networks_backbone(voc, ids, rw_dir, tmp_path
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
         cfg = seg_config(backbone="resnet50", init_from=str(tmp_path / "train_cam"))
         train_seg(voc, ids[:4], rw_dir, tmp_path / "u", cfg, progress=False)
+
+
+def test_a_runs_warm_start_is_recorded_by_its_stage_name(voc, ids, rw_dir, tmp_path, monkeypatch):
+    """`affext run`'s init_from "train-cam" starts from the run's train_cam/ network, and
+    train-seg's config record keeps the name: the run's check for changed settings lets a
+    resumed run go on, and a copy of the work directory too, and still names a change."""
+    pipeline = importlib.import_module("affext.stages.pipeline")
+    work = tmp_path / "work"
+    cam_net = CAMNet(build_backbone("tiny"))
+    save_checkpoint(cam_net, work / "train_cam" / "cam_net.pt")
+    shutil.copytree(rw_dir, work / "make_rw")
+    for name in ("train_cam", "make_cam", "make_aff_labels", "train_aff", "make_rw", "make_seg"):
+        monkeypatch.setattr(pipeline, name, lambda *args, progress=True: None)
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: [])  # no training
+
+    def config(init_from):
+        seg = {**HEAD, "init_from": init_from}
+        return RunConfig.for_backbone("tiny", device="cpu", num_workers=0, train_seg=seg)
+
+    pipeline.run_stages(voc, ids[:4], ids[4:], work, config("train-cam"), progress=False)
+    ckpt = read_checkpoint(work / "train_seg" / "seg_net.pt")
+    assert ckpt["meta"]["init_from"] == str(work / "train_cam" / "cam_net.pt")
+    for k, v in cam_net.backbone.state_dict().items():
+        torch.testing.assert_close(ckpt["state_dict"][f"backbone.{k}"], v, msg=k)
+    pipeline._redo_changed(work, config("train-cam"), overwrite=False)  # resumed: no change
+    shutil.copytree(work, tmp_path / "moved")
+    pipeline._redo_changed(tmp_path / "moved", config("train-cam"), overwrite=False)
+    with pytest.raises(ConfigChangedError, match="init_from: 'train-cam' -> 'train-aff'"):
+        pipeline._redo_changed(work, config("train-aff"), overwrite=False)

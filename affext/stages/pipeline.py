@@ -14,7 +14,7 @@ affext.stages.config's, the overview affext.stages.overview's.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -150,9 +150,8 @@ def run_stages(
     segmentation network's predictions for the eval list, the rest from the training list."""
     both = list(dict.fromkeys(train + evals))
     cams = work / "make_cam" / "cam"
-    seg = cfg.train_seg
-    if seg.init_from in ("train-cam", "train-aff"):  # that stage's network of this run
-        seg = dataclasses.replace(seg, init_from=str(work / seg.init_from.replace("-", "_")))
+    # init_from "train-cam" / "train-aff": that stage's network of this run
+    seg = functools.partial(train_seg, stage_root=work)
     stages = [
         ("train-cam", train_cam, (voc_root, train, work / "train_cam", cfg.train_cam)),
         (
@@ -177,8 +176,8 @@ def run_stages(
         ),
         (
             "train-seg",
-            train_seg,
-            (voc_root, train, work / "make_rw", work / "train_seg", seg),
+            seg,
+            (voc_root, train, work / "make_rw", work / "train_seg", cfg.train_seg),
         ),
         (
             "make-seg",

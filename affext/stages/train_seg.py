@@ -49,8 +49,9 @@ class TrainSegConfig(TrainConfig):
     # Warm start: a trained affext network (its checkpoint, or its stage's output folder)
     # whose backbone starts this one, e.g. train-aff's AffinityNet, trained on the same
     # images at the same working size. `affext run` also takes "train-cam" / "train-aff":
-    # that stage's network of the run. The backbone then trains on with the head at one
-    # learning rate, BatchNorm not frozen (it is not an ImageNet backbone). None: `weights`.
+    # that stage's network of the run (train_seg's stage_root; recorded as the name, so a
+    # moved work directory keeps its record). The backbone then trains on with the head at
+    # one learning rate, BatchNorm not frozen (it is not an ImageNet backbone). None: `weights`.
     init_from: str | None = None
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
@@ -80,11 +81,18 @@ def build_seg_net(
 
 
 TRAINED_FILES = ("aff_net.pt", "cam_net.pt", SEG_NET_FILE)
+# init_from's stage names and their output folders in a work directory (`affext run`'s)
+INIT_STAGES = {"train-cam": "train_cam", "train-aff": "train_aff"}
 
 
-def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> Path:
+def warm_start(
+    model: torch.nn.Module, source: str | os.PathLike, stage_root: str | os.PathLike | None = None
+) -> Path:
     """Load the backbone of the trained network at `source` (a checkpoint file, or a stage
-    folder holding aff_net.pt, cam_net.pt or seg_net.pt) into model.backbone; its path."""
+    folder holding aff_net.pt, cam_net.pt or seg_net.pt) into model.backbone; its path.
+    With `stage_root` (a work directory), the stage names of INIT_STAGES name its folders."""
+    if stage_root is not None and str(source) in INIT_STAGES:
+        source = Path(stage_root) / INIT_STAGES[str(source)]
     path = Path(source)
     if path.is_dir():
         found = [path / name for name in TRAINED_FILES if (path / name).is_file()]
@@ -225,10 +233,13 @@ def train_seg(
     out_dir: str | os.PathLike,
     config: TrainSegConfig | None = None,
     progress: bool = True,
+    stage_root: str | os.PathLike | None = None,
 ) -> Path:
     """Train the segmentation network on `ids` with RW_DIR/<config.labels>/<id>.png (make-rw's
     output folder); writes OUT_DIR/seg_net.pt and returns its path. Resumes per epoch; a
-    no-op once finished. The class count is the dataset's (VOCDataset.num_classes)."""
+    no-op once finished. The class count is the dataset's (VOCDataset.num_classes).
+    stage_root: the work directory in which config.init_from's stage names ("train-cam",
+    "train-aff") name that stage's folder (`affext run` passes its own); None: no names."""
     cfg = config or TrainSegConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +272,9 @@ def train_seg(
     )
     head = head_settings(cfg, num_classes)
     model = build_seg_net(cfg.backbone, weights=cfg.weights, **head)
-    init = None if cfg.init_from is None else str(warm_start(model, cfg.init_from))
+    init = None
+    if cfg.init_from is not None:
+        init = str(warm_start(model, cfg.init_from, stage_root))
     return fit_and_save(
         model,
         dataset,

@@ -297,10 +297,11 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
     (Ctrl-C) in make-rw; the resumed one finds the rest done at once."""
     pipeline = importlib.import_module("affext.stages.pipeline")
     sleeps = {"train_cam": 0.3, "make_cam": 0.2, "make_aff_labels": 0.1, "train_aff": 0.2}
+    sleeps.update(train_seg=0.2, make_seg=0.1)
     interrupted = []
 
     def fake(name, seconds):
-        def stage(*args, progress=True):
+        def stage(*args, progress=True, **_):
             out = Path(args[-2])
             out.mkdir(parents=True, exist_ok=True)
             if (out / "done").exists():
@@ -325,6 +326,8 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
         "make-aff-labels": 0.1,
         "train-aff": 0.2,
         "make-rw": 0.3,  # the interrupted part and the resumed one
+        "train-seg": 0.2,
+        "make-seg": 0.1,
     }
     assert set(times) == set(expected)
     for name, seconds in expected.items():

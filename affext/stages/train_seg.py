@@ -26,7 +26,7 @@ from ..files import check_config, record_config
 from ..models.backbones.base import load_strict
 from ..models.seg import DEEPLAB_RATES, head_num_classes, segmentation_loss
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, read_trained
+from .training import TrainConfig, fit_and_save, loss_step, read_trained
 
 SEG_NET_FILE = "seg_net.pt"
 PSEUDO_LABELS = ("rw", "rw_crf")
@@ -220,12 +220,6 @@ class SegTrainDataset(_Epoched):
         return torch.from_numpy(x), torch.from_numpy(y[0])
 
 
-def _seg_step(model, batch):
-    image, labels = batch
-    loss = segmentation_loss(model(image), labels)
-    return loss, {"loss": loss.item()}
-
-
 def train_seg(
     voc_root: str | os.PathLike,
     ids: Sequence[str],
@@ -278,7 +272,7 @@ def train_seg(
     return fit_and_save(
         model,
         dataset,
-        _seg_step,
+        loss_step(segmentation_loss),
         final,
         name="train-seg",
         config=cfg,

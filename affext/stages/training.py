@@ -197,6 +197,18 @@ def fit(
     return log
 
 
+def loss_step(loss: Callable) -> Callable:
+    """fit's step_loss for (image, labels) batches: loss(model(image), labels), logged as
+    "loss" (train-cam's classification, train-seg's segmentation)."""
+
+    def step(model, batch):
+        image, labels = batch
+        value = loss(model(image), labels)
+        return value, {"loss": value.item()}
+
+    return step
+
+
 class _Replicated:
     """A DistributedDataParallel replica called like the network: `net(x)` and every method,
     e.g. `net.affinity(x, r)`, go through DDP's forward (which its gradient sync needs)."""

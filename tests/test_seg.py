@@ -141,15 +141,16 @@ def trained(voc, ids, rw_dir, tmp_path_factory) -> Path:
 
 
 def test_train_seg_writes_a_network_that_make_seg_rebuilds(voc, ids, trained):
+    classes = VOCDataset(voc).num_classes  # the synthetic set's own: 6
     ckpt = read_checkpoint(trained / "seg_net" / "seg_net.pt")
     assert (ckpt["network"], ckpt["backbone"]) == ("seg", "tiny")
-    assert ckpt["meta"]["head"] == {"num_classes": 20, **HEAD, "rates": [1, 2, 3]}
+    assert ckpt["meta"]["head"] == {"num_classes": classes, **HEAD, "rates": [1, 2, 3]}
     assert ckpt["meta"]["labels"] == "rw_crf"
-    assert ckpt["state_dict"]["classifier.weight"].shape[0] == 21
+    assert ckpt["state_dict"]["classifier.weight"].shape[0] == classes + 1
     log = json.loads((trained / "seg_net" / "train-seg.log.json").read_text())
     assert [e["epoch"] for e in log] == [1, 2] and all(math.isfinite(e["loss"]) for e in log)
     assert (trained / "seg_net" / "train-seg.config.json").is_file()
-    model = load_seg_net(trained / "seg_net", "tiny", 20)
+    model = load_seg_net(trained / "seg_net", "tiny", classes)
     assert isinstance(model, SegNet) and not model.training and model.rates == (1, 2, 3)
 
 
@@ -158,7 +159,7 @@ def test_make_seg_is_the_mean_of_its_passes_argmax_and_crf(voc, ids, trained):
         voc, ids, trained / "seg_net", trained / "pred", infer_config(scales=(1.0,)), progress=False
     )
     data = VOCDataset(voc)
-    model = load_seg_net(trained / "seg_net", "tiny", 20)
+    model = load_seg_net(trained / "seg_net", "tiny", data.num_classes)
     for i in ids:
         rgb = data.load_image(i)
         x = torch.from_numpy(normalize(rgb))[None]
@@ -174,7 +175,7 @@ def test_make_seg_is_the_mean_of_its_passes_argmax_and_crf(voc, ids, trained):
         # equal but where two classes' probabilities tie to float rounding
         assert np.mean(got == want) > 0.999, i
         crf = load_label_png(out / "seg_crf" / f"{i}.png")
-        assert crf.max() <= 20
+        assert crf.max() <= data.num_classes
     assert (out / "make-seg.config.json").is_file()
 
 
@@ -275,13 +276,17 @@ def test_checkpoints_of_another_backbone_network_or_class_count_are_refused(
     seg_net = trained / "seg_net"
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
         make_seg(voc, ids, seg_net, tmp_path, infer_config(backbone="resnet50"), progress=False)
+    # the network alone (train-seg's config record beside it would refuse the setting first)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(seg_net / "seg_net.pt", alone / "seg_net.pt")
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
-        train_seg(voc, ids, rw_dir, seg_net, seg_config(backbone="resnet50"), progress=False)
+        train_seg(voc, ids, rw_dir, alone, seg_config(backbone="resnet50"), progress=False)
     with pytest.raises(FileNotFoundError, match="no train-seg checkpoint"):
         make_seg(voc, ids, tmp_path / "nothing", tmp_path, infer_config(), progress=False)
     other = tmp_path / "three_classes"
     save_checkpoint(build_seg_net("tiny", 3, **HEAD), other / "seg_net.pt", head={})
-    message = "trained for 3 classes, but the dataset has 20"
+    message = f"trained for 3 classes, but the dataset has {VOCDataset(voc).num_classes}"
     with pytest.raises(ValueError, match=message):
         make_seg(voc, ids, other, tmp_path / "p", infer_config(), progress=False)
     with pytest.raises(ValueError, match=message):  # not resumed into, not overwritten

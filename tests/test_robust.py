@@ -391,6 +391,54 @@ def test_a_huge_image_costs_memory_of_its_working_size_only(tmp_path):
         assert label.shape == (3000, 4000) and set(np.unique(label)) <= {0, 8, 12}, png
 
 
+MEMORY_CHILD_SEG = """
+import resource, sys
+from pathlib import Path
+from affext.stages.make_seg import MakeSegConfig, make_seg
+
+root = Path(sys.argv[1])
+cfg = MakeSegConfig(backbone="tiny", device="cpu", num_workers=0, crf_workers=0, long_side=320,
+                    scales=(1.0, 0.5))
+peaks = []
+for image in ("small", "big"):
+    make_seg(root, [image], root / "seg_net", root / "seg", cfg, progress=False)
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+print(*peaks)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB is Linux's")
+def test_a_huge_image_costs_make_seg_memory_of_its_working_size_only(tmp_path):
+    """make-seg at the tiny preset's working size (320) in a child process, as make-cam and
+    make-rw above: a 400x300 image, then a 2000x1500 one, whose full-size probabilities would
+    cost 12 MB a class (252 MB for VOC's 21). Its labels are at the image's size."""
+    from affext.models.seg import SegNet
+
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    pattern = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
+    for name, size in (("small", (400, 300)), ("big", (2000, 1500))):
+        pattern.resize(size, Image.BICUBIC).save(root / "JPEGImages" / f"{name}.jpg")
+    torch.manual_seed(0)
+    net = SegNet(build_backbone("tiny"), 20, channels=16, rates=(1, 2))
+    head = {"num_classes": 20, "channels": 16, "rates": [1, 2], "dropout": 0.5}
+    save_checkpoint(net, root / "seg_net" / "seg_net.pt", head=head)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD_SEG, str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    small, big = (int(v) for v in done.stdout.split())
+    assert big - small < 100 * 1024, f"peak grew by {(big - small) / 1024:.0f} MiB"
+    for png in ("seg/seg", "seg/seg_crf"):
+        label = np.array(Image.open(root / png / "big.png"))
+        assert label.shape == (1500, 2000) and label.max() <= 20, png
+
+
 def test_cams_kept_at_a_working_size_are_read_by_every_stage(voc, ids, tmp_path, random_aff_net):
     """A large image's CAMs are at make-cam's working size: make-aff-labels (dCRF at their
     size), train-aff's dataset, make-rw and the overview take them; other shapes are refused."""

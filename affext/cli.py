@@ -188,6 +188,7 @@ def _cmd_make_rw(args) -> None:
 def _cmd_train_seg(args) -> None:
     from .stages.train_seg import TrainSegConfig, train_seg
 
+    _require_weights(args, weights=args.init_from)  # a trained network's backbone will do
     cfg = _stage_config(
         TrainSegConfig,
         args,
@@ -275,7 +276,9 @@ def _cmd_run(args) -> None:
     if missing:
         flags_needed = ", ".join("--" + k.replace("_", "-") for k in missing)
         raise ValueError(f"{flags_needed} needed (on the command line or in the --config file)")
-    _require_weights(args, cfg.backbone, cfg.train_cam.weights and cfg.train_aff.weights)
+    seg = cfg.train_seg
+    trained = cfg.train_cam.weights and cfg.train_aff.weights and (seg.weights or seg.init_from)
+    _require_weights(args, cfg.backbone, trained)
     metrics = run(
         paths["voc_root"],
         paths["train_list"],
@@ -307,7 +310,7 @@ def _cmd_info(args) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser, out_help: str) -> None:
-    """The options train-cam and train-aff share (unset: the backbone's preset, then psa's)."""
+    """The options the training stages share (unset: the backbone's preset, then psa's)."""
     p.add_argument("--weights", help="pretrained backbone weights (a state-dict file)")
     p.add_argument(
         "--from-scratch",

@@ -228,6 +228,31 @@ def test_a_cam_network_of_another_class_count_is_refused(voc3, stages3, tmp_path
         make_cam(voc3, ids[:1], work / "cam_net", tmp_path / "cams20", cfg, progress=False)
 
 
+def test_make_aff_labels_takes_the_classes_setting(tmp_path):
+    """--classes wins over ROOT/classes.txt in make-aff-labels too: CAMs made for the classes
+    given (keys up to 5 of six) are not refused as outside ROOT's three."""
+    root = small_voc(tmp_path / "voc", 2, 0, size=(40, 56))
+    (root / CLASSES_FILE).write_text("\n".join(THREE) + "\n")  # stale: three of six
+    six = tmp_path / "six.txt"
+    six.write_text("\n".join(SYNTH_CLASSES) + "\n")
+    ids = ["synth_00000", "synth_00001"]
+    (tmp_path / "list.txt").write_text("\n".join(ids) + "\n")
+    rng = np.random.default_rng(0)
+    (tmp_path / "cam").mkdir()
+    for i in ids:  # psa's CAM dicts of classes 2 and 6 (keys 1 and 5)
+        h, w = VOCDataset(root, "mask").load_image(i).shape[:2]
+        cam = {k: rng.random((h, w), dtype=np.float32) for k in (1, 5)}
+        np.save(tmp_path / "cam" / f"{i}.npy", cam, allow_pickle=True)
+    argv = ["make-aff-labels", "--voc-root", str(root), "--list", str(tmp_path / "list.txt")]
+    argv += ["--cam-dir", str(tmp_path / "cam"), "--out", str(tmp_path / "aff"), "--quiet"]
+    with pytest.raises(DatasetError, match=r"outside the dataset's 3 classes"):
+        make_aff_labels(root, ids, tmp_path / "cam", tmp_path / "aff0", progress=False)
+    assert cli.main(argv + ["--classes", str(six)]) == 0
+    for i in ids:
+        for kind in ("la", "ha"):
+            assert sorted(load_score_dict(tmp_path / "aff" / kind / f"{i}.npy")) == [0, 2, 6]
+
+
 # ---------------------------------------------------------------- issue 16: labels checked
 def test_unknown_xml_class_is_an_error_naming_file_and_class(voc3, tmp_path):
     root = three_class_voc(tmp_path / "voc", 3, 0)

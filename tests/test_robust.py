@@ -157,6 +157,28 @@ def test_train_stages_refuse_imagenet_backbones_without_weights(voc, tmp_path, c
     assert not calls
 
 
+def test_train_seg_refuses_imagenet_backbones_without_weights_or_init_from(
+    voc, tmp_path, capsys, monkeypatch, fake_run
+):
+    calls = []
+    module = importlib.import_module("affext.stages.train_seg")
+    monkeypatch.setattr(module, "train_seg", lambda *a, **k: calls.append(a[-1]))
+    lists = voc / "ImageSets" / "Segmentation"
+    argv = ["train-seg", "--voc-root", str(voc), "--train-list", str(lists / "train.txt")]
+    argv += ["--rw-dir", str(tmp_path / "rw"), "--out", str(tmp_path / "s"), "--quiet"]
+    assert main(argv) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert not calls
+    assert main([*argv, "--init-from", str(tmp_path / "train_aff")]) == 0
+    (cfg,) = calls
+    assert cfg.init_from == str(tmp_path / "train_aff") and cfg.weights is None
+    # affext run: a config file with weights for two of the three networks is refused too
+    config = tmp_path / "run.json"
+    config.write_text('{"train_cam": {"weights": "w.pth"}, "train_aff": {"weights": "w.pth"}}')
+    assert main(run_args(voc, tmp_path / "work", "--config", str(config))) == 2
+    assert "--weights" in capsys.readouterr().err and not fake_run
+
+
 @pytest.mark.parametrize(
     "extra", [["--backbone", "tiny"], ["--from-scratch"], ["--weights", "w.pth"]]
 )
@@ -275,10 +297,11 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
     (Ctrl-C) in make-rw; the resumed one finds the rest done at once."""
     pipeline = importlib.import_module("affext.stages.pipeline")
     sleeps = {"train_cam": 0.3, "make_cam": 0.2, "make_aff_labels": 0.1, "train_aff": 0.2}
+    sleeps.update(train_seg=0.2, make_seg=0.1)
     interrupted = []
 
     def fake(name, seconds):
-        def stage(*args, progress=True):
+        def stage(*args, progress=True, **_):
             out = Path(args[-2])
             out.mkdir(parents=True, exist_ok=True)
             if (out / "done").exists():
@@ -303,6 +326,8 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
         "make-aff-labels": 0.1,
         "train-aff": 0.2,
         "make-rw": 0.3,  # the interrupted part and the resumed one
+        "train-seg": 0.2,
+        "make-seg": 0.1,
     }
     assert set(times) == set(expected)
     for name, seconds in expected.items():
@@ -364,6 +389,54 @@ def test_a_huge_image_costs_memory_of_its_working_size_only(tmp_path):
     for png in ("cams/cam_pred", "rw/rw", "rw/rw_crf"):
         label = np.array(Image.open(root / png / "big.png"))
         assert label.shape == (3000, 4000) and set(np.unique(label)) <= {0, 8, 12}, png
+
+
+MEMORY_CHILD_SEG = """
+import resource, sys
+from pathlib import Path
+from affext.stages.make_seg import MakeSegConfig, make_seg
+
+root = Path(sys.argv[1])
+cfg = MakeSegConfig(backbone="tiny", device="cpu", num_workers=0, crf_workers=0, long_side=320,
+                    scales=(1.0, 0.5))
+peaks = []
+for image in ("small", "big"):
+    make_seg(root, [image], root / "seg_net", root / "seg", cfg, progress=False)
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+print(*peaks)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB is Linux's")
+def test_a_huge_image_costs_make_seg_memory_of_its_working_size_only(tmp_path):
+    """make-seg at the tiny preset's working size (320) in a child process, as make-cam and
+    make-rw above: a 400x300 image, then a 2000x1500 one, whose full-size probabilities would
+    cost 12 MB a class (252 MB for VOC's 21). Its labels are at the image's size."""
+    from affext.models.seg import SegNet
+
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    pattern = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
+    for name, size in (("small", (400, 300)), ("big", (2000, 1500))):
+        pattern.resize(size, Image.BICUBIC).save(root / "JPEGImages" / f"{name}.jpg")
+    torch.manual_seed(0)
+    net = SegNet(build_backbone("tiny"), 20, channels=16, rates=(1, 2))
+    head = {"num_classes": 20, "channels": 16, "rates": [1, 2], "dropout": 0.5}
+    save_checkpoint(net, root / "seg_net" / "seg_net.pt", head=head)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD_SEG, str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    small, big = (int(v) for v in done.stdout.split())
+    assert big - small < 100 * 1024, f"peak grew by {(big - small) / 1024:.0f} MiB"
+    for png in ("seg/seg", "seg/seg_crf"):
+        label = np.array(Image.open(root / png / "big.png"))
+        assert label.shape == (1500, 2000) and label.max() <= 20, png
 
 
 def test_cams_kept_at_a_working_size_are_read_by_every_stage(voc, ids, tmp_path, random_aff_net):

@@ -4,6 +4,7 @@ shapes, the loss against a plain formulation, outputs, resume, errors, another c
 import importlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from PIL import Image
 
 from affext.data import VOCDataset, load_label_png, read_id_list, save_label_png
 from affext.data.transforms import normalize
+from affext.files import ConfigChangedError
 from affext.models import CAMNet, build_backbone, param_groups, read_checkpoint, save_checkpoint
 from affext.models.seg import SegNet, segmentation_loss
 from affext.stages import training
+from affext.stages.config import RunConfig
 from affext.stages.make_seg import MakeSegConfig, load_seg_net, make_seg
 from affext.stages.train_seg import TrainSegConfig, build_seg_net, train_seg
 
@@ -138,15 +141,16 @@ def trained(voc, ids, rw_dir, tmp_path_factory) -> Path:
 
 
 def test_train_seg_writes_a_network_that_make_seg_rebuilds(voc, ids, trained):
+    classes = VOCDataset(voc).num_classes  # the synthetic set's own: 6
     ckpt = read_checkpoint(trained / "seg_net" / "seg_net.pt")
     assert (ckpt["network"], ckpt["backbone"]) == ("seg", "tiny")
-    assert ckpt["meta"]["head"] == {"num_classes": 20, **HEAD, "rates": [1, 2, 3]}
+    assert ckpt["meta"]["head"] == {"num_classes": classes, **HEAD, "rates": [1, 2, 3]}
     assert ckpt["meta"]["labels"] == "rw_crf"
-    assert ckpt["state_dict"]["classifier.weight"].shape[0] == 21
+    assert ckpt["state_dict"]["classifier.weight"].shape[0] == classes + 1
     log = json.loads((trained / "seg_net" / "train-seg.log.json").read_text())
     assert [e["epoch"] for e in log] == [1, 2] and all(math.isfinite(e["loss"]) for e in log)
     assert (trained / "seg_net" / "train-seg.config.json").is_file()
-    model = load_seg_net(trained / "seg_net", "tiny", 20)
+    model = load_seg_net(trained / "seg_net", "tiny", classes)
     assert isinstance(model, SegNet) and not model.training and model.rates == (1, 2, 3)
 
 
@@ -155,7 +159,7 @@ def test_make_seg_is_the_mean_of_its_passes_argmax_and_crf(voc, ids, trained):
         voc, ids, trained / "seg_net", trained / "pred", infer_config(scales=(1.0,)), progress=False
     )
     data = VOCDataset(voc)
-    model = load_seg_net(trained / "seg_net", "tiny", 20)
+    model = load_seg_net(trained / "seg_net", "tiny", data.num_classes)
     for i in ids:
         rgb = data.load_image(i)
         x = torch.from_numpy(normalize(rgb))[None]
@@ -171,7 +175,7 @@ def test_make_seg_is_the_mean_of_its_passes_argmax_and_crf(voc, ids, trained):
         # equal but where two classes' probabilities tie to float rounding
         assert np.mean(got == want) > 0.999, i
         crf = load_label_png(out / "seg_crf" / f"{i}.png")
-        assert crf.max() <= 20
+        assert crf.max() <= data.num_classes
     assert (out / "make-seg.config.json").is_file()
 
 
@@ -272,13 +276,17 @@ def test_checkpoints_of_another_backbone_network_or_class_count_are_refused(
     seg_net = trained / "seg_net"
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
         make_seg(voc, ids, seg_net, tmp_path, infer_config(backbone="resnet50"), progress=False)
+    # the network alone (train-seg's config record beside it would refuse the setting first)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(seg_net / "seg_net.pt", alone / "seg_net.pt")
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
-        train_seg(voc, ids, rw_dir, seg_net, seg_config(backbone="resnet50"), progress=False)
+        train_seg(voc, ids, rw_dir, alone, seg_config(backbone="resnet50"), progress=False)
     with pytest.raises(FileNotFoundError, match="no train-seg checkpoint"):
         make_seg(voc, ids, tmp_path / "nothing", tmp_path, infer_config(), progress=False)
     other = tmp_path / "three_classes"
     save_checkpoint(build_seg_net("tiny", 3, **HEAD), other / "seg_net.pt", head={})
-    message = "trained for 3 classes, but the dataset has 20"
+    message = f"trained for 3 classes, but the dataset has {VOCDataset(voc).num_classes}"
     with pytest.raises(ValueError, match=message):
         make_seg(voc, ids, other, tmp_path / "p", infer_config(), progress=False)
     with pytest.raises(ValueError, match=message):  # not resumed into, not overwritten
@@ -321,8 +329,7 @@ def test_the_class_count_comes_from_the_dataset(voc, ids, rw_dir, tmp_path, monk
 def test_warm_start_takes_a_trained_networks_backbone(voc, ids, rw_dir, tmp_path, monkeypatch):
     cam_net = CAMNet(build_backbone("tiny"))
     save_checkpoint(cam_net, tmp_path / "train_cam" / "cam_net.pt")
-    train_seg_module = importlib.import_module("affext.stages.train_seg")
-    monkeypatch.setattr(train_seg_module, "fit", lambda *args, **kwargs: [])  # no training
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: [])  # no training
     cfg = seg_config(init_from=str(tmp_path / "train_cam"))
     train_seg(voc, ids[:4], rw_dir, tmp_path / "s", cfg, progress=False)
     ckpt = read_checkpoint(tmp_path / "s" / "seg_net.pt")
@@ -334,3 +341,32 @@ def test_warm_start_takes_a_trained_networks_backbone(voc, ids, rw_dir, tmp_path
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
         cfg = seg_config(backbone="resnet50", init_from=str(tmp_path / "train_cam"))
         train_seg(voc, ids[:4], rw_dir, tmp_path / "u", cfg, progress=False)
+
+
+def test_a_runs_warm_start_is_recorded_by_its_stage_name(voc, ids, rw_dir, tmp_path, monkeypatch):
+    """`affext run`'s init_from "train-cam" starts from the run's train_cam/ network, and
+    train-seg's config record keeps the name: the run's check for changed settings lets a
+    resumed run go on, and a copy of the work directory too, and still names a change."""
+    pipeline = importlib.import_module("affext.stages.pipeline")
+    work = tmp_path / "work"
+    cam_net = CAMNet(build_backbone("tiny"))
+    save_checkpoint(cam_net, work / "train_cam" / "cam_net.pt")
+    shutil.copytree(rw_dir, work / "make_rw")
+    for name in ("train_cam", "make_cam", "make_aff_labels", "train_aff", "make_rw", "make_seg"):
+        monkeypatch.setattr(pipeline, name, lambda *args, progress=True: None)
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: [])  # no training
+
+    def config(init_from):
+        seg = {**HEAD, "init_from": init_from}
+        return RunConfig.for_backbone("tiny", device="cpu", num_workers=0, train_seg=seg)
+
+    pipeline.run_stages(voc, ids[:4], ids[4:], work, config("train-cam"), progress=False)
+    ckpt = read_checkpoint(work / "train_seg" / "seg_net.pt")
+    assert ckpt["meta"]["init_from"] == str(work / "train_cam" / "cam_net.pt")
+    for k, v in cam_net.backbone.state_dict().items():
+        torch.testing.assert_close(ckpt["state_dict"][f"backbone.{k}"], v, msg=k)
+    pipeline._redo_changed(work, config("train-cam"), overwrite=False)  # resumed: no change
+    shutil.copytree(work, tmp_path / "moved")
+    pipeline._redo_changed(tmp_path / "moved", config("train-cam"), overwrite=False)
+    with pytest.raises(ConfigChangedError, match="init_from: 'train-cam' -> 'train-aff'"):
+        pipeline._redo_changed(work, config("train-aff"), overwrite=False)

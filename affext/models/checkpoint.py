@@ -1,7 +1,7 @@
 """Saving and loading networks: affext checkpoints and psa's plain state dicts.
 
 An affext checkpoint (`save_checkpoint`) is a dict {"affext_checkpoint": 1, "network":
-"cam" | "aff", "backbone": name, "num_classes": int (CAM only), "state_dict": ..., "meta":
+"cam" | "aff" | "seg", "backbone": name, "num_classes": int (CAM only), "state_dict": ..., "meta":
 {...}}, read back with torch.load(weights_only=True): no pickled code runs from a downloaded
 file. It is the one checkpoint format of affext: the library, the stages (final networks and
 per-epoch training state, the optimiser's in "meta") and the CLI all write it with

@@ -1,4 +1,4 @@
-"""The pipeline stages (docs/method.md §1-7), each a function a notebook can call:
+"""The pipeline stages (docs/method.md §1-8), each a function a notebook can call:
 
     train_cam -> make_cam -> make_aff_labels -> train_aff -> make_rw -> train_seg -> make_seg
     -> evaluate

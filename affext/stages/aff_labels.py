@@ -30,6 +30,7 @@ class AffLabelsConfig:
     alpha_high: float = 32.0  # psa --high_alpha (16/24 in the paper)
     crf: CRFConfig = field(default_factory=CRFConfig)
     num_workers: int = 1  # processes running the CRF (it is single-threaded)
+    classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
 
 def crf_with_alpha(
@@ -55,7 +56,8 @@ def crf_with_alpha(
 
 def _work(job):
     voc_root, cam_dir, la_dir, ha_dir, image_id, cfg = job
-    voc = VOCDataset(voc_root, label_source="mask")  # images only; labels are not needed
+    # images only (labels are not needed); the classes: the CAM keys' range
+    voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
     # at the CAMs' size: make-cam keeps a large image's CAMs at its working size
     cam, image = load_cam_and_image(voc, Path(cam_dir) / f"{image_id}.npy", image_id)
     save_score_dict(
@@ -82,7 +84,7 @@ def make_aff_labels(
     FileNotFoundError naming it.
     """
     cfg = config or AffLabelsConfig()
-    voc = VOCDataset(voc_root)
+    voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     require_cams(cam_dir, ids)

@@ -17,9 +17,7 @@ rerun to skip.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,16 +47,17 @@ from .common import (
     require_cams,
     resolve_device,
 )
-from .crf import CRFConfig, crf_inference
+from .crf import (
+    CRFConfig,
+    crf_inference,
+    crf_process_context,
+    crf_process_init,
+    default_crf_workers,
+)
 from .train_aff import load_aff_net
 
 STRIDE = 8
 THROUGHPUT_FILE = "make-rw.throughput.json"
-
-
-def default_crf_workers() -> int:
-    """dCRF processes: half the cores (the rest read images and drive the device), 1 to 8."""
-    return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
 @dataclass
@@ -281,24 +280,6 @@ def labels_to_host(
     return out
 
 
-def _crf_context() -> multiprocessing.context.BaseContext:
-    """How the dCRF processes start: by fork on Linux, as torch's DataLoader workers do.
-
-    spawn (and forkserver) would import the caller's main module again in every process,
-    which breaks a script without an `if __name__ == "__main__":` guard, and torch once per
-    process. A fork of this threaded process (OpenMP pool, CUDA context) is safe here because
-    the children only run numpy, pydensecrf and PIL, never torch, CUDA or OpenMP.
-    """
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the pool, the dCRF processes
-    # finish their image instead of printing tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
-
-
 class _Finisher:
     """The host half of the stage: write each walked image's PNGs off the device's thread.
 
@@ -323,7 +304,7 @@ class _Finisher:
         self.processes = None
         if crf_dir is not None and crf_workers > 0:
             self.processes = ProcessPoolExecutor(
-                crf_workers, mp_context=_crf_context(), initializer=_ignore_sigint
+                crf_workers, mp_context=crf_process_context(), initializer=crf_process_init
             )
             for _ in range(crf_workers):  # start them all now, before the loader's threads
                 self.processes.submit(int)

@@ -4,6 +4,10 @@ OUT/seg/<id>.png: argmax of the class probabilities averaged over scales and hor
 flips (DeepLab's multi-scale inference), at the image's size (VOC palette); OUT/seg_crf/
 <id>.png: those probabilities refined by the dense CRF with docs/method.md §2's settings.
 Unlike the pseudo labels, nothing here knows an image's classes: every class competes.
+
+Memory is bounded by the working size (long_side), as in make-cam and make-rw: an image
+larger than it has its probabilities and dCRF at the working size, and its labels brought
+to the image's size in bands of rows (argmax_at_size); no full-size float array is held.
 """
 
 from __future__ import annotations
@@ -22,13 +26,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import dist
-from ..data.datasets import MultiScaleDataset
+from ..data.datasets import MultiScaleDataset, argmax_at_size, kept_size, load_working_image
 from ..data.voc import VOCDataset, save_label_png
 from ..files import record_config
 from ..models.checkpoint import load_checkpoint
 from .common import default_workers, die_with_parent, pending, resolve_device
-from .crf import CRFConfig, crf_inference
-from .make_rw import _crf_context, _ignore_sigint, default_crf_workers
+from .crf import (
+    CRFConfig,
+    crf_inference,
+    crf_process_context,
+    crf_process_init,
+    default_crf_workers,
+)
 from .train_seg import SEG_NET_FILE, build_seg_net, check_seg_checkpoint
 from .training import read_trained
 
@@ -89,13 +98,28 @@ def multiscale_probs(
     return total / passes
 
 
-def crf_label(rgb: np.ndarray, probs: np.ndarray, crf: CRFConfig | None) -> np.ndarray:
-    """(H, W) uint8 argmax of the dCRF over the (K, H, W) probabilities of every class."""
-    return np.argmax(crf_inference(rgb, probs, crf), axis=0).astype(np.uint8)
+def crf_label(
+    rgb: np.ndarray,
+    probs: np.ndarray,
+    crf: CRFConfig | None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """(h, w) uint8 argmax of the dCRF over the (K, h, w) probabilities of every class, on
+    the (h, w) RGB; (H, W) labels for a larger `size` (marginals upsampled in bands)."""
+    refined = crf_inference(rgb, probs, crf)
+    if size is not None and tuple(size) != refined.shape[1:]:
+        return argmax_at_size(refined, size)
+    return np.argmax(refined, axis=0).astype(np.uint8)
 
 
-def _write_crf_label(path: Path, rgb: np.ndarray, probs: np.ndarray, crf: CRFConfig | None) -> None:
-    save_label_png(path, crf_label(rgb, probs, crf))
+def _write_crf_label(
+    path: Path,
+    rgb: np.ndarray,
+    probs: np.ndarray,
+    crf: CRFConfig | None,
+    size: tuple[int, int] | None = None,
+) -> None:
+    save_label_png(path, crf_label(rgb, probs, crf, size))
 
 
 def make_seg(
@@ -134,7 +158,7 @@ def make_seg(
     pool = None
     if cfg.write_crf and cfg.crf_workers > 0 and todo:
         pool = ProcessPoolExecutor(
-            cfg.crf_workers, mp_context=_crf_context(), initializer=_ignore_sigint
+            cfg.crf_workers, mp_context=crf_process_context(), initializer=crf_process_init
         )
     in_flight: set[Future] = set()
     limit = 2 * max(1, cfg.crf_workers)
@@ -147,12 +171,23 @@ def make_seg(
     failed = True
     try:
         for image_id, scaled, _, size in bar:
-            probs = multiscale_probs(model, [x.to(device) for x in scaled], tuple(size), cfg.flip)
+            # probabilities at the image's size, or at the working size for a larger image
+            size = tuple(size)
+            kept = kept_size(size, cfg.long_side)
+            probs = multiscale_probs(model, [x.to(device) for x in scaled], kept, cfg.flip)
             probs = probs.cpu().numpy()
-            save_label_png(seg_dir / f"{image_id}.png", probs.argmax(axis=0).astype(np.uint8))
+            if kept == size:
+                label = probs.argmax(axis=0).astype(np.uint8)
+            else:
+                label = argmax_at_size(probs, size)
+            save_label_png(seg_dir / f"{image_id}.png", label)
             if not cfg.write_crf:
                 continue
-            job = (crf_dir / f"{image_id}.png", voc.load_image(image_id), probs, cfg.crf)
+            if kept == size:
+                rgb = voc.load_image(image_id)
+            else:  # the RGB at the working size, as the probabilities
+                rgb = np.asarray(load_working_image(voc, image_id, cfg.long_side)[0])
+            job = (crf_dir / f"{image_id}.png", rgb, probs, cfg.crf, size)
             if pool is None:
                 _write_crf_label(*job)
                 continue

@@ -14,7 +14,7 @@ affext.stages.config's, the overview affext.stages.overview's.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -52,10 +52,11 @@ def run(
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
-    """The whole pipeline (docs/method.md §1-7). Returns the metrics (also metrics.json).
+    """The whole pipeline (docs/method.md §1-8). Returns the metrics (also metrics.json).
 
     train_ids / eval_ids: list files or lists of ids. CAMs and random walks are made for both
-    lists; affinity labels and the two networks use the training list only.
+    lists, the segmentation network's predictions for the eval list; affinity labels and the
+    three networks use the training list only.
 
     A stage whose outputs in WORKDIR were made with other settings (its config record) is
     refused with the settings that differ (affext.files.ConfigChangedError); overwrite: that
@@ -149,9 +150,8 @@ def run_stages(
     segmentation network's predictions for the eval list, the rest from the training list."""
     both = list(dict.fromkeys(train + evals))
     cams = work / "make_cam" / "cam"
-    seg = cfg.train_seg
-    if seg.init_from in ("train-cam", "train-aff"):  # that stage's network of this run
-        seg = dataclasses.replace(seg, init_from=str(work / seg.init_from.replace("-", "_")))
+    # init_from "train-cam" / "train-aff": that stage's network of this run
+    seg = functools.partial(train_seg, stage_root=work)
     stages = [
         ("train-cam", train_cam, (voc_root, train, work / "train_cam", cfg.train_cam)),
         (
@@ -176,8 +176,8 @@ def run_stages(
         ),
         (
             "train-seg",
-            train_seg,
-            (voc_root, train, work / "make_rw", work / "train_seg", seg),
+            seg,
+            (voc_root, train, work / "make_rw", work / "train_seg", cfg.train_seg),
         ),
         (
             "make-seg",
@@ -256,7 +256,8 @@ def evaluate_outputs(
     classes: str | None = None,
     seg_crf: bool | None = None,
 ) -> dict[str, dict]:
-    """Scores of the CAM, walk (and walk + CRF) labels on the eval list; WORK/eval/*.json.
+    """Scores of the CAM, walk (and walk + CRF) labels, and of the segmentation network's
+    predictions (see seg_crf), on the eval list; WORK/eval/*.json.
     classes: the dataset's classes file (None: its own, `VOCDataset`). seg_crf: None leaves
     the segmentation network out; False scores its predictions, True those and their dCRF
     refinement too."""

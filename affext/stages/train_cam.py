@@ -14,7 +14,7 @@ from ..data.datasets import ClsTrainDataset
 from ..data.voc import NUM_CLASSES, VOCDataset
 from ..files import check_config, record_config
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, load_trained, read_trained
+from .training import TrainConfig, fit_and_save, load_trained, loss_step, read_trained
 
 CAM_NET_FILE = "cam_net.pt"
 
@@ -67,14 +67,6 @@ def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:
     return np.stack([voc.image_labels(i) for i in ids])
 
 
-def _cls_step(model, batch):
-    from ..models import classification_loss
-
-    image, labels = batch
-    loss = classification_loss(model(image), labels)
-    return loss, {"loss": loss.item()}
-
-
 def train_cam(
     voc_root: str | os.PathLike,
     ids: Sequence[str],
@@ -108,11 +100,13 @@ def train_cam(
     dataset = ClsTrainDataset(
         voc, ids, labels, cfg.resize_long, cfg.crop_size, cfg.jitter, cfg.seed, cfg.long_side
     )
+    from ..models import classification_loss
+
     model = build_cam_net(cfg.backbone, cfg.weights, cfg.dropout, voc.num_classes)
     return fit_and_save(
         model,
         dataset,
-        _cls_step,
+        loss_step(classification_loss),
         final,
         name="train-cam",
         config=cfg,

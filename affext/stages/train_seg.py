@@ -19,16 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import dist
 from ..data.datasets import _Epoched
 from ..data.transforms import colour_jitter, normalize, random_crop, to_long_side
 from ..data.voc import IGNORE_INDEX, VOCDataset, load_label_png
 from ..files import check_config, record_config
 from ..models.backbones.base import load_strict
-from ..models.checkpoint import save_checkpoint
 from ..models.seg import DEEPLAB_RATES, head_num_classes, segmentation_loss
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit, read_trained
+from .training import TrainConfig, fit_and_save, loss_step, read_trained
 
 SEG_NET_FILE = "seg_net.pt"
 PSEUDO_LABELS = ("rw", "rw_crf")
@@ -51,8 +49,9 @@ class TrainSegConfig(TrainConfig):
     # Warm start: a trained affext network (its checkpoint, or its stage's output folder)
     # whose backbone starts this one, e.g. train-aff's AffinityNet, trained on the same
     # images at the same working size. `affext run` also takes "train-cam" / "train-aff":
-    # that stage's network of the run. The backbone then trains on with the head at one
-    # learning rate, BatchNorm not frozen (it is not an ImageNet backbone). None: `weights`.
+    # that stage's network of the run (train_seg's stage_root; recorded as the name, so a
+    # moved work directory keeps its record). The backbone then trains on with the head at
+    # one learning rate, BatchNorm not frozen (it is not an ImageNet backbone). None: `weights`.
     init_from: str | None = None
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
@@ -82,11 +81,18 @@ def build_seg_net(
 
 
 TRAINED_FILES = ("aff_net.pt", "cam_net.pt", SEG_NET_FILE)
+# init_from's stage names and their output folders in a work directory (`affext run`'s)
+INIT_STAGES = {"train-cam": "train_cam", "train-aff": "train_aff"}
 
 
-def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> Path:
+def warm_start(
+    model: torch.nn.Module, source: str | os.PathLike, stage_root: str | os.PathLike | None = None
+) -> Path:
     """Load the backbone of the trained network at `source` (a checkpoint file, or a stage
-    folder holding aff_net.pt, cam_net.pt or seg_net.pt) into model.backbone; its path."""
+    folder holding aff_net.pt, cam_net.pt or seg_net.pt) into model.backbone; its path.
+    With `stage_root` (a work directory), the stage names of INIT_STAGES name its folders."""
+    if stage_root is not None and str(source) in INIT_STAGES:
+        source = Path(stage_root) / INIT_STAGES[str(source)]
     path = Path(source)
     if path.is_dir():
         found = [path / name for name in TRAINED_FILES if (path / name).is_file()]
@@ -214,12 +220,6 @@ class SegTrainDataset(_Epoched):
         return torch.from_numpy(x), torch.from_numpy(y[0])
 
 
-def _seg_step(model, batch):
-    image, labels = batch
-    loss = segmentation_loss(model(image), labels)
-    return loss, {"loss": loss.item()}
-
-
 def train_seg(
     voc_root: str | os.PathLike,
     ids: Sequence[str],
@@ -227,10 +227,13 @@ def train_seg(
     out_dir: str | os.PathLike,
     config: TrainSegConfig | None = None,
     progress: bool = True,
+    stage_root: str | os.PathLike | None = None,
 ) -> Path:
     """Train the segmentation network on `ids` with RW_DIR/<config.labels>/<id>.png (make-rw's
     output folder); writes OUT_DIR/seg_net.pt and returns its path. Resumes per epoch; a
-    no-op once finished. The class count is the dataset's (VOCDataset.num_classes)."""
+    no-op once finished. The class count is the dataset's (VOCDataset.num_classes).
+    stage_root: the work directory in which config.init_from's stage names ("train-cam",
+    "train-aff") name that stage's folder (`affext run` passes its own); None: no names."""
     cfg = config or TrainSegConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,18 +266,19 @@ def train_seg(
     )
     head = head_settings(cfg, num_classes)
     model = build_seg_net(cfg.backbone, weights=cfg.weights, **head)
-    init = None if cfg.init_from is None else str(warm_start(model, cfg.init_from))
-    fit(
+    init = None
+    if cfg.init_from is not None:
+        init = str(warm_start(model, cfg.init_from, stage_root))
+    return fit_and_save(
         model,
         dataset,
-        _seg_step,
+        loss_step(segmentation_loss),
+        final,
         name="train-seg",
-        out_dir=out_dir,
         config=cfg,
         device=device,
         progress=progress,
+        head=head,
+        labels=cfg.labels,
+        init_from=init,
     )
-    if dist.is_main():
-        save_checkpoint(model, final, head=head, labels=cfg.labels, init_from=init)
-    dist.barrier()
-    return final

@@ -1,5 +1,6 @@
-"""The training loop shared by train-cam and train-aff (docs/method.md §4's optimiser):
-SGD with momentum, psa's four parameter groups, poly learning rate, a checkpoint per epoch.
+"""The training loop shared by train-cam, train-aff and train-seg (docs/method.md §4's
+optimiser): SGD with momentum, psa's four parameter groups, poly learning rate, a checkpoint
+per epoch.
 Adam (decoupled weight decay) over the same groups is the alternative for networks trained
 from scratch in a few epochs, where plain SGD converges too slowly."""
 
@@ -27,7 +28,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass
 class TrainConfig:
-    """What train-cam and train-aff share; psa's values (both READMEs: lr 0.1, crop 448)."""
+    """What the training stages share; psa's values (both READMEs: lr 0.1, crop 448)."""
 
     backbone: str = "resnet38"
     weights: str | None = None  # pretrained backbone weights (psa: ImageNet); None: scratch
@@ -196,6 +197,18 @@ def fit(
     return log
 
 
+def loss_step(loss: Callable) -> Callable:
+    """fit's step_loss for (image, labels) batches: loss(model(image), labels), logged as
+    "loss" (train-cam's classification, train-seg's segmentation)."""
+
+    def step(model, batch):
+        image, labels = batch
+        value = loss(model(image), labels)
+        return value, {"loss": value.item()}
+
+    return step
+
+
 class _Replicated:
     """A DistributedDataParallel replica called like the network: `net(x)` and every method,
     e.g. `net.affinity(x, r)`, go through DDP's forward (which its gradient sync needs)."""
@@ -353,8 +366,10 @@ def fit_and_save(
     config: TrainConfig,
     device: torch.device,
     progress: bool = True,
+    **meta,
 ) -> Path:
-    """fit() with its per-epoch checkpoints beside FINAL, then the trained network at FINAL."""
+    """fit() with its per-epoch checkpoints beside FINAL, then the trained network at FINAL
+    (written by rank 0; `meta` kept in it, see save_checkpoint)."""
     fit(
         model,
         dataset,
@@ -366,7 +381,7 @@ def fit_and_save(
         progress=progress,
     )
     if dist.is_main():
-        save_checkpoint(model, final)
+        save_checkpoint(model, final, **meta)
     dist.barrier()
     return final
 

@@ -42,7 +42,7 @@ _PREFIX = "backbone."
 
 def _check_network(model: object) -> None:
     if not isinstance(model, Network):
-        raise TypeError(f"model must be a CAMNet or AffinityNet, got {type(model).__name__}")
+        raise TypeError(f"model must be an affext Network (CAMNet, AffinityNet, SegNet), got {type(model).__name__}")
 
 
 def _source(path: object, otherwise: str) -> str:

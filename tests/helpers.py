@@ -48,3 +48,21 @@ def miou_by_hand(pred_pngs: list[Path], gt_pngs: list[Path], num_classes: int = 
             union[c] += np.sum(((gt == c) | (pred == c)) & valid)
     counted = union > 0
     return round(100.0 * float(np.mean(tp[counted] / union[counted])), 3)
+
+
+def run_args(voc: Path, work: Path, *extra: str) -> list[str]:
+    """`affext run`'s arguments on VOC's train and val lists into WORK, quiet, then EXTRA."""
+    lists = voc / "ImageSets" / "Segmentation"
+    return [
+        "run",
+        "--voc-root",
+        str(voc),
+        "--train-list",
+        str(lists / "train.txt"),
+        "--eval-list",
+        str(lists / "val.txt"),
+        "--workdir",
+        str(work),
+        "--quiet",
+        *extra,
+    ]

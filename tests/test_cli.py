@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import miou_by_hand, small_voc
+from helpers import miou_by_hand, run_args, small_voc
 from PIL import Image
 
 import affext
@@ -138,18 +138,10 @@ def test_a_stage_without_the_pipeline_extra_says_which_extra_to_install(tmp_path
 
 def test_run_end_to_end(tmp_path, capsys):
     voc = small_voc(tmp_path / "voc", 8, 2)
-    lists = voc / "ImageSets" / "Segmentation"
     work = tmp_path / "work"
-    args = [
-        "run",
-        "--voc-root",
-        str(voc),
-        "--train-list",
-        str(lists / "train.txt"),
-        "--eval-list",
-        str(lists / "val.txt"),
-        "--workdir",
-        str(work),
+    args = run_args(
+        voc,
+        work,
         "--backbone",
         "tiny",
         "--device",
@@ -162,13 +154,12 @@ def test_run_end_to_end(tmp_path, capsys):
         "1",
         "--seg-epochs",
         "1",
-        "--quiet",
-    ]
+    )
     assert main(args) == 0
     metrics = json.loads((work / "metrics.json").read_text())
     # Each mIoU is the one the written labels give against the ground truth (computed here
     # apart from affext's evaluate; both round to 3 decimals).
-    evals = read_id_list(lists / "val.txt")
+    evals = read_id_list(voc / "ImageSets" / "Segmentation" / "val.txt")
     gt = [voc / "SegmentationClass" / f"{i}.png" for i in evals]
     for key, folder in (
         ("cam_miou", "make_cam/cam_pred"),

@@ -164,10 +164,11 @@ def voc(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def two(voc, tmp_path_factory) -> Path:
     """The whole pipeline with two ranks, through the command line and a config file."""
+    from helpers import run_args
+
     tmp = tmp_path_factory.mktemp("two")
     config = tmp / "config.json"
     config.write_text(json.dumps(SETTINGS))
-    lists = voc / "ImageSets" / "Segmentation"
     work = tmp / "work"
     rc, out = _finish(
         _torchrun(
@@ -175,20 +176,7 @@ def two(voc, tmp_path_factory) -> Path:
             "--nproc_per_node=2",
             "-m",
             "affext",
-            "run",
-            "--config",
-            str(config),
-            "--cam-epochs",
-            "2",
-            "--voc-root",
-            str(voc),
-            "--train-list",
-            str(lists / "train.txt"),
-            "--eval-list",
-            str(lists / "val.txt"),
-            "--workdir",
-            str(work),
-            "--quiet",
+            *run_args(voc, work, "--config", str(config), "--cam-epochs", "2"),
         )
     )
     assert rc == 0, out[-4000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import small_voc
+from helpers import run_args, small_voc
 from PIL import Image
 
 from affext import files
@@ -101,23 +101,6 @@ def test_make_rw_takes_the_images_own_cams(voc, ids, tmp_path, random_aff_net):
 
 
 # -- 12: an ImageNet backbone is not trained from scratch unless asked for ---------------------
-def run_args(voc: Path, work: Path, *extra: str) -> list[str]:
-    lists = voc / "ImageSets" / "Segmentation"
-    return [
-        "run",
-        "--voc-root",
-        str(voc),
-        "--train-list",
-        str(lists / "train.txt"),
-        "--eval-list",
-        str(lists / "val.txt"),
-        "--workdir",
-        str(work),
-        "--quiet",
-        *extra,
-    ]
-
-
 @pytest.fixture
 def fake_run(monkeypatch):
     """pipeline.run replaced by a recorder: these tests are about what the CLI lets through."""
@@ -335,6 +318,22 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
 
 
 # -- 8: memory bounded by the working size, outputs at the image's size ------------------------
+def _assert_peak_growth_below(child: str, root: Path, kib: int) -> None:
+    """Run `child` (code printing its peak RSS after a small, then a big image) in a fresh
+    process on ROOT; its peak may grow by less than `kib` between the two."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    small, big = (int(v) for v in done.stdout.split())
+    assert big - small < kib, f"peak grew by {(big - small) / 1024:.0f} MiB"
+
+
 MEMORY_CHILD = """
 import resource, sys
 from pathlib import Path
@@ -373,17 +372,7 @@ def test_a_huge_image_costs_memory_of_its_working_size_only(tmp_path):
         )
     save_checkpoint(CAMNet(build_backbone("tiny")), root / "cam_net" / "cam_net.pt")
     save_checkpoint(AffinityNet(build_backbone("tiny")), root / "aff_net" / "aff_net.pt")
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run(
-        [sys.executable, "-c", MEMORY_CHILD, str(root)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr
-    small, big = (int(v) for v in done.stdout.split())
-    assert big - small < 100 * 1024, f"peak grew by {(big - small) / 1024:.0f} MiB"
+    _assert_peak_growth_below(MEMORY_CHILD, root, 100 * 1024)
     cam = load_score_dict(root / "cams" / "cam" / "big.npy")
     assert sorted(cam) == [7, 11] and all(v.shape == (120, 160) for v in cam.values())
     for png in ("cams/cam_pred", "rw/rw", "rw/rw_crf"):
@@ -423,17 +412,7 @@ def test_a_huge_image_costs_make_seg_memory_of_its_working_size_only(tmp_path):
     net = SegNet(build_backbone("tiny"), 20, channels=16, rates=(1, 2))
     head = {"num_classes": 20, "channels": 16, "rates": [1, 2], "dropout": 0.5}
     save_checkpoint(net, root / "seg_net" / "seg_net.pt", head=head)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run(
-        [sys.executable, "-c", MEMORY_CHILD_SEG, str(root)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr
-    small, big = (int(v) for v in done.stdout.split())
-    assert big - small < 100 * 1024, f"peak grew by {(big - small) / 1024:.0f} MiB"
+    _assert_peak_growth_below(MEMORY_CHILD_SEG, root, 100 * 1024)
     for png in ("seg/seg", "seg/seg_crf"):
         label = np.array(Image.open(root / png / "big.png"))
         assert label.shape == (1500, 2000) and label.max() <= 20, png

@@ -54,7 +54,14 @@ SETTINGS = {
     },
     "make_rw": {"long_side": None, "iterations": 8, "batch_size": 2, "crf_workers": 0},
 }
-GENERATED = ("make_cam/cam", "make_cam/cam_pred", "aff_labels/la", "aff_labels/ha", "make_rw/rw")
+GENERATED = (
+    "make_cam/cam",
+    "make_cam/cam_pred",
+    "aff_labels/la",
+    "aff_labels/ha",
+    "make_rw/rw",
+    "make_seg/seg",
+)
 
 
 def _env() -> dict:
@@ -189,6 +196,7 @@ def one(voc, two, tmp_path_factory) -> Path:
     from affext.stages.aff_labels import make_aff_labels
     from affext.stages.make_cam import make_cam
     from affext.stages.make_rw import make_rw
+    from affext.stages.make_seg import make_seg
     from affext.stages.train_aff import train_aff
     from affext.stages.train_cam import train_cam
 
@@ -205,6 +213,8 @@ def one(voc, two, tmp_path_factory) -> Path:
         aff = two / "aff_labels"
         train_aff(voc, train, aff, work / "train_aff", cfg.train_aff, False)
         make_rw(voc, both, cams, two / "train_aff", work / "make_rw", cfg.make_rw, False)
+        evals = _ids(voc, "val")
+        make_seg(voc, evals, two / "train_seg", work / "make_seg", cfg.make_seg, False)
     finally:
         torch.set_num_threads(threads)
     return work

@@ -178,8 +178,12 @@ def test_psa_walk_is_one_kernel_call(monkeypatch):
 
 
 def test_ctrl_c_stops_a_long_walk():
+    # The child starts with Python's own Ctrl-C handling, as from a terminal, whatever the
+    # test runner's process has done with SIGINT (an ignored signal stays ignored in a child).
     child = python_child(
-        "import torch, affext\n"
+        "import signal, torch, affext\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])\n"
         "cam, aff = torch.rand(1, 3, 40, 40), torch.rand(1, 34, 40, 40)\n"
         "print('walking', flush=True)\n"
         "affext.random_walk(cam, aff, 8.0, 10**8)\n",

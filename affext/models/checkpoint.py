@@ -42,7 +42,10 @@ _PREFIX = "backbone."
 
 def _check_network(model: object) -> None:
     if not isinstance(model, Network):
-        raise TypeError(f"model must be an affext Network (CAMNet, AffinityNet, SegNet), got {type(model).__name__}")
+        raise TypeError(
+            "model must be an affext Network (CAMNet, AffinityNet, SegNet), "
+            f"got {type(model).__name__}"
+        )
 
 
 def _source(path: object, otherwise: str) -> str:

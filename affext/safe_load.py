@@ -11,7 +11,8 @@ can run any code on the reader's machine.
 `load_npy` reads the header itself (numpy.lib.format) and:
 - for a numeric array, reads it with allow_pickle=False;
 - for an object array, runs `_RestrictedUnpickler` on the rest of the file. It resolves only
-  the globals those formats need (numpy's array, dtype and scalar reconstruction; for IRN's
+  the globals those formats need (numpy's array, dtype and scalar reconstruction, the latin-1
+  encode that pickle protocol 2 writes bytes with; for IRN's
   records torch's tensor rebuild and storage bytes, the latter read with
   torch.load(weights_only=True) where torch itself would use weights_only=False), each
   wrapped so that its arguments are checked before anything is built. Then the result must
@@ -161,6 +162,13 @@ def _rebuild_tensor(
         )
 
 
+def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """_codecs.encode, as pickle protocol 2 (no bytes opcode) carries bytes: latin-1 only."""
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise _Refused(f"an encode of {_describe(text)} with {encoding!r}")
+    return text.encode("latin-1")
+
+
 def _ordered_dict(*args: Any) -> collections.OrderedDict:
     if args:
         raise _Refused("an OrderedDict with contents")
@@ -174,6 +182,7 @@ _NUMPY = {
 _ALLOWED = {
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _Global("numpy.dtype", _dtype),
+    ("_codecs", "encode"): _Global("_codecs.encode", _encode),
     **{
         (module, name): g
         for module in ("numpy.core.multiarray", "numpy._core.multiarray")

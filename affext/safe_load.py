@@ -155,8 +155,17 @@ def _rebuild_tensor(
         raise _Refused("a tensor rebuilt with hooks or metadata")
     if hooks:
         raise _Refused("a tensor with backward hooks")
+    # torch does not check the view against its storage here: it would read past the end.
+    if offset < 0 or len(size) != len(stride) or min((*size, *stride), default=0) < 0:
+        raise _Refused(f"a tensor view with offset {offset}, size {size}, stride {stride}")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # TypedStorage's deprecation notice
+        length = storage.size()
+        if 0 not in size and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= length:
+            raise _Refused(
+                f"a tensor view (offset {offset}, size {size}, stride {stride}) past the end "
+                f"of its {length}-element storage"
+            )
         return torch._utils._rebuild_tensor_v2(
             storage, offset, size, stride, requires_grad, collections.OrderedDict()
         )

@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,15 @@ class StorageBytes:
 
     def __reduce__(self):
         return (torch.storage._load_from_bytes, (self.data,))
+
+
+class LongView:
+    """Pickles as a 40-element tensor over a 4-element storage (a read past its end)."""
+
+    def __reduce__(self):
+        storage = torch.arange(4.0).untyped_storage()
+        typed = torch.TypedStorage(wrap_storage=storage, dtype=torch.float32, _internal=True)
+        return (torch._utils._rebuild_tensor_v2, (typed, 0, (40,), (1,), False, OrderedDict()))
 
 
 def write_object_npy(path: Path, stream: bytes) -> Path:
@@ -165,6 +175,9 @@ def test_refusals_name_what_the_file_held(tmp_path, marker):
     np.save(tmp_path / "float_key.npy", {1.5: np.zeros(2)})
     with pytest.raises(UnsafeFileError, match="dict key a builtins.float"):
         load_npy(tmp_path / "float_key.npy")
+    np.save(tmp_path / "view.npy", {"keys": np.arange(1), "cam": LongView()}, allow_pickle=True)
+    with pytest.raises(UnsafeFileError, match=r"size \(40,\).*past the end of its 4-element"):
+        load_npy(tmp_path / "view.npy", tensors=True)
     # psa's readers take numpy arrays only: an IRN record (torch tensors) is refused there
     save_cam_file(tmp_path / "irn.npy", [0], np.zeros((1, 2, 2)))
     with pytest.raises(UnsafeFileError, match="torch tensors"):

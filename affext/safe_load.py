@@ -11,13 +11,16 @@ can run any code on the reader's machine.
 `load_npy` reads the header itself (numpy.lib.format) and:
 - for a numeric array, reads it with allow_pickle=False;
 - for an object array, runs `_RestrictedUnpickler` on the rest of the file. It resolves only
-  the globals those formats need (numpy's array, dtype and scalar reconstruction, the latin-1
-  encode that pickle protocol 2 writes bytes with; for IRN's
-  records torch's tensor rebuild and storage bytes, the latter read with
-  torch.load(weights_only=True) where torch itself would use weights_only=False), each
-  wrapped so that its arguments are checked before anything is built. Then the result must
-  be a 0-d object array holding a dict with int or str keys (numpy integers too) whose values
-  are numeric numpy arrays (torch tensors where allowed): no object arrays, no containers.
+  the globals those formats need (numpy's array, dtype and scalar reconstruction, the
+  latin-1 encode that pickle protocol 2 writes bytes with; for IRN's records torch's tensor
+  rebuild and storage bytes, the latter read with torch.load(weights_only=True) where torch
+  itself would use weights_only=False), each wrapped so that its arguments are checked
+  before anything is built. Then the result must be a 0-d object array holding a dict with
+  int or str keys (numpy integers too) whose values are numeric numpy arrays (torch tensors
+  where allowed): no object arrays, no containers.
+
+`load_torch_file` is the one torch.load of affext (weights_only=True) for .pth weights and
+checkpoints.
 
 Anything else raises UnsafeFileError naming the file and what it holds; nothing it names is
 called.
@@ -313,13 +316,13 @@ def load_npy_dict(path: str | os.PathLike, what: str = "", tensors: bool = False
 
 # -- torch files (.pth weights, checkpoints) -----------------------------------------------
 def torch_refusal(exc: BaseException) -> str | None:
-    """The short reason torch.load(weights_only=True) gave for refusing a file's pickle (the
-    line naming the global it met), or None when exc is not such a refusal."""
+    """The line of torch.load(weights_only=True)'s refusal that names the global a file's
+    pickle asked for (how code or a foreign class gets in), or None when exc is not that (a
+    corrupt or non-torch file, whose unknown opcodes torch refuses in the same way)."""
     text = str(exc)
     if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
         return None
-    lines = [line.strip() for line in text.splitlines() if "GLOBAL" in line or "nsupported" in line]
-    return lines[0] if lines else "objects other than tensors and plain containers"
+    return next((line.strip() for line in text.splitlines() if "GLOBAL " in line), None)
 
 
 def load_torch_file(path: str | os.PathLike, what: str, hint: str = "") -> object:

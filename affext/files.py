@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .safe_load import load_npy_dict
+
 CONFIG_SUFFIX = ".config.json"
 
 
@@ -191,19 +193,17 @@ def save_score_dict(path: str | os.PathLike, scores: dict[int, np.ndarray]) -> N
 
 
 def load_score_dict(path: str | os.PathLike, what: str = "CAM") -> dict[int, np.ndarray]:
-    """A per-image score file written by save_score_dict (or psa); errors name the file."""
+    """A per-image score file written by save_score_dict (or psa); errors name the file.
+
+    Read by safe_load.load_npy_dict: a dict of numeric arrays, nothing that runs code
+    (UnsafeFileError otherwise); FileNotFoundError when missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"missing {what} file {str(path)!r}: run the stage that makes it for this image first"
         )
-    try:
-        table = np.load(path, allow_pickle=True).item()
-    except Exception as exc:
-        raise ValueError(f"cannot read {what} file {str(path)!r}: {exc}") from exc
-    if not isinstance(table, dict):
-        raise ValueError(f"{what} file {str(path)!r} does not hold a {{class: map}} dict")
-    return table
+    # The restricted reader (safe_load): psa's format without letting a file run code.
+    return load_npy_dict(path, what)
 
 
 # -- per-image file sets -------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_save
+from ..safe_load import UnsafeFileError, load_npy
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -206,12 +207,18 @@ def labels_to_vector(
 def load_cls_labels(
     path: str | os.PathLike, num_classes: int = NUM_CLASSES
 ) -> dict[str, np.ndarray]:
-    """psa's cls_labels.npy: a pickled dict {image_id: (C,) label vector} (C = 20 for VOC)."""
+    """psa's cls_labels.npy: a pickled dict {image_id: (C,) label vector} (C = 20 for VOC).
+
+    Read by safe_load.load_npy (str or int ids, numeric vectors; nothing in the file runs):
+    UnsafeFileError for anything else, DatasetError for an unreadable file or no dict."""
     try:
-        data = np.load(path, allow_pickle=True)
-        table = data.item() if isinstance(data, np.ndarray) and data.dtype == object else data
-    except (OSError, ValueError) as exc:
+        table = load_npy(path, "class labels")
+    except UnsafeFileError:
+        raise
+    except OSError as exc:
         raise DatasetError(f"cannot read class labels from {str(path)!r}: {exc}") from exc
+    except ValueError as exc:  # its message names the file
+        raise DatasetError(str(exc)) from exc
     if not isinstance(table, dict):
         raise DatasetError(f"{str(path)!r} must hold a dict {{image_id: ({num_classes},) vector}}")
     out = {}

@@ -19,6 +19,7 @@ from PIL import Image
 
 # The one place this package takes affext's atomic writer from.
 from ..files import atomic_save
+from ..safe_load import load_npy_dict
 
 STRIDE = 4
 
@@ -65,8 +66,9 @@ def save_cam_file(
 def load_cam_file(path: str | os.PathLike) -> CamFile:
     """Read an IRN CAM file (keys and cam as torch tensors or numpy arrays).
 
-    Raises FileNotFoundError (missing file) or ValueError (unreadable, or not IRN's dict,
-    or keys and cam that disagree), naming the file.
+    Raises FileNotFoundError (missing file), UnsafeFileError (anything but IRN's dict of
+    tensors and numeric arrays: nothing in the file runs) or ValueError (unreadable, not
+    IRN's keys, or keys and cam that disagree), naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,14 +76,12 @@ def load_cam_file(path: str | os.PathLike) -> CamFile:
             f"missing CAM file {str(path)!r}: run IRN's make_cam step (or the tool that "
             "writes IRN's CAMs) for this image first"
         )
-    try:
-        record = np.load(path, allow_pickle=True).item()
-    except Exception as exc:
-        raise ValueError(f"cannot read CAM file {str(path)!r}: {exc}") from exc
-    if not isinstance(record, dict) or not {"keys", "cam"} <= set(record):
+    # IRN's dict holds torch tensors: the restricted reader rebuilds those too (safe_load).
+    record = load_npy_dict(path, "CAM", tensors=True)
+    if not {"keys", "cam"} <= set(record):
         raise ValueError(
-            f"CAM file {str(path)!r} is not IRN's {{'keys', 'cam', 'high_res'}} dict"
-            + (f" (it holds keys {sorted(map(str, record))})" if isinstance(record, dict) else "")
+            f"CAM file {str(path)!r} is not IRN's {{'keys', 'cam', 'high_res'}} dict "
+            f"(it holds keys {sorted(map(str, record))})"
         )
     keys = np.asarray(torch.as_tensor(record["keys"]).cpu(), np.int64).reshape(-1)
     cam = torch.as_tensor(record["cam"]).detach().cpu().float()

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from ..files import atomic_save
+from ..safe_load import load_torch_file
 from .affinity_net import AffinityNet
 from .backbones import BACKBONES, build_backbone, detect_backbone
-from .backbones.base import StateDict, check_keys, load_strict, load_torch_file, read_state_dict
+from .backbones.base import StateDict, check_keys, load_strict, read_state_dict
 from .base import Network
 from .cam import CAMNet
 

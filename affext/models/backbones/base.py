@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ...safe_load import load_torch_file
+
 StateDict = Mapping[str, torch.Tensor]
 
 # Normalisation layers whose statistics and affine parameters psa freezes when fine-tuning
@@ -102,20 +104,6 @@ class Backbone(nn.Module):
         load_strict(self, state, what=source, target=f"backbone {self.name!r}")
         self.pretrained = True
         return self
-
-
-def load_torch_file(path: str | os.PathLike, what: str, hint: str = "") -> object:
-    """torch.load of a file of tensors (weights_only) onto the CPU, with errors naming `what`:
-    FileNotFoundError when it is missing, ValueError (plus `hint`) when it cannot be read."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"could not read {what} {path} as torch tensors ({exc}). {hint}".rstrip()
-        ) from exc
 
 
 def read_state_dict(weights: str | os.PathLike | StateDict) -> dict[str, torch.Tensor]:

@@ -420,13 +420,14 @@ class VOCDataset:
                 f"unknown image id(s) {missing[:5]}{more}: not in {str(self.root / IMAGE_DIR)!r}"
             )
 
-    def image_paths(self, ids: Iterable[str]) -> list[Path]:
-        """image_path of every id, from one read of the image folder."""
+    def image_paths(self, ids: Iterable[str]) -> list[str]:
+        """image_path of every id as a string, from one read of the image folder."""
         names = self._names(IMAGE_DIR)
+        folder = str(self.root / IMAGE_DIR)
         out = []
         for i in ids:
             ext = next((e for e in IMAGE_EXTENSIONS if f"{i}{e}" in names), None)
-            out.append(self.image_path(i) if ext is None else self.root / IMAGE_DIR / f"{i}{ext}")
+            out.append(str(self.image_path(i)) if ext is None else f"{folder}/{i}{ext}")
         return out
 
     def image_sizes(
@@ -434,8 +435,7 @@ class VOCDataset:
     ) -> list[tuple[int, int]]:
         """(W, H) of every id's image, from the file headers (in processes for a long list;
         processes: None, every core)."""
-        paths = [str(p) for p in self.image_paths(ids)]
-        return map_in_processes(_image_sizes, paths, processes=processes)
+        return map_in_processes(_image_sizes, self.image_paths(ids), processes=processes)
 
     # -- content --------------------------------------------------------------------------
     def load_image(self, image_id: str) -> np.ndarray:
@@ -464,18 +464,24 @@ class VOCDataset:
             )
         return load_label_png(path)
 
-    def mask_paths(self, ids: Iterable[str]) -> list[Path | None]:
-        """mask_path of every id, from one read of each mask folder."""
+    def _mask_files(self, ids: Iterable[str]) -> list[str | None]:
+        """Each id's mask file as a string (None: no mask), from one read of each mask
+        folder (strings: a Path per id costs as much as the file test it replaces)."""
         folders = [(folder, self._names(folder)) for folder in MASK_DIRS]
-        out: list[Path | None] = []
+        root = str(self.root)
+        out: list[str | None] = []
         for i in ids:
             name = f"{i}.png"
             folder = next((f for f, names in folders if name in names), None)
-            out.append(None if folder is None else self.root / folder / name)
+            out.append(None if folder is None else os.path.join(root, folder, name))
         return out
 
+    def mask_paths(self, ids: Iterable[str]) -> list[Path | None]:
+        """mask_path of every id, from one read of each mask folder."""
+        return [None if p is None else Path(p) for p in self._mask_files(ids)]
+
     def has_masks(self, ids: Iterable[str]) -> bool:
-        return all(p is not None for p in self.mask_paths(ids))
+        return all(p is not None for p in self._mask_files(ids))
 
     def check_mask(self, image_id: str, mask: np.ndarray | None = None) -> np.ndarray:
         """The ground truth of image_id (or `mask`, read from it), once every value in it is
@@ -491,11 +497,11 @@ class VOCDataset:
         """check_mask for every id, each mask read once: in processes for a long list (a
         mask's classes are known only once it is decoded; processes: None, every core)."""
         ids = list(ids)
-        paths = self.mask_paths(ids)
+        paths = self._mask_files(ids)
         missing = [i for i, p in zip(ids, paths) if p is None]
         if missing:
             self.load_mask(missing[0])  # raises, naming the folders
-        jobs = [(str(p), self.num_classes) for p in paths]
+        jobs = [(p, self.num_classes) for p in paths]
         for path, bad in map_in_processes(_masks_outside_classes, jobs, processes=processes):
             raise _mask_classes_error(path, bad, self.num_classes)
 

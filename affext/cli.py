@@ -20,6 +20,11 @@ def _add_common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
             default="resnet38",
             help="tiny | resnet50 | resnet38 (default: resnet38, as psa)",
         )
+        p.add_argument(
+            "--preset",
+            default=None,
+            help="settings for a dataset over the backbone's: coco (MS-COCO 2014, docs/method.md)",
+        )
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument(
         "--workers",
@@ -103,6 +108,27 @@ def _cmd_synth(args) -> None:
     print(
         f"wrote the synthetic dataset to {out} ({cfg.num_train} train, {cfg.num_val} val "
         f"images; lists in {out / 'ImageSets' / 'Segmentation'})"
+    )
+
+
+def _cmd_coco(args) -> None:
+    from .data.coco import convert_coco
+
+    done = convert_coco(
+        args.annotations,
+        args.images,
+        args.out,
+        args.split,
+        copy=args.copy,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    lists = Path(args.out) / "ImageSets" / "Segmentation"
+    print(
+        f"wrote COCO {args.split} to {args.out}: {done['labeled']} images with labels in "
+        f"{lists / (args.split + '.txt')}, {done['unlabeled']} without any in "
+        f"{lists / (args.split + '_unlabeled.txt')}, {done['classes']} classes "
+        f"({done['converted']} masks written now)"
     )
 
 
@@ -232,12 +258,14 @@ def _cmd_eval(args) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{'class':<14}{'IoU':>8}{'prec.':>8}{'recall':>8}")
+    width = max(14, *(len(name) + 2 for name in result["iou"]))  # COCO's longest: 16
+    print(f"{'class':<{width}}{'IoU':>8}{'prec.':>8}{'recall':>8}")
     for name, _iou in result["iou"].items():
         cells = [result[k][name] for k in ("iou", "precision", "recall")]
-        print(f"{name:<14}" + "".join(f"{'-' if c is None else f'{c:.1f}':>8}" for c in cells))
+        row = "".join(f"{'-' if c is None else f'{c:.1f}':>8}" for c in cells)
+        print(f"{name:<{width}}" + row)
     print(
-        f"{'mIoU':<14}{result['miou']:>8.2f}   ({result['images']} images, "
+        f"{'mIoU':<{width}}{result['miou']:>8.2f}   ({result['images']} images, "
         f"{result['classes_counted']} classes counted)"
     )
 
@@ -367,6 +395,19 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
+    p = data_sub.add_parser(
+        "coco", help="MS-COCO's instances_*.json and images in the VOC layout (80 classes)"
+    )
+    p.add_argument("--annotations", required=True, help="e.g. annotations/instances_train2014.json")
+    p.add_argument("--images", required=True, help="the split's image folder, e.g. train2014/")
+    p.add_argument("--out", required=True, help="the dataset root (both splits go into one)")
+    p.add_argument("--split", required=True, help="the list's name: train, val, ...")
+    p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes decoding masks (default: every core)"
+    )
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_coco)
 
 
 def _add_stage_commands(sub) -> None:

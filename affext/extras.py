@@ -1,5 +1,6 @@
 """The optional dependencies: `pip install .` gives the ops (torch and numpy only); the
-pipeline's libraries come with the `pipeline` extra. A part that needs one says which."""
+pipeline's libraries come with the `pipeline` extra, pycocotools (`affext data coco`) with
+the `coco` extra. A part that needs one says which."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ PIPELINE = {
     "matplotlib": "matplotlib",
     "yaml": "pyyaml",
 }
+# the extras by name, as pyproject.toml's [project.optional-dependencies] lists them
+EXTRAS = {"pipeline": PIPELINE, "coco": {"pycocotools": "pycocotools"}}
 
 
 class MissingExtraError(ImportError):
@@ -21,11 +24,14 @@ class MissingExtraError(ImportError):
 
 
 def require(what: str, modules: tuple[str, ...]) -> None:
-    """Raise MissingExtraError naming `what` needs and how to install it, when any of
-    `modules` (keys of PIPELINE) cannot be imported."""
-    missing = [PIPELINE[m] for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise MissingExtraError(
-            f"{what} needs {', '.join(missing)}, which come with the pipeline extra: "
-            f"{PIPELINE_EXTRA}"
-        )
+    """Raise MissingExtraError naming what `what` needs and how to install it, when any of
+    `modules` (import names of EXTRAS' libraries) cannot be imported."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    extras = [name for name, libraries in EXTRAS.items() if any(m in libraries for m in missing)]
+    dists = [next(lib[m] for lib in EXTRAS.values() if m in lib) for m in missing]
+    raise MissingExtraError(
+        f"{what} needs {', '.join(dists)}, which come with the {' and '.join(extras)} "
+        f"extra: pip install 'affext[{','.join(extras)}]'"
+    )

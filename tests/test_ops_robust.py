@@ -324,8 +324,8 @@ def test_make_rw_workers_and_dcrf_processes_die_with_a_killed_stage(tiny_run, tm
     child = python_child(
         "import importlib, time\n"
         "from affext.models import AffinityNet, build_backbone\n"
-        "from affext.stages import common\n"
-        "common.PARENT_CHECK_SECONDS = 600  # so that only PR_SET_PDEATHSIG can end them\n"
+        "from affext import workers\n"
+        "workers.PARENT_CHECK_SECONDS = 600  # so that only PR_SET_PDEATHSIG can end them\n"
         "stage = importlib.import_module('affext.stages.make_rw')\n"
         "stage.load_aff_net = lambda p, b, d: AffinityNet(build_backbone('tiny')).eval()\n"
         "def stuck(*args):\n"

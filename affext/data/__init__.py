@@ -5,6 +5,7 @@ from ..extras import require
 
 require("affext's datasets", ("PIL", "tqdm"))
 
+from .coco import convert_coco
 from .synth import SynthConfig, make_synthetic_voc
 from .voc import (
     CLASS_NAMES,
@@ -32,6 +33,7 @@ __all__ = [
     "DatasetError",
     "SynthConfig",
     "VOCDataset",
+    "convert_coco",
     "dataset_classes",
     "labels_from_xml",
     "load_cls_labels",

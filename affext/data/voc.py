@@ -23,9 +23,13 @@ Image-level labels are (C,) float32 vectors without the background, as psa keeps
 
 from __future__ import annotations
 
+import functools
+import io
 import os
+import struct
 import warnings
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -34,6 +38,7 @@ from PIL import Image
 
 from ..files import atomic_save
 from ..safe_load import UnsafeFileError, load_npy
+from ..workers import map_in_processes
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -79,6 +84,12 @@ def voc_palette() -> list[int]:
     Colour of index i: its bits 0, 1, 2 go to the top bits of R, G, B, then bits 3, 4, 5 to
     the next bits, and so on; 255 (void) comes out as (224, 224, 192).
     """
+    return list(_palette())
+
+
+@functools.cache
+def _palette() -> tuple[int, ...]:
+    """voc_palette's values, made once (every label PNG written carries them)."""
     palette = []
     for index in range(256):
         r = g = b = 0
@@ -89,7 +100,7 @@ def voc_palette() -> list[int]:
             b |= ((c >> 2) & 1) << shift
             c >>= 3
         palette += [r, g, b]
-    return palette
+    return tuple(palette)
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -249,7 +260,16 @@ def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
 def load_label_png(path: str | os.PathLike) -> np.ndarray:
     """(H, W) uint8 class map from a palette PNG (indices) or a grey PNG (values)."""
     try:
-        with Image.open(path) as image:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise DatasetError(f"cannot read class map {str(path)!r}: {exc}") from exc
+    plain = _plain_png(data)
+    if plain is not None:
+        return plain
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             if image.mode in ("P", "L"):
                 return np.array(image, np.uint8)
             if image.mode in ("I", "I;16"):
@@ -258,10 +278,47 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
                 f"{str(path)!r} is a {image.mode} image; a class map must be a "
                 "palette (P) or grey (L) PNG"
             )
-    except FileNotFoundError:
-        raise
     except (OSError, SyntaxError) as exc:
         raise DatasetError(f"cannot decode class map {str(path)!r}: {exc}") from exc
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _plain_png(data: bytes) -> np.ndarray | None:
+    """The (H, W) uint8 values of an 8-bit palette or grey PNG, not interlaced, with every
+    row unfiltered (as PIL writes class maps), read without PIL in a quarter of its time (the
+    stages' checks read every mask: docs/method.md §9); None for any other PNG, which PIL
+    reads. The deflate stream's own checksum catches a corrupt file."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    pos, size, idat = 8, None, []
+    while pos + 8 <= len(data):
+        (n,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IHDR" and n >= 13:
+            w, h, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, pos + 8)
+            if depth != 8 or colour not in (0, 3) or interlace:
+                return None
+            size = (h, w)
+        elif kind == b"IDAT":
+            idat.append(data[pos + 8 : pos + 8 + n])
+        elif kind == b"IEND":
+            break
+        pos += 12 + n
+    if size is None or not idat:
+        return None
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error:
+        return None  # PIL names what is wrong
+    h, w = size
+    if len(raw) != h * (w + 1):
+        return None
+    rows = np.frombuffer(raw, np.uint8).reshape(h, w + 1)
+    if rows[:, 0].any():  # a filtered row
+        return None
+    return rows[:, 1:].copy()
 
 
 class VOCDataset:
@@ -350,18 +407,42 @@ class VOCDataset:
                 return path
         return None
 
+    def _names(self, folder: str) -> set[str]:
+        """The entries of ROOT/folder (none when it is missing): one directory read serves a
+        whole list's checks, where a test per id costs a file-system call each (at COCO's
+        82,081 ids, seconds; docs/method.md §9)."""
+        try:
+            return set(os.listdir(self.root / folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
     def check_ids(self, ids: Iterable[str]) -> None:
-        """Raise DatasetError naming the first ids that have no image."""
-        missing = [
-            i
-            for i in ids
-            if not any((self.root / IMAGE_DIR / f"{i}{e}").is_file() for e in IMAGE_EXTENSIONS)
-        ]
+        """Raise DatasetError naming the first ids that have no image (an entry of the image
+        folder; a file that cannot be read is named when it is read)."""
+        names = self._names(IMAGE_DIR)
+        missing = [i for i in ids if not any(f"{i}{e}" in names for e in IMAGE_EXTENSIONS)]
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise DatasetError(
                 f"unknown image id(s) {missing[:5]}{more}: not in {str(self.root / IMAGE_DIR)!r}"
             )
+
+    def image_paths(self, ids: Iterable[str]) -> list[str]:
+        """image_path of every id as a string, from one read of the image folder."""
+        names = self._names(IMAGE_DIR)
+        folder = str(self.root / IMAGE_DIR)
+        out = []
+        for i in ids:
+            ext = next((e for e in IMAGE_EXTENSIONS if f"{i}{e}" in names), None)
+            out.append(str(self.image_path(i)) if ext is None else f"{folder}/{i}{ext}")
+        return out
+
+    def image_sizes(
+        self, ids: Iterable[str], processes: int | None = None
+    ) -> list[tuple[int, int]]:
+        """(W, H) of every id's image, from the file headers (in processes for a long list;
+        processes: None, every core)."""
+        return map_in_processes(_image_sizes, self.image_paths(ids), processes=processes)
 
     # -- content --------------------------------------------------------------------------
     def load_image(self, image_id: str) -> np.ndarray:
@@ -390,29 +471,46 @@ class VOCDataset:
             )
         return load_label_png(path)
 
+    def _mask_files(self, ids: Iterable[str]) -> list[str | None]:
+        """Each id's mask file as a string (None: no mask), from one read of each mask
+        folder (strings: a Path per id costs as much as the file test it replaces)."""
+        folders = [(folder, self._names(folder)) for folder in MASK_DIRS]
+        root = str(self.root)
+        out: list[str | None] = []
+        for i in ids:
+            name = f"{i}.png"
+            folder = next((f for f, names in folders if name in names), None)
+            out.append(None if folder is None else os.path.join(root, folder, name))
+        return out
+
+    def mask_paths(self, ids: Iterable[str]) -> list[Path | None]:
+        """mask_path of every id, from one read of each mask folder."""
+        return [None if p is None else Path(p) for p in self._mask_files(ids)]
+
     def has_masks(self, ids: Iterable[str]) -> bool:
-        return all(self.mask_path(i) is not None for i in ids)
+        return all(p is not None for p in self._mask_files(ids))
 
     def check_mask(self, image_id: str, mask: np.ndarray | None = None) -> np.ndarray:
         """The ground truth of image_id (or `mask`, read from it), once every value in it is
         background, one of the dataset's classes or void; else DatasetError naming the file."""
         if mask is None:
             mask = self.load_mask(image_id)
-        values = np.unique(mask)
-        bad = values[(values > self.num_classes) & (values != IGNORE_INDEX)]
-        if bad.size:
-            raise DatasetError(
-                f"ground truth {str(self.mask_path(image_id))!r} holds class index(es) "
-                f"{bad.tolist()}, outside the dataset's classes 1..{self.num_classes} (0 "
-                "background, 255 void): declare the dataset's classes in ROOT/classes.txt "
-                "or give --classes"
-            )
+        bad = _outside_classes(mask, self.num_classes)
+        if bad:
+            raise _mask_classes_error(self.mask_path(image_id), bad, self.num_classes)
         return mask
 
-    def check_masks(self, ids: Iterable[str]) -> None:
-        """check_mask for every id (each mask is read once)."""
-        for image_id in ids:
-            self.check_mask(image_id)
+    def check_masks(self, ids: Iterable[str], processes: int | None = None) -> None:
+        """check_mask for every id, each mask read once: in processes for a long list (a
+        mask's classes are known only once it is decoded; processes: None, every core)."""
+        ids = list(ids)
+        paths = self._mask_files(ids)
+        missing = [i for i, p in zip(ids, paths) if p is None]
+        if missing:
+            self.load_mask(missing[0])  # raises, naming the folders
+        jobs = [(p, self.num_classes) for p in paths]
+        for path, bad in map_in_processes(_masks_outside_classes, jobs, processes=processes):
+            raise _mask_classes_error(path, bad, self.num_classes)
 
     def image_labels(self, image_id: str) -> np.ndarray:
         """(C,) float32 multi-hot image-level label, from the configured source."""
@@ -429,6 +527,81 @@ class VOCDataset:
         return labels_to_vector(
             np.unique(mask), self.num_classes, f"ground truth {str(self.mask_path(image_id))!r}"
         )
+
+
+def _outside_classes(mask: np.ndarray, num_classes: int) -> list[int]:
+    """The values of a class map that are neither background, a class 1..num_classes nor
+    void (a count of the 256 values: linear in the pixels, unlike a sort)."""
+    counts = np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
+    counts[: num_classes + 1] = 0
+    counts[IGNORE_INDEX] = 0
+    return np.flatnonzero(counts).tolist()
+
+
+def _masks_outside_classes(jobs: Sequence[tuple[str, int]]) -> list[tuple[str, list[int]]]:
+    """[(path, values outside the classes)] of the masks that have any (check_masks' work)."""
+    out = []
+    for path, num_classes in jobs:
+        bad = _outside_classes(load_label_png(path), num_classes)
+        if bad:
+            out.append((path, bad))
+    return out
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(W, H) of an image file, read from its header: a JPEG's frame header or a PNG's IHDR
+    directly, anything else (or anything unexpected) through PIL; DatasetError naming the
+    file when it cannot be read."""
+    try:
+        size = _header_size(path)
+        if size is None:
+            with Image.open(path) as im:
+                size = im.size
+    except (OSError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read image {str(path)!r}: {exc}") from exc
+    return size
+
+
+def _image_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
+    """image_size of each file (image_sizes' work)."""
+    return [image_size(p) for p in paths]
+
+
+# JPEG start-of-frame markers (baseline, progressive, ...), which hold the height and width
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(W, H) from a JPEG's start-of-frame segment or a PNG's IHDR, reading only the
+    segments before it (PIL's open costs several times more per file); None otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+        if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if not head.startswith(b"\xff\xd8"):
+            return None
+        pos = 2
+        for _ in range(64):  # APPn, DQT, DHT, ... segments before the frame
+            f.seek(pos)
+            marker = f.read(4)
+            if len(marker) < 4 or marker[0] != 0xFF:
+                return None
+            if marker[1] in _SOF:
+                frame = f.read(5)
+                if len(frame) < 5:
+                    return None
+                h, w = struct.unpack(">HH", frame[1:5])
+                return (w, h) if w and h else None
+            pos += 2 + struct.unpack(">H", marker[2:4])[0]
+    return None
+
+
+def _mask_classes_error(path, bad: list[int], num_classes: int) -> DatasetError:
+    return DatasetError(
+        f"ground truth {str(path)!r} holds class index(es) {bad}, outside the dataset's "
+        f"classes 1..{num_classes} (0 background, 255 void): declare the dataset's classes "
+        "in ROOT/classes.txt or give --classes"
+    )
 
 
 def labels_from_xml(path: str | os.PathLike, classes: Sequence[str] = VOC_CLASSES) -> np.ndarray:

@@ -3,11 +3,7 @@ themselves (atomic writes, config records, score files) are affext.files'."""
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +13,7 @@ import torch
 
 from ..data.voc import NUM_CLASSES
 from ..files import missing_files, require_files
+from ..workers import die_with_parent  # noqa: F401 - the stages' worker initialiser
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -34,40 +31,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def default_workers() -> int:
     """DataLoader workers for image decoding: up to 4, fewer on small machines."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
-# The process that imported affext and its main thread: a worker forked from that thread is
-# told to die with it (PR_SET_PDEATHSIG follows the forking *thread*, not its process).
-_STARTER = (os.getpid(), threading.main_thread().ident)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-PARENT_CHECK_SECONDS = 0.5
-
-
-def die_with_parent(*_: object) -> None:
-    """End this worker process when the process that started it ends, even by kill -9.
-
-    The initialiser of every worker process of affext: DataLoader(worker_init_fn=...) and
-    process pools (initializer=...). Without it a worker whose parent is killed can block for
-    good on a full pipe, holding its memory. On Linux, a worker forked from the main thread
-    of the process that imported affext asks the kernel for SIGKILL when that thread ends
-    (prctl PR_SET_PDEATHSIG; a thread that may end before its process does not qualify);
-    every worker also checks its parent's pid every PARENT_CHECK_SECONDS on a daemon thread.
-    """
-    parent = os.getppid()
-    starter_pid, starter_thread = _STARTER
-    if sys.platform == "linux" and (parent, threading.get_ident()) == (starter_pid, starter_thread):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # else: the watch
-    if os.getppid() != parent or parent == 1:  # the parent died before the prctl took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-    threading.Thread(
-        target=_watch_parent, args=(parent,), name="affext-parent-watch", daemon=True
-    ).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def require_cams(cam_dir: str | os.PathLike, ids: Iterable[str]) -> None:

@@ -70,10 +70,45 @@ PRESETS: dict[str, dict[str, dict]] = {
         },
         "make_seg": {"long_side": 320, "scales": (0.5, 0.75, 1.0)},
     },
+    # MS-COCO 2014 (`--preset coco`, over the backbone's own; for resnet38 / resnet50): the
+    # settings the IRN-based works publish for COCO (IRN's COCO code was never released;
+    # ReCAM, AMN and RIB publish theirs, and agree), psa's for everything they do not state
+    # (docs/method.md §9 cites each). The classifier: 5 epochs of batch 16, 512 px crops of
+    # images resized to a long side of 320-640 px, lr 0.1, weight decay 1e-4 (CAM inference
+    # at psa's scales, which are theirs too). AffinityNet as their inter-pixel relation
+    # network, which learns the same pairs from the CAMs: 3 epochs of batch 32, 512 px
+    # crops, lr 0.1, weight decay 1e-4.
+    "coco": {
+        "train_cam": {
+            "epochs": 5,
+            "batch_size": 16,
+            "crop_size": 512,
+            "resize_long": (320, 640),
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+        },
+        "train_aff": {
+            "epochs": 3,
+            "batch_size": 32,
+            "crop_size": 512,
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+        },
+    },
 }
 
-# The settings of a whole run that every stage having the field takes.
-SHARED = ("backbone", "device", "num_workers", "seed", "label_source", "cls_labels", "classes")
+# The settings of a whole run that every stage having the field takes (preset: a named
+# preset of PRESETS applied over the backbone's own, e.g. "coco"; no stage has it as a field).
+SHARED = (
+    "backbone",
+    "preset",
+    "device",
+    "num_workers",
+    "seed",
+    "label_source",
+    "cls_labels",
+    "classes",
+)
 
 # The stages of `affext run`, in order, by their names in PRESETS and RunConfig.
 STAGE_CONFIGS = {
@@ -89,13 +124,20 @@ STAGE_CONFIGS = {
 
 def stage_config(cls, stage: str | None, shared: dict | None = None, **overrides):
     """cls's config: psa's defaults, then the preset of shared["backbone"] for `stage`, then
-    the `shared` settings cls has (SHARED), then `overrides`; None values are left out.
+    the named preset shared["preset"] (e.g. "coco") for it, then the `shared` settings cls
+    has (SHARED), then `overrides`; None values are left out.
 
-    Raises ValueError naming a preset or override key cls does not have.
+    Raises ValueError naming an unknown preset, or a preset or override key cls does not have.
     """
     shared = {k: v for k, v in (shared or {}).items() if v is not None}
     names = {f.name for f in dataclasses.fields(cls)}
-    preset = PRESETS.get(shared.get("backbone"), {}).get(stage, {}) if stage else {}
+    named = shared.get("preset")
+    if named is not None and named not in PRESETS:
+        raise ValueError(f"no preset {named!r}; the presets are {sorted(PRESETS)}")
+    preset = {}
+    if stage:
+        preset.update(PRESETS.get(shared.get("backbone"), {}).get(stage, {}))
+        preset.update(PRESETS.get(named, {}).get(stage, {}))
     values = {**preset, **{k: v for k, v in shared.items() if k in names}}
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - names
@@ -128,6 +170,7 @@ class RunConfig:
     """Every stage's config; defaults are psa's, with PRESETS applied for the backbone."""
 
     backbone: str = "resnet38"
+    preset: str | None = None  # a named preset over the backbone's (PRESETS: "coco")
     device: str = "auto"
     num_workers: int = default_workers()
     seed: int = 0
@@ -230,7 +273,8 @@ def config_text(cfg: RunConfig, fmt: str = "yaml") -> str:
         return json.dumps(values, indent=2) + "\n"
     yaml = _yaml()
     head = (
-        f"# affext run settings: psa's defaults with the {cfg.backbone!r} preset.\n"
+        f"# affext run settings: psa's defaults with the {cfg.backbone!r} preset"
+        f"{f' and the {cfg.preset!r} one' if cfg.preset else ''}.\n"
         "# `affext run --config FILE` reads this (command-line flags override it); the file\n"
         "# may also give voc_root, train_list, eval_list and workdir.\n"
     )

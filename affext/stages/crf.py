@@ -3,16 +3,13 @@ the processes that run it for make-rw and make-seg (pydensecrf holds the GIL).""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..extras import require
-from .common import die_with_parent
+from ..workers import pool_process_init, process_context
 
 
 @dataclass
@@ -66,20 +63,7 @@ def default_crf_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
-def crf_process_context() -> multiprocessing.context.BaseContext:
-    """How the dCRF processes start: by fork on Linux, as torch's DataLoader workers do.
-
-    spawn (and forkserver) would import the caller's main module again in every process,
-    which breaks a script without an `if __name__ == "__main__":` guard, and torch once per
-    process. A fork of this threaded process (OpenMP pool, CUDA context) is safe here because
-    the children only run numpy, pydensecrf and PIL, never torch, CUDA or OpenMP.
-    """
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-
-
-def crf_process_init() -> None:
-    """The initialiser of a dCRF process: Ctrl-C reaches the whole process group, so the
-    parent stops the pool and the process finishes its image instead of printing a
-    traceback; and it dies with its parent (die_with_parent)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+# The dCRF's processes: forked (they run numpy, pydensecrf and PIL only) and dying with
+# their parent; the one definition is affext.workers'.
+crf_process_context = process_context
+crf_process_init = pool_process_init

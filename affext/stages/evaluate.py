@@ -160,7 +160,7 @@ def evaluate(
         "run the stage that writes them first",
         error=DatasetError,
     )
-    no_gt = [i for i in ids if data.mask_path(i) is None]
+    no_gt = [i for i, p in zip(ids, data.mask_paths(ids)) if p is None]
     if no_gt:
         raise DatasetError(f"{len(no_gt)} image(s) have no ground-truth mask, e.g. {no_gt[:3]}")
 

@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import dist
 from ..data.datasets import argmax_at_size, kept_size, load_cam, load_working_image
 from ..data.transforms import long_side_size, normalize, pool_by, resize_maps
-from ..data.voc import DatasetError, VOCDataset, save_label_png
+from ..data.voc import VOCDataset, save_label_png
 from ..files import atomic_write_json, record_config
 from .common import (
     background_score,
@@ -151,13 +150,8 @@ def _size_batches(
     a run of batches.
     """
     groups: dict[tuple[int, int], list[int]] = {}
-    for n, image_id in enumerate(ids):
-        path = voc.image_path(image_id)
-        try:
-            with Image.open(path) as im:
-                w, h = long_side_size(im.size, long_side)
-        except (OSError, SyntaxError) as exc:
-            raise DatasetError(f"cannot read image {str(path)!r} (id {image_id!r}): {exc}") from exc
+    for n, size in enumerate(voc.image_sizes(ids)):  # the headers, in processes for many
+        w, h = long_side_size(size, long_side)
         groups.setdefault((padded(h), padded(w)), []).append(n)
     return [
         members[i : i + batch_size]

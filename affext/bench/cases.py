@@ -9,6 +9,7 @@ pytest benchmarks (benchmarks/) build and time the same cases through `build`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,21 +35,30 @@ class CaseInfo:
     peak_bytes(**params): estimated peak extra bytes of one call (None: not estimated).
     time_exponent: time grows about as N ** time_exponent with the map's area N = H * W
     (1 for the stencil kernels, 3 for psa's dense N x N matrix products).
+    unavailable(): why the case cannot run in this installation (an op not built, a library
+    not installed), or None; None in place of the function: always available.
     """
 
     peak_bytes: Callable[..., float] | None = None
     time_exponent: float = 1.0
+    unavailable: Callable[[], str | None] | None = None
 
 
 CASE_INFO: dict[str, CaseInfo] = {}
 
 
-def case(name: str, *, peak_bytes: Callable[..., float] | None = None, time_exponent: float = 1.0):
+def case(
+    name: str,
+    *,
+    peak_bytes: Callable[..., float] | None = None,
+    time_exponent: float = 1.0,
+    unavailable: Callable[[], str | None] | None = None,
+):
     """Register a case builder: builder(device, **params) -> zero-argument callable."""
 
     def register(builder):
         CASES[name] = builder
-        CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent)
+        CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent, unavailable)
         return builder
 
     return register
@@ -59,6 +69,12 @@ def build(name: str, device: str = "cpu", **params) -> Work:
     if name not in CASES:
         raise KeyError(f"unknown case {name!r}; known: {sorted(CASES)}")
     return CASES[name](torch.device(device), **params)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why case `name` cannot run in this installation, or None (CaseInfo.unavailable)."""
+    info = CASE_INFO.get(name)
+    return info.unavailable() if info is not None and info.unavailable is not None else None
 
 
 def estimate_peak_bytes(name: str, **params) -> int | None:
@@ -336,15 +352,21 @@ def crf_scores(
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(C, H, W) float64 Gaussian blur (separable, reflected borders)."""
-    r = max(1, int(3 * sigma))
-    r = min(r, x.shape[1] - 1, x.shape[2] - 1)
-    taps = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
-    taps = taps / taps.sum()
-    c = x.shape[0]
-    y = torch.nn.functional.pad(x[None], (r, r, r, r), mode="reflect")
-    y = torch.nn.functional.conv2d(y, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = torch.nn.functional.conv2d(y, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    """(C, H, W) float64 Gaussian-like blur (separable taps, reflected borders); a wide one
+    on a map average-pooled by sigma / 2 and upsampled again (bilinear), which is fast."""
+    c, h, w = x.shape
+    f = max(1, int(sigma / 2))
+    y = torch.nn.functional.avg_pool2d(x[None], f, ceil_mode=True) if f > 1 else x[None]
+    sigma = sigma / f
+    r = min(max(1, int(3 * sigma)), y.shape[2] - 1, y.shape[3] - 1)
+    if r >= 1:
+        taps = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+        taps = taps / taps.sum()
+        y = torch.nn.functional.pad(y, (r, r, r, r), mode="reflect")
+        y = torch.nn.functional.conv2d(y, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        y = torch.nn.functional.conv2d(y, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    if f > 1:
+        y = torch.nn.functional.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
     return y[0]
 
 
@@ -365,3 +387,99 @@ def dense_crf_inputs(
     if image is None:
         image = crf_texture(height, width, seed)
     return image, crf_scores(image, labels, seed, kind)
+
+
+def crf_batch(
+    height: int = 375,
+    width: int = 500,
+    labels: int = 3,
+    batch: int = 1,
+    pair: bool = False,
+    kind: str = "cam",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images (B, H, W, 3) uint8, scores (B, labels, H, W) float32) of the dCRF cases: image
+    0 the sample photo, the others textures (seeds 1 ..); pair=True: psa's la and ha stacks
+    of the photo (background (1 - max CAM)^alpha with alpha 4 and 32, B = 2)."""
+    if pair:
+        image, la = dense_crf_inputs(height, width, labels, 0, "photo", "cam")
+        ha = la.copy()
+        if labels > 1:
+            ha[0] = (1 - la[1:].max(0)) ** 32
+        return np.stack([image, image]), np.stack([la, ha])
+    pairs = [
+        dense_crf_inputs(height, width, labels, i, "photo" if i == 0 else "texture", kind)
+        for i in range(batch)
+    ]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _dense_crf_op():
+    from .. import ops
+
+    return getattr(ops, "dense_crf", None)
+
+
+def _affext_crf_unavailable() -> str | None:
+    if _dense_crf_op() is None:
+        return "affext.dense_crf unavailable (not in this build of affext)"
+    return None
+
+
+def _pydensecrf_unavailable() -> str | None:
+    if importlib.util.find_spec("pydensecrf") is None:
+        return "pydensecrf unavailable (pip install pydensecrf2)"
+    return None
+
+
+def _crf_bytes(height=375, width=500, labels=3, batch=1, pair=False, **_) -> float:
+    # The marginals and two message buffers per label, and a lattice of (d + 1) = 6
+    # vertices a pixel with n values each (bilateral) and 3 (Gaussian), in float32.
+    images = 2 if pair else batch
+    return FLOAT32_BYTES * images * height * width * labels * (3 + 2 * (6 + 3))
+
+
+@case("dense_crf/affext", peak_bytes=_crf_bytes, unavailable=_affext_crf_unavailable)
+def _dense_crf_affext(
+    device: torch.device,
+    height: int = 375,
+    width: int = 500,
+    labels: int = 3,
+    batch: int = 1,
+    pair: bool = False,
+    kind: str = "cam",
+    iterations: int = 10,
+):
+    # One call: a batch (B, ...) of images, la + ha as a batch of two stacks of one image,
+    # or one image (H, W, 3) with its (n, H, W) scores.
+    crf = _dense_crf_op()
+    if crf is None:
+        raise RuntimeError(_affext_crf_unavailable())
+    images, scores = crf_batch(height, width, labels, batch, pair, kind)
+    images = torch.from_numpy(images).to(device)
+    scores = torch.from_numpy(scores).to(device)
+    if batch == 1 and not pair:
+        images, scores = images[0], scores[0]
+    return lambda: crf(images, scores, iterations)
+
+
+@case("dense_crf/pydensecrf", peak_bytes=_crf_bytes, unavailable=_pydensecrf_unavailable)
+def _dense_crf_pydensecrf(
+    device: torch.device,
+    height: int = 375,
+    width: int = 500,
+    labels: int = 3,
+    batch: int = 1,
+    pair: bool = False,
+    kind: str = "cam",
+    iterations: int = 10,
+):
+    # pydensecrf runs on the CPU whatever the device: one call an image (la + ha: two).
+    from ..reference.dense_crf import pydensecrf_reference
+
+    images, scores = crf_batch(height, width, labels, batch, pair, kind)
+
+    def work():
+        for image, sc in zip(images, scores, strict=True):
+            pydensecrf_reference(image, sc, iterations)
+
+    return work

@@ -2,10 +2,14 @@
 from the exact dense CRF (affext.reference.dense_crf), on small images: the sample photo,
 synthesised textures and the embedded synthetic set, n = 2, 3 and 21 labels, psa's settings.
 
-    python benchmarks/crf_accuracy.py [--json FILE] [--sizes 24x32,40x40]
+    python benchmarks/crf_accuracy.py [--json FILE] [--sizes 24x32,40x40] [--iterations 10]
+    python benchmarks/crf_accuracy.py --self [--sizes 120x160,375x500]
 
 Per case: mean |marginal difference|, its maximum, and the share of pixels whose argmax
 agrees. These figures calibrate the tolerances of tests/test_dense_crf.py.
+--self compares pydensecrf with itself on the image flipped left-right and transposed (the
+results mapped back): the lattice is not invariant to either, so this is how far another
+permutohedral lattice of the same accuracy, but not pydensecrf's own, may land from it.
 """
 
 from __future__ import annotations
@@ -66,14 +70,53 @@ def compare(q: np.ndarray, ref: np.ndarray) -> dict:
     }
 
 
+def self_consistency(sizes) -> list[dict]:
+    """pydensecrf against itself on the image flipped left-right and transposed."""
+    from affext.bench.cases import dense_crf_inputs
+
+    rows = []
+    for h, w in sizes:
+        for n, kind in ((3, "cam"), (21, "probs")):
+            for source, seed in (("photo", 0), ("texture", 1)):
+                image, scores = dense_crf_inputs(h, w, n, seed, source, kind)
+                base = pydensecrf_reference(image, scores)
+                row = {"image": f"{source}-{h}x{w}", "n": n, "scores": kind}
+                flip = pydensecrf_reference(
+                    np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(scores[..., ::-1])
+                )[..., ::-1]
+                row["hflip"] = compare(flip, base)
+                turn = pydensecrf_reference(
+                    np.ascontiguousarray(image.transpose(1, 0, 2)),
+                    np.ascontiguousarray(scores.transpose(0, 2, 1)),
+                ).transpose(0, 2, 1)
+                row["transpose"] = compare(turn, base)
+                rows.append(row)
+                print(
+                    f"{row['image']:18s} n={n:2d} {kind:6s} pydensecrf vs itself: "
+                    + " | ".join(
+                        f"{k} mean {row[k]['mean_abs']:.2e} argmax "
+                        f"{100 * row[k]['argmax_agree']:.2f}%"
+                        for k in ("hflip", "transpose")
+                    ),
+                    flush=True,
+                )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--sizes", default="24x32,40x40,33x37")
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--self", action="store_true", help="pydensecrf against itself")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    if args.self:
+        rows = self_consistency(sizes)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        return 0
     cases = []
     for h, w in sizes:
         photo = crf_photo(h, w)

@@ -438,48 +438,47 @@ def _crf_bytes(height=375, width=500, labels=3, batch=1, pair=False, **_) -> flo
     return FLOAT32_BYTES * images * height * width * labels * (3 + 2 * (6 + 3))
 
 
-@case("dense_crf/affext", peak_bytes=_crf_bytes, unavailable=_affext_crf_unavailable)
-def _dense_crf_affext(
-    device: torch.device,
-    height: int = 375,
-    width: int = 500,
-    labels: int = 3,
-    batch: int = 1,
-    pair: bool = False,
-    kind: str = "cam",
-    iterations: int = 10,
-):
-    # One call: a batch (B, ...) of images, la + ha as a batch of two stacks of one image,
-    # or one image (H, W, 3) with its (n, H, W) scores.
+def _crf_case(prepare):
+    """Builder of a dCRF case: prepare(device, images (B, H, W, 3), scores (B, n, H, W),
+    pair, iterations) -> work, on the inputs of crf_batch."""
+
+    def builder(device: torch.device, iterations: int = 10, **params):
+        # params: crf_batch's (height, width, labels, batch, pair, kind)
+        images, scores = crf_batch(**params)
+        return prepare(device, images, scores, params.get("pair", False), iterations)
+
+    return builder
+
+
+def _affext_crf_work(device, images, scores, pair, iterations):
+    # One call: (B, H, W, 3) images with their (B, n, H, W) stacks; la + ha as one (H, W, 3)
+    # image for both stacks (its lattices built once); one image as (H, W, 3) and (n, H, W).
     crf = _dense_crf_op()
     if crf is None:
         raise RuntimeError(_affext_crf_unavailable())
-    images, scores = crf_batch(height, width, labels, batch, pair, kind)
     images = torch.from_numpy(images).to(device)
     scores = torch.from_numpy(scores).to(device)
-    if batch == 1 and not pair:
+    if pair:
+        images = images[0]
+    elif len(images) == 1:
         images, scores = images[0], scores[0]
     return lambda: crf(images, scores, iterations)
 
 
-@case("dense_crf/pydensecrf", peak_bytes=_crf_bytes, unavailable=_pydensecrf_unavailable)
-def _dense_crf_pydensecrf(
-    device: torch.device,
-    height: int = 375,
-    width: int = 500,
-    labels: int = 3,
-    batch: int = 1,
-    pair: bool = False,
-    kind: str = "cam",
-    iterations: int = 10,
-):
+def _pydensecrf_work(device, images, scores, pair, iterations):
     # pydensecrf runs on the CPU whatever the device: one call an image (la + ha: two).
     from ..reference.dense_crf import pydensecrf_reference
-
-    images, scores = crf_batch(height, width, labels, batch, pair, kind)
 
     def work():
         for image, sc in zip(images, scores, strict=True):
             pydensecrf_reference(image, sc, iterations)
 
     return work
+
+
+case("dense_crf/affext", peak_bytes=_crf_bytes, unavailable=_affext_crf_unavailable)(
+    _crf_case(_affext_crf_work)
+)
+case("dense_crf/pydensecrf", peak_bytes=_crf_bytes, unavailable=_pydensecrf_unavailable)(
+    _crf_case(_pydensecrf_work)
+)

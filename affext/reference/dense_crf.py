@@ -161,24 +161,14 @@ def dense_crf_reference(
     return q.reshape(n, h, w)
 
 
-def pydensecrf_reference(
-    image,
-    scores,
-    iterations: int = 10,
-    gaussian_sxy: float = 3.0,
-    gaussian_compat: float = 3.0,
-    bilateral_sxy: float = 80.0,
-    bilateral_srgb: float = 13.0,
-    bilateral_compat: float = 10.0,
-) -> np.ndarray:
-    """pydensecrf with psa's calls (affext.stages.crf.crf_inference), the same arguments as
-    dense_crf_reference: (n, H, W) float32 marginals of one (H, W, 3) uint8 image, or
-    (B, n, H, W) of a batch (one pydensecrf call an image). Needs pydensecrf2."""
+def pydensecrf_reference(image, scores, iterations: int = 10, **settings: float) -> np.ndarray:
+    """pydensecrf with psa's calls (affext.stages.crf.crf_inference), with dense_crf_reference's
+    arguments (settings: gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
+    bilateral_compat; psa's by default): (n, H, W) float32 marginals of one (H, W, 3) uint8
+    image, or (B, n, H, W) of a batch (one pydensecrf call an image). Needs pydensecrf2."""
     from ..stages.crf import CRFConfig, crf_inference
 
-    cfg = CRFConfig(
-        iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb, bilateral_compat
-    )
+    cfg = CRFConfig(iterations=iterations, **settings)
     image = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     scores = scores.cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     if image.ndim == 4:

@@ -175,10 +175,10 @@ def test_reference_is_not_trivial():
 
 def test_reference_in_row_chunks_equals_the_full_matrix(monkeypatch):
     image, scores = case_inputs("texture1", 13, 17, 4)
-    full = dense_crf_reference(image, scores)
+    full = dense_crf_reference(image, scores, 3)
     monkeypatch.setattr(reference, "FULL_KERNEL_MAX_PIXELS", 10)
     monkeypatch.setattr(reference, "CHUNK_ROWS", 50)
-    torch.testing.assert_close(dense_crf_reference(image, scores), full, rtol=0, atol=1e-13)
+    torch.testing.assert_close(dense_crf_reference(image, scores, 3), full, rtol=0, atol=1e-13)
 
 
 def test_reference_batched_equals_per_image():

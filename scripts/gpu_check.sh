@@ -13,14 +13,18 @@
 # 4. runs the AffinityNet training-step benchmark (benchmarks/bench_train_step.py: resnet38,
 #    B=8, 448 crop, affext's ops vs psa's formulation, step time and peak memory);
 # 5. runs make-rw's device path against psa's per-image path (benchmarks/bench_make_rw.py:
-#    resnet38, 500x375 images, images/s of each).
+#    resnet38, 500x375 images, images/s of each);
+# 6. runs the dense CRF's CUDA tests (tests/test_dense_crf.py -m cuda, also when pytest
+#    arguments narrow step 2) and its benchmark against pydensecrf
+#    (benchmarks/bench_dense_crf.py: 375x500 with 3 and 21 labels, la + ha, a batch of 8).
 # The build uses the system compiler (CC=/usr/bin/gcc CXX=/usr/bin/g++) where it exists and
 # CC/CXX are not set: some GPU machines put first on PATH a gcc that links libstdc++
 # statically, and with such a build every error raised inside an op crashes the process
 # (segfault) instead of raising an exception (setup.py warns about it).
 # Leaves under OUT_DIR: build.log, tests.log, bench_cuda.{json,png,log}
 # bench_walk_cuda.{json,log} (bench_cpu.{json,png,log}), train_step.{json,log},
-# bench_make_rw.{json,log}, and summary.txt with each step's exit
+# bench_make_rw.{json,log}, crf_tests.log, bench_crf_cuda.{json,log}, and summary.txt with
+# each step's exit
 # status. The steps after a
 # failed test step still run; the script exits non-zero if any step failed.
 set -uo pipefail
@@ -113,12 +117,16 @@ step "train step" "$OUT/train_step.log" python -m pytest -q -s -k cuda \
   benchmarks/bench_train_step.py --benchmark-json="$OUT/train_step.json"
 step "bench make-rw" "$OUT/bench_make_rw.log" \
   python benchmarks/bench_make_rw.py --device cuda --json "$OUT/bench_make_rw.json"
+step "dcrf cuda tests" "$OUT/crf_tests.log" python -m pytest -q -ra -m cuda tests/test_dense_crf.py
+step "bench dcrf cuda" "$OUT/bench_crf_cuda.log" python -m pytest -q -s -k cuda \
+  benchmarks/bench_dense_crf.py --benchmark-json="$OUT/bench_crf_cuda.json"
 
 echo "== summary ($SUMMARY)"
 cat "$SUMMARY"
 tail -n 1 "$OUT/tests.log"
 # The bench's tables (stdout) follow its progress lines (stderr) in its log.
 sed -n '/^affext bench, /,$p' "$OUT/bench_cuda.log"
-grep -h '^\[cuda' "$OUT/bench_walk_cuda.log" "$OUT/train_step.log"
+grep -h '^\[cuda' "$OUT/bench_walk_cuda.log" "$OUT/train_step.log" "$OUT/bench_crf_cuda.log"
+tail -n 1 "$OUT/crf_tests.log"
 sed -n '/^make-rw device path/,$p' "$OUT/bench_make_rw.log"
 exit "$FAILED"

@@ -3,6 +3,7 @@ makes before running anything (skips from a memory estimate or a time prediction
 No timing is asserted: only that every figure is there and is a finite number."""
 
 import argparse
+import importlib.util
 import json
 import math
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import affext
 from affext import bench
 from affext.bench.cases import _walk_dense_bytes
 from affext.bench.runner import ratios, skip_reason
@@ -72,10 +74,13 @@ def test_quick_report_schema(quick_report):
     assert set(report["settings"]) >= {"repeats", "warmup", "budget_s", "memory_limit_bytes"}
     ids = [e["id"] for e in report["benchmarks"]]
     assert ids == [p.id for p in bench.plan(quick=True)]
-    assert {e["op"] for e in report["benchmarks"]} == {"affinity", "pair_loss", "random_walk"}
+    ops = {"affinity", "pair_loss", "random_walk", "dense_crf"}
+    assert {e["op"] for e in report["benchmarks"]} == ops
     for entry in report["benchmarks"]:
         assert set(entry) == ENTRY_KEYS, entry["id"]
-        assert entry["n"] == entry["params"]["size"] ** 2
+        params = entry["params"]
+        area = params["height"] * params["width"] if "height" in params else params["size"] ** 2
+        assert entry["n"] == area
         assert list(entry["results"])[0] == "affext"
         for impl, res in entry["results"].items():
             assert res["status"] in bench.STATUSES, (entry["id"], impl)
@@ -107,6 +112,23 @@ def test_quick_report_measures_the_walk_against_both_references(quick_report):
     for entry in report["benchmarks"]:
         if entry["op"] == "random_walk" and entry["group"] == "shapes":
             assert set(entry["ratios"]) == {"psa-dense", "torch-sparse"}, entry["id"]
+
+
+def test_quick_report_measures_the_dense_crf_against_pydensecrf(quick_report):
+    # affext and pydensecrf on the same images, each run or skipped for what is installed.
+    report, _ = quick_report
+    entries = [e for e in report["benchmarks"] if e["op"] == "dense_crf"]
+    assert [e["id"].split("-", 1)[1] for e in entries] == ["3", "21", "la-ha"]
+    have_op = hasattr(affext, "dense_crf")
+    have_pydensecrf = importlib.util.find_spec("pydensecrf") is not None
+    for entry in entries:
+        ours, ref = entry["results"]["affext"], entry["results"]["pydensecrf"]
+        assert ours["status"] == ("ok" if have_op else "skipped"), ours
+        assert ref["status"] == ("ok" if have_pydensecrf else "skipped"), ref
+        if not have_op:
+            assert "affext.dense_crf unavailable" in ours["reason"]
+        assert set(entry["ratios"]) == ({"pydensecrf"} if have_op and have_pydensecrf else set())
+    assert entries[2]["params"]["pair"] is True
 
 
 def test_quick_plot_is_a_png(quick_report):

@@ -1,4 +1,4 @@
-"""affext against psa-dense and torch-sparse, side by side in one run (`affext bench`).
+"""affext against psa-dense, torch-sparse and pydensecrf, side by side in one run (affext bench).
 
     affext bench [--device cpu|cuda] [--quick] [--json FILE] [--plot FILE.png]
     python -m affext.bench ...          (the same, without the `affext` command)
@@ -14,11 +14,17 @@ affext.bench.cases, seeded), so that the ratios hold on a shared, noisy machine
 - the random walk of one image (C=21, beta 8, t=256, radius 5, from precomputed affinities)
   on a 56x56 map, with psa-shaped CAMs (background + two classes live, the others exactly
   zero) and with all 21 channels live: affext vs psa-dense and torch-sparse;
+- the dense CRF (psa's settings, 10 iterations) of a 375x500 image with 3 labels (psa's la
+  or ha) and with 21, and psa's la + ha pair of one image as one affext call against two
+  pydensecrf calls; on CUDA also a batch of 8 images in one call (pydensecrf: 8 calls, on
+  the CPU whatever the device). Where affext.dense_crf is not built, or pydensecrf not
+  installed, that implementation is reported skipped with the reason;
 - a scaling sweep of the walk (psa-shaped CAMs) over map sizes up to 512x512.
 
-A reference that cannot run at a size is skipped with the reason, decided before running it:
-from its estimated peak memory against the memory limit, or from its time predicted from the
-previous size (time ~ N ** e, e = 3 for the dense walk, 1 otherwise) against the time budget.
+An implementation that cannot run at a size is skipped with the reason, decided before
+running it: from what this installation has (an op not built, a library missing), from its
+estimated peak memory against the memory limit, or from its time predicted from the previous
+size (time ~ N ** e, e = 3 for the dense walk, 1 otherwise) against the time budget.
 A call that fails anyway (out of memory, past its timeout) is reported as failed; the report
 goes on.
 
@@ -48,14 +54,16 @@ change of meaning raises the version). Numbers are finite; times in seconds, mem
                                  memory_total_bytes}
     benchmarks                  list of entries, in run order:
       id                        e.g. "random_walk/56-psa", "random_walk/scaling-224"
-      op                        "affinity" | "pair_loss" | "random_walk"
+      op                        "affinity" | "pair_loss" | "random_walk" | "dense_crf"
       group                     "shapes" (a real run's shapes) | "scaling" (the sweep)
       title                     what is measured, in words
       params                    the case parameters (batch, channels, size, radius, live,
-                                beta, iterations ...), the same for every implementation
-      n                         map area H * W
+                                beta, iterations ...; the dCRF's height, width, labels,
+                                kind, pair, batch), the same for every implementation
+      n                         map area H * W (size ** 2, or height * width)
       results                   {implementation: result}; implementations "affext",
-                                "psa-dense", "torch-sparse" (those that exist for the op)
+                                "psa-dense", "torch-sparse", "pydensecrf" (those that exist for
+                                the op)
         case                    the affext.bench.cases case name
         status                  "ok" | "skipped" | "failed"
         reason                  why not ok (absent when ok)
@@ -74,7 +82,15 @@ change of meaning raises the version). Numbers are finite; times in seconds, mem
 The PNG (--plot) draws the sweep's time and peak memory against N on log-log axes.
 """
 
-from .cases import CASE_INFO, CASES, CaseInfo, build, case, estimate_peak_bytes
+from .cases import (
+    CASE_INFO,
+    CASES,
+    CaseInfo,
+    build,
+    case,
+    estimate_peak_bytes,
+    unavailable_reason,
+)
 from .cli import add_arguments, main
 from .measure import (
     MemoryProbe,
@@ -112,4 +128,5 @@ __all__ = [
     "run_bench",
     "synchronized",
     "time_work",
+    "unavailable_reason",
 ]

@@ -9,9 +9,11 @@ pytest benchmarks (benchmarks/) build and time the same cases through `build`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..neighborhood import neighborhood_offsets
@@ -33,21 +35,30 @@ class CaseInfo:
     peak_bytes(**params): estimated peak extra bytes of one call (None: not estimated).
     time_exponent: time grows about as N ** time_exponent with the map's area N = H * W
     (1 for the stencil kernels, 3 for psa's dense N x N matrix products).
+    unavailable(): why the case cannot run in this installation (an op not built, a library
+    not installed), or None; None in place of the function: always available.
     """
 
     peak_bytes: Callable[..., float] | None = None
     time_exponent: float = 1.0
+    unavailable: Callable[[], str | None] | None = None
 
 
 CASE_INFO: dict[str, CaseInfo] = {}
 
 
-def case(name: str, *, peak_bytes: Callable[..., float] | None = None, time_exponent: float = 1.0):
+def case(
+    name: str,
+    *,
+    peak_bytes: Callable[..., float] | None = None,
+    time_exponent: float = 1.0,
+    unavailable: Callable[[], str | None] | None = None,
+):
     """Register a case builder: builder(device, **params) -> zero-argument callable."""
 
     def register(builder):
         CASES[name] = builder
-        CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent)
+        CASE_INFO[name] = CaseInfo(peak_bytes, time_exponent, unavailable)
         return builder
 
     return register
@@ -58,6 +69,12 @@ def build(name: str, device: str = "cpu", **params) -> Work:
     if name not in CASES:
         raise KeyError(f"unknown case {name!r}; known: {sorted(CASES)}")
     return CASES[name](torch.device(device), **params)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why case `name` cannot run in this installation, or None (CaseInfo.unavailable)."""
+    info = CASE_INFO.get(name)
+    return info.unavailable() if info is not None and info.unavailable is not None else None
 
 
 def estimate_peak_bytes(name: str, **params) -> int | None:
@@ -251,4 +268,217 @@ case("random_walk/psa-dense", peak_bytes=_walk_dense_bytes, time_exponent=3)(
 )
 case("random_walk/torch-sparse", peak_bytes=_walk_sparse_bytes)(
     _walk_case(torch_sparse_random_walk)
+)
+
+
+# --- Dense CRF (docs/method.md §2): psa's settings, 10 iterations. -------------------------
+CRF_SOURCES = ("photo", "texture")
+
+
+def crf_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 natural-looking image synthesised from a seed: irregular regions of
+    flat colours (a Voronoi diagram with warped distances), smooth shading across the image,
+    fine texture on some regions and sensor noise."""
+    rng = np.random.default_rng(seed)
+    cells = int(rng.integers(5, 10))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    warp = _smooth_field(rng, height, width, 2, scale=0.15 * max(height, width))
+    centres = rng.uniform((0, 0), (height, width), (cells, 2))
+    dist = (ys[None] + warp[0] - centres[:, :1, None]) ** 2 + (
+        xs[None] + warp[1] - centres[:, 1:, None]
+    ) ** 2
+    region = dist.argmin(0)
+    colours = rng.uniform(20, 235, (cells, 3))
+    image = colours[region]
+    image += _smooth_field(rng, height, width, 3, scale=25.0).transpose(1, 2, 0)
+    textured = rng.random(cells) < 0.5
+    image += textured[region][..., None] * rng.normal(0, 10, (height, width, 3))
+    image += rng.normal(0, 3, (height, width, 3))
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def _smooth_field(rng: np.random.Generator, h: int, w: int, channels: int, scale: float):
+    """(channels, h, w) smooth noise of about unit spread times `scale`, features ~h/4 wide."""
+    coarse = torch.from_numpy(rng.normal(0, 1, (1, channels, 5, 5)))
+    up = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+    return scale * up[0].numpy()
+
+
+def crf_photo(height: int, width: int) -> np.ndarray | None:
+    """(H, W, 3) uint8 natural photo: matplotlib's sample image grace_hopper.jpg (512x600,
+    shipped with matplotlib, nothing downloaded), centre-cropped to the aspect ratio and
+    resized (Lanczos); None where matplotlib or pillow is not installed."""
+    try:
+        from matplotlib import cbook
+        from PIL import Image
+    except ImportError:
+        return None
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as photo:
+        photo = photo.convert("RGB")
+        pw, ph = photo.size
+        scale = min(pw / width, ph / height)
+        cw, ch = width * scale, height * scale
+        box = ((pw - cw) / 2, (ph - ch) / 2, (pw + cw) / 2, (ph + ch) / 2)
+        resized = photo.resize((width, height), Image.Resampling.LANCZOS, box=box)
+    return np.asarray(resized, np.uint8).copy()
+
+
+def crf_scores(
+    image: np.ndarray, labels: int, seed: int = 0, kind: str = "cam", alpha: float = 4.0
+) -> np.ndarray:
+    """(labels, H, W) float32 scores that a dCRF has work on, for an (H, W, 3) uint8 image:
+    the image's pixels split among `labels` colour prototypes (pixels picked at random), each
+    label's mask blurred across its edges (sigma ~ a twelfth of the image) and noised.
+    kind="cam": psa's la/ha stacks, channel 0 = (1 - max of the others)^alpha, the others
+    CAM-like maps in [0, 1], not normalised; kind="probs": per-pixel probabilities over the
+    labels (make-rw's rw_crf and make-seg's seg_crf)."""
+    if kind not in ("cam", "probs"):
+        raise ValueError(f"kind must be 'cam' or 'probs', got {kind!r}")
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    smooth = _blur(torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1), 1.5)
+    flat = smooth.reshape(3, -1)
+    protos = flat[:, rng.choice(h * w, labels, replace=False)]
+    region = ((flat[:, None, :] - protos[:, :, None]) ** 2).sum(0).argmin(0).reshape(h, w)
+    onehot = torch.nn.functional.one_hot(region, labels).permute(2, 0, 1).double()
+    soft = _blur(onehot, max(1.0, min(h, w) / 12))
+    soft = soft * torch.from_numpy(rng.uniform(0.5, 1.0, (labels, 1, 1)))
+    soft = (soft + torch.from_numpy(rng.normal(0, 0.1, (labels, h, w)))).clamp(0, 1)
+    if kind == "probs":
+        soft = torch.softmax(4 * soft, 0)
+    elif labels > 1:
+        soft[0] = (1 - soft[1:].max(0).values) ** alpha
+    return soft.numpy().astype(np.float32)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) float64 Gaussian-like blur (separable taps, reflected borders); a wide one
+    on a map average-pooled by sigma / 2 and upsampled again (bilinear), which is fast."""
+    c, h, w = x.shape
+    f = max(1, int(sigma / 2))
+    y = torch.nn.functional.avg_pool2d(x[None], f, ceil_mode=True) if f > 1 else x[None]
+    sigma = sigma / f
+    r = min(max(1, int(3 * sigma)), y.shape[2] - 1, y.shape[3] - 1)
+    if r >= 1:
+        taps = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+        taps = taps / taps.sum()
+        y = torch.nn.functional.pad(y, (r, r, r, r), mode="reflect")
+        y = torch.nn.functional.conv2d(y, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        y = torch.nn.functional.conv2d(y, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    if f > 1:
+        y = torch.nn.functional.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    return y[0]
+
+
+def dense_crf_inputs(
+    height: int = 375,
+    width: int = 500,
+    labels: int = 3,
+    seed: int = 0,
+    source: str = "photo",
+    kind: str = "cam",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image (H, W, 3) uint8, scores (labels, H, W) float32) for a dCRF: the sample photo
+    (source="photo"; the synthesised texture where matplotlib is missing) or the texture of
+    `seed` (source="texture"), and crf_scores of it."""
+    if source not in CRF_SOURCES:
+        raise ValueError(f"source must be one of {CRF_SOURCES}, got {source!r}")
+    image = crf_photo(height, width) if source == "photo" else None
+    if image is None:
+        image = crf_texture(height, width, seed)
+    return image, crf_scores(image, labels, seed, kind)
+
+
+def crf_batch(
+    height: int = 375,
+    width: int = 500,
+    labels: int = 3,
+    batch: int = 1,
+    pair: bool = False,
+    kind: str = "cam",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images (B, H, W, 3) uint8, scores (B, labels, H, W) float32) of the dCRF cases: image
+    0 the sample photo, the others textures (seeds 1 ..); pair=True: psa's la and ha stacks
+    of the photo (background (1 - max CAM)^alpha with alpha 4 and 32, B = 2)."""
+    if pair:
+        image, la = dense_crf_inputs(height, width, labels, 0, "photo", "cam")
+        ha = la.copy()
+        if labels > 1:
+            ha[0] = (1 - la[1:].max(0)) ** 32
+        return np.stack([image, image]), np.stack([la, ha])
+    pairs = [
+        dense_crf_inputs(height, width, labels, i, "photo" if i == 0 else "texture", kind)
+        for i in range(batch)
+    ]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _dense_crf_op():
+    from .. import ops
+
+    return getattr(ops, "dense_crf", None)
+
+
+def _affext_crf_unavailable() -> str | None:
+    if _dense_crf_op() is None:
+        return "affext.dense_crf unavailable (not in this build of affext)"
+    return None
+
+
+def _pydensecrf_unavailable() -> str | None:
+    if importlib.util.find_spec("pydensecrf") is None:
+        return "pydensecrf unavailable (pip install pydensecrf2)"
+    return None
+
+
+def _crf_bytes(height=375, width=500, labels=3, batch=1, pair=False, **_) -> float:
+    # The marginals and two message buffers per label, and a lattice of (d + 1) = 6
+    # vertices a pixel with n values each (bilateral) and 3 (Gaussian), in float32.
+    images = 2 if pair else batch
+    return FLOAT32_BYTES * images * height * width * labels * (3 + 2 * (6 + 3))
+
+
+def _crf_case(prepare):
+    """Builder of a dCRF case: prepare(device, images (B, H, W, 3), scores (B, n, H, W),
+    pair, iterations) -> work, on the inputs of crf_batch."""
+
+    def builder(device: torch.device, iterations: int = 10, **params):
+        # params: crf_batch's (height, width, labels, batch, pair, kind)
+        images, scores = crf_batch(**params)
+        return prepare(device, images, scores, params.get("pair", False), iterations)
+
+    return builder
+
+
+def _affext_crf_work(device, images, scores, pair, iterations):
+    # One call: (B, H, W, 3) images with their (B, n, H, W) stacks; la + ha as one (H, W, 3)
+    # image for both stacks (its lattices built once); one image as (H, W, 3) and (n, H, W).
+    crf = _dense_crf_op()
+    if crf is None:
+        raise RuntimeError(_affext_crf_unavailable())
+    images = torch.from_numpy(images).to(device)
+    scores = torch.from_numpy(scores).to(device)
+    if pair:
+        images = images[0]
+    elif len(images) == 1:
+        images, scores = images[0], scores[0]
+    return lambda: crf(images, scores, iterations)
+
+
+def _pydensecrf_work(device, images, scores, pair, iterations):
+    # pydensecrf runs on the CPU whatever the device: one call an image (la + ha: two).
+    from ..reference.dense_crf import pydensecrf_reference
+
+    def work():
+        for image, sc in zip(images, scores, strict=True):
+            pydensecrf_reference(image, sc, iterations)
+
+    return work
+
+
+case("dense_crf/affext", peak_bytes=_crf_bytes, unavailable=_affext_crf_unavailable)(
+    _crf_case(_affext_crf_work)
+)
+case("dense_crf/pydensecrf", peak_bytes=_crf_bytes, unavailable=_pydensecrf_unavailable)(
+    _crf_case(_pydensecrf_work)
 )

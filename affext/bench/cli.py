@@ -101,7 +101,9 @@ def main(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="affext bench",
-        description="affext against psa-dense and torch-sparse, side by side in one run",
+        description=(
+            "affext against psa-dense, torch-sparse and pydensecrf, side by side in one run"
+        ),
     )
     add_arguments(parser)
     return parser

@@ -17,13 +17,13 @@ import torch
 from .. import __version__
 from .._extension import build_info
 from . import measure
-from .cases import CASE_INFO, estimate_peak_bytes
+from .cases import CASE_INFO, estimate_peak_bytes, unavailable_reason
 from .report import fmt_bytes, fmt_seconds
 
 SCHEMA = "affext-bench"
 SCHEMA_VERSION = 1
 AFFEXT = "affext"
-REFERENCES = ("psa-dense", "torch-sparse")
+REFERENCES = ("psa-dense", "torch-sparse", "pydensecrf")
 STATUSES = ("ok", "skipped", "failed")
 # A peak-RSS growth is known to a page; below that a memory ratio would be noise over zero.
 MEMORY_RATIO_FLOOR_BYTES = 4096
@@ -42,6 +42,9 @@ class Point:
 
     @property
     def n(self) -> int:
+        """The map's area H * W (the dCRF's points give height and width, the others size)."""
+        if "height" in self.params:
+            return int(self.params["height"]) * int(self.params["width"])
         return int(self.params["size"]) ** 2
 
 
@@ -63,12 +66,20 @@ SCALING_SIZES = (28, 56, 84, 112, 160, 224, 320, 448, 512)
 QUICK_TRAIN = dict(batch=1, size=28, radius=5)
 QUICK_WALK = dict(channels=21, beta=8, iterations=32, radius=5)
 QUICK_SCALING_SIZES = (12, 16, 24)
+# The dense CRF of a VOC image (psa's la/ha: 3 labels; rw_crf / seg_crf: up to 21), 10
+# iterations, psa's settings; on CUDA also a batch of 8 images in one call.
+CRF = dict(height=375, width=500, iterations=10)
+CRF_BATCH = 8
+QUICK_CRF = dict(height=48, width=64, iterations=5)
 QUICK_NOTE = (
     "quick: smaller shapes (batch 1, 28x28 maps, C=64 features; walks of t=32 on "
-    "maps up to 24x24), 3 repeats, 1 s budget; checks the harness, not affext's "
-    "speed"
+    "maps up to 24x24; dCRF of 48x64 images, 5 iterations), 3 repeats, 1 s budget; "
+    "checks the harness, not affext's speed"
 )
-FULL_NOTE = "full: the shapes of a real run (448 crop, batch 8) and the walk up to 512x512"
+FULL_NOTE = (
+    "full: the shapes of a real run (448 crop, batch 8), the walk up to 512x512, the "
+    "dCRF of a 375x500 image"
+)
 
 
 def plan(quick: bool = False, device: str = "cpu") -> list[Point]:
@@ -122,6 +133,7 @@ def plan(quick: bool = False, device: str = "cpu") -> list[Point]:
                 rw,
             )
         )
+    points += crf_points(quick, device)
     for size in sizes:
         points.append(
             Point(
@@ -134,6 +146,34 @@ def plan(quick: bool = False, device: str = "cpu") -> list[Point]:
             )
         )
     return points
+
+
+def crf_points(quick: bool = False, device: str = "cpu") -> list[Point]:
+    """The dense CRF's entries: one image with 3 labels (make-aff-labels' la or ha) and with
+    21 (seg_crf), psa's la + ha pair of one image as one affext call against two pydensecrf
+    calls, and on CUDA a batch of images in one call (pydensecrf: one call each)."""
+    crf = QUICK_CRF if quick else CRF
+    impls = {AFFEXT: "dense_crf/affext", "pydensecrf": "dense_crf/pydensecrf"}
+    h, w, t = crf["height"], crf["width"], crf["iterations"]
+    shapes = [
+        ("3", dict(labels=3, kind="cam"), "3 labels (la or ha)"),
+        ("21", dict(labels=21, kind="probs"), "21 labels"),
+        ("la-ha", dict(labels=3, kind="cam", pair=True), "la + ha of one image, 3 labels"),
+    ]
+    if torch.device(device).type == "cuda":
+        b = 2 if quick else CRF_BATCH
+        shapes.append((f"batch{b}-21", dict(labels=21, kind="probs", batch=b), f"{b} images"))
+    return [
+        Point(
+            f"dense_crf/{h}x{w}-{key}",
+            "dense_crf",
+            "shapes",
+            f"dense CRF, {h}x{w}, {words}, {t} iterations, psa's settings",
+            dict(crf, **params),
+            impls,
+        )
+        for key, params, words in shapes
+    ]
 
 
 def default_settings(device: str, quick: bool) -> Settings:
@@ -282,7 +322,11 @@ class Runner:
         )
 
     def skip(self, impl: str, case_name: str, point: Point) -> str | None:
-        """Why not to run this implementation at this point (see skip_reason), or None."""
+        """Why not to run this implementation at this point, or None: it cannot run in this
+        installation (unavailable_reason), or see skip_reason."""
+        missing = unavailable_reason(case_name)
+        if missing:
+            return f"skipped: {missing}"
         predicted, basis = self._predict(case_name, point)
         return skip_reason(
             impl,

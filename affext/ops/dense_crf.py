@@ -3,6 +3,8 @@ the CPU or the GPU: pydensecrf's model on the permutohedral lattice, written in 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -33,7 +35,7 @@ def dense_crf(
             a (B, n, H, W) scores batch (psa's la and ha CRFs of one image): its lattices are
             built once.
         scores: (n, H, W) or (B, n, H, W) non-negative scores, one channel per label; the
-            unary is -log(max(score, 1e-5)) as pydensecrf's unary_from_softmax makes it
+            unary is -log(clip(score, 1e-5, 1)) as pydensecrf's unary_from_softmax makes it
             (scores are not normalised over labels, as psa passes them). Any floating dtype;
             computed in float32.
         iterations: mean-field iterations (>= 1).
@@ -59,7 +61,7 @@ def dense_crf(
     scores_t = _as_tensor("scores", scores)
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
-    if image_t.device != scores_t.device and as_numpy is False and isinstance(image, np.ndarray):
+    if isinstance(image, np.ndarray) and scores_t.device.type != "cpu":
         image_t = image_t.to(scores_t.device)  # a numpy image goes where the scores are
     single = scores_t.dim() == 3
     if single:
@@ -70,7 +72,9 @@ def dense_crf(
             )
         scores_t = scores_t.unsqueeze(0)
     elif scores_t.dim() != 4:
-        raise ValueError(f"scores must have shape (n, H, W) or (B, n, H, W), got {tuple(scores_t.shape)}")
+        raise ValueError(
+            f"scores must have shape (n, H, W) or (B, n, H, W), got {tuple(scores_t.shape)}"
+        )
     if image_t.dim() == 3:
         image_t = image_t.unsqueeze(0)
     with torch.no_grad():
@@ -99,8 +103,17 @@ def _as_tensor(name: str, value) -> torch.Tensor:
 
 
 @torch.library.register_fake("affext::dense_crf")
-def _(image, scores, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
-      bilateral_compat, validate):
+def _(
+    image,
+    scores,
+    iterations,
+    gaussian_sxy,
+    gaussian_compat,
+    bilateral_sxy,
+    bilateral_srgb,
+    bilateral_compat,
+    validate,
+):
     torch._check_value(
         image.dim() == 4, lambda: f"image must have shape (B, H, W, 3), got {tuple(image.shape)}"
     )
@@ -122,4 +135,21 @@ def _(image, scores, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, b
         lambda: f"image {tuple(image.shape)} and scores {tuple(scores.shape)} differ in size",
     )
     torch._check_value(iterations >= 1, lambda: f"iterations must be >= 1, got {iterations}")
+    for name, value in (
+        ("gaussian_sxy", gaussian_sxy),
+        ("bilateral_sxy", bilateral_sxy),
+        ("bilateral_srgb", bilateral_srgb),
+    ):
+        torch._check_value(
+            math.isfinite(value) and value > 0,
+            lambda name=name, value=value: f"{name} must be a finite number > 0, got {value}",
+        )
+    for name, value in (
+        ("gaussian_compat", gaussian_compat),
+        ("bilateral_compat", bilateral_compat),
+    ):
+        torch._check_value(
+            math.isfinite(value),
+            lambda name=name, value=value: f"{name} must be finite, got {value}",
+        )
     return scores.new_empty(scores.shape, dtype=torch.float32)

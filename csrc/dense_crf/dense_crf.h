@@ -7,8 +7,8 @@
 // bilateral term). A term's kernel is k(p, q) = exp(-|f_p - f_q|^2 / 2), approximated by
 // filtering on the lattice: L v = slice(blur(splat(v))) (the pixel's own contribution
 // included, as in pydensecrf), and normalised symmetrically, n = 1 / sqrt(L 1 + 1e-20),
-// K v = n * L(n * v). With the unary U = -log(max(score, 1e-5)) (scores not normalised over
-// labels, as psa passes them), mean field runs
+// K v = n * L(n * v). With the unary U = -log(clip(score, 1e-5, 1)) (scores not normalised
+// over labels, as psa passes them), mean field runs
 //   Q_0 = softmax(-U),  Q_{t+1} = softmax(-U + w_g K_g Q_t + w_b K_b Q_t)
 // per pixel over the labels, w the Potts compatibilities (a label's energy drops by w times
 // the kernel-weighted mass of that label around the pixel).
@@ -30,6 +30,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "common/macros.h"
 
@@ -40,6 +41,25 @@ constexpr int kGaussianDim = 2;   // (x, y)
 constexpr int kBilateralDim = 5;  // (x, y, r, g, b)
 constexpr float kScoreClip = 1e-5f;
 constexpr float kNormEps = 1e-20f;
+
+// The float with the bits i (a form that compilers vectorise).
+AFFEXT_HOST_DEVICE float float_from_bits(int32_t i) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(i);
+#else
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+#endif
+}
+
+// The nearest integer to x (ties to even), |x| < 2^22, without a library call: adding and
+// taking away 1.5 * 2^23 leaves no fraction bits (x86's rintf is a call without SSE4.1).
+AFFEXT_HOST_DEVICE float round_to_int(float x) {
+  // (IEEE arithmetic as compiled here: no -ffast-math, which would fold it away.)
+  const float magic = 12582912.0f;
+  return (x + magic) - magic;
+}
 
 // The scale of lattice axis i (0-based) for a d-dimensional lattice.
 // (The expected standard deviation of the lattice's blur, rounded to float, then the axis's
@@ -89,7 +109,7 @@ AFFEXT_HOST_DEVICE void embed_point(const float* f, int bits, uint64_t* keys, fl
   float rem0[D1];
   int excess = 0;  // sum of the rounded coordinates / (d + 1): 0 on the hyperplane
   for (int i = 0; i < D1; ++i) {
-    const float r = rintf(el[i] * down);
+    const float r = round_to_int(el[i] * down);
     rem0[i] = r * static_cast<float>(D1);
     excess += static_cast<int>(r);
   }
@@ -158,7 +178,7 @@ AFFEXT_HOST_DEVICE float slice_alpha(int d) { return 1.0f / (1.0f + ldexpf(1.0f,
 // given compiler's contraction of a * b + c.
 AFFEXT_HOST_DEVICE float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
-  const float n = rintf(x * 1.44269504088896341f);
+  const float n = round_to_int(x * 1.44269504088896341f);
   // x - n ln 2 in two parts (Cody-Waite), exact enough for |n| <= 126
   const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -169,44 +189,31 @@ AFFEXT_HOST_DEVICE float exp_nonpositive(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // times 2^n through the exponent bits (n in [-126, 0])
-  union {
-    float f;
-    int32_t i;
-  } scale;
-  scale.i = (static_cast<int32_t>(n) + 127) << 23;
-  return p * scale.f;
+  return p * float_from_bits((static_cast<int32_t>(n) + 127) << 23);
 }
 
-// One pixel's mean-field update over the n labels of one stack:
-//   q[l] = softmax_l(logp[l] + wg * ng * g[l] + wb * nb * b[l])
-// logp = -U, g and b the pixel's sliced lattice sums of the normalised marginals, ng and nb
-// the pixel's normalisers. `stride` is the distance between two labels of the pixel.
-AFFEXT_HOST_DEVICE void mean_field_pixel(const float* logp, const float* g, const float* b,
-                                         float wg_ng, float wb_nb, int n, int64_t stride,
-                                         float* q) {
+// q[l] = softmax_l(e[l]) over the n labels of one stack of one pixel: the mean-field update,
+// with e = -U + w_g K_g Q + w_b K_b Q already summed by the caller.
+AFFEXT_HOST_DEVICE void softmax_pixel(const float* e, int n, float* q) {
   float top = -INFINITY;
-  for (int l = 0; l < n; ++l) {
-    const float e = logp[l * stride] + wg_ng * g[l * stride] + wb_nb * b[l * stride];
-    q[l * stride] = e;
-    top = e > top ? e : top;
-  }
+  for (int l = 0; l < n; ++l) top = e[l] > top ? e[l] : top;
   float sum = 0.f;
   for (int l = 0; l < n; ++l) {
-    const float e = exp_nonpositive(q[l * stride] - top);
-    q[l * stride] = e;
-    sum += e;
+    const float x = exp_nonpositive(e[l] - top);
+    q[l] = x;
+    sum += x;
   }
-  const float inv = 1.0f / sum;
-  for (int l = 0; l < n; ++l) q[l * stride] *= inv;
+  for (int l = 0; l < n; ++l) q[l] = q[l] / sum;
 }
 
-// The first marginals, softmax(-U) = softmax(log max(score, 1e-5)), and -U itself.
+// The first marginals, softmax(-U), and -U = log(clip(score, 1e-5, 1)) itself (pydensecrf's
+// unary_from_softmax clips to [1e-5, 1]).
 AFFEXT_HOST_DEVICE void unary_pixel(const float* score, int n, int64_t stride, float* logp,
                                     float* q) {
   float top = -INFINITY;
   for (int l = 0; l < n; ++l) {
     const float s = score[l * stride];
-    const float lp = logf(s > kScoreClip ? s : kScoreClip);
+    const float lp = logf(s > kScoreClip ? (s < 1.0f ? s : 1.0f) : kScoreClip);
     logp[l * stride] = lp;
     top = lp > top ? lp : top;
   }
@@ -216,8 +223,7 @@ AFFEXT_HOST_DEVICE void unary_pixel(const float* score, int n, int64_t stride, f
     q[l * stride] = e;
     sum += e;
   }
-  const float inv = 1.0f / sum;
-  for (int l = 0; l < n; ++l) q[l * stride] *= inv;
+  for (int l = 0; l < n; ++l) q[l * stride] = q[l * stride] / sum;
 }
 
 // Features of pixel (x, y) for the two terms.
@@ -225,8 +231,8 @@ AFFEXT_HOST_DEVICE void gaussian_features(int x, int y, float sxy, float* f) {
   f[0] = static_cast<float>(x) / sxy;
   f[1] = static_cast<float>(y) / sxy;
 }
-AFFEXT_HOST_DEVICE void bilateral_features(int x, int y, const uint8_t* rgb, float sxy,
-                                           float srgb, float* f) {
+AFFEXT_HOST_DEVICE void bilateral_features(int x, int y, const uint8_t* rgb, float sxy, float srgb,
+                                           float* f) {
   f[0] = static_cast<float>(x) / sxy;
   f[1] = static_cast<float>(y) / sxy;
   f[2] = static_cast<float>(rgb[0]) / srgb;

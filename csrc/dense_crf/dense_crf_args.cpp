@@ -55,8 +55,8 @@ CrfPackings crf_packings(int64_t H, int64_t W, double gaussian_sxy, double bilat
                                            ymax / static_cast<float>(bilateral_sxy), c, c, c};
   CrfPackings p{crf::key_packing(crf::kGaussianDim, g_max),
                 crf::key_packing(crf::kBilateralDim, b_max)};
-  TORCH_CHECK_VALUE(p.gaussian.bits > 0, "a ", H, "x", W, " image with gaussian_sxy ",
-                    gaussian_sxy, " spans more lattice cells than 64-bit keys hold");
+  TORCH_CHECK_VALUE(p.gaussian.bits > 0, "a ", H, "x", W, " image with gaussian_sxy ", gaussian_sxy,
+                    " spans more lattice cells than 64-bit keys hold");
   TORCH_CHECK_VALUE(p.bilateral.bits > 0, "a ", H, "x", W, " image with bilateral_sxy ",
                     bilateral_sxy, " and bilateral_srgb ", bilateral_srgb,
                     " spans more lattice cells than 64-bit keys hold: raise bilateral_sxy or "
@@ -70,7 +70,7 @@ void check_dense_crf_values(const at::Tensor& scores) {
   TORCH_CHECK_VALUE(!at::isinf(scores).any().item<bool>(), "scores contain infinite values");
   TORCH_CHECK_VALUE(!(scores < 0).any().item<bool>(),
                     "scores contain negative values; they must be >= 0 (probabilities or CAM "
-                    "scores; the unary is -log(max(score, 1e-5)))");
+                    "scores; the unary is -log(clip(score, 1e-5, 1)))");
 }
 
 }  // namespace affext

@@ -12,7 +12,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -88,13 +90,14 @@ class VertexTable {
 struct Lattice {
   int d = 0;
   int64_t N = 0, M = 0;
-  std::vector<int32_t> vertex;  // (N, d + 1): the vertex of each pixel's remainder r
-  std::vector<float> weight;    // (N, d + 1): its barycentric weight (splat)
-  std::vector<float> slice_w;   // (N, d + 1): weight * alpha (slice)
-  std::vector<int64_t> start;   // (M + 2): entries of vertex v at [start[v], start[v + 1])
-  std::vector<int32_t> entries; // entry indices p * (d + 1) + r grouped by vertex, increasing
-  std::vector<int32_t> nbr;     // (d + 1, M + 1, 2): neighbours along each axis (0: none)
-  std::vector<float> norm;      // (N): 1 / sqrt(L 1 + 1e-20)
+  std::vector<int32_t> vertex;   // (N, d + 1): the vertex of each pixel's remainder r
+  std::vector<float> weight;     // (N, d + 1): its barycentric weight
+  std::vector<int64_t> start;    // (M + 2): vertex v's splat terms at [start[v], start[v + 1])
+  std::vector<int32_t> splat_p;  // per term: the pixel, in increasing (pixel, r) order
+  std::vector<float> splat_w;    // per term: the weight (times the pixel's normaliser, later)
+  std::vector<float> slice_w;    // (N, d + 1): alpha * weight (times compat * normaliser, later)
+  std::vector<int32_t> nbr;      // (d + 1, M + 1, 2): neighbours along each axis (0: none)
+  std::vector<float> norm;       // (N): 1 / sqrt(L 1 + 1e-20)
 };
 
 template <int D>
@@ -133,15 +136,19 @@ void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float
   }
   const int64_t M = table.size();
   lat.M = M;
-  // CSR of the entries by vertex (a counting sort keeps them in increasing order).
+  // The splat's terms grouped by vertex (a counting sort keeps them in increasing order).
   lat.start.assign(M + 2, 0);
   for (int64_t e = 0; e < N * D1; ++e) ++lat.start[lat.vertex[e] + 1];
   for (int64_t v = 1; v <= M + 1; ++v) lat.start[v] += lat.start[v - 1];
-  lat.entries.resize(N * D1);
+  lat.splat_p.resize(N * D1);
+  lat.splat_w.resize(N * D1);
   {
     std::vector<int64_t> fill(lat.start.begin(), lat.start.end() - 1);
-    for (int64_t e = 0; e < N * D1; ++e)
-      lat.entries[fill[lat.vertex[e]]++] = static_cast<int32_t>(e);
+    for (int64_t e = 0; e < N * D1; ++e) {
+      const int64_t i = fill[lat.vertex[e]]++;
+      lat.splat_p[i] = static_cast<int32_t>(e / D1);
+      lat.splat_w[i] = lat.weight[e];
+    }
   }
   // Blur neighbours.
   lat.nbr.assign(static_cast<size_t>(D1) * (M + 1) * 2, 0);
@@ -171,71 +178,135 @@ void maybe_parallel(int64_t begin, int64_t end, int64_t work_per_item, const F& 
   at::parallel_for(begin, end, std::max<int64_t>(1, kMinParallelWork / 4 / work_per_item), f);
 }
 
-// a[v] = sum over v's entries e (increasing) of weight[e] * in[pixel(e)], for v in [begin, end)
-void splat_range(const Lattice& lat, const float* in, int64_t C, float* a, int64_t begin,
-                 int64_t end) {
-  const int D1 = lat.d + 1;
-  for (int64_t v = begin; v < end; ++v) {
-    float* dst = a + v * C;
-    for (int64_t c = 0; c < C; ++c) dst[c] = 0.f;
-    for (int64_t i = lat.start[v]; i < lat.start[v + 1]; ++i) {
-      const int32_t e = lat.entries[i];
-      const float w = lat.weight[e];
-      const float* src = in + (e / D1) * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] += w * src[c];
+// Channels are processed in groups of kLanes (rows padded with zeros to a multiple of it), up
+// to kMaxGroups groups at a time: a chunk's sums stay in registers and the loops have a width
+// fixed at compile time, so they vectorise.
+constexpr int64_t kLanes = 4;
+constexpr int kMaxGroups = 8;
+
+// f(std::integral_constant<int, G>, c0) for each chunk of G * kLanes channels from c0.
+template <typename F>
+void for_channel_chunks(int64_t Cp, const F& f) {
+  for (int64_t c0 = 0; c0 < Cp; c0 += kMaxGroups * kLanes) {
+    switch (std::min<int64_t>(kMaxGroups, (Cp - c0) / kLanes)) {
+      case 1:
+        f(std::integral_constant<int, 1>{}, c0);
+        break;
+      case 2:
+        f(std::integral_constant<int, 2>{}, c0);
+        break;
+      case 3:
+        f(std::integral_constant<int, 3>{}, c0);
+        break;
+      case 4:
+        f(std::integral_constant<int, 4>{}, c0);
+        break;
+      case 5:
+        f(std::integral_constant<int, 5>{}, c0);
+        break;
+      case 6:
+        f(std::integral_constant<int, 6>{}, c0);
+        break;
+      case 7:
+        f(std::integral_constant<int, 7>{}, c0);
+        break;
+      default:
+        f(std::integral_constant<int, 8>{}, c0);
+        break;
     }
   }
 }
 
+// a[v] = sum over v's terms (increasing pixel order) of splat_w * in[pixel], v in [begin, end),
+// for the channels [c0, c0 + G * kLanes) of rows `stride` floats apart.
+template <int G>
+void splat_chunk(const Lattice& lat, const float* __restrict__ in, int64_t stride, int64_t c0,
+                 float* __restrict__ a, int64_t begin, int64_t end) {
+  constexpr int L = G * kLanes;
+  const int64_t* start = lat.start.data();
+  const int32_t* pix = lat.splat_p.data();
+  const float* wt = lat.splat_w.data();
+  for (int64_t v = begin; v < end; ++v) {
+    float acc[L] = {};
+    for (int64_t i = start[v]; i < start[v + 1]; ++i) {
+      const float w = wt[i];
+      const float* src = in + static_cast<int64_t>(pix[i]) * stride + c0;
+      for (int k = 0; k < L; ++k) acc[k] += w * src[k];
+    }
+    float* dst = a + v * stride + c0;
+    for (int k = 0; k < L; ++k) dst[k] = acc[k];
+  }
+}
+
+void splat_range(const Lattice& lat, const float* in, int64_t Cp, float* a, int64_t begin,
+                 int64_t end) {
+  for_channel_chunks(Cp, [&](auto G, int64_t c0) {
+    splat_chunk<decltype(G)::value>(lat, in, Cp, c0, a, begin, end);
+  });
+}
+
 // [1/2, 1, 1/2] along each lattice axis in turn; the result ends in a (b is scratch).
-void blur(const Lattice& lat, int64_t C, float* a, float* b) {
+void blur(const Lattice& lat, int64_t Cp, float* a, float* b) {
   const int64_t M = lat.M;
   float* cur = a;
   float* nxt = b;
   for (int j = 0; j <= lat.d; ++j) {
     const int32_t* nb = &lat.nbr[static_cast<size_t>(j) * (M + 1) * 2];
-    maybe_parallel(1, M + 1, 3 * C, [&](int64_t begin, int64_t end) {
+    maybe_parallel(1, M + 1, 3 * Cp, [&](int64_t begin, int64_t end) {
+      const float* __restrict__ src = cur;
+      float* __restrict__ dst = nxt;
       for (int64_t v = begin; v < end; ++v) {
-        const float* n1 = cur + nb[2 * v] * C;
-        const float* n2 = cur + nb[2 * v + 1] * C;
-        const float* o = cur + v * C;
-        float* dst = nxt + v * C;
-        for (int64_t c = 0; c < C; ++c) dst[c] = o[c] + 0.5f * (n1[c] + n2[c]);
+        const float* n1 = src + nb[2 * v] * Cp;
+        const float* n2 = src + nb[2 * v + 1] * Cp;
+        const float* o = src + v * Cp;
+        float* out = dst + v * Cp;
+        for (int64_t c = 0; c < Cp; ++c) out[c] = o[c] + 0.5f * (n1[c] + n2[c]);
       }
     });
     std::swap(cur, nxt);
   }
-  if (cur != a) std::copy(cur + C, cur + (M + 1) * C, a + C);
+  if (cur != a) std::copy(cur + Cp, cur + (M + 1) * Cp, a + Cp);
 }
 
-// out[p] = sum_r alpha w[p, r] val[vertex(p, r)] for one pixel p
-inline void slice_pixel(const Lattice& lat, const float* val, int64_t C, int64_t p, float* out) {
-  const int D1 = lat.d + 1;
-  for (int64_t c = 0; c < C; ++c) out[c] = 0.f;
+// out[c] += sum_r slice_w[p, r] val[vertex(p, r), c] for one pixel p and one channel chunk
+template <int D, int G>
+inline void slice_chunk(const Lattice& lat, const float* __restrict__ val, int64_t stride,
+                        int64_t c0, int64_t p, float* __restrict__ out) {
+  constexpr int D1 = D + 1, L = G * kLanes;
+  float acc[L];
+  for (int k = 0; k < L; ++k) acc[k] = out[c0 + k];
   for (int r = 0; r < D1; ++r) {
     const float w = lat.slice_w[p * D1 + r];
-    const float* src = val + lat.vertex[p * D1 + r] * C;
-    for (int64_t c = 0; c < C; ++c) out[c] += w * src[c];
+    const float* src = val + static_cast<int64_t>(lat.vertex[p * D1 + r]) * stride + c0;
+    for (int k = 0; k < L; ++k) acc[k] += w * src[k];
   }
+  for (int k = 0; k < L; ++k) out[c0 + k] = acc[k];
 }
 
-// Scratch of one lattice's filter: two (M + 1, C) buffers, row 0 the missing vertex (zero).
+// Scratch of one lattice's filter: two (M + 1, Cp) buffers, row 0 the missing vertex (zero).
 struct FilterBuffers {
   std::vector<float> a, b;
-  FilterBuffers(const Lattice& lat, int64_t C) : a((lat.M + 1) * C, 0.f), b((lat.M + 1) * C, 0.f) {}
+  FilterBuffers(const Lattice& lat, int64_t Cp)
+      : a((lat.M + 1) * Cp, 0.f), b((lat.M + 1) * Cp, 0.f) {}
 };
 
-void compute_norm(Lattice& lat) {
-  std::vector<float> ones(lat.N, 1.f);
-  FilterBuffers buf(lat, 1);
-  splat_range(lat, ones.data(), 1, buf.a.data(), 1, lat.M + 1);
-  blur(lat, 1, buf.a.data(), buf.b.data());
+// The symmetric normaliser n = 1 / sqrt(L 1 + 1e-20), then folded into the weights: the splat
+// of n * q and compat * n * slice become one multiply each.
+template <int D>
+void normalise(Lattice& lat, float compat) {
+  constexpr int D1 = D + 1;
+  std::vector<float> ones(lat.N * kLanes, 1.f);
+  FilterBuffers buf(lat, kLanes);
+  splat_range(lat, ones.data(), kLanes, buf.a.data(), 1, lat.M + 1);
+  blur(lat, kLanes, buf.a.data(), buf.b.data());
   lat.norm.resize(lat.N);
   for (int64_t p = 0; p < lat.N; ++p) {
-    float l1;
-    slice_pixel(lat, buf.a.data(), 1, p, &l1);
-    lat.norm[p] = 1.0f / std::sqrt(l1 + crf::kNormEps);
+    float l1[kLanes] = {0.f};
+    slice_chunk<D, 1>(lat, buf.a.data(), kLanes, 0, p, l1);
+    lat.norm[p] = 1.0f / std::sqrt(l1[0] + crf::kNormEps);
   }
+  for (int64_t i = 0; i < lat.N * D1; ++i) lat.splat_w[i] *= lat.norm[lat.splat_p[i]];
+  for (int64_t e = 0; e < lat.N * D1; ++e) lat.slice_w[e] *= compat * lat.norm[e / D1];
 }
 
 struct CrfSettings {
@@ -247,70 +318,63 @@ struct CrfSettings {
 // Mean field for the S stacks of n labels that share one image.
 // scores: S stacks of (n, H, W); out likewise. Per iteration three kinds of parallel loop:
 // the splat of both lattices (over their vertices), the blurs (over vertices, one axis at a
-// time, serial when small), and per pixel the slices, the update and the next splat's input.
-void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, int64_t n,
-               int64_t H, int64_t W, const CrfSettings& s) {
-  const int64_t N = H * W, C = S * n;
+// time, serial when small), and per pixel the two slices and the update.
+void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, int64_t n, int64_t H,
+               int64_t W, const CrfSettings& s) {
+  const int64_t N = H * W, C = S * n, Cp = (C + kLanes - 1) / kLanes * kLanes;
   Lattice g, b;
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t which = begin; which < end; ++which) {
       if (which == 0) {
         build_lattice<crf::kGaussianDim>(g, H, W, rgb, s.gaussian_sxy, 0.f,
                                          s.packing.gaussian.bits);
-        compute_norm(g);
+        normalise<crf::kGaussianDim>(g, s.gaussian_compat);
       } else {
         build_lattice<crf::kBilateralDim>(b, H, W, rgb, s.bilateral_sxy, s.bilateral_srgb,
                                           s.packing.bilateral.bits);
-        compute_norm(b);
+        normalise<crf::kBilateralDim>(b, s.bilateral_compat);
       }
     }
   });
-  // Pixel-major working layout: (N, C), the stacks' labels side by side.
-  std::vector<float> logp(N * C), q(N * C), in_g(N * C), in_b(N * C);
+  // Pixel-major working layout: (N, Cp), the stacks' labels side by side, zero padding.
+  std::vector<float> logp(N * Cp, 0.f), q(N * Cp, 0.f);
   maybe_parallel(0, N, 4 * C, [&](int64_t begin, int64_t end) {
     std::vector<float> col(C);
     for (int64_t p = begin; p < end; ++p) {
       for (int64_t c = 0; c < C; ++c) col[c] = scores[c * N + p];
       for (int64_t st = 0; st < S; ++st)
-        crf::unary_pixel(&col[st * n], n, 1, &logp[p * C + st * n], &q[p * C + st * n]);
-      for (int64_t c = 0; c < C; ++c) {
-        in_g[p * C + c] = g.norm[p] * q[p * C + c];
-        in_b[p * C + c] = b.norm[p] * q[p * C + c];
-      }
+        crf::unary_pixel(&col[st * n], n, 1, &logp[p * Cp + st * n], &q[p * Cp + st * n]);
     }
   });
-  FilterBuffers fg(g, C), fb(b, C);
+  FilterBuffers fg(g, Cp), fb(b, Cp);
   const int64_t Mg = g.M, Mb = b.M;
-  const int64_t splat_work = (g.N * (g.d + 1) + b.N * (b.d + 1)) * C / std::max<int64_t>(1, Mg + Mb);
+  const int64_t terms = g.N * (g.d + 1) + b.N * (b.d + 1);
+  const int64_t splat_work = terms * Cp / std::max<int64_t>(1, Mg + Mb) + Cp;
   for (int64_t it = 0; it < s.iterations; ++it) {
-    maybe_parallel(1, Mg + Mb + 1, splat_work + C, [&](int64_t begin, int64_t end) {
+    maybe_parallel(1, Mg + Mb + 1, splat_work, [&](int64_t begin, int64_t end) {
       const int64_t gb = std::min(begin, Mg + 1), ge = std::min(end, Mg + 1);
-      if (gb < ge) splat_range(g, in_g.data(), C, fg.a.data(), gb, ge);
+      if (gb < ge) splat_range(g, q.data(), Cp, fg.a.data(), gb, ge);
       const int64_t bb = std::max(begin, Mg + 1) - Mg, be = std::max(end, Mg + 1) - Mg;
-      if (bb < be) splat_range(b, in_b.data(), C, fb.a.data(), bb, be);
+      if (bb < be) splat_range(b, q.data(), Cp, fb.a.data(), bb, be);
     });
-    blur(g, C, fg.a.data(), fg.b.data());
-    blur(b, C, fb.a.data(), fb.b.data());
-    maybe_parallel(0, N, 12 * C, [&](int64_t begin, int64_t end) {
-      std::vector<float> sg(C), sb(C);
+    blur(g, Cp, fg.a.data(), fg.b.data());
+    blur(b, Cp, fb.a.data(), fb.b.data());
+    maybe_parallel(0, N, 12 * Cp, [&](int64_t begin, int64_t end) {
+      std::vector<float> e(Cp);
       for (int64_t p = begin; p < end; ++p) {
-        slice_pixel(g, fg.a.data(), C, p, sg.data());
-        slice_pixel(b, fb.a.data(), C, p, sb.data());
-        const float wg = s.gaussian_compat * g.norm[p], wb = s.bilateral_compat * b.norm[p];
-        for (int64_t st = 0; st < S; ++st) {
-          const int64_t o = p * C + st * n;
-          crf::mean_field_pixel(&logp[o], &sg[st * n], &sb[st * n], wg, wb, n, 1, &q[o]);
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          in_g[p * C + c] = g.norm[p] * q[p * C + c];
-          in_b[p * C + c] = b.norm[p] * q[p * C + c];
-        }
+        // e = logp + compat_g n_g L_g(n_g q) + compat_b n_b L_b(n_b q)
+        std::copy(&logp[p * Cp], &logp[p * Cp] + Cp, e.data());
+        for_channel_chunks(Cp, [&](auto G, int64_t c0) {
+          slice_chunk<crf::kGaussianDim, decltype(G)::value>(g, fg.a.data(), Cp, c0, p, e.data());
+          slice_chunk<crf::kBilateralDim, decltype(G)::value>(b, fb.a.data(), Cp, c0, p, e.data());
+        });
+        for (int64_t st = 0; st < S; ++st) crf::softmax_pixel(&e[st * n], n, &q[p * Cp + st * n]);
       }
     });
   }
   maybe_parallel(0, C, N, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
-      for (int64_t p = 0; p < N; ++p) out[c * N + p] = q[p * C + c];
+      for (int64_t p = 0; p < N; ++p) out[c * N + p] = q[p * Cp + c];
   });
 }
 

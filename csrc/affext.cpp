@@ -33,6 +33,13 @@ TORCH_LIBRARY(affext, m) {
       "-> Tensor");
   // Section 4: (B, K, H, W) uint8 pair classes: 0 bg_pos, 1 fg_pos, 2 neg, 3 none.
   m.def("pair_classes(Tensor labels, int radius, int region) -> Tensor");
+  // Section 2: dense CRF marginals of each (n, H, W) stack of scores on its image (pydensecrf's
+  // DenseCRF2D with a Gaussian and a bilateral Potts term, unary -log(clip(score, 1e-5, 1)),
+  // mean field). image (B, H, W, 3) uint8, or (1, H, W, 3) shared by every stack. No autograd.
+  m.def(
+      "dense_crf(Tensor image, Tensor scores, int iterations, float gaussian_sxy, "
+      "float gaussian_compat, float bilateral_sxy, float bilateral_srgb, float bilateral_compat, "
+      "bool validate) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,6 +1,7 @@
 """The Python face of affext's kernels: one module per op."""
 
 from .affinity import pairwise_affinity
+from .dense_crf import dense_crf
 from .pair_loss import AffinityLabels, PairLoss, affinity_labels, pair_loss
 from .random_walk import random_walk
 
@@ -8,6 +9,7 @@ __all__ = [
     "AffinityLabels",
     "PairLoss",
     "affinity_labels",
+    "dense_crf",
     "pair_loss",
     "pairwise_affinity",
     "random_walk",

@@ -1,0 +1,155 @@
+"""The dense CRF of psa's affinity labels and rw_crf (docs/method.md §2), as one batched op on
+the CPU or the GPU: pydensecrf's model on the permutohedral lattice, written in affext."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .. import _extension  # noqa: F401  (registers torch.ops.affext)
+
+_op = torch.ops.affext.dense_crf
+
+
+def dense_crf(
+    image: torch.Tensor | np.ndarray,
+    scores: torch.Tensor | np.ndarray,
+    iterations: int = 10,
+    gaussian_sxy: float = 3.0,
+    gaussian_compat: float = 3.0,
+    bilateral_sxy: float = 80.0,
+    bilateral_srgb: float = 13.0,
+    bilateral_compat: float = 10.0,
+    validate: bool = True,
+) -> torch.Tensor | np.ndarray:
+    """Mean-field marginals of a dense CRF with a Gaussian and a bilateral Potts term.
+
+    The model and inference of pydensecrf's DenseCRF2D with addPairwiseGaussian(sxy,
+    compat) and addPairwiseBilateral(sxy, srgb, image, compat) (diagonal kernels, symmetric
+    normalisation) and its inference(iterations); the defaults are psa's.
+
+    Args:
+        image: (H, W, 3) or (B, H, W, 3) uint8 RGB. One (H, W, 3) image serves every stack of
+            a (B, n, H, W) scores batch (psa's la and ha CRFs of one image): its lattices are
+            built once.
+        scores: (n, H, W) or (B, n, H, W) non-negative scores, one channel per label; the
+            unary is -log(clip(score, 1e-5, 1)) as pydensecrf's unary_from_softmax makes it
+            (scores are not normalised over labels, as psa passes them). Any floating dtype;
+            computed in float32.
+        iterations: mean-field iterations (>= 1).
+        gaussian_sxy, gaussian_compat: the position-only term's scale (pixels) and weight.
+        bilateral_sxy, bilateral_srgb, bilateral_compat: the position-and-colour term's scales
+            (pixels, intensity levels) and weight.
+        validate: check that scores are finite and >= 0 (on CUDA this costs one host
+            synchronisation; False skips it, and a NaN then acts as a score of 1e-5).
+
+    Returns:
+        float32 marginals of scores' shape, each pixel's summing to 1 over the labels; a
+        tensor on scores' device, or a numpy array when scores is one. Deterministic: the
+        same bits on every run and for any thread count on one machine. No autograd.
+
+    Raises:
+        ValueError: shapes that do not agree (image and scores of other sizes, an image
+            count that is neither 1 nor the stack count), iterations < 1, non-positive
+            scales, NaN, infinite or negative scores.
+        TypeError: an image that is not uint8, scores that are not floating point.
+    """
+    as_numpy = isinstance(scores, np.ndarray)
+    image_t = _as_tensor("image", image)
+    scores_t = _as_tensor("scores", scores)
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
+        raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
+    if isinstance(image, np.ndarray) and scores_t.device.type != "cpu":
+        image_t = image_t.to(scores_t.device)  # a numpy image goes where the scores are
+    single = scores_t.dim() == 3
+    if single:
+        if image_t.dim() != 3:
+            raise ValueError(
+                f"scores of shape (n, H, W) take an image of shape (H, W, 3), got "
+                f"{tuple(image_t.shape)}"
+            )
+        scores_t = scores_t.unsqueeze(0)
+    elif scores_t.dim() != 4:
+        raise ValueError(
+            f"scores must have shape (n, H, W) or (B, n, H, W), got {tuple(scores_t.shape)}"
+        )
+    if image_t.dim() == 3:
+        image_t = image_t.unsqueeze(0)
+    with torch.no_grad():
+        out = _op(
+            image_t.detach(),
+            scores_t.detach(),
+            int(iterations),
+            float(gaussian_sxy),
+            float(gaussian_compat),
+            float(bilateral_sxy),
+            float(bilateral_srgb),
+            float(bilateral_compat),
+            bool(validate),
+        )
+    if single:
+        out = out.squeeze(0)
+    return out.numpy() if as_numpy else out
+
+
+def _as_tensor(name: str, value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
+
+
+@torch.library.register_fake("affext::dense_crf")
+def _(
+    image,
+    scores,
+    iterations,
+    gaussian_sxy,
+    gaussian_compat,
+    bilateral_sxy,
+    bilateral_srgb,
+    bilateral_compat,
+    validate,
+):
+    torch._check_value(
+        image.dim() == 4, lambda: f"image must have shape (B, H, W, 3), got {tuple(image.shape)}"
+    )
+    torch._check_value(
+        scores.dim() == 4, lambda: f"scores must have shape (B, n, H, W), got {tuple(scores.shape)}"
+    )
+    torch._check_type(image.dtype == torch.uint8, lambda: f"image must be uint8, got {image.dtype}")
+    torch._check_type(
+        scores.dtype.is_floating_point,
+        lambda: f"scores must be a floating-point tensor, got {scores.dtype}",
+    )
+    torch._check_value(image.shape[3] == 3, lambda: f"image must be RGB, got {tuple(image.shape)}")
+    torch._check_value(
+        image.shape[0] == scores.shape[0] or image.shape[0] == 1,
+        lambda: f"image has {image.shape[0]} images but scores has {scores.shape[0]} stacks",
+    )
+    torch._check_value(
+        image.shape[1] == scores.shape[2] and image.shape[2] == scores.shape[3],
+        lambda: f"image {tuple(image.shape)} and scores {tuple(scores.shape)} differ in size",
+    )
+    torch._check_value(iterations >= 1, lambda: f"iterations must be >= 1, got {iterations}")
+    for name, value in (
+        ("gaussian_sxy", gaussian_sxy),
+        ("bilateral_sxy", bilateral_sxy),
+        ("bilateral_srgb", bilateral_srgb),
+    ):
+        torch._check_value(
+            math.isfinite(value) and value > 0,
+            lambda name=name, value=value: f"{name} must be a finite number > 0, got {value}",
+        )
+    for name, value in (
+        ("gaussian_compat", gaussian_compat),
+        ("bilateral_compat", bilateral_compat),
+    ):
+        torch._check_value(
+            math.isfinite(value),
+            lambda name=name, value=value: f"{name} must be finite, got {value}",
+        )
+    return scores.new_empty(scores.shape, dtype=torch.float32)

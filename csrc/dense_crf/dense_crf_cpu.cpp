@@ -1,0 +1,424 @@
+// CPU dense CRF: the permutohedral lattices of an image built once, then `iterations` mean-field
+// updates of every stack of scores that shares the image (the math in dense_crf.h).
+//
+// A lattice's vertices are found with an open-addressing hash table filled in pixel order by
+// one thread, so that vertex numbers, and with them every sum, are the same whatever the
+// thread count. splat is a gather (each vertex sums its pixels in increasing order from a
+// CSR list), blur and slice read only, so the parallel loops write disjoint outputs and the
+// result is the same bits for any number of threads. The filter is linear, so the channels
+// of all stacks that share an image (psa's la and ha CRFs of one image) go through one
+// lattice pass together; only the softmax is per stack.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "common/checks.h"
+#include "dense_crf/dense_crf.h"
+#include "dense_crf/dense_crf_args.h"
+
+namespace affext {
+namespace {
+
+using crf::KeyPacking;
+
+constexpr int64_t kGrain = 2048;  // pixels or vertices per task in the build
+
+// Vertices of a lattice by key: ids 1..M in order of first appearance (0: no vertex).
+class VertexTable {
+ public:
+  explicit VertexTable(int64_t expected) {
+    int64_t cap = 1024;
+    while (cap < 2 * expected) cap <<= 1;
+    resize(cap);
+  }
+  int32_t insert(uint64_t key) {
+    if (2 * (count_ + 1) > static_cast<int64_t>(ids_.size())) grow();
+    int64_t h = slot(key);
+    while (ids_[h] != 0) {
+      if (keys_[h] == key) return ids_[h];
+      h = (h + 1) & mask_;
+    }
+    keys_[h] = key;
+    ids_[h] = static_cast<int32_t>(++count_);
+    return ids_[h];
+  }
+  int32_t find(uint64_t key) const {
+    int64_t h = slot(key);
+    while (ids_[h] != 0) {
+      if (keys_[h] == key) return ids_[h];
+      h = (h + 1) & mask_;
+    }
+    return 0;
+  }
+  int64_t size() const { return count_; }
+
+ private:
+  int64_t slot(uint64_t key) const {
+    return static_cast<int64_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
+  }
+  void resize(int64_t cap) {
+    keys_.assign(cap, 0);
+    ids_.assign(cap, 0);
+    mask_ = cap - 1;
+    shift_ = 64;
+    for (int64_t c = cap; c > 1; c >>= 1) --shift_;
+  }
+  void grow() {
+    std::vector<uint64_t> keys = std::move(keys_);
+    std::vector<int32_t> ids = std::move(ids_);
+    resize(2 * static_cast<int64_t>(keys.size()));
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (ids[i] == 0) continue;
+      int64_t h = slot(keys[i]);
+      while (ids_[h] != 0) h = (h + 1) & mask_;
+      keys_[h] = keys[i];
+      ids_[h] = ids[i];
+    }
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<int32_t> ids_;
+  int64_t count_ = 0, mask_ = 0;
+  int shift_ = 64;
+};
+
+// One lattice over the N pixels of an image.
+struct Lattice {
+  int d = 0;
+  int64_t N = 0, M = 0;
+  std::vector<int32_t> vertex;   // (N, d + 1): the vertex of each pixel's remainder r
+  std::vector<float> weight;     // (N, d + 1): its barycentric weight
+  std::vector<int64_t> start;    // (M + 2): vertex v's splat terms at [start[v], start[v + 1])
+  std::vector<int32_t> splat_p;  // per term: the pixel, in increasing (pixel, r) order
+  std::vector<float> splat_w;    // per term: the weight (times the pixel's normaliser, later)
+  std::vector<float> slice_w;    // (N, d + 1): alpha * weight (times compat * normaliser, later)
+  std::vector<int32_t> nbr;      // (d + 1, M + 1, 2): neighbours along each axis (0: none)
+  std::vector<float> norm;       // (N): 1 / sqrt(L 1 + 1e-20)
+};
+
+template <int D>
+void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float sxy, float srgb,
+                   int bits) {
+  constexpr int D1 = D + 1;
+  const int64_t N = H * W;
+  lat.d = D;
+  lat.N = N;
+  std::vector<uint64_t> keys(N * D1);
+  lat.weight.resize(N * D1);
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    float f[D];
+    for (int64_t p = begin; p < end; ++p) {
+      const int x = static_cast<int>(p % W), y = static_cast<int>(p / W);
+      if constexpr (D == crf::kBilateralDim)
+        crf::bilateral_features(x, y, rgb + 3 * p, sxy, srgb, f);
+      else
+        crf::gaussian_features(x, y, sxy, f);
+      crf::embed_point<D>(f, bits, &keys[p * D1], &lat.weight[p * D1]);
+    }
+  });
+  // Vertex ids in order of first appearance: one thread, so the numbering is fixed.
+  VertexTable table(N);
+  lat.vertex.resize(N * D1);
+  std::vector<uint64_t> vertex_key(1, 0);
+  for (int64_t e = 0; e < N * D1; ++e) {
+    // neighbouring pixels mostly share their simplex: the previous pixel's vertex first
+    if (e >= D1 && keys[e] == keys[e - D1]) {
+      lat.vertex[e] = lat.vertex[e - D1];
+      continue;
+    }
+    const int32_t id = table.insert(keys[e]);
+    if (id == static_cast<int32_t>(vertex_key.size())) vertex_key.push_back(keys[e]);
+    lat.vertex[e] = id;
+  }
+  const int64_t M = table.size();
+  lat.M = M;
+  // The splat's terms grouped by vertex (a counting sort keeps them in increasing order).
+  lat.start.assign(M + 2, 0);
+  for (int64_t e = 0; e < N * D1; ++e) ++lat.start[lat.vertex[e] + 1];
+  for (int64_t v = 1; v <= M + 1; ++v) lat.start[v] += lat.start[v - 1];
+  lat.splat_p.resize(N * D1);
+  lat.splat_w.resize(N * D1);
+  {
+    std::vector<int64_t> fill(lat.start.begin(), lat.start.end() - 1);
+    for (int64_t e = 0; e < N * D1; ++e) {
+      const int64_t i = fill[lat.vertex[e]]++;
+      lat.splat_p[i] = static_cast<int32_t>(e / D1);
+      lat.splat_w[i] = lat.weight[e];
+    }
+  }
+  // Blur neighbours.
+  lat.nbr.assign(static_cast<size_t>(D1) * (M + 1) * 2, 0);
+  at::parallel_for(1, M + 1, kGrain, [&](int64_t begin, int64_t end) {
+    for (int j = 0; j < D1; ++j) {
+      int32_t* nb = &lat.nbr[static_cast<size_t>(j) * (M + 1) * 2];
+      for (int64_t v = begin; v < end; ++v) {
+        nb[2 * v] = table.find(crf::neighbour_key(vertex_key[v], D, bits, j, +1));
+        nb[2 * v + 1] = table.find(crf::neighbour_key(vertex_key[v], D, bits, j, -1));
+      }
+    }
+  });
+  const float alpha = crf::slice_alpha(D);
+  lat.slice_w.resize(N * D1);
+  for (int64_t e = 0; e < N * D1; ++e) lat.slice_w[e] = lat.weight[e] * alpha;
+}
+
+// Parallel loops: a region only where there is enough work to pay for waking the threads.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
+template <typename F>
+void maybe_parallel(int64_t begin, int64_t end, int64_t work_per_item, const F& f) {
+  if ((end - begin) * work_per_item < kMinParallelWork) {
+    f(begin, end);
+    return;
+  }
+  at::parallel_for(begin, end, std::max<int64_t>(1, kMinParallelWork / 4 / work_per_item), f);
+}
+
+// Channels are processed in groups of kLanes (rows padded with zeros to a multiple of it), up
+// to kMaxGroups groups at a time: a chunk's sums stay in registers and the loops have a width
+// fixed at compile time, so they vectorise.
+constexpr int64_t kLanes = 4;
+constexpr int kMaxGroups = 8;
+
+// f(std::integral_constant<int, G>, c0) for each chunk of G * kLanes channels from c0.
+template <typename F>
+void for_channel_chunks(int64_t Cp, const F& f) {
+  for (int64_t c0 = 0; c0 < Cp; c0 += kMaxGroups * kLanes) {
+    switch (std::min<int64_t>(kMaxGroups, (Cp - c0) / kLanes)) {
+      case 1:
+        f(std::integral_constant<int, 1>{}, c0);
+        break;
+      case 2:
+        f(std::integral_constant<int, 2>{}, c0);
+        break;
+      case 3:
+        f(std::integral_constant<int, 3>{}, c0);
+        break;
+      case 4:
+        f(std::integral_constant<int, 4>{}, c0);
+        break;
+      case 5:
+        f(std::integral_constant<int, 5>{}, c0);
+        break;
+      case 6:
+        f(std::integral_constant<int, 6>{}, c0);
+        break;
+      case 7:
+        f(std::integral_constant<int, 7>{}, c0);
+        break;
+      default:
+        f(std::integral_constant<int, 8>{}, c0);
+        break;
+    }
+  }
+}
+
+// a[v] = sum over v's terms (increasing pixel order) of splat_w * in[pixel], v in [begin, end),
+// for the channels [c0, c0 + G * kLanes) of rows `stride` floats apart.
+template <int G>
+void splat_chunk(const Lattice& lat, const float* __restrict__ in, int64_t stride, int64_t c0,
+                 float* __restrict__ a, int64_t begin, int64_t end) {
+  constexpr int L = G * kLanes;
+  const int64_t* start = lat.start.data();
+  const int32_t* pix = lat.splat_p.data();
+  const float* wt = lat.splat_w.data();
+  for (int64_t v = begin; v < end; ++v) {
+    float acc[L] = {};
+    for (int64_t i = start[v]; i < start[v + 1]; ++i) {
+      const float w = wt[i];
+      const float* src = in + static_cast<int64_t>(pix[i]) * stride + c0;
+      for (int k = 0; k < L; ++k) acc[k] += w * src[k];
+    }
+    float* dst = a + v * stride + c0;
+    for (int k = 0; k < L; ++k) dst[k] = acc[k];
+  }
+}
+
+void splat_range(const Lattice& lat, const float* in, int64_t Cp, float* a, int64_t begin,
+                 int64_t end) {
+  for_channel_chunks(Cp, [&](auto G, int64_t c0) {
+    splat_chunk<decltype(G)::value>(lat, in, Cp, c0, a, begin, end);
+  });
+}
+
+// [1/2, 1, 1/2] along each lattice axis in turn; the result ends in a (b is scratch).
+void blur(const Lattice& lat, int64_t Cp, float* a, float* b) {
+  const int64_t M = lat.M;
+  float* cur = a;
+  float* nxt = b;
+  for (int j = 0; j <= lat.d; ++j) {
+    const int32_t* nb = &lat.nbr[static_cast<size_t>(j) * (M + 1) * 2];
+    maybe_parallel(1, M + 1, 3 * Cp, [&](int64_t begin, int64_t end) {
+      const float* __restrict__ src = cur;
+      float* __restrict__ dst = nxt;
+      for (int64_t v = begin; v < end; ++v) {
+        const float* n1 = src + nb[2 * v] * Cp;
+        const float* n2 = src + nb[2 * v + 1] * Cp;
+        const float* o = src + v * Cp;
+        float* out = dst + v * Cp;
+        for (int64_t c = 0; c < Cp; ++c) out[c] = o[c] + 0.5f * (n1[c] + n2[c]);
+      }
+    });
+    std::swap(cur, nxt);
+  }
+  if (cur != a) std::copy(cur + Cp, cur + (M + 1) * Cp, a + Cp);
+}
+
+// out[c] += sum_r slice_w[p, r] val[vertex(p, r), c] for one pixel p and one channel chunk
+template <int D, int G>
+inline void slice_chunk(const Lattice& lat, const float* __restrict__ val, int64_t stride,
+                        int64_t c0, int64_t p, float* __restrict__ out) {
+  constexpr int D1 = D + 1, L = G * kLanes;
+  float acc[L];
+  for (int k = 0; k < L; ++k) acc[k] = out[c0 + k];
+  for (int r = 0; r < D1; ++r) {
+    const float w = lat.slice_w[p * D1 + r];
+    const float* src = val + static_cast<int64_t>(lat.vertex[p * D1 + r]) * stride + c0;
+    for (int k = 0; k < L; ++k) acc[k] += w * src[k];
+  }
+  for (int k = 0; k < L; ++k) out[c0 + k] = acc[k];
+}
+
+// Scratch of one lattice's filter: two (M + 1, Cp) buffers, row 0 the missing vertex (zero).
+struct FilterBuffers {
+  std::vector<float> a, b;
+  FilterBuffers(const Lattice& lat, int64_t Cp)
+      : a((lat.M + 1) * Cp, 0.f), b((lat.M + 1) * Cp, 0.f) {}
+};
+
+// The symmetric normaliser n = 1 / sqrt(L 1 + 1e-20), then folded into the weights: the splat
+// of n * q and compat * n * slice become one multiply each.
+template <int D>
+void normalise(Lattice& lat, float compat) {
+  constexpr int D1 = D + 1;
+  std::vector<float> ones(lat.N * kLanes, 1.f);
+  FilterBuffers buf(lat, kLanes);
+  splat_range(lat, ones.data(), kLanes, buf.a.data(), 1, lat.M + 1);
+  blur(lat, kLanes, buf.a.data(), buf.b.data());
+  lat.norm.resize(lat.N);
+  for (int64_t p = 0; p < lat.N; ++p) {
+    float l1[kLanes] = {0.f};
+    slice_chunk<D, 1>(lat, buf.a.data(), kLanes, 0, p, l1);
+    lat.norm[p] = 1.0f / std::sqrt(l1[0] + crf::kNormEps);
+  }
+  for (int64_t i = 0; i < lat.N * D1; ++i) lat.splat_w[i] *= lat.norm[lat.splat_p[i]];
+  for (int64_t e = 0; e < lat.N * D1; ++e) lat.slice_w[e] *= compat * lat.norm[e / D1];
+}
+
+struct CrfSettings {
+  int64_t iterations;
+  float gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb, bilateral_compat;
+  CrfPackings packing;
+};
+
+// Mean field for the S stacks of n labels that share one image.
+// scores: S stacks of (n, H, W); out likewise. Per iteration three kinds of parallel loop:
+// the splat of both lattices (over their vertices), the blurs (over vertices, one axis at a
+// time, serial when small), and per pixel the two slices and the update.
+void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, int64_t n, int64_t H,
+               int64_t W, const CrfSettings& s) {
+  const int64_t N = H * W, C = S * n, Cp = (C + kLanes - 1) / kLanes * kLanes;
+  Lattice g, b;
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t which = begin; which < end; ++which) {
+      if (which == 0) {
+        build_lattice<crf::kGaussianDim>(g, H, W, rgb, s.gaussian_sxy, 0.f,
+                                         s.packing.gaussian.bits);
+        normalise<crf::kGaussianDim>(g, s.gaussian_compat);
+      } else {
+        build_lattice<crf::kBilateralDim>(b, H, W, rgb, s.bilateral_sxy, s.bilateral_srgb,
+                                          s.packing.bilateral.bits);
+        normalise<crf::kBilateralDim>(b, s.bilateral_compat);
+      }
+    }
+  });
+  // Pixel-major working layout: (N, Cp), the stacks' labels side by side, zero padding.
+  std::vector<float> logp(N * Cp, 0.f), q(N * Cp, 0.f);
+  maybe_parallel(0, N, 4 * C, [&](int64_t begin, int64_t end) {
+    std::vector<float> col(C);
+    for (int64_t p = begin; p < end; ++p) {
+      for (int64_t c = 0; c < C; ++c) col[c] = scores[c * N + p];
+      for (int64_t st = 0; st < S; ++st)
+        crf::unary_pixel(&col[st * n], n, 1, &logp[p * Cp + st * n], &q[p * Cp + st * n]);
+    }
+  });
+  FilterBuffers fg(g, Cp), fb(b, Cp);
+  const int64_t Mg = g.M, Mb = b.M;
+  const int64_t terms = g.N * (g.d + 1) + b.N * (b.d + 1);
+  const int64_t splat_work = terms * Cp / std::max<int64_t>(1, Mg + Mb) + Cp;
+  for (int64_t it = 0; it < s.iterations; ++it) {
+    maybe_parallel(1, Mg + Mb + 1, splat_work, [&](int64_t begin, int64_t end) {
+      const int64_t gb = std::min(begin, Mg + 1), ge = std::min(end, Mg + 1);
+      if (gb < ge) splat_range(g, q.data(), Cp, fg.a.data(), gb, ge);
+      const int64_t bb = std::max(begin, Mg + 1) - Mg, be = std::max(end, Mg + 1) - Mg;
+      if (bb < be) splat_range(b, q.data(), Cp, fb.a.data(), bb, be);
+    });
+    blur(g, Cp, fg.a.data(), fg.b.data());
+    blur(b, Cp, fb.a.data(), fb.b.data());
+    maybe_parallel(0, N, 12 * Cp, [&](int64_t begin, int64_t end) {
+      std::vector<float> e(Cp);
+      for (int64_t p = begin; p < end; ++p) {
+        // e = logp + compat_g n_g L_g(n_g q) + compat_b n_b L_b(n_b q)
+        std::copy(&logp[p * Cp], &logp[p * Cp] + Cp, e.data());
+        for_channel_chunks(Cp, [&](auto G, int64_t c0) {
+          slice_chunk<crf::kGaussianDim, decltype(G)::value>(g, fg.a.data(), Cp, c0, p, e.data());
+          slice_chunk<crf::kBilateralDim, decltype(G)::value>(b, fb.a.data(), Cp, c0, p, e.data());
+        });
+        for (int64_t st = 0; st < S; ++st) crf::softmax_pixel(&e[st * n], n, &q[p * Cp + st * n]);
+      }
+    });
+  }
+  maybe_parallel(0, C, N, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c)
+      for (int64_t p = 0; p < N; ++p) out[c * N + p] = q[p * Cp + c];
+  });
+}
+
+}  // namespace
+
+at::Tensor dense_crf_cpu(const at::Tensor& image_in, const at::Tensor& scores_in,
+                         int64_t iterations, double gaussian_sxy, double gaussian_compat,
+                         double bilateral_sxy, double bilateral_srgb, double bilateral_compat,
+                         bool validate) {
+  check_dense_crf_args(image_in, scores_in, iterations, gaussian_sxy, gaussian_compat,
+                       bilateral_sxy, bilateral_srgb, bilateral_compat);
+  const at::Tensor scores = scores_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor image = image_in.detach().contiguous();
+  if (validate) check_dense_crf_values(scores);
+  const int64_t B = scores.size(0), n = scores.size(1), H = scores.size(2), W = scores.size(3);
+  at::Tensor out = at::empty_like(scores);
+  if (scores.numel() == 0) return out;
+  const CrfSettings s{iterations,
+                      static_cast<float>(gaussian_sxy),
+                      static_cast<float>(gaussian_compat),
+                      static_cast<float>(bilateral_sxy),
+                      static_cast<float>(bilateral_srgb),
+                      static_cast<float>(bilateral_compat),
+                      crf_packings(H, W, gaussian_sxy, bilateral_sxy, bilateral_srgb)};
+  const uint8_t* rgb = image.data_ptr<uint8_t>();
+  const float* sc = scores.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t plane = n * H * W;
+  if (image.size(0) == 1) {
+    // one image for every stack: one pair of lattices, all stacks' channels together
+    crf_group(rgb, sc, o, B, n, H, W, s);
+  } else if (B >= at::get_num_threads() && B > 1) {
+    // enough images to keep every thread busy: one image per thread at a time
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        crf_group(rgb + i * H * W * 3, sc + i * plane, o + i * plane, 1, n, H, W, s);
+    });
+  } else {
+    for (int64_t i = 0; i < B; ++i)
+      crf_group(rgb + i * H * W * 3, sc + i * plane, o + i * plane, 1, n, H, W, s);
+  }
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(affext, CPU, m) { m.impl("dense_crf", &dense_crf_cpu); }
+
+}  // namespace affext

@@ -166,8 +166,10 @@ void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float
   for (int64_t e = 0; e < N * D1; ++e) lat.slice_w[e] = lat.weight[e] * alpha;
 }
 
-// Parallel loops: a region only where there is enough work to pay for waking the threads.
-constexpr int64_t kMinParallelWork = 1 << 15;
+// Parallel loops: a region only where there is enough work to pay for waking the threads (a
+// region costs microseconds on an idle machine, milliseconds where other processes hold the
+// cores).
+constexpr int64_t kMinParallelWork = 1 << 20;
 
 template <typename F>
 void maybe_parallel(int64_t begin, int64_t end, int64_t work_per_item, const F& f) {

@@ -75,6 +75,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 # The settings of a whole run that every stage having the field takes.
 SHARED = ("backbone", "device", "num_workers", "seed", "label_source", "cls_labels", "classes")
 
+# The stages that refine with the dense CRF (their configs' `crf`: CRFConfig).
+CRF_STAGES = ("aff_labels", "make_rw", "make_seg")
+
 # The stages of `affext run`, in order, by their names in PRESETS and RunConfig.
 STAGE_CONFIGS = {
     "train_cam": TrainCamConfig,
@@ -238,6 +241,7 @@ def config_text(cfg: RunConfig, fmt: str = "yaml") -> str:
 
 
 __all__ = [
+    "CRF_STAGES",
     "PRESETS",
     "RUN_PATHS",
     "SHARED",

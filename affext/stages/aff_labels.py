@@ -157,13 +157,12 @@ def make_aff_labels(
         num_workers=cfg.num_workers if len(todo) > 1 else 0,
         worker_init_fn=die_with_parent,
     )
+    on = device if cfg.crf.backend == "affext" else None  # pydensecrf: numpy on the host
     failed = True
     try:
         for image_id, image, cam in loader:
             paths = la_dir / f"{image_id}.npy", ha_dir / f"{image_id}.npy"
-            pool.submit(
-                _write_labels, *paths, image, cam, cfg, device if pool.workers == 0 else None
-            )
+            pool.submit(_write_labels, *paths, image, cam, cfg, on)
         failed = False
     finally:
         try:

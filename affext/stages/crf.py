@@ -84,6 +84,8 @@ def crf_inference(
     if cfg.backend == "affext":
         from ..ops.dense_crf import dense_crf
 
+        if isinstance(image, np.ndarray) and not image.flags.writeable:
+            image = image.copy()  # a decoded image is read-only; torch wants a writable one
         return dense_crf(image, scores, **params)
     require_backend(cfg)
     on = scores.device if isinstance(scores, torch.Tensor) else None

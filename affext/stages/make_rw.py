@@ -6,14 +6,13 @@ OUT/make-rw.throughput.json: images, seconds and images/s of the last run.
 
 A pipeline, so that the device never waits for the CPU work: DataLoader workers read and
 prepare the images; the calling thread runs AffinityNet and the walk on batches of images
-whose padded sizes are equal, and, with the affext dCRF backend, the dCRF of each image on
-the same device, and copies each image's labels (and scores) to the host (asynchronously from
-a GPU); a few threads write the PNGs while the next batch runs. With the pydensecrf backend
-the dCRF runs on the host in processes of its own (crf.CRFPool), as pydensecrf holds the GIL
-through its inference. At most
-`_pending_limit` images are between the device and their files; the first error in any of
-them stops the stage, and so does Ctrl-C, leaving only complete files (atomic writes) for a
-rerun to skip.
+whose padded sizes are equal (and, with the affext dCRF backend, each image's dCRF on the same
+device), and copies each image's labels (and scores) to the host (asynchronously from a GPU);
+a few threads write the PNGs while the next batch runs. With the pydensecrf backend the dCRF
+runs on the host, in processes of its own (crf.CRFPool), as pydensecrf holds the GIL through
+its inference. At most `_pending_limit` images are between the device and their files; the
+first error in any of them stops the stage, and so does Ctrl-C, leaving only complete files
+(atomic writes) for a rerun to skip.
 """
 
 from __future__ import annotations
@@ -168,30 +167,6 @@ def _size_batches(
         for members in groups.values()
         for i in range(0, len(members), batch_size)
     ]
-
-
-def _crf_label(
-    rgb: np.ndarray,
-    scores: np.ndarray,
-    keys: Sequence[int],
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """dCRF over the walked scores of `keys` (n, h, w), normalised per pixel, on the (h, w)
-    RGB; (h, w) labels, or (H, W) ones for a larger `size` (marginals upsampled in bands)."""
-    refined = crf_inference(rgb, normalized(scores), crf)
-    return np.asarray(keys, np.uint8)[refined_index(refined, size)]
-
-
-def _write_crf_label(
-    path: Path,
-    rgb: np.ndarray,
-    scores: np.ndarray,
-    keys: Sequence[int],
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> None:
-    save_label_png(path, _crf_label(rgb, scores, keys, crf, size))
 
 
 @dataclass
@@ -376,9 +351,10 @@ class _Finisher:
                 save_label_png(path, keys[item.crf_index.numpy()])
             elif item.crf_marginals is not None:
                 save_label_png(path, keys[argmax_at_size(item.crf_marginals, item.size)])
-            else:
-                args = (path, item.rgb, item.scores.numpy(), item.keys, self.crf, item.size)
-                self.pool.call(_write_crf_label, *args)
+            else:  # pydensecrf: its marginals from the pool, their labels made here
+                scores = normalized(item.scores.numpy())
+                refined = self.pool.call(crf_inference, item.rgb, scores, self.crf)
+                save_label_png(path, keys[refined_index(refined, item.size)])
         except Exception as exc:
             raise RuntimeError(f"make-rw failed on image {item.image_id!r}: {exc}") from exc
 

@@ -97,26 +97,23 @@ def multiscale_probs(
     return total / passes
 
 
-def crf_label(
-    rgb: np.ndarray,
-    probs: np.ndarray | torch.Tensor,
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """(h, w) uint8 argmax of the dCRF over the (K, h, w) probabilities of every class (a
-    tensor: the dCRF on its device), on the (h, w) RGB; (H, W) labels for a larger `size`
-    (marginals upsampled in bands)."""
-    return refined_index(crf_inference(rgb, probs, crf), size)
-
-
-def _write_crf_label(
+def _refine(
     path: Path,
     rgb: np.ndarray,
     probs: np.ndarray | torch.Tensor,
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> None:
-    save_label_png(path, crf_label(rgb, probs, crf, size))
+    crf: CRFConfig,
+    size: tuple[int, int],
+) -> tuple[Path, np.ndarray | torch.Tensor, tuple[int, int]]:
+    """A dCRF job (in a pydensecrf process, or in this one): the marginals of the (K, h, w)
+    probabilities of every class on the (h, w) RGB, with the PNG's path and (H, W) size."""
+    return path, crf_inference(rgb, probs, crf), size
+
+
+def _write_refined(job: tuple[Path, np.ndarray | torch.Tensor, tuple[int, int]]) -> None:
+    """seg_crf/<id>.png from a dCRF job's marginals, here (a process runs no torch): their
+    argmax at the image's size (upsampled in bands where that is larger)."""
+    path, refined, size = job
+    save_label_png(path, refined_index(refined, size))
 
 
 def make_seg(
@@ -155,7 +152,9 @@ def make_seg(
         loader, total=len(ids), initial=len(ids) - len(todo), desc="make-seg", disable=not progress
     )
     # the dCRF: in this process (affext's, on the device), or pydensecrf's processes
-    pool = CRFPool(cfg.crf, cfg.crf_workers if todo else 0) if cfg.write_crf else None
+    pool = None
+    if cfg.write_crf:
+        pool = CRFPool(cfg.crf, cfg.crf_workers if todo else 0, on_done=_write_refined)
     failed = True
     try:
         for image_id, scaled, _, size in bar:
@@ -177,7 +176,7 @@ def make_seg(
                 rgb = np.asarray(load_working_image(voc, image_id, cfg.long_side)[0])
             # processes take host arrays; in this process the dCRF runs where probs are
             scores = host if pool.workers else probs
-            pool.submit(_write_crf_label, crf_dir / f"{image_id}.png", rgb, scores, cfg.crf, size)
+            pool.submit(_refine, crf_dir / f"{image_id}.png", rgb, scores, cfg.crf, size)
         failed = False
     finally:
         try:

@@ -320,12 +320,11 @@ def _cmd_info(args) -> None:
 
 
 def _add_crf(p: argparse.ArgumentParser, workers: bool = True) -> None:
-    """The dCRF's options: its backend and (for pydensecrf) its processes."""
-    from .stages.crf import CRF_BACKENDS
-
+    """The dCRF's options: its backend (checked by the stage's CRFConfig) and (for
+    pydensecrf) its processes."""
     p.add_argument(
         "--crf-backend",
-        choices=CRF_BACKENDS,
+        metavar="{affext,pydensecrf}",
         help="the dense CRF: affext's op on the stage's device, in its process (default), or "
         "pydensecrf, the reference (pip install 'affext[crf-reference]'), in processes",
     )

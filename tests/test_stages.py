@@ -261,4 +261,6 @@ def test_configs_merge_defaults_preset_shared_settings_then_overrides():
         epochs=3,
     )
     assert run.make_rw.long_side == 320 and run.make_cam.long_side == 160
-    assert run.train_cam.epochs == 10 and run.aff_labels == AffLabelsConfig(num_workers=0, device="cpu")
+    assert run.train_cam.epochs == 10 and run.aff_labels == AffLabelsConfig(
+        num_workers=0, device="cpu"
+    )

@@ -96,7 +96,7 @@ def versions() -> dict[str, str]:
 # (check_config). Anything else (a learning rate, alpha, the CRF's parameters, the backbone,
 # weights, a batch size) counts as a change. A name matches at any depth; a dotted one only
 # there: "crf.backend", the dense CRF's implementation (affext's or pydensecrf, which agree to
-# ~1e-7 in the marginals: a speed setting, as `device` is).
+# a few 1e-6 in the marginals: a speed setting, as `device` is).
 NON_OUTPUT_SETTINGS = ("device", "num_workers", "crf_workers", "progress", "crf.backend")
 
 

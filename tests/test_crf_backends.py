@@ -250,3 +250,19 @@ def test_a_work_directory_resumes_under_the_other_backend(voc, ids, cam_dir, tmp
 def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="crf backend must be one of 'affext', 'pydensecrf'"):
         CRFConfig(backend="densecrf")
+
+
+@needs_pydensecrf
+def test_the_command_line_picks_the_backend(voc, ids, cam_dir, tmp_path):
+    from affext.cli import main
+
+    lst = tmp_path / "ids.txt"
+    lst.write_text("\n".join(ids[:2]) + "\n")
+    out = tmp_path / "aff"
+    argv = ["make-aff-labels", "--voc-root", str(voc), "--list", str(lst), "--cam-dir"]
+    argv += [str(cam_dir), "--out", str(out), "--quiet", "--device", "cpu", "--workers", "0"]
+    assert main([*argv, "--crf-backend", "pydensecrf", "--crf-workers", "0"]) == 0
+    record = json.loads((out / "make-aff-labels.config.json").read_text())["config"]
+    assert record["crf"]["backend"] == "pydensecrf"
+    assert (record["crf_workers"], record["num_workers"], record["device"]) == (0, 0, "cpu")
+    assert len(list((out / "la").glob("*.npy"))) == 2

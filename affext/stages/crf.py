@@ -1,9 +1,11 @@
 """The stages' dense CRF (docs/method.md §2, psa's settings) and where it runs.
 
-Two backends give the same marginals (to ~1e-7): "affext" (the default), affext.dense_crf in
-the stage's own process on its device, every stack of an image in one batched call; and
-"pydensecrf", the reference (the crf-reference extra), single-threaded and holding the GIL
-through its inference, so the stages run it in processes: CRFPool, the one pool of them.
+Two backends give the same marginals (to a few 1e-6 in float32): "affext" (the default),
+affext.dense_crf in the stage's own process on its device, every stack of an image in one
+batched call; and "pydensecrf", the reference (the crf-reference extra), single-threaded and
+holding the GIL through its inference, so the stages run it in processes: CRFPool, the one
+pool of them, whose processes run numpy and pydensecrf only (never torch: a forked process of
+a threaded one can hang in it), and hand the marginals back.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class CRFConfig:
     bilateral_compat: float = 10.0
     # "affext": affext.dense_crf on the stage's device, in its process; "pydensecrf": the
     # reference, in crf_workers processes. A speed setting like `device`, not an output one
-    # (files.NON_OUTPUT_SETTINGS): the two agree to ~1e-7 in the marginals, so a work
+    # (files.NON_OUTPUT_SETTINGS): the two agree to a few 1e-6 in the marginals, so a work
     # directory resumes under either (and one recorded before the setting existed does).
     backend: str = "affext"
 
@@ -160,7 +162,8 @@ def crf_process_context() -> multiprocessing.context.BaseContext:
     spawn (and forkserver) would import the caller's main module again in every process,
     which breaks a script without an `if __name__ == "__main__":` guard, and torch once per
     process. A fork of this threaded process (OpenMP pool, CUDA context) is safe here because
-    the children only run numpy, pydensecrf and PIL, never torch, CUDA or OpenMP.
+    the children only run numpy and pydensecrf (and write .npy files), never torch, CUDA or
+    OpenMP: the stages make labels from the marginals they hand back.
     """
     return multiprocessing.get_context("fork" if sys.platform == "linux" else None)
 

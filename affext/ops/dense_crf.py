@@ -70,9 +70,7 @@ def dense_crf(
             )
         scores_t = scores_t.unsqueeze(0)
     elif scores_t.dim() != 4:
-        raise ValueError(
-            f"scores must have shape (n, H, W) or (B, n, H, W), got {tuple(scores_t.shape)}"
-        )
+        raise ValueError(f"scores must have shape (n, H, W) or (B, n, H, W), got {tuple(scores_t.shape)}")
     if image_t.dim() == 3:
         image_t = image_t.unsqueeze(0)
     with torch.no_grad():
@@ -101,17 +99,8 @@ def _as_tensor(name: str, value) -> torch.Tensor:
 
 
 @torch.library.register_fake("affext::dense_crf")
-def _(
-    image,
-    scores,
-    iterations,
-    gaussian_sxy,
-    gaussian_compat,
-    bilateral_sxy,
-    bilateral_srgb,
-    bilateral_compat,
-    validate,
-):
+def _(image, scores, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
+      bilateral_compat, validate):
     torch._check_value(
         image.dim() == 4, lambda: f"image must have shape (B, H, W, 3), got {tuple(image.shape)}"
     )

@@ -155,10 +155,14 @@ def _cmd_aff_labels(args) -> None:
     from .stages.aff_labels import AffLabelsConfig, make_aff_labels
 
     cfg = _stage_config(
-        AffLabelsConfig, args, None, alpha_low=args.alpha_low, alpha_high=args.alpha_high
+        AffLabelsConfig,
+        args,
+        None,
+        alpha_low=args.alpha_low,
+        alpha_high=args.alpha_high,
+        crf_workers=args.crf_workers,
+        **_crf_fields(args),
     )
-    if args.workers is not None:
-        cfg.num_workers = max(1, args.workers)
     print(
         make_aff_labels(
             args.voc_root, _ids(args.list), args.cam_dir, args.out, cfg, progress=not args.quiet
@@ -195,6 +199,7 @@ def _cmd_make_rw(args) -> None:
         iterations=args.iterations,
         batch_size=args.batch_size,
         crf_workers=args.crf_workers,
+        **_crf_fields(args),
     )
     if args.no_crf:
         cfg.write_crf = False
@@ -238,7 +243,9 @@ def _cmd_train_seg(args) -> None:
 def _cmd_make_seg(args) -> None:
     from .stages.make_seg import MakeSegConfig, make_seg
 
-    cfg = _stage_config(MakeSegConfig, args, "make_seg", crf_workers=args.crf_workers)
+    cfg = _stage_config(
+        MakeSegConfig, args, "make_seg", crf_workers=args.crf_workers, **_crf_fields(args)
+    )
     if args.no_crf:
         cfg.write_crf = False
     print(
@@ -273,6 +280,7 @@ def _cmd_eval(args) -> None:
 def _cmd_run(args) -> None:
     from . import dist
     from .stages.config import (
+        CRF_STAGES,
         RUN_PATHS,
         RunConfig,
         config_text,
@@ -291,6 +299,8 @@ def _cmd_run(args) -> None:
         "weights": args.weights,
         "labels": args.seg_labels,
     }
+    for stage in CRF_STAGES:  # --crf-backend: every stage with a dCRF
+        flags.setdefault(stage, {}).update(_crf_fields(args))
     flags.update({k: getattr(args, k) for k in RUN_PATHS})
     settings = merge_settings(settings, flags)
     paths = {k: settings.pop(k, None) for k in RUN_PATHS}
@@ -335,6 +345,29 @@ def _cmd_info(args) -> None:
     width = max(len(k) for k in info)
     for k, v in info.items():
         print(f"{k:<{width}}  {', '.join(v) if isinstance(v, list) else v}")
+
+
+def _add_crf(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    """The dCRF's options: its backend (checked by the stage's CRFConfig) and (for
+    pydensecrf) its processes."""
+    p.add_argument(
+        "--crf-backend",
+        metavar="{affext,pydensecrf}",
+        help="the dense CRF: affext's op on the stage's device, in its process (default), or "
+        "pydensecrf, the reference (pip install 'affext[crf-reference]'), in processes",
+    )
+    if workers:
+        p.add_argument(
+            "--crf-workers",
+            type=int,
+            help="pydensecrf processes (default: half the cores, 1 to 8; 0: in the main "
+            "process); the affext backend uses none",
+        )
+
+
+def _crf_fields(args) -> dict:
+    """The stage config's crf settings given on the command line."""
+    return {"crf": {"backend": args.crf_backend}} if args.crf_backend else {}
 
 
 def _add_training(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -439,6 +472,8 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--out", required=True, help="writes OUT/la/*.npy and OUT/ha/*.npy")
     p.add_argument("--alpha-low", type=float)
     p.add_argument("--alpha-high", type=float)
+    p.add_argument("--device", default="auto", help="where the affext dCRF runs: cpu, cuda or auto")
+    _add_crf(p)
     p.set_defaults(func=_cmd_aff_labels)
 
     p = sub.add_parser("train-aff", help="train AffinityNet")
@@ -464,11 +499,7 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--no-crf", action="store_true", help="skip the rw_crf labels")
-    p.add_argument(
-        "--crf-workers",
-        type=int,
-        help="processes for the dCRF (default: half the cores, 1 to 8; 0: in the main process)",
-    )
+    _add_crf(p)
     p.set_defaults(func=_cmd_make_rw)
 
     p = sub.add_parser("train-seg", help="train the segmentation network on the pseudo labels")
@@ -494,11 +525,7 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--seg-net", required=True, help="train-seg's output folder, or its seg_net.pt")
     p.add_argument("--out", required=True, help="writes OUT/seg/*.png and OUT/seg_crf/*.png")
     p.add_argument("--no-crf", action="store_true", help="skip the seg_crf predictions")
-    p.add_argument(
-        "--crf-workers",
-        type=int,
-        help="processes for the dCRF (default: half the cores, 1 to 8; 0: in the main process)",
-    )
+    _add_crf(p)
     p.set_defaults(func=_cmd_make_seg)
 
     p = sub.add_parser("eval", help="mIoU of a folder of predicted PNGs")
@@ -532,6 +559,7 @@ def _add_run_command(sub) -> None:
         help="pseudo labels the segmentation network trains on (default: rw_crf, as psa)",
     )
     p.add_argument("--seed", type=int)
+    _add_crf(p, workers=False)
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)
 

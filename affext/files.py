@@ -96,8 +96,10 @@ def versions() -> dict[str, str]:
 # Settings that change how fast a stage runs, or where, but not what it writes: a recorded
 # config that differs from the one asked for only in these does not block a resume
 # (check_config). Anything else (a learning rate, alpha, the CRF's parameters, the backbone,
-# weights, a batch size) counts as a change.
-NON_OUTPUT_SETTINGS = ("device", "num_workers", "crf_workers", "progress")
+# weights, a batch size) counts as a change. A name matches at any depth; a dotted one only
+# there: "crf.backend", the dense CRF's implementation (affext's or pydensecrf, which agree to
+# a few 1e-6 in the marginals: a speed setting, as `device` is).
+NON_OUTPUT_SETTINGS = ("device", "num_workers", "crf_workers", "progress", "crf.backend")
 
 
 class ConfigChangedError(ValueError):
@@ -164,7 +166,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = {}
         for k in dict.fromkeys([*old, *new]):
-            if k in NON_OUTPUT_SETTINGS:
+            if k in NON_OUTPUT_SETTINGS or f"{prefix}{k}" in NON_OUTPUT_SETTINGS:
                 continue
             out.update(_diff(old.get(k), new.get(k), f"{prefix}{k}."))
         return out

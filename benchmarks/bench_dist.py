@@ -67,7 +67,7 @@ def _prepare(root: Path, images: int, device: str) -> Path:
     """The dataset, two networks of random weights, and the CAMs make-rw reads."""
     import torch
 
-    from affext.data import SynthConfig, make_synthetic_voc
+    from affext.data import SynthConfig, VOCDataset, make_synthetic_voc
     from affext.models import save_checkpoint
     from affext.stages.make_cam import make_cam
     from affext.stages.train_aff import build_aff_net
@@ -76,7 +76,8 @@ def _prepare(root: Path, images: int, device: str) -> Path:
     torch.manual_seed(0)
     voc = make_synthetic_voc(root / "voc", SynthConfig(num_train=images, num_val=0), False)
     nets = root / "nets"
-    save_checkpoint(build_cam_net("tiny").eval(), nets / "cam_net.pt")
+    classes = VOCDataset(voc).num_classes  # the synthetic set's, not VOC's 20
+    save_checkpoint(build_cam_net("tiny", num_classes=classes).eval(), nets / "cam_net.pt")
     save_checkpoint(build_aff_net("tiny").eval(), nets / "aff_net.pt")
     ids = (voc / "ImageSets" / "Segmentation" / "trainval.txt").read_text().split()
     cfg = _stage_configs(device)

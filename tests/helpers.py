@@ -26,6 +26,26 @@ def small_voc(
     return make_synthetic_voc(out, cfg, progress=False)
 
 
+def cams_from_masks(voc: Path, ids: list[str], out: Path, seed: int = 0) -> Path:
+    """psa-format CAMs at OUT from VOC's ground truth: each present class's mask, smoothed and
+    noisy (a walk and a dCRF have something to refine)."""
+    from affext.data import VOCDataset
+    from affext.files import save_score_dict
+
+    data = VOCDataset(voc)
+    rng = np.random.default_rng(seed)
+    for i in ids:
+        mask = data.load_mask(i)
+        cam = {}
+        for c in np.nonzero(data.image_labels(i))[0]:
+            m = torch.from_numpy((mask == c + 1).astype(np.float32))[None, None]
+            m = torch.nn.functional.avg_pool2d(m, 9, stride=1, padding=4, count_include_pad=False)
+            m = np.clip(m[0, 0].numpy() * 0.8 + rng.random(m.shape[2:], np.float32) * 0.2, 0, 1)
+            cam[int(c)] = (m / m.max()).astype(np.float32)
+        save_score_dict(out / f"{i}.npy", cam)
+    return out
+
+
 def structured_features(b, c, h, w, dtype=torch.float32):
     """(b, c, h, w) piecewise-constant regions plus noise, so that affinities span (0, 1)."""
     coarse = torch.randn(b, c, (h + 3) // 4, (w + 3) // 4, dtype=dtype)

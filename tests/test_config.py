@@ -116,3 +116,41 @@ def test_a_changed_setting_is_named_old_to_new_and_speed_settings_are_not_change
         check_config(tmp_path, "make-rw", changed)
     # no record, no outputs to protect
     assert config_changes(tmp_path / "elsewhere", "make-rw", changed) == {}
+
+
+def test_the_crf_backend_is_a_speed_setting_and_an_old_record_without_it_resumes(tmp_path):
+    old = MakeRwConfig(device="cpu", num_workers=0, crf_workers=0)
+    record_config(tmp_path, "make-rw", old)
+    reference = dataclasses.replace(old, crf=dataclasses.replace(old.crf, backend="pydensecrf"))
+    assert config_changes(tmp_path, "make-rw", reference) == {}
+    # a record written before the setting existed (no crf.backend) resumes under either
+    path = tmp_path / "make-rw.config.json"
+    record = json.loads(path.read_text())
+    del record["config"]["crf"]["backend"]
+    path.write_text(json.dumps(record))
+    for cfg in (old, reference):
+        check_config(tmp_path, "make-rw", cfg)
+    # only crf.backend is exempt: a stage setting named "backend" elsewhere would count
+    assert "backend" not in NON_OUTPUT_SETTINGS and "crf.backend" in NON_OUTPUT_SETTINGS
+
+
+def test_crf_backend_from_the_flag_or_a_file_reaches_every_dcrf_stage(capsys, tmp_path):
+    printed = _printed(capsys, "json")
+    assert {printed[s]["crf"]["backend"] for s in ("aff_labels", "make_rw", "make_seg")} == {
+        "affext"
+    }
+    printed = _printed(capsys, "json", "--crf-backend", "pydensecrf")
+    for stage in ("aff_labels", "make_rw", "make_seg"):
+        assert printed[stage]["crf"]["backend"] == "pydensecrf"
+        assert printed[stage]["crf"]["iterations"] == 10  # the rest of crf: defaults
+    path = tmp_path / "settings.yaml"
+    path.write_text("make_seg: {crf: {backend: pydensecrf, iterations: 5}}\n")
+    printed = _printed(capsys, "json", "--config", str(path))
+    expected = {**printed["make_rw"]["crf"], "backend": "pydensecrf", "iterations": 5}
+    assert printed["make_seg"]["crf"] == expected
+    assert printed["make_rw"]["crf"]["backend"] == "affext"
+    path.write_text("make_rw: {crf: {backend: densecrf}}\n")
+    assert main(["run", "--print-config", "--config", str(path)]) == 2
+    assert "crf backend must be one of 'affext', 'pydensecrf', got 'densecrf'" in (
+        capsys.readouterr().err
+    )

@@ -1,5 +1,6 @@
-"""make-rw's pipeline (device work overlapped with threads and dCRF processes) against a
-sequential loop written here: byte-identical PNGs, resume, bounded memory, errors, Ctrl-C."""
+"""make-rw's pipeline (device work overlapped with threads, and pydensecrf's processes)
+against a sequential loop written here: byte-identical PNGs with either dCRF backend, resume,
+bounded memory, errors, Ctrl-C."""
 
 import importlib
 import os
@@ -13,25 +14,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import requires_cuda
+from helpers import cams_from_masks, requires_cuda
 from PIL import Image
 
 import affext
 from affext.data import SynthConfig, VOCDataset, make_synthetic_voc, read_id_list
 from affext.data.transforms import normalize, resize_maps, to_long_side
 from affext.data.voc import save_label_png
-from affext.files import load_score_dict, save_score_dict
+from affext.files import load_score_dict
 from affext.models import AffinityNet, build_backbone
-from affext.stages.crf import crf_inference
+from affext.stages.crf import CRFConfig, crf_inference
 
 # the module, which the package's make_rw function shadows
 stage = importlib.import_module("affext.stages.make_rw")
 ITERATIONS = 16
 
 
-def config(**kw):
+def config(backend="affext", **kw):
     base = dict(backbone="tiny", device="cpu", num_workers=0, iterations=ITERATIONS, batch_size=2)
-    return stage.MakeRwConfig(**{**base, **kw})
+    return stage.MakeRwConfig(**{**base, "crf": CRFConfig(backend=backend), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +48,7 @@ def ids(voc) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cam_dir(voc, ids, tmp_path_factory) -> Path:
-    """psa-format CAMs from the ground truth: each present class's mask, smoothed and noisy."""
-    out = tmp_path_factory.mktemp("cams")
-    data = VOCDataset(voc)
-    rng = np.random.default_rng(0)
-    for i in ids:
-        mask = data.load_mask(i)
-        cam = {}
-        for c in np.nonzero(data.image_labels(i))[0]:
-            m = torch.from_numpy((mask == c + 1).astype(np.float32))[None, None]
-            m = F.avg_pool2d(m, 9, stride=1, padding=4, count_include_pad=False)[0, 0].numpy()
-            m = np.clip(m * 0.8 + rng.random(m.shape, np.float32) * 0.2, 0, 1)
-            cam[int(c)] = (m / m.max()).astype(np.float32)
-        save_score_dict(out / f"{i}.npy", cam)
-    return out
+    return cams_from_masks(voc, ids, tmp_path_factory.mktemp("cams"))
 
 
 def aff_net() -> AffinityNet:
@@ -145,13 +133,15 @@ def sequential_reference(voc_root, ids, cam_dir, out: Path, cfg, device="cpu") -
 _references: dict = {}
 
 
-def reference(voc, ids, cam_dir, tmp_path_factory, long_side=None) -> Path:
-    if long_side not in _references:
+def reference(voc, ids, cam_dir, tmp_path_factory, long_side=None, backend="affext") -> Path:
+    """The sequential loop's outputs, its dCRF with `backend`'s (on the CPU)."""
+    key = long_side, backend
+    if key not in _references:
         out = tmp_path_factory.mktemp("reference")
-        _references[long_side] = sequential_reference(
-            voc, ids, cam_dir, out, config(long_side=long_side)
+        _references[key] = sequential_reference(
+            voc, ids, cam_dir, out, config(backend, long_side=long_side)
         )
-    return _references[long_side]
+    return _references[key]
 
 
 def assert_same_pngs(out: Path, ref: Path, ids, subs=("rw", "rw_crf")) -> None:
@@ -176,18 +166,30 @@ def test_reference_is_not_trivial(voc, ids, cam_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "long_side, crf_workers", [(None, 1), (96, 0)], ids=["crf-processes", "resized-crf-thread"]
+    "long_side, backend, crf_workers, processes",
+    [(None, "pydensecrf", 1, 1), (96, "pydensecrf", 0, 0), (None, "affext", 2, 0)],
+    ids=["pydensecrf-processes", "pydensecrf-resized-thread", "affext-in-process"],
 )
 def test_pipeline_matches_sequential_loop(
-    voc, ids, cam_dir, tmp_path_factory, tmp_path, random_net, long_side, crf_workers
+    voc,
+    ids,
+    cam_dir,
+    tmp_path_factory,
+    tmp_path,
+    random_net,
+    long_side,
+    backend,
+    crf_workers,
+    processes,
 ):
-    ref = reference(voc, ids, cam_dir, tmp_path_factory, long_side)
-    cfg = config(long_side=long_side, crf_workers=crf_workers)
+    ref = reference(voc, ids, cam_dir, tmp_path_factory, long_side, backend)
+    cfg = config(backend, long_side=long_side, crf_workers=crf_workers)
     out = stage.make_rw(voc, ids, cam_dir, "unused", tmp_path, cfg, progress=False)
     assert_same_pngs(out, ref, ids)
     record = stage.load_throughput(out)
     assert record["images"] == len(ids) and record["images_per_s"] > 0
-    assert record["device"] == "cpu" and record["crf_workers"] == crf_workers
+    assert record["device"] == "cpu" and record["crf_backend"] == backend
+    assert record["crf_workers"] == processes  # the affext dCRF starts no process
     assert not stage_threads()
 
 
@@ -220,7 +222,7 @@ def test_pending_images_are_bounded(voc, ids, cam_dir, tmp_path, random_net, mon
     monkeypatch.setattr(stage, "save_label_png", stuck_save)
     monkeypatch.setattr(stage, "walk_batch", lambda *a: walks.append(1) or real_walk(*a))
     cfg = config(batch_size=1, write_crf=False)
-    limit = stage._pending_limit(cfg)
+    limit = stage._pending_limit(cfg, 0)
     assert limit < len(ids) - 1
     errors = []
 
@@ -259,7 +261,7 @@ def test_error_in_a_worker_stops_the_stage(voc, ids, cam_dir, tmp_path, random_n
     with pytest.raises(RuntimeError, match=f"image '{ids[0]}'.*No space left"):
         stage.make_rw(voc, ids, cam_dir, "unused", tmp_path, cfg, progress=False)
     written = list((tmp_path / "rw").glob("*"))
-    assert len(written) <= stage._pending_limit(cfg)  # stopped, not run to the end
+    assert len(written) <= stage._pending_limit(cfg, 0)  # stopped, not run to the end
     assert all(p.suffix == ".png" for p in written)  # no temporaries left
     assert not stage_threads()
 
@@ -267,7 +269,7 @@ def test_error_in_a_worker_stops_the_stage(voc, ids, cam_dir, tmp_path, random_n
 def test_ctrl_c_stops_cleanly_and_a_rerun_completes(
     voc, ids, cam_dir, tmp_path_factory, tmp_path, random_net, monkeypatch
 ):
-    ref = reference(voc, ids, cam_dir, tmp_path_factory)
+    ref = reference(voc, ids, cam_dir, tmp_path_factory, backend="pydensecrf")
     real_walk = stage.walk_batch
     calls = []
 
@@ -278,7 +280,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(
         return real_walk(*args)
 
     monkeypatch.setattr(stage, "walk_batch", interrupted_walk)
-    cfg = config(crf_workers=1)
+    cfg = config("pydensecrf", crf_workers=1)
     with pytest.raises(KeyboardInterrupt):
         stage.make_rw(voc, ids, cam_dir, "unused", tmp_path, cfg, progress=False)
     assert not stage_threads()
@@ -295,8 +297,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(
 
 @requires_cuda
 def test_cuda_pipeline_matches_sequential_loop_on_cuda(voc, ids, cam_dir, tmp_path, random_net):
-    ref = sequential_reference(voc, ids, cam_dir, tmp_path / "ref", config(), "cuda")
-    cfg = config(device="cuda", num_workers=1, crf_workers=2)
+    ref = sequential_reference(voc, ids, cam_dir, tmp_path / "ref", config("pydensecrf"), "cuda")
+    cfg = config("pydensecrf", device="cuda", num_workers=1, crf_workers=2)
     out = stage.make_rw(voc, ids, cam_dir, "unused", tmp_path / "out", cfg, progress=False)
     assert_same_pngs(out, ref, ids)
     assert stage.load_throughput(out)["device"].startswith("cuda")
@@ -310,8 +312,9 @@ def test_runs_from_a_script_without_a_main_guard(voc, ids, cam_dir, tmp_path):
         "from affext.models import AffinityNet, build_backbone\n"
         "stage = importlib.import_module('affext.stages.make_rw')\n"
         "stage.load_aff_net = lambda p, b, d: AffinityNet(build_backbone('tiny')).eval()\n"
+        "from affext.stages.crf import CRFConfig\n"
         f"cfg = stage.MakeRwConfig(backbone='tiny', device='cpu', num_workers=0, "
-        f"iterations=4, crf_workers=1)\n"
+        f"iterations=4, crf_workers=1, crf=CRFConfig(backend='pydensecrf'))\n"
         f"stage.make_rw({str(voc)!r}, {ids[:2]!r}, {str(cam_dir)!r}, 'unused', "
         f"{str(tmp_path / 'out')!r}, cfg, progress=False)\n"
     )

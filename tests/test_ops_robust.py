@@ -332,8 +332,9 @@ def test_make_rw_workers_and_dcrf_processes_die_with_a_killed_stage(tiny_run, tm
         "    print('walking', flush=True)\n"
         "    time.sleep(600)\n"
         "stage.walk_batch = stuck\n"
+        "from affext.stages.crf import CRFConfig\n"
         "cfg = stage.MakeRwConfig(backbone='tiny', device='cpu', num_workers=2, crf_workers=1,\n"
-        "                         batch_size=1)\n"
+        "                         batch_size=1, crf=CRFConfig(backend='pydensecrf'))\n"
         f"stage.make_rw({str(voc)!r}, {ids!r}, {str(cam_dir)!r}, 'unused', "
         f"{str(tmp_path)!r}, cfg, progress=False)\n",
         stdout=subprocess.PIPE,

@@ -21,6 +21,7 @@ from affext.models import CAMNet, build_backbone, param_groups, read_checkpoint,
 from affext.models.seg import SegNet, segmentation_loss
 from affext.stages import training
 from affext.stages.config import RunConfig
+from affext.stages.crf import CRFConfig
 from affext.stages.make_seg import MakeSegConfig, load_seg_net, make_seg
 from affext.stages.train_seg import TrainSegConfig, build_seg_net, train_seg
 
@@ -239,15 +240,21 @@ def test_make_seg_resumes_after_interruption(voc, ids, trained, tmp_path, monkey
 
 
 def test_crf_processes_give_the_same_labels(voc, ids, trained, tmp_path):
+    reference = CRFConfig(backend="pydensecrf")
     one = make_seg(
-        voc, ids[:3], trained / "seg_net", tmp_path / "in", infer_config(), progress=False
+        voc,
+        ids[:3],
+        trained / "seg_net",
+        tmp_path / "in",
+        infer_config(crf=reference),
+        progress=False,
     )
     two = make_seg(
         voc,
         ids[:3],
         trained / "seg_net",
         tmp_path / "out",
-        infer_config(crf_workers=2),
+        infer_config(crf_workers=2, crf=reference),
         progress=False,
     )
     for i in ids[:3]:

@@ -248,7 +248,7 @@ def test_configs_merge_defaults_preset_shared_settings_then_overrides():
     assert cfg.num_workers == TrainCamConfig().num_workers and cfg.momentum == 0.9  # psa's
     # a stage without a preset or a field takes only what it has
     labels = stage_config(AffLabelsConfig, "aff_labels", shared, alpha_low=2.0)
-    assert labels == AffLabelsConfig(alpha_low=2.0)
+    assert labels == AffLabelsConfig(alpha_low=2.0, device="cpu")  # its dCRF's device
     # psa's defaults for a backbone without a preset
     assert stage_config(TrainCamConfig, "train_cam", {"backbone": "resnet38"}) == (TrainCamConfig())
     with pytest.raises(ValueError, match=r"train_cam has no setting\(s\) \['nope'\]"):
@@ -261,4 +261,6 @@ def test_configs_merge_defaults_preset_shared_settings_then_overrides():
         epochs=3,
     )
     assert run.make_rw.long_side == 320 and run.make_cam.long_side == 160
-    assert run.train_cam.epochs == 10 and run.aff_labels == AffLabelsConfig(num_workers=0)
+    assert run.train_cam.epochs == 10 and run.aff_labels == AffLabelsConfig(
+        num_workers=0, device="cpu"
+    )

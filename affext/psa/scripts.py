@@ -207,7 +207,8 @@ def infer_cls(args) -> None:
             aff_cfg = AffLabelsConfig(
                 alpha_low=float(args.low_alpha),
                 alpha_high=float(args.high_alpha),
-                num_workers=max(1, workers),
+                num_workers=workers,
+                device=args.device,
             )
             make_aff_labels(args.voc12_root, ids, cam_dir, out / "aff", aff_cfg, progress=progress)
             if args.out_la_crf is not None:

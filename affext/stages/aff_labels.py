@@ -10,18 +10,26 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import dist
 from ..data.datasets import load_cam_and_image
 from ..data.voc import VOCDataset
 from ..files import record_config, save_score_dict
-from .common import background_score, die_with_parent, pending, require_cams
-from .crf import CRFConfig, crf_inference
+from .common import (
+    background_score,
+    default_workers,
+    die_with_parent,
+    pending,
+    require_cams,
+    resolve_device,
+)
+from .crf import CRFConfig, CRFPool, crf_inference, default_crf_workers, require_backend
 
 
 @dataclass
@@ -29,14 +37,22 @@ class AffLabelsConfig:
     alpha_low: float = 4.0  # psa --low_alpha
     alpha_high: float = 32.0  # psa --high_alpha (16/24 in the paper)
     crf: CRFConfig = field(default_factory=CRFConfig)
-    num_workers: int = 1  # processes running the CRF (it is single-threaded)
+    num_workers: int = default_workers()  # DataLoader workers reading CAMs and images
+    crf_workers: int = default_crf_workers()  # pydensecrf processes; 0: in this process
+    device: str = "auto"  # where the affext dCRF runs
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
 
-def crf_with_alpha(
-    image: np.ndarray, cam: dict[int, np.ndarray], alpha: float, crf: CRFConfig | None = None
-) -> dict[int, np.ndarray]:
-    """psa's _crf_with_alpha: dCRF of [M_bg(alpha); M_c present]; returns {0: bg, c + 1: M_c}."""
+def crf_with_alphas(
+    image: np.ndarray,
+    cam: dict[int, np.ndarray],
+    alphas: Sequence[float],
+    crf: CRFConfig | None = None,
+    device: torch.device | str | None = None,
+) -> list[dict[int, np.ndarray]]:
+    """psa's _crf_with_alpha for each alpha: the dCRF of [M_bg(alpha); M_c present], all
+    stacks in one call (the image's lattices are built once), on `device` (None: the CPU).
+    image (H, W, 3) uint8, cam {c: (H, W)}; returns per alpha {0: bg, c + 1: M_c}."""
     keys = sorted(int(k) for k in cam)
     h, w = image.shape[:2]
     cams = (
@@ -46,27 +62,58 @@ def crf_with_alpha(
     )
     if cams.shape[1:] != (h, w):
         raise ValueError(f"CAM maps are {cams.shape[1:]} but the image is {(h, w)}")
-    stack = np.concatenate([background_score(cams, alpha)[None], cams])
-    refined = crf_inference(image, stack, crf)
-    out = {0: refined[0]}
-    for i, k in enumerate(keys):
-        out[k + 1] = refined[i + 1]
+    stacks = np.stack([np.concatenate([background_score(cams, a)[None], cams]) for a in alphas])
+    if device is not None and torch.device(device).type != "cpu":
+        refined = crf_inference(image, torch.from_numpy(stacks).to(device), crf).cpu().numpy()
+    else:
+        refined = crf_inference(image, stacks, crf)
+    out = []
+    for stack in refined:
+        scores = {0: stack[0]}
+        for i, k in enumerate(keys):
+            scores[k + 1] = stack[i + 1]
+        out.append(scores)
     return out
 
 
-def _work(job):
-    voc_root, cam_dir, la_dir, ha_dir, image_id, cfg = job
-    # images only (labels are not needed); the classes: the CAM keys' range
-    voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
-    # at the CAMs' size: make-cam keeps a large image's CAMs at its working size
-    cam, image = load_cam_and_image(voc, Path(cam_dir) / f"{image_id}.npy", image_id)
-    save_score_dict(
-        Path(la_dir) / f"{image_id}.npy", crf_with_alpha(image, cam, cfg.alpha_low, cfg.crf)
-    )
-    save_score_dict(
-        Path(ha_dir) / f"{image_id}.npy", crf_with_alpha(image, cam, cfg.alpha_high, cfg.crf)
-    )
-    return image_id
+def crf_with_alpha(
+    image: np.ndarray, cam: dict[int, np.ndarray], alpha: float, crf: CRFConfig | None = None
+) -> dict[int, np.ndarray]:
+    """psa's _crf_with_alpha: dCRF of [M_bg(alpha); M_c present]; returns {0: bg, c + 1: M_c}."""
+    return crf_with_alphas(image, cam, (alpha,), crf)[0]
+
+
+class _CamImages(Dataset):
+    """Items: (id, RGB (h, w, 3) uint8 at the CAMs' size, psa's CAM dict)."""
+
+    def __init__(self, voc: VOCDataset, ids: Sequence[str], cam_dir: Path):
+        self.voc, self.ids, self.cam_dir = voc, list(ids), cam_dir
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        # at the CAMs' size: make-cam keeps a large image's CAMs at its working size
+        cam, image = load_cam_and_image(self.voc, self.cam_dir / f"{image_id}.npy", image_id)
+        return image_id, image, cam
+
+
+def _as_is(item):
+    return item
+
+
+def _write_labels(
+    la_path: Path,
+    ha_path: Path,
+    image: np.ndarray,
+    cam: dict[int, np.ndarray],
+    cfg: AffLabelsConfig,
+    device: torch.device | None,
+) -> None:
+    la, ha = crf_with_alphas(image, cam, (cfg.alpha_low, cfg.alpha_high), cfg.crf, device)
+    save_score_dict(la_path, la)
+    save_score_dict(ha_path, ha)
 
 
 def make_aff_labels(
@@ -81,9 +128,14 @@ def make_aff_labels(
     """Write OUT_DIR/la/<id>.npy and OUT_DIR/ha/<id>.npy for every id; returns OUT_DIR.
 
     Images whose two files exist are skipped (resume); a missing CAM file raises
-    FileNotFoundError naming it.
+    FileNotFoundError naming it. The dCRF runs with cfg.crf.backend: affext's on cfg.device
+    in this process (la and ha of an image in one call), or pydensecrf in cfg.crf_workers
+    processes (CRFPool).
     """
     cfg = config or AffLabelsConfig()
+    device = resolve_device(cfg.device)
+    require_backend(cfg.crf)
+    # images only (labels are not needed); the classes: the CAM keys' range
     voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
@@ -93,17 +145,28 @@ def make_aff_labels(
     ha_dir.mkdir(parents=True, exist_ok=True)
     record_config(out_dir, "make-aff-labels", cfg, check=not overwrite)
     todo = dist.shard(pending(ids, [la_dir / "{}.npy", ha_dir / "{}.npy"], overwrite))
-    jobs = [(str(voc_root), str(cam_dir), str(la_dir), str(ha_dir), i, cfg) for i in todo]
     bar = tqdm(
         total=len(ids), initial=len(ids) - len(todo), desc="make-aff-labels", disable=not progress
     )
-    if cfg.num_workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(cfg.num_workers, die_with_parent) as pool:
-            for _ in pool.imap_unordered(_work, jobs, chunksize=4):
-                bar.update()
-    else:
-        for job in jobs:
-            _work(job)
-            bar.update()
-    bar.close()
+    # the processes (pydensecrf only) before the loader's
+    pool = CRFPool(cfg.crf, cfg.crf_workers if len(todo) > 1 else 0, on_done=lambda _: bar.update())
+    loader = DataLoader(
+        _CamImages(voc, todo, cam_dir),
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=cfg.num_workers if len(todo) > 1 else 0,
+        worker_init_fn=die_with_parent,
+    )
+    on = device if cfg.crf.backend == "affext" else None  # pydensecrf: numpy on the host
+    failed = True
+    try:
+        for image_id, image, cam in loader:
+            paths = la_dir / f"{image_id}.npy", ha_dir / f"{image_id}.npy"
+            pool.submit(_write_labels, *paths, image, cam, cfg, on)
+        failed = False
+    finally:
+        try:
+            pool.close(cancel=failed)
+        finally:
+            bar.close()
     return out_dir

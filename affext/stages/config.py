@@ -110,6 +110,9 @@ SHARED = (
     "classes",
 )
 
+# The stages that refine with the dense CRF (their configs' `crf`: CRFConfig).
+CRF_STAGES = ("aff_labels", "make_rw", "make_seg")
+
 # The stages of `affext run`, in order, by their names in PRESETS and RunConfig.
 STAGE_CONFIGS = {
     "train_cam": TrainCamConfig,
@@ -282,6 +285,7 @@ def config_text(cfg: RunConfig, fmt: str = "yaml") -> str:
 
 
 __all__ = [
+    "CRF_STAGES",
     "PRESETS",
     "RUN_PATHS",
     "SHARED",

@@ -6,12 +6,13 @@ OUT/make-rw.throughput.json: images, seconds and images/s of the last run.
 
 A pipeline, so that the device never waits for the CPU work: DataLoader workers read and
 prepare the images; the calling thread runs AffinityNet and the walk on batches of images
-whose padded sizes are equal, and copies each image's label and scores to the host
-(asynchronously from a GPU); a few threads write the PNGs while the next batch runs; the dCRF
-runs in processes of its own, as pydensecrf holds the GIL through its inference. At most
-`_pending_limit` images are between the device and their files; the first error in any of
-them stops the stage, and so does Ctrl-C, leaving only complete files (atomic writes) for a
-rerun to skip.
+whose padded sizes are equal (and, with the affext dCRF backend, each image's dCRF on the same
+device), and copies each image's labels (and scores) to the host (asynchronously from a GPU);
+a few threads write the PNGs while the next batch runs. With the pydensecrf backend the dCRF
+runs on the host, in processes of its own (crf.CRFPool), as pydensecrf holds the GIL through
+its inference. At most `_pending_limit` images are between the device and their files; the
+first error in any of them stops the stage, and so does Ctrl-C, leaving only complete files
+(atomic writes) for a rerun to skip.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,12 @@ from .common import (
 )
 from .crf import (
     CRFConfig,
+    CRFPool,
     crf_inference,
-    crf_process_context,
-    crf_process_init,
     default_crf_workers,
+    normalized,
+    refined_index,
+    require_backend,
 )
 from .train_aff import load_aff_net
 
@@ -74,7 +77,7 @@ class MakeRwConfig:
     write_crf: bool = True
     long_side: int | None = None  # working size: long side resized to this (None: as is)
     num_workers: int = default_workers()
-    crf_workers: int = default_crf_workers()  # dCRF processes; 0: in this process (slow)
+    crf_workers: int = default_crf_workers()  # pydensecrf processes; 0: in a thread (slow)
     device: str = "auto"
     label_source: str = "auto"  # the image-level labels the CAMs' classes are checked against
     cls_labels: str | None = None
@@ -160,39 +163,13 @@ def _size_batches(
     ]
 
 
-def _crf_label(
-    rgb: np.ndarray,
-    scores: np.ndarray,
-    keys: Sequence[int],
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """dCRF over the walked scores of `keys` (n, h, w), normalised per pixel, on the (h, w)
-    RGB; (h, w) labels, or (H, W) ones for a larger `size` (marginals upsampled in bands)."""
-    sub = np.maximum(scores, 0.0)
-    sub = sub / np.maximum(sub.sum(axis=0, keepdims=True), 1e-5)
-    refined = crf_inference(rgb, sub, crf)
-    if size is not None and tuple(size) != refined.shape[1:]:
-        return np.asarray(keys, np.uint8)[argmax_at_size(refined, size)]
-    return np.asarray(keys, np.uint8)[np.argmax(refined, axis=0)]
-
-
-def _write_crf_label(
-    path: Path,
-    rgb: np.ndarray,
-    scores: np.ndarray,
-    keys: Sequence[int],
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> None:
-    save_label_png(path, _crf_label(rgb, scores, keys, crf, size))
-
-
 @dataclass
 class _Walked:
     """One image's results on the host, valid once `ready` (the copy's CUDA event, or None)
-    has completed: its label (H, W) uint8 and, for the dCRF, the walked scores of
-    keys = [bg; present classes] (len(keys), H, W) float32."""
+    has completed: its label (H, W) uint8 and, for a dCRF on the host, the walked scores of
+    keys = [bg; present classes] (len(keys), H, W) float32; or the dCRF's result made on the
+    device (crf_labels): its index into keys (H, W) uint8, or for a large image its
+    marginals at the working size."""
 
     image_id: str
     label: torch.Tensor | None  # None: made on the host from scores at `size` (a large image)
@@ -201,6 +178,8 @@ class _Walked:
     rgb: np.ndarray
     ready: torch.cuda.Event | None
     size: tuple[int, int] | None = None  # the original (H, W) where larger than the scores
+    crf_index: torch.Tensor | None = None
+    crf_marginals: torch.Tensor | None = None
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
@@ -239,49 +218,87 @@ def walk_batch(
     return F.interpolate(walked, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def _image_scores(
+    walked: torch.Tensor, j: int, size: tuple[int, int], full_size: tuple[int, int]
+) -> tuple[torch.Tensor, bool]:
+    """Image j's (C + 1, H, W) walked scores cropped to its working (h, w) `size` and brought
+    to its original `full_size`; where that is larger than the working size, (the scores at
+    the working size, True)."""
+    h, w = size
+    scores = walked[j : j + 1, :, :h, :w]
+    if max(full_size) > max(h, w):
+        return scores[0], True
+    if (h, w) != tuple(full_size):  # a working size above the original: back to it
+        scores = F.interpolate(scores, size=tuple(full_size), mode="bilinear", align_corners=False)
+    return scores[0], False
+
+
 def labels_to_host(
     walked: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
     full_sizes: Sequence[tuple[int, int]],
     present: Sequence[Sequence[int]] | None,
+    with_scores: bool = True,
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Per image: crop walk_batch's scores to its working size (h, w), bring them to its
     original size, and queue the copies of its label (argmax over the C + 1 classes) and, where
-    `present` is given, of the scores of [bg; present] to the host. Returns (label (H, W)
-    uint8, scores or None) per image; from a GPU, valid once the stream has reached here.
+    `present` is given and with_scores, of the scores of [bg; present] to the host. Returns
+    (label (H, W) uint8, scores or None) per image; from a GPU, valid once the stream has
+    reached here.
 
     An image whose original size is larger than its working size gets (None, the scores of
     [bg; present] at the working size): the host makes its label at the original size in
     bands (argmax_at_size; absent classes, exactly 0, never win), so that no full-size float
     array exists."""
     out = []
-    for j, (h, w) in enumerate(sizes):
-        scores = walked[j : j + 1, :, :h, :w]
-        if max(full_sizes[j]) > max(h, w):
+    for j, size in enumerate(sizes):
+        scores, large = _image_scores(walked, j, size, full_sizes[j])
+        if large:
             keys = (0, *present[j]) if present is not None else range(walked.shape[1])
-            out.append((None, _to_host(torch.stack([scores[0, k] for k in keys]))))
+            out.append((None, _to_host(torch.stack([scores[k] for k in keys]))))
             continue
-        if (h, w) != tuple(full_sizes[j]):  # a working size above the original: back to it
-            scores = F.interpolate(
-                scores, size=tuple(full_sizes[j]), mode="bilinear", align_corners=False
-            )
-        scores = scores[0]
         label = _to_host(scores.argmax(dim=0).to(torch.uint8))
         sub = None
-        if present is not None:  # slices, not an index tensor: no host-to-device copy
+        if present is not None and with_scores:  # slices, not an index tensor: no host copy
             sub = _to_host(torch.stack([scores[k] for k in (0, *present[j])]))
         out.append((label, sub))
+    return out
+
+
+def crf_labels(
+    walked: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    full_sizes: Sequence[tuple[int, int]],
+    present: Sequence[Sequence[int]],
+    rgbs: Sequence[np.ndarray],
+    crf: CRFConfig,
+) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """rw_crf on the walked scores' device (the affext backend): per image the dCRF of its
+    normalised scores of keys = [bg; present] (as labels_to_host sizes them) on its RGB, and
+    the copy of the result to the host queued: (index into keys (H, W) uint8, None), or for
+    an image larger than its working size (None, the marginals at the working size), which
+    the host brings to the original size in bands."""
+    out = []
+    for j, size in enumerate(sizes):
+        scores, large = _image_scores(walked, j, size, full_sizes[j])
+        sub = normalized(torch.stack([scores[k] for k in (0, *present[j])]))
+        refined = crf_inference(rgbs[j], sub, crf)
+        if large:
+            out.append((None, _to_host(refined)))
+        else:
+            out.append((_to_host(refined.argmax(dim=0).to(torch.uint8)), None))
     return out
 
 
 class _Finisher:
     """The host half of the stage: write each walked image's PNGs off the device's thread.
 
-    Threads wait for an image's copy, write rw/<id>.png and hand its dCRF to a process pool
-    (or run it in the thread where crf_workers is 0). `submit` blocks while `limit` images are
-    in flight, so memory stays bounded however slow the CPU side is, and raises the first
-    error of a finished image; `close` waits for the rest (or, on an error or Ctrl-C, cancels
-    what has not started) and leaves no thread or process behind.
+    Threads wait for an image's copy and write rw/<id>.png and rw_crf/<id>.png, the latter
+    from the device's dCRF result, or made here by the pydensecrf pool (its processes, or
+    the thread where it has none). `submit` blocks while `limit` images are in flight, so
+    memory stays bounded however slow the CPU side is, and raises the first error of a
+    finished image; `close` waits for the rest (or, on an error or Ctrl-C, cancels what has
+    not started) and leaves no thread or process behind.
     """
 
     def __init__(
@@ -289,20 +306,13 @@ class _Finisher:
         rw_dir: Path,
         crf_dir: Path | None,
         crf: CRFConfig,
-        crf_workers: int,
+        pool: CRFPool | None,
         limit: int,
         on_done: Callable[[], None],
     ):
         self.rw_dir, self.crf_dir, self.crf, self.limit = rw_dir, crf_dir, crf, max(1, limit)
-        self.on_done = on_done
-        self.processes = None
-        if crf_dir is not None and crf_workers > 0:
-            self.processes = ProcessPoolExecutor(
-                crf_workers, mp_context=crf_process_context(), initializer=crf_process_init
-            )
-            for _ in range(crf_workers):  # start them all now, before the loader's threads
-                self.processes.submit(int)
-        threads = crf_workers + 1 if self.processes is not None else 2
+        self.pool, self.on_done = pool, on_done
+        threads = pool.workers + 1 if pool is not None and pool.workers else 2
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="make-rw")
         self.in_flight: set[Future] = set()
 
@@ -322,28 +332,23 @@ class _Finisher:
         try:
             if item.ready is not None:
                 item.ready.synchronize()
-            crf_job = None
-            if self.crf_dir is not None:
-                args = (
-                    self.crf_dir / f"{item.image_id}.png",
-                    item.rgb,
-                    item.scores.numpy(),
-                    item.keys,
-                    self.crf,
-                    item.size,
-                )
-                if self.processes is not None:
-                    crf_job = self.processes.submit(_write_crf_label, *args)
-                else:
-                    _write_crf_label(*args)
+            keys = np.asarray(item.keys, np.uint8)
             if item.label is None:
-                index = argmax_at_size(item.scores, item.size)
-                label = np.asarray(item.keys, np.uint8)[index]
+                label = keys[argmax_at_size(item.scores, item.size)]
             else:
                 label = item.label.numpy()
             save_label_png(self.rw_dir / f"{item.image_id}.png", label)
-            if crf_job is not None:
-                crf_job.result()
+            if self.crf_dir is None:
+                return
+            path = self.crf_dir / f"{item.image_id}.png"
+            if item.crf_index is not None:
+                save_label_png(path, keys[item.crf_index.numpy()])
+            elif item.crf_marginals is not None:
+                save_label_png(path, keys[argmax_at_size(item.crf_marginals, item.size)])
+            else:  # pydensecrf: its marginals from the pool, their labels made here
+                scores = normalized(item.scores.numpy())
+                refined = self.pool.call(crf_inference, item.rgb, scores, self.crf)
+                save_label_png(path, keys[refined_index(refined, item.size)])
         except Exception as exc:
             raise RuntimeError(f"make-rw failed on image {item.image_id!r}: {exc}") from exc
 
@@ -355,20 +360,21 @@ class _Finisher:
         finally:
             # on an error or Ctrl-C: images not started are dropped (none is half-written)
             self.threads.shutdown(wait=False, cancel_futures=True)
-            if self.processes is not None:
-                self.processes.shutdown(wait=True, cancel_futures=True)
+            if self.pool is not None:
+                self.pool.close(cancel=True)
             self.threads.shutdown(wait=True)
 
 
-def _pending_limit(cfg: MakeRwConfig) -> int:
+def _pending_limit(cfg: MakeRwConfig, crf_processes: int) -> int:
     """Images between the device and their files: enough to keep every dCRF process and the
     next batch busy (a few MB each at VOC's size)."""
-    return 2 * max(cfg.batch_size, cfg.crf_workers if cfg.write_crf else 0, 1)
+    return 2 * max(cfg.batch_size, crf_processes, 1)
 
 
 def load_throughput(out_dir: str | os.PathLike) -> dict:
     """The record make_rw writes to OUT_DIR/make-rw.throughput.json: {"images", "seconds",
-    "images_per_s", "processes", "device", "batch_size", "batches", "crf", "crf_workers"}."""
+    "images_per_s", "processes", "device", "batch_size", "batches", "crf", "crf_backend",
+    "crf_workers"} (crf_workers: the pydensecrf processes, 0 in-process)."""
     path = Path(out_dir) / THROUGHPUT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no make-rw record {str(path)!r}: run make-rw into that folder")
@@ -392,6 +398,8 @@ def make_rw(
     """
     cfg = config or MakeRwConfig()
     device = resolve_device(cfg.device)
+    if cfg.write_crf:
+        require_backend(cfg.crf)
     voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     voc.check_ids(ids)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
@@ -425,12 +433,16 @@ def make_rw(
         bar.update()
         bar.set_postfix_str(f"{done / (time.perf_counter() - start):.2f} images/s", refresh=False)
 
+    # rw_crf: affext's dCRF in the loop below on the device, or pydensecrf's on the host
+    pool = CRFPool(cfg.crf, cfg.crf_workers if todo else 0) if cfg.write_crf else None
+    on_device = pool is not None and cfg.crf.backend == "affext"
+    crf_processes = pool.workers if pool is not None else 0
     finisher = _Finisher(
         rw_dir,
         crf_dir if cfg.write_crf else None,
         cfg.crf,
-        cfg.crf_workers if todo else 0,
-        _pending_limit(cfg),
+        pool,
+        _pending_limit(cfg, crf_processes),
         count,
     )
     failed = True
@@ -440,7 +452,10 @@ def make_rw(
                 x = x.to(device, non_blocking=True)
                 cams = cams.to(device, non_blocking=True)
                 walked = walk_batch(model, x, cams, cfg)
-                host = labels_to_host(walked, sizes, originals, present)
+                host = labels_to_host(walked, sizes, originals, present, not on_device)
+                refined = [(None, None)] * len(host)
+                if on_device:
+                    refined = crf_labels(walked, sizes, originals, present, rgbs, cfg.crf)
                 ready = None
                 if device.type == "cuda":
                     ready = torch.cuda.Event()
@@ -448,7 +463,9 @@ def make_rw(
                 for j, (label, scores) in enumerate(host):
                     keys = [0, *present[j]]
                     size = tuple(originals[j]) if label is None else None
-                    item = _Walked(batch_ids[j], label, keys, scores, rgbs[j], ready, size)
+                    item = _Walked(
+                        batch_ids[j], label, keys, scores, rgbs[j], ready, size, *refined[j]
+                    )
                     finisher.submit(item)
         failed = False
     finally:
@@ -469,7 +486,8 @@ def make_rw(
         "batch_size": cfg.batch_size,
         "batches": sum(b for _, _, b in shares),
         "crf": cfg.write_crf,
-        "crf_workers": cfg.crf_workers if cfg.write_crf else 0,
+        "crf_backend": cfg.crf.backend if cfg.write_crf else None,
+        "crf_workers": crf_processes,
     }
     if dist.is_main():
         atomic_write_json(out_dir / THROUGHPUT_FILE, record)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +31,11 @@ from ..models.checkpoint import load_checkpoint
 from .common import default_workers, die_with_parent, pending, resolve_device
 from .crf import (
     CRFConfig,
+    CRFPool,
     crf_inference,
-    crf_process_context,
-    crf_process_init,
     default_crf_workers,
+    refined_index,
+    require_backend,
 )
 from .train_seg import SEG_NET_FILE, build_seg_net, check_seg_checkpoint
 from .training import read_trained
@@ -54,7 +53,7 @@ class MakeSegConfig:
     write_crf: bool = True
     long_side: int | None = None  # working size: long side resized to this (None: as is)
     num_workers: int = default_workers()
-    crf_workers: int = default_crf_workers()  # dCRF processes; 0: in this process
+    crf_workers: int = default_crf_workers()  # pydensecrf processes; 0: in this process
     device: str = "auto"
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
@@ -98,28 +97,23 @@ def multiscale_probs(
     return total / passes
 
 
-def crf_label(
-    rgb: np.ndarray,
-    probs: np.ndarray,
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """(h, w) uint8 argmax of the dCRF over the (K, h, w) probabilities of every class, on
-    the (h, w) RGB; (H, W) labels for a larger `size` (marginals upsampled in bands)."""
-    refined = crf_inference(rgb, probs, crf)
-    if size is not None and tuple(size) != refined.shape[1:]:
-        return argmax_at_size(refined, size)
-    return np.argmax(refined, axis=0).astype(np.uint8)
-
-
-def _write_crf_label(
+def _refine(
     path: Path,
     rgb: np.ndarray,
-    probs: np.ndarray,
-    crf: CRFConfig | None,
-    size: tuple[int, int] | None = None,
-) -> None:
-    save_label_png(path, crf_label(rgb, probs, crf, size))
+    probs: np.ndarray | torch.Tensor,
+    crf: CRFConfig,
+    size: tuple[int, int],
+) -> tuple[Path, np.ndarray | torch.Tensor, tuple[int, int]]:
+    """A dCRF job (in a pydensecrf process, or in this one): the marginals of the (K, h, w)
+    probabilities of every class on the (h, w) RGB, with the PNG's path and (H, W) size."""
+    return path, crf_inference(rgb, probs, crf), size
+
+
+def _write_refined(job: tuple[Path, np.ndarray | torch.Tensor, tuple[int, int]]) -> None:
+    """seg_crf/<id>.png from a dCRF job's marginals, here (a process runs no torch): their
+    argmax at the image's size (upsampled in bands where that is larger)."""
+    path, refined, size = job
+    save_label_png(path, refined_index(refined, size))
 
 
 def make_seg(
@@ -134,6 +128,8 @@ def make_seg(
     """Write OUT_DIR/seg/<id>.png (and seg_crf/) for every id; finished ones are kept."""
     cfg = config or MakeSegConfig()
     device = resolve_device(cfg.device)
+    if cfg.write_crf:
+        require_backend(cfg.crf)
     voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
     voc.check_ids(ids)
     out_dir = Path(out_dir)
@@ -155,19 +151,10 @@ def make_seg(
     bar = tqdm(
         loader, total=len(ids), initial=len(ids) - len(todo), desc="make-seg", disable=not progress
     )
+    # the dCRF: in this process (affext's, on the device), or pydensecrf's processes
     pool = None
-    if cfg.write_crf and cfg.crf_workers > 0 and todo:
-        pool = ProcessPoolExecutor(
-            cfg.crf_workers, mp_context=crf_process_context(), initializer=crf_process_init
-        )
-    in_flight: set[Future] = set()
-    limit = 2 * max(1, cfg.crf_workers)
-
-    def reap(done: set[Future]) -> None:
-        for future in done:
-            in_flight.discard(future)
-            future.result()  # raises the image's error
-
+    if cfg.write_crf:
+        pool = CRFPool(cfg.crf, cfg.crf_workers if todo else 0, on_done=_write_refined)
     failed = True
     try:
         for image_id, scaled, _, size in bar:
@@ -175,11 +162,11 @@ def make_seg(
             size = tuple(size)
             kept = kept_size(size, cfg.long_side)
             probs = multiscale_probs(model, [x.to(device) for x in scaled], kept, cfg.flip)
-            probs = probs.cpu().numpy()
+            host = probs.cpu().numpy()
             if kept == size:
-                label = probs.argmax(axis=0).astype(np.uint8)
+                label = host.argmax(axis=0).astype(np.uint8)
             else:
-                label = argmax_at_size(probs, size)
+                label = argmax_at_size(host, size)
             save_label_png(seg_dir / f"{image_id}.png", label)
             if not cfg.write_crf:
                 continue
@@ -187,18 +174,14 @@ def make_seg(
                 rgb = voc.load_image(image_id)
             else:  # the RGB at the working size, as the probabilities
                 rgb = np.asarray(load_working_image(voc, image_id, cfg.long_side)[0])
-            job = (crf_dir / f"{image_id}.png", rgb, probs, cfg.crf, size)
-            if pool is None:
-                _write_crf_label(*job)
-                continue
-            while len(in_flight) >= limit:
-                reap(wait_futures(in_flight, return_when=FIRST_COMPLETED).done)
-            in_flight.add(pool.submit(_write_crf_label, *job))
-        reap(set(in_flight))
+            # processes take host arrays; in this process the dCRF runs where probs are
+            scores = host if pool.workers else probs
+            pool.submit(_refine, crf_dir / f"{image_id}.png", rgb, scores, cfg.crf, size)
         failed = False
     finally:
-        if pool is not None:
-            # on an error or Ctrl-C: images not started are dropped (none is half-written)
-            pool.shutdown(wait=True, cancel_futures=failed)
-        bar.close()
+        try:
+            if pool is not None:
+                pool.close(cancel=failed)
+        finally:
+            bar.close()
     return out_dir

@@ -8,6 +8,7 @@ from .ops import (
     affinity_labels,
     pair_loss,
     pairwise_affinity,
+    pixel_adaptive_refine,
     random_walk,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "neighborhood_offsets",
     "pair_loss",
     "pairwise_affinity",
+    "pixel_adaptive_refine",
     "psa_layout",
     "random_walk",
 ]

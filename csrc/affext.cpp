@@ -33,6 +33,14 @@ TORCH_LIBRARY(affext, m) {
       "-> Tensor");
   // Section 4: (B, K, H, W) uint8 pair classes: 0 bg_pos, 1 fg_pos, 2 neg, 3 none.
   m.def("pair_classes(Tensor labels, int radius, int region) -> Tensor");
+  // Section 9 (PAR): the (B, 8 len(dilations), H, W) weights of each pixel's ring neighbours
+  // from the images (float32, float64 for float64 images), then num_iter steps
+  // masks <- sum_k weights_k masks[neighbour k], and their adjoint (the gradient in masks).
+  m.def("par_weights(Tensor imgs, int[] dilations, float w1, float w2) -> Tensor");
+  m.def("par_refine(Tensor masks, Tensor weights, int[] dilations, int num_iter) -> Tensor");
+  m.def(
+      "par_refine_backward(Tensor grad, Tensor weights, int[] dilations, int num_iter) -> "
+      "Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

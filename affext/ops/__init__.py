@@ -2,6 +2,7 @@
 
 from .affinity import pairwise_affinity
 from .pair_loss import AffinityLabels, PairLoss, affinity_labels, pair_loss
+from .par import pixel_adaptive_refine
 from .random_walk import random_walk
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "affinity_labels",
     "pair_loss",
     "pairwise_affinity",
+    "pixel_adaptive_refine",
     "random_walk",
 ]

@@ -1,0 +1,66 @@
+"""PAR as AFA and ToCo formulate it (docs/method.md §9): every neighbour of every pixel
+materialised, a (B, C, 8 len(dilations), H, W) tensor per step. Written from the method, apart
+from the kernels; the tests and the benchmark compare affext.pixel_adaptive_refine with it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# The 3x3 ring without its centre, row by row, as (dy, dx) multiples of the dilation.
+RING = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def ring_neighbours(x: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, K, H, W): plane k = 8 i + j is x shifted to ring position j of
+    dilations[i], the borders replicated (x padded by d on every side, then a window cut)."""
+    h, w = x.shape[-2:]
+    planes = []
+    for d in dilations:
+        padded = F.pad(x, (d, d, d, d), mode="replicate")
+        for dy, dx in RING:
+            planes.append(padded[:, :, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w])
+    return torch.stack(planes, 2)
+
+
+def ring_distances(dilations: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """(K,) distance of each neighbour: d on the ring's axes, sqrt(2) d on its diagonals."""
+    return torch.tensor(
+        [d * (math.sqrt(2) if dy and dx else 1.0) for d in dilations for dy, dx in RING],
+        dtype=dtype,
+    )
+
+
+def par_affinity(
+    imgs: torch.Tensor, dilations: Sequence[int], w1: float = 0.3, w2: float = 0.01
+) -> torch.Tensor:
+    """(B, 1, K, H, W) weights: softmax over the neighbours of the colour affinity, plus w2
+    times the softmax of the position term."""
+    nb = ring_neighbours(imgs, dilations)
+    spread = torch.std(nb, dim=2, keepdim=True)  # unbiased, per colour channel
+    colour = -(((nb - imgs.unsqueeze(2)).abs() / (spread + 1e-8) / w1) ** 2)
+    colour = colour.mean(dim=1, keepdim=True)
+    dist = ring_distances(dilations, torch.promote_types(imgs.dtype, torch.float32))
+    dist = dist.to(imgs.device).view(1, 1, -1, 1, 1)
+    position = -((dist / (torch.std(dist, dim=2, keepdim=True) + 1e-8) / w1) ** 2)
+    return F.softmax(colour, dim=2) + w2 * F.softmax(position, dim=2)
+
+
+def par_reference(
+    imgs: torch.Tensor,
+    masks: torch.Tensor,
+    dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+    num_iter: int = 10,
+    w1: float = 0.3,
+    w2: float = 0.01,
+) -> torch.Tensor:
+    """(B, C, H, W): masks resized to the images (bilinear, align_corners=True), then num_iter
+    times the sum over the neighbours of weight x neighbour's mask."""
+    masks = F.interpolate(masks, size=imgs.shape[-2:], mode="bilinear", align_corners=True)
+    aff = par_affinity(imgs, dilations, w1, w2)
+    for _ in range(num_iter):
+        masks = (ring_neighbours(masks, dilations) * aff).sum(2)
+    return masks

@@ -72,7 +72,12 @@ def test_quick_report_schema(quick_report):
     assert set(report["settings"]) >= {"repeats", "warmup", "budget_s", "memory_limit_bytes"}
     ids = [e["id"] for e in report["benchmarks"]]
     assert ids == [p.id for p in bench.plan(quick=True)]
-    assert {e["op"] for e in report["benchmarks"]} == {"affinity", "pair_loss", "random_walk"}
+    assert {e["op"] for e in report["benchmarks"]} == {
+        "affinity",
+        "pair_loss",
+        "par",
+        "random_walk",
+    }
     for entry in report["benchmarks"]:
         assert set(entry) == ENTRY_KEYS, entry["id"]
         assert entry["n"] == entry["params"]["size"] ** 2
@@ -107,6 +112,13 @@ def test_quick_report_measures_the_walk_against_both_references(quick_report):
     for entry in report["benchmarks"]:
         if entry["op"] == "random_walk" and entry["group"] == "shapes":
             assert set(entry["ratios"]) == {"psa-dense", "torch-sparse"}, entry["id"]
+
+
+def test_quick_report_measures_par_against_their_formulation(quick_report):
+    report, _ = quick_report
+    entry = next(e for e in report["benchmarks"] if e["op"] == "par")
+    assert {r["status"] for r in entry["results"].values()} == {"ok"}
+    assert set(entry["ratios"]) == {"afa-toco"}
 
 
 def test_quick_plot_is_a_png(quick_report):

@@ -168,7 +168,9 @@ def _(imgs, dilations, w1, w2):
 
 
 def _fake_refine(name, masks, weights, dilations, num_iter):
-    torch._check(masks.dim() == 4, lambda: f"{name} must have shape (B, C, H, W), got {masks.shape}")
+    torch._check(
+        masks.dim() == 4, lambda: f"{name} must have shape (B, C, H, W), got {masks.shape}"
+    )
     torch._check(
         weights.dim() == 4, lambda: f"weights must have shape (B, K, H, W), got {weights.shape}"
     )

@@ -301,15 +301,17 @@ def cam_inputs(b=3, classes=20, size=48):
 @pytest.mark.parametrize("ignore_index", [255, False])
 def test_refine_cams_with_bkg_v2_is_tocos(ignore_index):
     imgs, cams, cls_labels, boxes = cam_inputs()
-    par = PAR(num_iter=10, dilations=[1, 2, 4, 8, 12, 24])
+    par = PAR(num_iter=10, dilations=[1, 2, 4, 8, 12])
     args = (imgs, cams, cls_labels, 0.45, 0.25, ignore_index, boxes)
     ours = refine_cams_with_bkg_v2(par, *args)
     assert ours.shape == (3, 48, 48) and ours.dtype == torch.float32
     want = toco_refine_cams_with_bkg_v2(par, *args)
     assert torch.equal(ours, want)
-    # with the dense formulation inside ToCo's procedure: labels equal but for near-ties
-    dense = toco_refine_cams_with_bkg_v2(lambda i, m: par_reference(i, m), *args)
-    assert (ours == dense).float().mean() >= 0.999
+    if ignore_index == 255:  # with the dense formulation inside: equal but for near-ties
+        dense = toco_refine_cams_with_bkg_v2(
+            lambda i, m: par_reference(i, m, [1, 2, 4, 8, 12]), *args
+        )
+        assert (ours == dense).float().mean() >= 0.999
     # the labels are not trivial: background, classes and ignored pixels all occur
     values = set(ours.unique().tolist())
     assert {5.0, 15.0, 8.0} & values and 0.0 in values

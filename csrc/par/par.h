@@ -97,19 +97,6 @@ inline at::ScalarType par_acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-at::Tensor par_weights_cpu(const at::Tensor& imgs, at::IntArrayRef dilations, double w1,
-                           double w2);
-at::Tensor par_refine_cpu(const at::Tensor& masks, const at::Tensor& weights,
-                          at::IntArrayRef dilations, int64_t num_iter);
-at::Tensor par_refine_backward_cpu(const at::Tensor& grad, const at::Tensor& weights,
-                                   at::IntArrayRef dilations, int64_t num_iter);
-#ifdef AFFEXT_WITH_CUDA
-at::Tensor par_weights_cuda(const at::Tensor& imgs, at::IntArrayRef dilations, double w1,
-                            double w2);
-at::Tensor par_refine_cuda(const at::Tensor& masks, const at::Tensor& weights,
-                           at::IntArrayRef dilations, int64_t num_iter);
-at::Tensor par_refine_backward_cuda(const at::Tensor& grad, const at::Tensor& weights,
-                                    at::IntArrayRef dilations, int64_t num_iter);
-#endif
+// The launchers (par_cpu.cpp, par_cuda.cu) register themselves with TORCH_LIBRARY_IMPL.
 
 }  // namespace affext

@@ -181,8 +181,6 @@ at::Tensor refine_cuda(const char* name, const at::Tensor& masks_in, const at::T
   return result;
 }
 
-}  // namespace
-
 at::Tensor par_weights_cuda(const at::Tensor& imgs_in, at::IntArrayRef dilations, double w1,
                             double w2) {
   check_par_imgs(imgs_in);
@@ -217,6 +215,8 @@ at::Tensor par_refine_backward_cuda(const at::Tensor& grad, const at::Tensor& we
                                     at::IntArrayRef dilations, int64_t num_iter) {
   return refine_cuda<true>("grad", grad, weights, dilations, num_iter);
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(affext, CUDA, m) {
   m.impl("par_weights", &par_weights_cuda);

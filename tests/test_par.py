@@ -117,6 +117,14 @@ def test_zero_channels_stay_zero_and_do_not_change_the_others():
     assert rel_err(out, par_reference(imgs, masks)) <= 1e-5
 
 
+def test_tiny_float64_values_are_not_taken_for_zero():
+    imgs, masks = images(1, 7, 8, torch.float64), maps(1, 2, 7, 8, torch.float64)
+    masks[0, 1] = 1e-300  # zero in float32, not in float64
+    out = affext.pixel_adaptive_refine(imgs, masks, (1, 2), 3)
+    assert rel_err(out, par_reference(imgs, masks, (1, 2), 3)) <= 1e-12
+    assert (out[0, 1] > 0).all()
+
+
 def test_deterministic_across_thread_counts():
     imgs, masks = images(2, 33, 29), maps(2, 3, 33, 29)
     threads = torch.get_num_threads()

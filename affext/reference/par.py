@@ -16,14 +16,17 @@ RING = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
 
 def ring_neighbours(x: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, K, H, W): plane k = 8 i + j is x shifted to ring position j of
-    dilations[i], the borders replicated (x padded by d on every side, then a window cut)."""
-    h, w = x.shape[-2:]
+    dilations[i], the borders replicated: x padded by d on every side, its dilated 3x3
+    patches unfolded (the im2col columns a dilated convolution builds), the centre dropped,
+    and the dilations' planes concatenated."""
+    b, c, h, w = x.shape
+    ring = [3 * (1 + dy) + (1 + dx) for dy, dx in RING]  # patch positions, centre left out
     planes = []
     for d in dilations:
         padded = F.pad(x, (d, d, d, d), mode="replicate")
-        for dy, dx in RING:
-            planes.append(padded[:, :, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w])
-    return torch.stack(planes, 2)
+        patches = F.unfold(padded, kernel_size=3, dilation=d).view(b, c, 9, h, w)
+        planes.append(patches[:, :, ring])
+    return torch.cat(planes, 2)
 
 
 def ring_distances(dilations: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
@@ -38,13 +41,17 @@ def par_affinity(
     imgs: torch.Tensor, dilations: Sequence[int], w1: float = 0.3, w2: float = 0.01
 ) -> torch.Tensor:
     """(B, 1, K, H, W) weights: softmax over the neighbours of the colour affinity, plus w2
-    times the softmax of the position term."""
+    times the softmax of the position term. As in their module, the centre pixels and the
+    ring distances are repeated to full (B, ., K, H, W) tensors rather than broadcast, so that
+    this baseline's memory is theirs."""
+    b, _, h, w = imgs.shape
     nb = ring_neighbours(imgs, dilations)
+    centre = imgs.unsqueeze(2).repeat(1, 1, nb.shape[2], 1, 1)
     spread = torch.std(nb, dim=2, keepdim=True)  # unbiased, per colour channel
-    colour = -(((nb - imgs.unsqueeze(2)).abs() / (spread + 1e-8) / w1) ** 2)
+    colour = -(((nb - centre).abs() / (spread + 1e-8) / w1) ** 2)
     colour = colour.mean(dim=1, keepdim=True)
     dist = ring_distances(dilations, torch.promote_types(imgs.dtype, torch.float32))
-    dist = dist.to(imgs.device).view(1, 1, -1, 1, 1)
+    dist = dist.to(imgs.device).view(1, 1, -1, 1, 1).repeat(b, 1, 1, h, w)
     position = -((dist / (torch.std(dist, dim=2, keepdim=True) + 1e-8) / w1) ** 2)
     return F.softmax(colour, dim=2) + w2 * F.softmax(position, dim=2)
 

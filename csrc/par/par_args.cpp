@@ -10,8 +10,8 @@ namespace affext {
 
 ParStencil make_par_stencil(at::IntArrayRef dilations, double w1, double w2) {
   const int64_t n = static_cast<int64_t>(dilations.size());
-  TORCH_CHECK_VALUE(n >= 1 && n <= kParMaxDilations, "dilations must hold 1 to ",
-                    kParMaxDilations, " values, got ", dilations);
+  TORCH_CHECK_VALUE(n >= 1 && n <= kParMaxDilations, "dilations must hold 1 to ", kParMaxDilations,
+                    " values, got ", dilations);
   for (const int64_t d : dilations)
     TORCH_CHECK_VALUE(d >= 1 && d <= kParMaxDilation,
                       "dilations must be positive integers (at most ", kParMaxDilation, "), got ",
@@ -76,8 +76,7 @@ void check_par_refine_args(const char* name, const at::Tensor& masks, const at::
                     " has more than 2^31 pixels per channel: ", masks.sizes());
   const auto acc = par_acc_dtype(masks.scalar_type());
   TORCH_CHECK_TYPE(weights.scalar_type() == acc, "weights must be ", acc, " (the accumulation ",
-                   "type of ", name, "'s ", masks.scalar_type(), "), got ",
-                   weights.scalar_type());
+                   "type of ", name, "'s ", masks.scalar_type(), "), got ", weights.scalar_type());
 }
 
 }  // namespace affext

@@ -128,7 +128,8 @@ LiveSlots live_slots(const scalar_t* masks, int64_t B, int64_t C, int64_t HW) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const scalar_t* p = masks + bc * HW;
       bool any = false;
-      for (int64_t i = 0; i < HW && !any; ++i) any = static_cast<float>(p[i]) != 0.0f;
+      for (int64_t i = 0; i < HW && !any; ++i)
+        any = static_cast<at::opmath_type<scalar_t>>(p[i]) != 0;
       live[bc] = any;
     }
   });
@@ -252,19 +253,26 @@ AFFEXT_PAR_INLINE void step_rows(const acc_t* in, acc_t* out, const acc_t* weigh
       const acc_t* src = in + j * HW;
       acc_t* dst = out + j * HW;
       switch (n) {
-        case 1: step_row<1>(src, dst, wb, HW, y, H, W, st); break;
-        case 2: step_row<2>(src, dst, wb, HW, y, H, W, st); break;
-        case 3: step_row<3>(src, dst, wb, HW, y, H, W, st); break;
-        default: step_row<kChunk>(src, dst, wb, HW, y, H, W, st); break;
+        case 1:
+          step_row<1>(src, dst, wb, HW, y, H, W, st);
+          break;
+        case 2:
+          step_row<2>(src, dst, wb, HW, y, H, W, st);
+          break;
+        case 3:
+          step_row<3>(src, dst, wb, HW, y, H, W, st);
+          break;
+        default:
+          step_row<kChunk>(src, dst, wb, HW, y, H, W, st);
+          break;
       }
     }
   }
 }
 
 template <typename acc_t>
-void step_rows_portable(const acc_t* in, acc_t* out, const acc_t* weights,
-                        const LiveSlots& slots, int64_t begin, int64_t end, int H, int W,
-                        const ParStencil& st) {
+void step_rows_portable(const acc_t* in, acc_t* out, const acc_t* weights, const LiveSlots& slots,
+                        int64_t begin, int64_t end, int H, int W, const ParStencil& st) {
   step_rows(in, out, weights, slots, begin, end, H, W, st);
 }
 
@@ -327,10 +335,8 @@ void step_adjoint(const acc_t* in, acc_t* out, const acc_t* weights, const LiveS
             const acc_t* g = in + (j0 + j) * HW + int64_t(y) * W;
             acc_t* a = acc.data() + j * W;
             for (int x = left0; x <= left1; ++x) a[0] = par_step_term(a[0], w[x], g[x]);
-            for (int qx = in0; qx < in1; ++qx)
-              a[qx] = par_step_term(a[qx], w[qx - dx], g[qx - dx]);
-            for (int x = right0; x <= right1; ++x)
-              a[W - 1] = par_step_term(a[W - 1], w[x], g[x]);
+            for (int qx = in0; qx < in1; ++qx) a[qx] = par_step_term(a[qx], w[qx - dx], g[qx - dx]);
+            for (int x = right0; x <= right1; ++x) a[W - 1] = par_step_term(a[W - 1], w[x], g[x]);
           }
         }
       }
@@ -383,11 +389,9 @@ at::Tensor refine(const char* name, const at::Tensor& masks_in, const at::Tensor
   const at::Tensor weights = weights_in.contiguous();
   at::Tensor result = at::zeros(masks.sizes(), masks.options());
   if (masks.numel() == 0) return result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "par_refine_cpu",
-                                  [&] {
-                                    refine_typed<kAdjoint, scalar_t>(masks, weights, st, num_iter,
-                                                                     result);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, masks.scalar_type(), "par_refine_cpu",
+      [&] { refine_typed<kAdjoint, scalar_t>(masks, weights, st, num_iter, result); });
   return result;
 }
 
@@ -404,8 +408,8 @@ at::Tensor par_weights_cpu(const at::Tensor& imgs_in, at::IntArrayRef dilations,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, imgs.scalar_type(), "par_weights_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        weights_kernel<scalar_t, acc_t>(imgs.const_data_ptr<scalar_t>(), out.data_ptr<acc_t>(),
-                                        B, C, H, W, st, static_cast<acc_t>(w1));
+        weights_kernel<scalar_t, acc_t>(imgs.const_data_ptr<scalar_t>(), out.data_ptr<acc_t>(), B,
+                                        C, H, W, st, static_cast<acc_t>(w1));
       });
   return out;
 }

@@ -84,7 +84,7 @@ __global__ void par_live_kernel(const scalar_t* __restrict__ masks, uint8_t* __r
   const scalar_t* plane = masks + bc * HW;
   int any = 0;
   for (int64_t i = threadIdx.x; i < HW && !any; i += blockDim.x)
-    any = static_cast<float>(plane[i]) != 0.0f;
+    any = static_cast<at::opmath_type<scalar_t>>(plane[i]) != 0;
   any = __syncthreads_or(any);
   if (threadIdx.x == 0) live[bc] = static_cast<uint8_t>(any);
 }
@@ -93,9 +93,8 @@ __global__ void par_live_kernel(const scalar_t* __restrict__ masks, uint8_t* __r
 // zeros where write_zeros (the last step, into the result).
 template <bool kAdjoint, typename src_t, typename dst_t, typename acc_t>
 __global__ void par_step_kernel(const src_t* __restrict__ src, dst_t* __restrict__ dst,
-                                const acc_t* __restrict__ weights,
-                                const uint8_t* __restrict__ live, int64_t BC, int C, int H,
-                                int W, ParStencil st, bool write_zeros) {
+                                const acc_t* __restrict__ weights, const uint8_t* __restrict__ live,
+                                int64_t BC, int C, int H, int W, ParStencil st, bool write_zeros) {
   const int K = st.count;
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t bc = blockIdx.y; bc < BC; bc += gridDim.y) {
@@ -104,7 +103,7 @@ __global__ void par_step_kernel(const src_t* __restrict__ src, dst_t* __restrict
     const int64_t b = bc / C;
     const src_t* in = src + bc * HW;
     const acc_t* wb = weights + b * K * HW;
-    for (int64_t p = grid_first(); p < HW; p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    for (int64_t p = grid_first(); p < HW; p += grid_stride()) {
       acc_t s = 0;
       if (alive) {
         const int y = static_cast<int>(p / W), x = static_cast<int>(p % W);
@@ -142,8 +141,8 @@ at::Tensor refine_cuda(const char* name, const at::Tensor& masks_in, const at::T
   const int64_t HW = int64_t(H) * W, BC = B * C;
   at::Tensor result = at::empty(masks.sizes(), masks.options());
   if (result.numel() == 0) return result;
-  TORCH_CHECK_VALUE(BC <= INT32_MAX, name, " has too many planes for the CUDA kernels: ",
-                    masks.sizes());
+  TORCH_CHECK_VALUE(BC <= INT32_MAX, name,
+                    " has too many planes for the CUDA kernels: ", masks.sizes());
   auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor live = at::empty({BC}, masks.options().dtype(at::kByte));
   const dim3 grid(blocks_for(HW) > 1024 ? 1024 : blocks_for(HW),
@@ -194,15 +193,15 @@ at::Tensor par_weights_cuda(const at::Tensor& imgs_in, at::IntArrayRef dilations
   if (out.numel() == 0) return out;
   TORCH_CHECK_VALUE(C <= INT32_MAX, "imgs has too many channels: ", imgs.sizes());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, imgs.scalar_type(), "par_weights_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        par_weights_kernel<scalar_t, acc_t>
-            <<<blocks_for(B * int64_t(H) * W), kThreads, 0, stream>>>(
-                imgs.data_ptr<scalar_t>(), out.data_ptr<acc_t>(), B, static_cast<int>(C), H, W,
-                st, static_cast<acc_t>(w1));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, imgs.scalar_type(), "par_weights_cuda",
+                                  [&] {
+                                    using acc_t = at::opmath_type<scalar_t>;
+                                    par_weights_kernel<scalar_t, acc_t>
+                                        <<<blocks_for(B * int64_t(H) * W), kThreads, 0, stream>>>(
+                                            imgs.data_ptr<scalar_t>(), out.data_ptr<acc_t>(), B,
+                                            static_cast<int>(C), H, W, st, static_cast<acc_t>(w1));
+                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                  });
   return out;
 }
 

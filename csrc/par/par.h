@@ -22,6 +22,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "common/macros.h"
 #include "common/scalar_math.h"
@@ -60,12 +61,46 @@ AFFEXT_HOST_DEVICE void par_preimage(int q, int d, int n, int& lo, int& hi) {
   hi = hi > n - 1 ? n - 1 : hi;
 }
 
-// One colour channel's term of the logit: -(|v - centre| / (std + 1e-8) / w1)^2, in PAR's
-// order of operations.
+// The scale of one colour channel's differences at a pixel: 1 / ((std + 1e-8) w1).
 template <typename acc_t>
-AFFEXT_HOST_DEVICE acc_t par_logit_term(acc_t v, acc_t centre, acc_t sd, acc_t w1) {
-  const acc_t t = abs_acc(v - centre) / (sd + acc_t(1e-8)) / w1;
+AFFEXT_HOST_DEVICE acc_t par_inv_scale(acc_t sd, acc_t w1) {
+  return acc_t(1) / ((sd + acc_t(1e-8)) * w1);
+}
+
+// One colour channel's term of the logit: -(|v - centre| / (std + 1e-8) / w1)^2.
+template <typename acc_t>
+AFFEXT_HOST_DEVICE acc_t par_logit_term(acc_t v, acc_t centre, acc_t inv_scale) {
+  const acc_t t = abs_acc(v - centre) * inv_scale;
   return -(t * t);
+}
+
+// exp(x) for the softmax's x = logit - max <= 0. float: Cephes' expf in a form the compiler
+// vectorises (x = n ln2 + r, a degree-6 polynomial in r, 2^n from the exponent bits; within
+// about 2 ulp of expf), 0 below ln(FLT_MIN) where expf's result is below 1.2e-38, NaN for
+// NaN. double: exp.
+AFFEXT_HOST_DEVICE double par_exp(double x) { return exp_acc(x); }
+AFFEXT_HOST_DEVICE float par_exp(float x) {
+  const bool nan = x != x;
+  const bool tiny = x < -87.33654f;
+  const float xc = tiny ? -87.33654f : x;
+  float n = static_cast<float>(static_cast<int>(xc * 1.44269504088896341f + 0.5f));
+  n = n > xc * 1.44269504088896341f + 0.5f ? n - 1.0f : n;  // floor, for negative values
+  const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int bits = (static_cast<int>(n) + 127) << 23;
+#ifdef __CUDA_ARCH__
+  const float scale = __int_as_float(bits);
+#else
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+#endif
+  return nan ? x : (tiny ? 0.0f : e * scale);
 }
 
 // Unbiased standard deviation from the sum of squared deviations over K values.

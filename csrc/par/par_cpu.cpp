@@ -47,7 +47,7 @@ void weights_kernel(const scalar_t* imgs, acc_t* out, int64_t B, int64_t C, int 
   const int64_t HW = static_cast<int64_t>(H) * W;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> nb(static_cast<size_t>(K) * W), logit(static_cast<size_t>(K) * W);
-    std::vector<acc_t> centre(W), mean(W), sd(W), top(W), sum(W);
+    std::vector<acc_t> centre(W), mean(W), inv(W), top(W), sum(W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H;
       const int y = static_cast<int>(row % H);
@@ -57,26 +57,26 @@ void weights_kernel(const scalar_t* imgs, acc_t* out, int64_t B, int64_t C, int 
         for (int k = 0; k < K; ++k)
           gather_row(plane + int64_t(par_clamp(y + st.dy[k], H)) * W, W, st.dx[k],
                      nb.data() + int64_t(k) * W);
-        // The unbiased std over the K neighbours, in two passes.
+        // The unbiased std over the K neighbours (two passes), as the inverse scale.
         std::fill(mean.begin(), mean.end(), acc_t(0));
         for (int k = 0; k < K; ++k) {
           const acc_t* v = nb.data() + int64_t(k) * W;
           for (int x = 0; x < W; ++x) mean[x] += v[x];
         }
         for (int x = 0; x < W; ++x) mean[x] /= static_cast<acc_t>(K);
-        std::fill(sd.begin(), sd.end(), acc_t(0));
+        std::fill(inv.begin(), inv.end(), acc_t(0));
         for (int k = 0; k < K; ++k) {
           const acc_t* v = nb.data() + int64_t(k) * W;
-          for (int x = 0; x < W; ++x) sd[x] += (v[x] - mean[x]) * (v[x] - mean[x]);
+          for (int x = 0; x < W; ++x) inv[x] += (v[x] - mean[x]) * (v[x] - mean[x]);
         }
-        for (int x = 0; x < W; ++x) sd[x] = par_std(sd[x], K);
+        for (int x = 0; x < W; ++x) inv[x] = par_inv_scale(par_std(inv[x], K), w1);
         for (int k = 0; k < K; ++k) {
           const acc_t* v = nb.data() + int64_t(k) * W;
           acc_t* l = logit.data() + int64_t(k) * W;
           if (c == 0) {
-            for (int x = 0; x < W; ++x) l[x] = par_logit_term(v[x], centre[x], sd[x], w1);
+            for (int x = 0; x < W; ++x) l[x] = par_logit_term(v[x], centre[x], inv[x]);
           } else {
-            for (int x = 0; x < W; ++x) l[x] += par_logit_term(v[x], centre[x], sd[x], w1);
+            for (int x = 0; x < W; ++x) l[x] += par_logit_term(v[x], centre[x], inv[x]);
           }
         }
       }
@@ -94,7 +94,7 @@ void weights_kernel(const scalar_t* imgs, acc_t* out, int64_t B, int64_t C, int 
       for (int k = 0; k < K; ++k) {
         acc_t* l = logit.data() + int64_t(k) * W;
         for (int x = 0; x < W; ++x) {
-          l[x] = exp_acc(l[x] - top[x]);
+          l[x] = par_exp(l[x] - top[x]);
           sum[x] += l[x];
         }
       }

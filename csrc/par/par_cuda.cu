@@ -51,11 +51,11 @@ __global__ void par_weights_kernel(const scalar_t* __restrict__ imgs, acc_t* __r
             mean;
         ssq += d * d;
       }
-      const acc_t sd = par_std(ssq, K);
+      const acc_t inv = par_inv_scale(par_std(ssq, K), w1);
       for (int k = 0; k < K; ++k) {
         const acc_t v = static_cast<acc_t>(
             plane[int64_t(par_clamp(y + st.dy[k], H)) * W + par_clamp(x + st.dx[k], W)]);
-        const acc_t t = par_logit_term(v, centre, sd, w1);
+        const acc_t t = par_logit_term(v, centre, inv);
         o[k * HW] = c == 0 ? t : o[k * HW] + t;
       }
     }
@@ -67,7 +67,7 @@ __global__ void par_weights_kernel(const scalar_t* __restrict__ imgs, acc_t* __r
     }
     acc_t sum = 0;
     for (int k = 0; k < K; ++k) {
-      const acc_t e = exp_acc(o[k * HW] - top);
+      const acc_t e = par_exp(o[k * HW] - top);
       o[k * HW] = e;
       sum += e;
     }

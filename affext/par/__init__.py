@@ -99,7 +99,7 @@ def refine_cams_with_bkg_v2(
     size = [h // down_scale, w // down_scale]
     small_images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     device = cams.device
-    ones = torch.ones(b, 1, h, w, device=device, dtype=cams.dtype)
+    ones = torch.ones(b, 1, h, w, device=device)  # the default dtype, as ToCo's (cat promotes)
     # The two background planes and the CAMs, resized together (per channel, as ToCo does).
     stacked = torch.cat((ones * high_thre, ones * low_thre, cams), dim=1)
     stacked = F.interpolate(stacked, size=size, mode="bilinear", align_corners=False)

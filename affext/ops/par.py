@@ -79,7 +79,9 @@ def pixel_adaptive_refine(
         form (docs/method.md §9). Computed in float32 (float64 for float64 inputs) without
         PAR's (B, C, 8 len(dilations), H, W) tensors: memory for (B, 8 len(dilations), H, W)
         weights and two copies of the live channels. Channels zero everywhere stay zero and
-        cost nothing. Deterministic (the same bits at any thread count); on CUDA no host
+        cost nothing. Deterministic: each value is summed in one fixed order (the same bits at
+        any thread count on the CPU, on every run on CUDA, where the compiler's fused
+        multiply-adds make the last bits differ from the CPU's); on CUDA no host
         synchronisation, so it can be captured in a CUDA graph. Values are not checked: NaN
         and Inf propagate as in their module.
 

@@ -9,6 +9,7 @@ from .ops import (
     dense_crf,
     pair_loss,
     pairwise_affinity,
+    pixel_adaptive_refine,
     random_walk,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "neighborhood_offsets",
     "pair_loss",
     "pairwise_affinity",
+    "pixel_adaptive_refine",
     "psa_layout",
     "random_walk",
 ]

@@ -40,6 +40,14 @@ TORCH_LIBRARY(affext, m) {
       "dense_crf(Tensor image, Tensor scores, int iterations, float gaussian_sxy, "
       "float gaussian_compat, float bilateral_sxy, float bilateral_srgb, float bilateral_compat, "
       "bool validate) -> Tensor");
+  // Section 10 (PAR): the (B, 8 len(dilations), H, W) weights of each pixel's ring neighbours
+  // from the images (float32, float64 for float64 images), then num_iter steps
+  // masks <- sum_k weights_k masks[neighbour k], and their adjoint (the gradient in masks).
+  m.def("par_weights(Tensor imgs, int[] dilations, float w1, float w2) -> Tensor");
+  m.def("par_refine(Tensor masks, Tensor weights, int[] dilations, int num_iter) -> Tensor");
+  m.def(
+      "par_refine_backward(Tensor grad, Tensor weights, int[] dilations, int num_iter) -> "
+      "Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

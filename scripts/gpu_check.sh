@@ -12,9 +12,11 @@
 # 3. runs `affext bench --device cuda`, and with GPU_CHECK_CPU_BENCH=1 the CPU bench too;
 # 4. runs the AffinityNet training-step benchmark (benchmarks/bench_train_step.py: resnet38,
 #    B=8, 448 crop, affext's ops vs psa's formulation, step time and peak memory);
-# 5. runs make-rw's device path against psa's per-image path (benchmarks/bench_make_rw.py:
+# 5. runs PAR against AFA / ToCo's formulation on the GPU (benchmarks/bench_par.py: B=2 at
+#    224x224 and ToCo's training step, B=4 with both thresholds' 42 channels);
+# 6. runs make-rw's device path against psa's per-image path (benchmarks/bench_make_rw.py:
 #    resnet38, 500x375 images, images/s of each);
-# 6. runs the dense CRF's CUDA tests (tests/test_dense_crf.py -m cuda, also when pytest
+# 7. runs the dense CRF's CUDA tests (tests/test_dense_crf.py -m cuda, also when pytest
 #    arguments narrow step 2) and its benchmark against pydensecrf
 #    (benchmarks/bench_dense_crf.py: 375x500 with 3 and 21 labels, la + ha, a batch of 8).
 # The build uses the system compiler (CC=/usr/bin/gcc CXX=/usr/bin/g++) where it exists and
@@ -22,9 +24,9 @@
 # statically, and with such a build every error raised inside an op crashes the process
 # (segfault) instead of raising an exception (setup.py warns about it).
 # Leaves under OUT_DIR: build.log, tests.log, bench_cuda.{json,png,log}
-# bench_walk_cuda.{json,log} (bench_cpu.{json,png,log}), train_step.{json,log},
-# bench_make_rw.{json,log}, crf_tests.log, bench_crf_cuda.{json,log}, and summary.txt with
-# each step's exit
+# bench_walk_cuda.{json,log}, bench_par_cuda.{json,log} (bench_cpu.{json,png,log}),
+# train_step.{json,log}, bench_make_rw.{json,log}, crf_tests.log, bench_crf_cuda.{json,log},
+# and summary.txt with each step's exit
 # status. The steps after a
 # failed test step still run; the script exits non-zero if any step failed.
 set -uo pipefail
@@ -109,6 +111,8 @@ step "bench cuda" "$OUT/bench_cuda.log" \
   "${BENCH[@]}" --device cuda --json "$OUT/bench_cuda.json" --plot "$OUT/bench_cuda.png"
 step "bench walk cuda" "$OUT/bench_walk_cuda.log" python -m pytest -q -s -k cuda \
   benchmarks/bench_random_walk.py --benchmark-json="$OUT/bench_walk_cuda.json"
+step "bench par cuda" "$OUT/bench_par_cuda.log" python -m pytest -q -s -k cuda \
+  benchmarks/bench_par.py --benchmark-json="$OUT/bench_par_cuda.json"
 if [ "${GPU_CHECK_CPU_BENCH:-0}" = 1 ]; then
   step "bench cpu" "$OUT/bench_cpu.log" \
     "${BENCH[@]}" --device cpu --json "$OUT/bench_cpu.json" --plot "$OUT/bench_cpu.png"
@@ -126,7 +130,8 @@ cat "$SUMMARY"
 tail -n 1 "$OUT/tests.log"
 # The bench's tables (stdout) follow its progress lines (stderr) in its log.
 sed -n '/^affext bench, /,$p' "$OUT/bench_cuda.log"
-grep -h '^\[cuda' "$OUT/bench_walk_cuda.log" "$OUT/train_step.log" "$OUT/bench_crf_cuda.log"
+grep -h '^\[cuda' "$OUT/bench_walk_cuda.log" "$OUT/bench_par_cuda.log" "$OUT/train_step.log" \
+  "$OUT/bench_crf_cuda.log"
 tail -n 1 "$OUT/crf_tests.log"
 sed -n '/^make-rw device path/,$p' "$OUT/bench_make_rw.log"
 exit "$FAILED"

@@ -74,7 +74,7 @@ def test_quick_report_schema(quick_report):
     assert set(report["settings"]) >= {"repeats", "warmup", "budget_s", "memory_limit_bytes"}
     ids = [e["id"] for e in report["benchmarks"]]
     assert ids == [p.id for p in bench.plan(quick=True)]
-    ops = {"affinity", "pair_loss", "random_walk", "dense_crf"}
+    ops = {"affinity", "pair_loss", "par", "random_walk", "dense_crf"}
     assert {e["op"] for e in report["benchmarks"]} == ops
     for entry in report["benchmarks"]:
         assert set(entry) == ENTRY_KEYS, entry["id"]
@@ -129,6 +129,13 @@ def test_quick_report_measures_the_dense_crf_against_pydensecrf(quick_report):
             assert "affext.dense_crf unavailable" in ours["reason"]
         assert set(entry["ratios"]) == ({"pydensecrf"} if have_op and have_pydensecrf else set())
     assert entries[2]["params"]["pair"] is True
+
+
+def test_quick_report_measures_par_against_their_formulation(quick_report):
+    report, _ = quick_report
+    entry = next(e for e in report["benchmarks"] if e["op"] == "par")
+    assert {r["status"] for r in entry["results"].values()} == {"ok"}
+    assert set(entry["ratios"]) == {"afa-toco"}
 
 
 def test_quick_plot_is_a_png(quick_report):

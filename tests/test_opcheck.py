@@ -109,6 +109,36 @@ def test_random_walk(device):
         torch.library.opcheck(OPS.random_walk.default, (cam, aff, 8.0, iterations, radius, region))
 
 
+def par_samples(device):
+    """(imgs, masks, dilations, num_iter) of PAR: odd sizes, dilations beyond the map, a zero
+    channel, every dtype the kernels take (half and bfloat16 on the CPU as well)."""
+    cases = [((1, 3, 7, 9), 2, [1, 3], 2), ((2, 3, 5, 6), 3, [2, 9], 1), ((1, 1, 4, 1), 1, [1], 3)]
+    picks = [(torch.float32, i) for i in range(3)]
+    picks += [(torch.float64, 0), (torch.float16, 1), (torch.bfloat16, 2)]
+    for dtype, i in picks:
+        shape, c, dilations, num_iter = cases[i]
+        b, _, h, w = shape
+        imgs = torch.rand(shape, dtype=torch.float64).to(device=device, dtype=dtype)
+        masks = torch.rand(b, c, h, w, dtype=torch.float64).to(device=device, dtype=dtype)
+        if i == 1:
+            masks[0, 1] = 0
+        masks.requires_grad_(dtype in (torch.float32, torch.float64))
+        yield f"{dtype}-{shape}-{dilations}", (imgs, masks, dilations, num_iter)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_par(device):
+    for name, (imgs, masks, dilations, num_iter) in par_samples(device):
+        try:
+            torch.library.opcheck(OPS.par_weights.default, (imgs, dilations, 0.3, 0.01))
+            weights = OPS.par_weights(imgs, dilations, 0.3, 0.01)
+            args = (masks, weights, dilations, num_iter)
+            torch.library.opcheck(OPS.par_refine.default, args)
+            torch.library.opcheck(OPS.par_refine_backward.default, args)
+        except Exception as exc:
+            raise AssertionError(f"sample {name} on {device}") from exc
+
+
 @pytest.mark.parametrize(
     "op,args,match",
     [
@@ -133,6 +163,17 @@ def test_random_walk(device):
             OPS.pair_loss,
             (torch.empty(1, 12, 5, 6), torch.empty(1, 5, 6), 3, 0),
             "labels must be an integer tensor",
+        ),
+        (OPS.par_weights, (torch.empty(1, 3, 5), [1], 0.3, 0.01), r"imgs must have shape"),
+        (
+            OPS.par_refine,
+            (torch.empty(1, 2, 5, 6), torch.empty(1, 8, 5, 6), [1, 2], 3),
+            "weights has 8 neighbours but dilations",
+        ),
+        (
+            OPS.par_refine_backward,
+            (torch.empty(1, 2, 5, 6), torch.empty(1, 8, 5, 7), [1], 3),
+            "must agree in batch and size",
         ),
     ],
 )

@@ -19,9 +19,11 @@ import torch
 from ..neighborhood import neighborhood_offsets
 from ..ops.affinity import pairwise_affinity
 from ..ops.pair_loss import pair_loss
+from ..ops.par import DILATIONS, pixel_adaptive_refine
 from ..ops.random_walk import random_walk
 from ..reference.affinity import psa_affinity
 from ..reference.pair_loss import psa_affinity_labels, psa_pair_loss
+from ..reference.par import par_reference
 from ..reference.random_walk import psa_dense_random_walk, torch_sparse_random_walk
 
 Work = Callable[[], object]
@@ -447,6 +449,40 @@ def _crf_case(prepare):
         images, scores = crf_batch(**params)
         return prepare(device, images, scores, params.get("pair", False), iterations)
 
+
+# --- PAR (docs/method.md §9): AFA / ToCo's refinement of CAM probabilities by the images. ---
+def par_inputs(
+    device: torch.device, batch: int = 2, channels: int = 4, size: int = 224, live: str = "all"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(imgs (B, 3, H, W) in [0, 1], masks (B, C, H, W) softmax probabilities): smooth
+    blobs, as de-normalised images and CAMs (background + classes) are. live="toco": as
+    ToCo's refine_cams_with_bkg_v2 passes them, groups of 21 channels (one per background
+    threshold) of which background and two classes are live, the others exactly zero."""
+    if live not in ("all", "toco"):
+        raise ValueError(f"live must be 'all' or 'toco', got {live!r}")
+    gen = torch.Generator().manual_seed(4)
+    imgs = torch.cat([_smooth_maps(gen, 3, size) for _ in range(batch)]).sigmoid()
+    masks = torch.cat([_smooth_maps(gen, channels, size) for _ in range(batch)]).softmax(1)
+    if live == "toco":
+        keep = torch.tensor([c % 21 in (0, *_PSA_LIVE_CLASSES) for c in range(channels)])
+        masks[:, ~keep] = 0
+    return imgs.to(device), masks.to(device)
+
+
+def _par_case(refine):
+    """Builder of PAR with affext.pixel_adaptive_refine's signature, ToCo's dilations."""
+
+    def builder(
+        device: torch.device,
+        batch: int = 2,
+        channels: int = 4,
+        size: int = 224,
+        iterations: int = 10,
+        live: str = "all",
+    ):
+        imgs, masks = par_inputs(device, batch, channels, size, live)
+        return lambda: refine(imgs, masks, DILATIONS, iterations)
+
     return builder
 
 
@@ -482,3 +518,19 @@ case("dense_crf/affext", peak_bytes=_crf_bytes, unavailable=_affext_crf_unavaila
 case("dense_crf/pydensecrf", peak_bytes=_crf_bytes, unavailable=_pydensecrf_unavailable)(
     _crf_case(_pydensecrf_work)
 )
+
+
+def _par_affext_bytes(batch: int = 2, channels: int = 4, size: int = 224, **_) -> float:
+    # The (B, K, H, W) weights, two step buffers of the live channels and the result.
+    k = 8 * len(DILATIONS)
+    return FLOAT32_BYTES * batch * (k + 3 * channels) * size * size
+
+
+def _par_dense_bytes(batch: int = 2, channels: int = 4, size: int = 224, **_) -> float:
+    # A few (B, max(C, 3), K, H, W) tensors: the neighbours, their differences, the products.
+    k = 8 * len(DILATIONS)
+    return 4 * FLOAT32_BYTES * batch * max(channels, 3) * k * size * size
+
+
+case("par/affext", peak_bytes=_par_affext_bytes)(_par_case(pixel_adaptive_refine))
+case("par/afa-toco", peak_bytes=_par_dense_bytes)(_par_case(par_reference))

@@ -23,7 +23,7 @@ from .report import fmt_bytes, fmt_seconds
 SCHEMA = "affext-bench"
 SCHEMA_VERSION = 1
 AFFEXT = "affext"
-REFERENCES = ("psa-dense", "torch-sparse", "pydensecrf")
+REFERENCES = ("psa-dense", "torch-sparse", "pydensecrf", "afa-toco")
 STATUSES = ("ok", "skipped", "failed")
 # A peak-RSS growth is known to a page; below that a memory ratio would be noise over zero.
 MEMORY_RATIO_FLOOR_BYTES = 4096
@@ -71,14 +71,17 @@ QUICK_SCALING_SIZES = (12, 16, 24)
 CRF = dict(height=375, width=500, iterations=10)
 CRF_BATCH = 8
 QUICK_CRF = dict(height=48, width=64, iterations=5)
+# PAR at ToCo's training shape at half resolution (docs/performance.md).
+PAR_SHAPE = dict(batch=2, channels=4, size=224, iterations=10)
+QUICK_PAR = dict(batch=1, channels=2, size=32, iterations=2)
 QUICK_NOTE = (
     "quick: smaller shapes (batch 1, 28x28 maps, C=64 features; walks of t=32 on "
-    "maps up to 24x24; dCRF of 48x64 images, 5 iterations), 3 repeats, 1 s budget; "
-    "checks the harness, not affext's speed"
+    "maps up to 24x24; dCRF of 48x64 images, 5 iterations; PAR on 32x32), 3 repeats, 1 s "
+    "budget; checks the harness, not affext's speed"
 )
 FULL_NOTE = (
     "full: the shapes of a real run (448 crop, batch 8), the walk up to 512x512, the "
-    "dCRF of a 375x500 image"
+    "dCRF of a 375x500 image, PAR at 224x224"
 )
 
 
@@ -118,6 +121,19 @@ def plan(quick: bool = False, device: str = "cpu") -> list[Point]:
             loss,
         ),
     ]
+    par = QUICK_PAR if quick else PAR_SHAPE
+    points.append(
+        Point(
+            "par/toco",
+            "par",
+            "shapes",
+            f"PAR (AFA / ToCo), B={par['batch']}, C={par['channels']}, "
+            f"{par['size']}x{par['size']}, {par['iterations']} steps, "
+            "dilations (1, 2, 4, 8, 12, 24)",
+            dict(par),
+            {AFFEXT: "par/affext", "afa-toco": "par/afa-toco"},
+        )
+    )
     t, c = walk["iterations"], walk["channels"]
     for live, words in (
         ("psa", "psa-shaped CAMs (bg + 2 classes live)"),

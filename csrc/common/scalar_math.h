@@ -15,6 +15,8 @@ AFFEXT_HOST_DEVICE float pow_acc(float x, float y) { return powf(x, y); }
 AFFEXT_HOST_DEVICE double pow_acc(double x, double y) { return ::pow(x, y); }
 AFFEXT_HOST_DEVICE float abs_acc(float x) { return fabsf(x); }
 AFFEXT_HOST_DEVICE double abs_acc(double x) { return ::fabs(x); }
+AFFEXT_HOST_DEVICE float sqrt_acc(float x) { return sqrtf(x); }
+AFFEXT_HOST_DEVICE double sqrt_acc(double x) { return ::sqrt(x); }
 // a * b + c rounded once: the same bits on the host and the device, whatever the compiler's
 // contraction of a * b + c would do.
 AFFEXT_HOST_DEVICE float fma_acc(float a, float b, float c) { return fmaf(a, b, c); }

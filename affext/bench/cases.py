@@ -449,8 +449,10 @@ def _crf_case(prepare):
         images, scores = crf_batch(**params)
         return prepare(device, images, scores, params.get("pair", False), iterations)
 
+    return builder
 
-# --- PAR (docs/method.md §9): AFA / ToCo's refinement of CAM probabilities by the images. ---
+
+# --- PAR (docs/method.md §10): AFA / ToCo's refinement of CAM probabilities by the images. ---
 def par_inputs(
     device: torch.device, batch: int = 2, channels: int = 4, size: int = 224, live: str = "all"
 ) -> tuple[torch.Tensor, torch.Tensor]:

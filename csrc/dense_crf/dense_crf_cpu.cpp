@@ -8,7 +8,6 @@
 // result is the same bits for any number of threads. The filter is linear, so the channels
 // of all stacks that share an image (psa's la and ha CRFs of one image) go through one
 // lattice pass together; only the softmax is per stack.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/parallel.h"
 #include "dense_crf/dense_crf.h"
 #include "dense_crf/dense_crf_args.h"
 
@@ -109,7 +109,7 @@ void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float
   lat.N = N;
   std::vector<uint64_t> keys(N * D1);
   lat.weight.resize(N * D1);
-  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     float f[D];
     for (int64_t p = begin; p < end; ++p) {
       const int x = static_cast<int>(p % W), y = static_cast<int>(p / W);
@@ -152,7 +152,7 @@ void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float
   }
   // Blur neighbours.
   lat.nbr.assign(static_cast<size_t>(D1) * (M + 1) * 2, 0);
-  at::parallel_for(1, M + 1, kGrain, [&](int64_t begin, int64_t end) {
+  parallel_for(1, M + 1, kGrain, [&](int64_t begin, int64_t end) {
     for (int j = 0; j < D1; ++j) {
       int32_t* nb = &lat.nbr[static_cast<size_t>(j) * (M + 1) * 2];
       for (int64_t v = begin; v < end; ++v) {
@@ -177,7 +177,7 @@ void maybe_parallel(int64_t begin, int64_t end, int64_t work_per_item, const F& 
     f(begin, end);
     return;
   }
-  at::parallel_for(begin, end, std::max<int64_t>(1, kMinParallelWork / 4 / work_per_item), f);
+  parallel_for(begin, end, std::max<int64_t>(1, kMinParallelWork / 4 / work_per_item), f);
 }
 
 // Channels are processed in groups of kLanes (rows padded with zeros to a multiple of it), up
@@ -325,7 +325,7 @@ void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, i
                int64_t W, const CrfSettings& s) {
   const int64_t N = H * W, C = S * n, Cp = (C + kLanes - 1) / kLanes * kLanes;
   Lattice g, b;
-  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t which = begin; which < end; ++which) {
       if (which == 0) {
         build_lattice<crf::kGaussianDim>(g, H, W, rgb, s.gaussian_sxy, 0.f,
@@ -408,9 +408,9 @@ at::Tensor dense_crf_cpu(const at::Tensor& image_in, const at::Tensor& scores_in
   if (image.size(0) == 1) {
     // one image for every stack: one pair of lattices, all stacks' channels together
     crf_group(rgb, sc, o, B, n, H, W, s);
-  } else if (B >= at::get_num_threads() && B > 1) {
+  } else if (B >= num_threads() && B > 1) {
     // enough images to keep every thread busy: one image per thread at a time
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         crf_group(rgb + i * H * W * 3, sc + i * plane, o + i * plane, 1, n, H, W, s);
     });

@@ -350,7 +350,9 @@ class _Finisher:
                 refined = self.pool.call(crf_inference, item.rgb, scores, self.crf)
                 save_label_png(path, keys[refined_index(refined, item.size)])
         except Exception as exc:
-            raise RuntimeError(f"make-rw failed on image {item.image_id!r}: {exc}") from exc
+            # the error keeps its type (an OSError stays one, for the CLI's message)
+            exc.add_note(f"make-rw failed on image {item.image_id!r}")
+            raise
 
     def close(self, cancel: bool) -> None:
         try:

@@ -351,7 +351,8 @@ class _Finisher:
                 save_label_png(path, keys[refined_index(refined, item.size)])
         except Exception as exc:
             # the error keeps its type (an OSError stays one, for the CLI's message)
-            exc.add_note(f"make-rw failed on image {item.image_id!r}")
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"make-rw failed on image {item.image_id!r}")
             raise
 
     def close(self, cancel: bool) -> None:

@@ -195,7 +195,7 @@ struct WalkParams {
 
 template <typename acc_t>
 __device__ WalkSmem walk_smem(int K, int P, int tile_rows, int resident_tiles) {
-  return walk_smem(K, P, tile_rows, resident_tiles, sizeof(acc_t));
+  return ::affext::walk_smem(K, P, tile_rows, resident_tiles, sizeof(acc_t));
 }
 
 // A pixel's 2K + 1 weights kept in shared memory: forward, backward, then 1 / d, each a

@@ -70,7 +70,13 @@ __global__ void forward_kernel(const scalar_t* __restrict__ aff, const uint8_t* 
     __threadfence();  // the partial is visible to every block before the counter moves
   }
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(finished, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) {
+    last = atomicAdd(finished, 1u) == gridDim.x - 1;
+    // Acquire side of the writers' fences (PTX memory model): the last block's reads of the
+    // partials below are ordered after the ticket that saw every other block's increment;
+    // the barrier then extends the order to the block's other threads.
+    if (last) __threadfence();
+  }
   __syncthreads();
   if (!last) return;
   // The last block: thread t adds partials t, t + kThreads, ... in order, then the block tree.

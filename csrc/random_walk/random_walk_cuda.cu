@@ -18,11 +18,18 @@
 //   each step reads the K + 1 planes through the read-only cache (L2-resident up to ~512x512).
 // - Planes ping-pong in global memory; they are read with __ldcg and written with __stcg (L2,
 //   not the incoherent L1), and grid.sync() orders one step's writes before the next's reads.
-// - Without cooperative launch support (cudaDevAttrCooperativeLaunch), the same kernel runs
-//   one step a launch. Cooperative launches can be captured in a CUDA graph.
+// - Work units: resident kernels step the tiles whose weights they hold; streamed ones take
+//   (tile, chunk of live channels) units round robin (walk_plan.h), so maps with many live
+//   channels spread over more blocks instead of one block holding every grid barrier.
+// - Without cooperative launch support (cudaDevAttrCooperativeLaunch), or when the driver
+//   refuses the cooperative launch (MPS, green contexts), the same kernel runs one step a
+//   launch (a refusal warns once). Cooperative launches can be captured in a CUDA graph.
+// - The plan's set-up (device attributes, occupancy, the shared-memory limit raised once to
+//   the opt-in maximum) is made once per device and kernel variant under a lock (launch plan).
 // - Value checks (aff in [0, 1] and finite, cam finite) are made as the values are read and
 //   OR-ed into a device flag; the host reads it once at the end (the call's only host
-//   synchronisation), or, under stream capture, a device assert checks it.
+//   synchronisation), or, under stream capture, a device assert checks it: a replay with bad
+//   values then leaves the CUDA context unusable for the rest of the process.
 // - Deterministic: each output pixel is computed by one thread with walk_step_pixel's fixed
 //   order and explicit FMAs; no floating-point atomics.
 // - Memory: 2 B C planes + (K + 1) B planes of (H + 2r - 2)(W + 2r - 2): O((K + C) N).
@@ -54,20 +61,18 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/launch_cache.h"
 #include "random_walk/random_walk.h"
+#include "random_walk/walk_plan.h"
 
 namespace affext {
 namespace {
 
 namespace cg = cooperative_groups;
-
-constexpr int kTileW = 32;        // one warp per tile row
-constexpr int kMaxTileRows = 8;   // 256 threads
-constexpr int kWalkChannels = 4;  // live channels stepped together
-constexpr int kMaxResidentTiles = 3;
 
 // ---- set-up kernels -------------------------------------------------------------------------
 
@@ -96,15 +101,19 @@ __global__ void walk_planes_in_kernel(const scalar_t* __restrict__ cam, acc_t* _
   }
 }
 
-// Per map, its live channels in order: live_idx[b, 0 .. live_n[b]).
+// One block: per map, its live channels in order (live_idx[b, 0 .. live_n[b])), then the
+// work-unit starts of walk_plan.h (unit_start[B]: the number of units).
 __global__ void walk_live_list_kernel(const uint8_t* __restrict__ live, int* __restrict__ live_idx,
-                                      int* __restrict__ live_n, int64_t B, int C) {
-  for (int64_t b = grid_first(); b < B; b += grid_stride()) {
+                                      int* __restrict__ live_n, int64_t* __restrict__ unit_start,
+                                      int64_t B, int C, int64_t tiles_per_map) {
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
     int n = 0;
     for (int c = 0; c < C; ++c)
       if (live[b * C + c]) live_idx[b * C + n++] = c;
     live_n[b] = n;
   }
+  __syncthreads();
+  if (threadIdx.x == 0) walk_unit_starts(live_n, B, tiles_per_map, unit_start);
 }
 
 // The padded weights w (B, K, S); every affinity value is checked once, at its own pixel.
@@ -155,7 +164,10 @@ __global__ void walk_planes_out_kernel(const acc_t* __restrict__ planes,
   }
 }
 
-// Under stream capture the host cannot read the flag: the replay asserts on the device.
+// Under stream capture the host cannot read the flag: the replay asserts on the device. A
+// device assert leaves the CUDA context unusable (every later CUDA call in the process fails),
+// so a caller that replays a captured walk on new values must check them first (see
+// affext/ops/random_walk.py).
 __global__ void walk_assert_values_kernel(const int* flags) {
   CUDA_KERNEL_ASSERT_MSG(*flags == 0,
                          "affext.random_walk: aff outside [0, 1] or not finite, or cam not finite");
@@ -170,6 +182,7 @@ struct WalkParams {
   acc_t* planes[2];   // (B, C, S) each
   const int* live_idx;
   const int* live_n;
+  const int64_t* unit_start;  // (B + 1): walk_plan.h's work units
   int64_t B;
   int C;
   WalkGrid g;
@@ -180,23 +193,9 @@ struct WalkParams {
   int64_t first_step, steps;
 };
 
-// A block's shared memory: the K weight shifts and K stage shifts, the staged channels, and,
-// for resident kernels, resident_tiles x (2K + 1) x tile pixels of weights.
-struct WalkSmem {
-  size_t shifts, stage, taps, total;
-};
-
 template <typename acc_t>
-__host__ __device__ WalkSmem walk_smem(int K, int P, int tile_rows, int resident_tiles) {
-  WalkSmem s;
-  s.shifts = 0;
-  s.stage = (2 * K * sizeof(int) + 15) / 16 * 16;
-  const size_t stage_elems =
-      static_cast<size_t>(kWalkChannels) * (tile_rows + 2 * P) * (kTileW + 2 * P);
-  s.taps = s.stage + stage_elems * sizeof(acc_t);
-  s.total = s.taps +
-            static_cast<size_t>(resident_tiles) * (2 * K + 1) * tile_rows * kTileW * sizeof(acc_t);
-  return s;
+__device__ WalkSmem walk_smem(int K, int P, int tile_rows, int resident_tiles) {
+  return ::affext::walk_smem(K, P, tile_rows, resident_tiles, sizeof(acc_t));
 }
 
 // A pixel's 2K + 1 weights kept in shared memory: forward, backward, then 1 / d, each a
@@ -263,50 +262,68 @@ __global__ void __launch_bounds__(kMaxTileRows* kTileW) walk_kernel(const WalkPa
     // the first step's barrier below orders these writes before their reads
   }
 
+  // One chunk of up to kWalkChannels live channels of one tile: stage them with the halo, step
+  // every pixel of the tile, write the next plane. m: the tile's resident slot.
+  const auto step_chunk = [&](const acc_t* cur, acc_t* nxt, const Tile& tile, int c0, int n_live,
+                              int m) {
+    const int nc = min(kWalkChannels, n_live - c0);
+    int64_t plane[kWalkChannels];
+#pragma unroll
+    for (int c = 0; c < kWalkChannels; ++c)
+      plane[c] = c < nc ? (tile.b * p.C + __ldg(p.live_idx + tile.b * p.C + c0 + c)) * g.S : 0;
+    __syncthreads();  // the previous chunk's readers are done with the stage
+#pragma unroll
+    for (int c = 0; c < kWalkChannels; ++c) {
+      if (c >= nc) break;
+      for (int e = i; e < TS; e += blockDim.x) {
+        const int py = tile.y0 + e / TWp, px = tile.x0 + e % TWp;  // padded coordinates
+        acc_t v = acc_t(0);
+        if (py < g.Hp && px < g.Wp)
+          v = __ldcg(cur + plane[c] + static_cast<int64_t>(py) * g.Wp + px);
+        stage[c * TS + e] = v;
+      }
+    }
+    __syncthreads();
+    const int y = tile.y0 + ly, x = tile.x0 + lx;
+    if (y < g.H && x < g.W) {
+      const int64_t q = g.at(y, x);
+      const ShiftedValues<acc_t> v{stage + (ly + P) * TWp + lx + P, TS, tshift};
+      acc_t out[kWalkChannels];
+      if constexpr (Resident) {
+        const TileWeights<acc_t> wt{taps + static_cast<int64_t>(m) * (2 * K + 1) * TP + i, TP, K};
+        walk_step_pixel<kWalkChannels>(wt, v, K, nc, out);
+      } else {
+        const PaddedWeights<acc_t> wt{p.w + tile.b * K * g.S + q, p.invd + tile.b * g.S + q, g.S,
+                                      wshift};
+        walk_step_pixel<kWalkChannels>(wt, v, K, nc, out);
+      }
+#pragma unroll
+      for (int c = 0; c < kWalkChannels; ++c)
+        if (c < nc) __stcg(nxt + plane[c] + q, out[c]);
+    }
+  };
+
+  const int64_t per_map = static_cast<int64_t>(p.tiles_y) * p.tiles_x;
   for (int64_t s = 0; s < p.steps; ++s) {
     const acc_t* cur = p.planes[(p.first_step + s) & 1];
     acc_t* nxt = p.planes[(p.first_step + s + 1) & 1];
-    int m = 0;
-    for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x, ++m) {
-      const Tile tile = walk_tile(p, t);
-      const int n_live = __ldg(p.live_n + tile.b);
-      for (int c0 = 0; c0 < n_live; c0 += kWalkChannels) {
-        const int nc = min(kWalkChannels, n_live - c0);
-        int64_t plane[kWalkChannels];
-#pragma unroll
-        for (int c = 0; c < kWalkChannels; ++c)
-          plane[c] = c < nc ? (tile.b * p.C + __ldg(p.live_idx + tile.b * p.C + c0 + c)) * g.S : 0;
-        __syncthreads();  // the previous chunk's readers are done with the stage
-#pragma unroll
-        for (int c = 0; c < kWalkChannels; ++c) {
-          if (c >= nc) break;
-          for (int e = i; e < TS; e += blockDim.x) {
-            const int py = tile.y0 + e / TWp, px = tile.x0 + e % TWp;  // padded coordinates
-            acc_t v = acc_t(0);
-            if (py < g.Hp && px < g.Wp)
-              v = __ldcg(cur + plane[c] + static_cast<int64_t>(py) * g.Wp + px);
-            stage[c * TS + e] = v;
-          }
-        }
-        __syncthreads();
-        const int y = tile.y0 + ly, x = tile.x0 + lx;
-        if (y < g.H && x < g.W) {
-          const int64_t q = g.at(y, x);
-          const ShiftedValues<acc_t> v{stage + (ly + P) * TWp + lx + P, TS, tshift};
-          acc_t out[kWalkChannels];
-          if constexpr (Resident) {
-            const TileWeights<acc_t> wt{taps + static_cast<int64_t>(m) * (2 * K + 1) * TP + i, TP,
-                                        K};
-            walk_step_pixel<kWalkChannels>(wt, v, K, nc, out);
-          } else {
-            const PaddedWeights<acc_t> wt{p.w + tile.b * K * g.S + q, p.invd + tile.b * g.S + q,
-                                          g.S, wshift};
-            walk_step_pixel<kWalkChannels>(wt, v, K, nc, out);
-          }
-#pragma unroll
-          for (int c = 0; c < kWalkChannels; ++c)
-            if (c < nc) __stcg(nxt + plane[c] + q, out[c]);
-        }
+    if constexpr (Resident) {
+      // A block steps the tiles whose weights it holds, every chunk of each (the weights cannot
+      // move to another block; the plan keeps this mode to grids of at most 3 tiles a block).
+      int m = 0;
+      for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x, ++m) {
+        const Tile tile = walk_tile(p, t);
+        const int n_live = __ldg(p.live_n + tile.b);
+        for (int c0 = 0; c0 < n_live; c0 += kWalkChannels)
+          step_chunk(cur, nxt, tile, c0, n_live, m);
+      }
+    } else {
+      // (tile, chunk) work units round robin over the blocks (walk_plan.h).
+      const int64_t units = __ldg(p.unit_start + p.B);
+      for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+        const WalkUnit unit = walk_unit(u, p.unit_start, p.B, per_map);
+        const Tile tile = walk_tile(p, unit.b * per_map + unit.tile);
+        step_chunk(cur, nxt, tile, unit.chunk * kWalkChannels, __ldg(p.live_n + tile.b), 0);
       }
     }
     if (s + 1 < p.steps) cg::this_grid().sync();
@@ -314,99 +331,138 @@ __global__ void __launch_bounds__(kMaxTileRows* kTileW) walk_kernel(const WalkPa
 }
 
 // ---- launch plan ---------------------------------------------------------------------------
+//
+// Set-up that does not change while the process runs is made once and kept (LaunchCache):
+// - per device: its SM count, cooperative launch support and opt-in shared memory a block;
+// - per (device, walk kernel): its dynamic shared-memory limit raised once to the device's
+//   opt-in maximum, under the cache's lock, before any occupancy query or launch of it. (Setting
+//   it to each call's size, as before, let one thread lower it between another's set and
+//   launch: "invalid argument".)
+// - per (device, dtype size, K, tile rows, resident tiles (0: streamed)): blocks per SM.
+// A call then plans with arithmetic only (walk_plan.h).
 
-struct WalkPlan {
-  int tile_rows, tiles_x, tiles_y;
-  int64_t tiles;
-  bool cooperative, resident;
-  int resident_tiles;
-  unsigned int grid;
-  size_t smem;
+struct DeviceInfo {
+  DeviceLimits limits;
+  bool cooperative_refused;  // a cooperative launch was refused once: plan one step a launch
 };
 
-template <typename Kernel>
-int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-  int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
-  return blocks;
+LaunchCache<int, DeviceInfo>& device_infos() {
+  static LaunchCache<int, DeviceInfo> cache;
+  return cache;
 }
 
-// Tiles of 8 rows where there are enough to fill the SMs, else 4 or 2 (small maps spread
-// over more SMs). Weights stay in shared memory where every block's share (1 to
-// kMaxResidentTiles tiles) fits with the grid that the occupancy allows.
-// AFFEXT_WALK_CUDA_MODE=resident|streamed|per-step forces a mode (tests: all three give the
-// same bits).
+DeviceInfo device_info(int device) {
+  return device_infos().get(device, [device] {
+    int sms = 0, coop = 0, max_smem = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return DeviceInfo{{sms, coop != 0, max_smem}, false};
+  });
+}
+
+// The kernel variant's shared-memory limit at the device's opt-in maximum, once (the current
+// device is `device`: the caller holds a guard).
+template <typename acc_t, bool Resident>
+void raise_smem_limit(int device, int max_smem) {
+  static LaunchCache<int, bool> raised;
+  raised.get(device, [max_smem] {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(walk_kernel<acc_t, Resident>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
+    return true;
+  });
+}
+
+// (device, sizeof(acc_t), K, tile rows, resident tiles) -> blocks per SM. The entry's smem is a
+// function of the rest of the key (walk_smem), so the key says everything.
+using OccupancyKey = std::tuple<int, int, int, int, int>;
+
 template <typename acc_t>
-WalkPlan plan_walk(int64_t B, const WalkGrid& g, int K, int device) {
-  const char* env = std::getenv("AFFEXT_WALK_CUDA_MODE");
-  const std::string mode = env ? env : "";
-  TORCH_CHECK_VALUE(mode.empty() || mode == "resident" || mode == "streamed" || mode == "per-step",
-                    "AFFEXT_WALK_CUDA_MODE must be resident, streamed or per-step, got '", mode,
-                    "'");
-  int sms = 0, coop = 0, max_smem = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
-  C10_CUDA_CHECK(
-      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  WalkPlan plan{};
-  plan.tiles_x = (g.W + kTileW - 1) / kTileW;
-  for (int rows : {kMaxTileRows, kMaxTileRows / 2, kMaxTileRows / 4}) {
-    plan.tile_rows = rows;
-    plan.tiles_y = (g.H + rows - 1) / rows;
-    plan.tiles = B * plan.tiles_y * plan.tiles_x;
-    if (plan.tiles >= sms) break;
-  }
-  const int threads = plan.tile_rows * kTileW;
-  plan.cooperative = coop != 0 && mode != "per-step";
-  if (plan.cooperative && mode != "streamed") {
-    for (int m = 1; m <= kMaxResidentTiles; ++m) {
-      const size_t smem = walk_smem<acc_t>(K, g.P, plan.tile_rows, m).total;
-      if (smem > static_cast<size_t>(max_smem)) break;
-      const int per_sm = blocks_per_sm(walk_kernel<acc_t, true>, threads, smem);
-      if (per_sm == 0) break;
-      const int64_t grid = std::min<int64_t>(plan.tiles, static_cast<int64_t>(per_sm) * sms);
-      if ((plan.tiles + grid - 1) / grid <= m) {
-        plan.resident = true;
-        plan.resident_tiles = m;
-        plan.grid = static_cast<unsigned int>(grid);
-        plan.smem = smem;
-        return plan;
-      }
+int blocks_per_sm(int device, int max_smem, int K, int tile_rows, int resident_tiles, size_t smem) {
+  static LaunchCache<OccupancyKey, int> cache;
+  const OccupancyKey key{device, static_cast<int>(sizeof(acc_t)), K, tile_rows, resident_tiles};
+  return cache.get(key, [&] {
+    int blocks = 0;
+    const int threads = tile_rows * kTileW;
+    if (resident_tiles > 0) {
+      raise_smem_limit<acc_t, true>(device, max_smem);
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, walk_kernel<acc_t, true>, threads, smem));
+    } else {
+      raise_smem_limit<acc_t, false>(device, max_smem);
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, walk_kernel<acc_t, false>, threads, smem));
     }
+    return blocks;
+  });
+}
+
+// AFFEXT_WALK_CUDA_MODE=resident|streamed|per-step forces a mode (tests: all three give the
+// same bits). `force_per_step`: after a refused cooperative launch.
+template <typename acc_t>
+WalkPlan plan_walk_cuda(int64_t B, const WalkGrid& g, int K, int C, int device,
+                        bool force_per_step) {
+  const char* env = std::getenv("AFFEXT_WALK_CUDA_MODE");
+  WalkMode mode = WalkMode::Auto;
+  TORCH_CHECK_VALUE(parse_walk_mode(env, &mode),
+                    "AFFEXT_WALK_CUDA_MODE must be resident, streamed or per-step, got '", env,
+                    "'");
+  const DeviceInfo info = device_info(device);
+  DeviceLimits limits = info.limits;
+  if (info.cooperative_refused || force_per_step) {
+    limits.cooperative = false;
+    if (mode != WalkMode::Resident) mode = WalkMode::PerStep;
   }
-  TORCH_CHECK_VALUE(mode != "resident", "AFFEXT_WALK_CUDA_MODE=resident, but this walk's ",
-                    "weights do not fit in shared memory (or the GPU has no cooperative launch)");
-  plan.smem = walk_smem<acc_t>(K, g.P, plan.tile_rows, 0).total;
-  TORCH_CHECK(plan.smem <= static_cast<size_t>(max_smem), "random_walk: radius ", g.P + 1,
-              " needs ", plan.smem, " bytes of shared memory a block, the GPU has ", max_smem);
-  const int per_sm = blocks_per_sm(walk_kernel<acc_t, false>, threads, plan.smem);
-  TORCH_CHECK(per_sm > 0, "random_walk: the walk kernel cannot run on this GPU");
-  const int64_t grid = plan.cooperative ? static_cast<int64_t>(per_sm) * sms : 65535;
-  plan.grid = static_cast<unsigned int>(std::min<int64_t>(plan.tiles, grid));
+  const auto occupancy = [&](int resident_tiles, int tile_rows, size_t smem) {
+    return blocks_per_sm<acc_t>(device, limits.max_smem, K, tile_rows, resident_tiles, smem);
+  };
+  const WalkPlan plan = plan_walk(B, g.H, g.W, g.P, K, C, sizeof(acc_t), mode, limits, occupancy);
+  switch (plan.error) {
+    case PlanError::None:
+      break;
+    case PlanError::ResidentDoesNotFit:
+      TORCH_CHECK_VALUE(false, "AFFEXT_WALK_CUDA_MODE=resident, but this walk's weights do not ",
+                        "fit in shared memory (or the GPU has no cooperative launch)");
+    case PlanError::SmemTooLarge:
+      TORCH_CHECK(false, "random_walk: radius ", g.P + 1, " needs ", plan.smem,
+                  " bytes of shared memory a block, the GPU has ", limits.max_smem);
+    case PlanError::NoOccupancy:
+      TORCH_CHECK(false, "random_walk: the walk kernel cannot run on this GPU");
+  }
   return plan;
 }
 
+// A refusal of a cooperative launch by the driver (too large a grid for this context, e.g.
+// under MPS or with green contexts that hold fewer SMs; or not supported there), as opposed
+// to an error of the kernel or the arguments.
+bool cooperative_refused(cudaError_t err) {
+  return err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported ||
+         err == cudaErrorNotPermitted;
+}
+
 template <typename acc_t>
-void launch_walk(const WalkPlan& plan, WalkParams<acc_t> params, cudaStream_t stream) {
+cudaError_t launch_cooperative(const WalkPlan& plan, const WalkParams<acc_t>& params,
+                               cudaStream_t stream) {
+  auto kernel = plan.resident ? walk_kernel<acc_t, true> : walk_kernel<acc_t, false>;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(plan.grid);
+  config.blockDim = dim3(plan.tile_rows * kTileW);
+  config.dynamicSmemBytes = plan.smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, params);
+}
+
+// One step a launch: no grid-wide barrier inside a kernel.
+template <typename acc_t>
+void launch_per_step(const WalkPlan& plan, WalkParams<acc_t> params, cudaStream_t stream) {
   const dim3 grid(plan.grid), block(plan.tile_rows * kTileW);
   auto kernel = plan.resident ? walk_kernel<acc_t, true> : walk_kernel<acc_t, false>;
-  if (plan.cooperative) {
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = plan.smem;
-    config.stream = stream;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
-    return;
-  }
-  // One step a launch: no grid-wide barrier inside a kernel.
   const int64_t steps = params.steps;
   params.steps = 1;
   for (int64_t s = 0; s < steps; ++s) {
@@ -414,6 +470,31 @@ void launch_walk(const WalkPlan& plan, WalkParams<acc_t> params, cudaStream_t st
     kernel<<<grid, block, plan.smem, stream>>>(params);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+}
+
+// The walk's steps; a refused cooperative launch outside capture falls back to one step a
+// launch (and later calls on this device plan so from the start), with one warning.
+template <typename acc_t>
+void launch_walk(const WalkPlan& plan, WalkParams<acc_t> params, int64_t B, const WalkGrid& g,
+                 int K, int C, int device, bool capturing, cudaStream_t stream) {
+  if (!plan.cooperative) return launch_per_step(plan, params, stream);
+  const cudaError_t err = launch_cooperative(plan, params, stream);
+  if (err == cudaSuccess) return;
+  (void)cudaGetLastError();  // a launch error is not sticky: clear it
+  if (!cooperative_refused(err)) C10_CUDA_CHECK(err);
+  TORCH_CHECK(!capturing, "random_walk: the GPU refused the cooperative launch of the walk ",
+              "kernel under CUDA graph capture (", cudaGetErrorString(err), "); run the walk ",
+              "once before capturing, so that later calls on this device plan one step a launch");
+  DeviceInfo info = device_info(device);
+  info.cooperative_refused = true;
+  device_infos().set(device, info);
+  TORCH_WARN_ONCE("affext.random_walk: the GPU refused the cooperative launch of the walk (",
+                  cudaGetErrorString(err),
+                  "); the walk runs one step a kernel launch instead (same results, slower)");
+  const WalkPlan fallback = plan_walk_cuda<acc_t>(B, g, K, C, device, true);
+  TORCH_INTERNAL_ASSERT(fallback.tiles_per_map == plan.tiles_per_map && !fallback.cooperative);
+  params.resident_tiles = fallback.resident_tiles;
+  launch_per_step(fallback, params, stream);
 }
 
 template <typename scalar_t>
@@ -426,12 +507,18 @@ at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64
   const auto acc_options = cam.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const auto int_options = cam.options().dtype(at::kInt);
   auto stream = c10::cuda::getCurrentCUDAStream();
+  const int device = cam.get_device();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  const WalkPlan plan = plan_walk_cuda<acc_t>(B, g, K, static_cast<int>(C), device, false);
 
   at::Tensor flags = at::zeros({1}, int_options);
   at::Tensor planes = at::zeros({2, B * C, g.S}, acc_options);
   at::Tensor live = at::empty({B * C}, cam.options().dtype(at::kByte));
   at::Tensor live_idx = at::empty({B, C}, int_options);
   at::Tensor live_n = at::empty({B}, int_options);
+  at::Tensor unit_start = at::empty({B + 1}, cam.options().dtype(at::kLong));
   at::Tensor w = at::empty({B, K, g.S}, acc_options);
   at::Tensor invd = at::zeros({B, g.S}, acc_options);
   at::Tensor out = at::empty(cam.sizes(), acc_options);
@@ -440,9 +527,9 @@ at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64
       cam.data_ptr<scalar_t>(), planes.data_ptr<acc_t>(), live.data_ptr<uint8_t>(),
       flags.data_ptr<int>(), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  walk_live_list_kernel<<<blocks_for(B), kThreads, 0, stream>>>(
-      live.data_ptr<uint8_t>(), live_idx.data_ptr<int>(), live_n.data_ptr<int>(), B,
-      static_cast<int>(C));
+  walk_live_list_kernel<<<1, kThreads, 0, stream>>>(
+      live.data_ptr<uint8_t>(), live_idx.data_ptr<int>(), live_n.data_ptr<int>(),
+      unit_start.data_ptr<int64_t>(), B, static_cast<int>(C), plan.tiles_per_map);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   walk_weights_kernel<scalar_t, acc_t><<<blocks_for(B * K * g.S), kThreads, 0, stream>>>(
       aff.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), flags.data_ptr<int>(), B, g, o, region,
@@ -452,7 +539,6 @@ at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64
       w.data_ptr<acc_t>(), invd.data_ptr<acc_t>(), B, g, o);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const WalkPlan plan = plan_walk<acc_t>(B, g, K, cam.get_device());
   WalkParams<acc_t> params{};
   params.w = w.data_ptr<acc_t>();
   params.invd = invd.data_ptr<acc_t>();
@@ -460,6 +546,7 @@ at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64
   params.planes[1] = planes[1].data_ptr<acc_t>();
   params.live_idx = live_idx.data_ptr<int>();
   params.live_n = live_n.data_ptr<int>();
+  params.unit_start = unit_start.data_ptr<int64_t>();
   params.B = B;
   params.C = static_cast<int>(C);
   params.g = g;
@@ -471,16 +558,14 @@ at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64
   params.resident_tiles = plan.resident_tiles;
   params.first_step = 0;
   params.steps = iterations;
-  launch_walk(plan, params, stream);
+  launch_walk(plan, params, B, g, K, static_cast<int>(C), device, capturing, stream);
 
   walk_planes_out_kernel<acc_t><<<blocks_for(B * C * g.H * g.W), kThreads, 0, stream>>>(
       planes[iterations % 2].data_ptr<acc_t>(), live.data_ptr<uint8_t>(), out.data_ptr<acc_t>(),
       B * C, g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture == cudaStreamCaptureStatusNone) {
+  if (!capturing) {
     throw_walk_value_flags(flags.item<int>());  // the call's one host synchronisation
   } else {
     walk_assert_values_kernel<<<1, 1, 0, stream>>>(flags.data_ptr<int>());

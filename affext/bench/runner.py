@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import __version__
 from .._extension import build_info
+from .._version import __version__
 from . import measure
 from .cases import CASE_INFO, estimate_peak_bytes, unavailable_reason
 from .report import fmt_bytes, fmt_seconds

@@ -1,7 +1,7 @@
 """affext: fast AffinityNet (PSA) kernels and the weakly supervised pseudo-label pipeline."""
 
 from ._extension import build_info
-from ._version import __version__
+from ._version import __version__ as __version__
 from .neighborhood import neighborhood_offsets, psa_layout
 from .ops import (
     AffinityLabels,

@@ -11,6 +11,7 @@ import platform
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -452,7 +453,7 @@ def run_bench(
     settings = settings or default_settings(device, quick)
     points = plan(quick, device) if points is None else points
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    report = {
+    report: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": created,

@@ -1,6 +1,7 @@
 """affext: fast AffinityNet (PSA) kernels and the weakly supervised pseudo-label pipeline."""
 
 from ._extension import build_info
+from ._version import __version__ as __version__
 from .neighborhood import neighborhood_offsets, psa_layout
 from .ops import (
     AffinityLabels,
@@ -12,8 +13,6 @@ from .ops import (
     pixel_adaptive_refine,
     random_walk,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AffinityLabels",

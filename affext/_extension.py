@@ -7,7 +7,7 @@ import platform
 import torch
 
 try:
-    from . import _C
+    from . import _C  # type: ignore[attr-defined]  # the compiled module: no stubs
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "affext's compiled kernels (affext._C) could not be loaded: build them with "

@@ -78,7 +78,7 @@ def versions() -> dict[str, str]:
     libraries where they are installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from ._version import __version__
 
     out = {
         "affext": __version__,

@@ -59,6 +59,8 @@ class _Global:
     """
 
     __slots__ = ("name", "_call")
+    name: str
+    _call: Callable[..., Any] | None
 
     def __init__(self, name: str, call: Callable[..., Any] | None) -> None:
         object.__setattr__(self, "name", name)
@@ -91,7 +93,8 @@ def _numeric_dtype(dtype: Any) -> np.dtype:
 
 
 _NDARRAY = _Global("numpy.ndarray", None)  # only ever an argument of _reconstruct
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy._core (2.x) or numpy.core (1.x)
+# numpy._core (2.x) or numpy.core (1.x)
+_RECONSTRUCT: Callable[..., np.ndarray] = np.ndarray.__reduce__(np.zeros(0))[0]  # type: ignore[assignment]
 _SCALAR = np.float32(0).__reduce__()[0]
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lint and format checks (CI runs them): ruff for Python, clang-format for C++/CUDA.
-# Configured in pyproject.toml ([tool.ruff]) and .clang-format. `--fix` rewrites instead.
+# Lint, format and type checks (CI runs them): ruff for Python, clang-format for C++/CUDA,
+# mypy on the public API. Configured in pyproject.toml ([tool.ruff], [tool.mypy]) and
+# .clang-format. `--fix` rewrites instead (and then type-checks).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -10,4 +11,6 @@ if [ "${1:-}" = "--fix" ]; then
 else
   ruff check . && ruff format --check . && clang-format --dry-run --Werror "${CSRC[@]}"
 fi
+# the files [tool.mypy] lists
+mypy
 echo "lint: clean"

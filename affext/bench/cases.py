@@ -315,7 +315,7 @@ def crf_photo(height: int, width: int) -> np.ndarray | None:
         from PIL import Image
     except ImportError:
         return None
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as photo:
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as photo:
         photo = photo.convert("RGB")
         pw, ph = photo.size
         scale = min(pw / width, ph / height)

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import warnings
+from typing import IO, cast
 
 import torch
 from torch.utils.benchmark import timer as benchmark_clock
@@ -175,6 +176,9 @@ class MemoryProbe:
             text=True,
             bufsize=1,
         )
+        # both are pipes (None only for a stream not redirected)
+        self._stdin = cast(IO[str], self._proc.stdin)
+        self._stdout = cast(IO[str], self._proc.stdout)
 
     def measure(
         self, name: str, timeout_s: float | None = None, warm_up: bool = True, **params
@@ -189,9 +193,9 @@ class MemoryProbe:
             "threads": self._threads,
             "warm_up": warm_up,
         }
-        self._proc.stdin.write(json.dumps(request) + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline()
+        self._stdin.write(json.dumps(request) + "\n")
+        self._stdin.flush()
+        line = self._stdout.readline()
         if not line:
             raise RuntimeError(
                 f"the memory probe exited (status {self._proc.wait()}) while measuring {name}"
@@ -203,7 +207,7 @@ class MemoryProbe:
 
     def close(self) -> None:
         if self._proc.poll() is None:
-            self._proc.stdin.close()
+            self._stdin.close()
             self._proc.wait()
 
     def __enter__(self) -> MemoryProbe:

@@ -11,11 +11,12 @@ import platform
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .. import __version__
 from .._extension import build_info
+from .._version import __version__
 from . import measure
 from .cases import CASE_INFO, estimate_peak_bytes, unavailable_reason
 from .report import fmt_bytes, fmt_seconds
@@ -452,7 +453,7 @@ def run_bench(
     settings = settings or default_settings(device, quick)
     points = plan(quick, device) if points is None else points
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    report = {
+    report: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": created,

@@ -102,6 +102,13 @@ def _as_tensor(name: str, value) -> torch.Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
 
 
+def _check_setting(name: str, value: float, positive: bool) -> None:
+    """The fake kernel's check of a scale (finite and > 0) or a weight (finite), as the kernel's."""
+    ok = math.isfinite(value) and (value > 0 or not positive)
+    want = "a finite number > 0" if positive else "finite"
+    torch._check_value(ok, lambda: f"{name} must be {want}, got {value}")
+
+
 @torch.library.register_fake("affext::dense_crf")
 def _(
     image,
@@ -140,16 +147,7 @@ def _(
         ("bilateral_sxy", bilateral_sxy),
         ("bilateral_srgb", bilateral_srgb),
     ):
-        torch._check_value(
-            math.isfinite(value) and value > 0,
-            lambda name=name, value=value: f"{name} must be a finite number > 0, got {value}",
-        )
-    for name, value in (
-        ("gaussian_compat", gaussian_compat),
-        ("bilateral_compat", bilateral_compat),
-    ):
-        torch._check_value(
-            math.isfinite(value),
-            lambda name=name, value=value: f"{name} must be finite, got {value}",
-        )
+        _check_setting(name, value, positive=True)
+    _check_setting("gaussian_compat", gaussian_compat, positive=False)
+    _check_setting("bilateral_compat", bilateral_compat, positive=False)
     return scores.new_empty(scores.shape, dtype=torch.float32)

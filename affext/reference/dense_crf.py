@@ -41,6 +41,8 @@ was measured) bounds what a permutohedral implementation can be held to against 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -91,6 +93,7 @@ class _Kernel:
 
     def __init__(self, feat: torch.Tensor):
         self.feat = feat
+        self.full: torch.Tensor | None
         n = feat.shape[0]
         if n <= FULL_KERNEL_MAX_PIXELS:
             k = gaussian_kernel(feat)
@@ -161,7 +164,7 @@ def dense_crf_reference(
     return q.reshape(n, h, w)
 
 
-def pydensecrf_reference(image, scores, iterations: int = 10, **settings: float) -> np.ndarray:
+def pydensecrf_reference(image, scores, iterations: int = 10, **settings: Any) -> np.ndarray:
     """pydensecrf with psa's calls (affext.stages.crf.crf_inference), with dense_crf_reference's
     arguments (settings: gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
     bilateral_compat; psa's by default): (n, H, W) float32 marginals of one (H, W, 3) uint8
@@ -173,4 +176,4 @@ def pydensecrf_reference(image, scores, iterations: int = 10, **settings: float)
     scores = scores.cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     if image.ndim == 4:
         return np.stack([crf_inference(i, s, cfg) for i, s in zip(image, scores, strict=True)])
-    return crf_inference(image, scores, cfg)
+    return np.asarray(crf_inference(image, scores, cfg))

@@ -45,7 +45,8 @@ def psa_affinity_labels(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The masks of a (B, H, W) batch, each (B, K, n_from), as psa's data loader collates them."""
     per_image = [psa_image_affinity_labels(label, radius) for label in labels]
-    return tuple(torch.stack(masks) for masks in zip(*per_image))
+    bg_pos, fg_pos, neg = (torch.stack(masks) for masks in zip(*per_image))
+    return bg_pos, fg_pos, neg
 
 
 def psa_pair_loss(

@@ -41,7 +41,9 @@ def random_walk(
         dtype, at least float32 (float16 and bfloat16, accepted on CUDA only, walk and return
         in float32). Deterministic: the same bits on every run and thread count. On CUDA the
         call synchronises with the host once, to raise on bad values (none under CUDA-graph
-        capture, where bad values trip a device assert instead). On the CPU a long walk runs
+        capture, where bad values trip a device assert instead: a replay of a captured walk
+        with bad values leaves the process's CUDA context unusable, so check the inputs of a
+        captured graph before its replays). On the CPU a long walk runs
         as chunks of steps, each up to about half a second, so that Ctrl-C stops it between
         two of them; the result is the same bits as one kernel call.
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from .errors import AffextError
+
 # extra -> {import name: distribution}, as pyproject.toml's optional dependencies list them
 EXTRAS = {
     "pipeline": {
@@ -22,7 +24,7 @@ PIPELINE = EXTRAS["pipeline"]
 PIPELINE_EXTRA = "pip install 'affext[pipeline]'"
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(AffextError, ImportError):
     """A library of an optional extra is not installed; the message says what to install."""
 
 

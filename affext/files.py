@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import AffextError
 from .safe_load import load_npy_dict
 
 CONFIG_SUFFIX = ".config.json"
@@ -102,7 +103,7 @@ def versions() -> dict[str, str]:
 NON_OUTPUT_SETTINGS = ("device", "num_workers", "crf_workers", "progress", "crf.backend")
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(AffextError, ValueError):
     """A stage's outputs were made with other settings than the ones asked for now."""
 
 

@@ -40,10 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import AffextError
+
 NUMERIC_KINDS = "biufc"  # bool, signed and unsigned integer, floating, complex
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(AffextError, ValueError):
     """A file holds something its format never does (code, foreign objects): refused unread."""
 
 

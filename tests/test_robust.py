@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ from affext.data import DatasetError, VOCDataset, read_id_list, save_label_png
 from affext.data.datasets import AffTrainDataset, kept_size
 from affext.files import load_score_dict, save_score_dict
 from affext.models import AffinityNet, CAMNet, build_backbone, save_checkpoint
+from affext.stages import registry
 from affext.stages.aff_labels import make_aff_labels
 from affext.stages.config import RunConfig
 from affext.stages.overview import write_overview
+from affext.stages.registry import STAGES
 
 make_rw_stage = importlib.import_module("affext.stages.make_rw")
 REPO = Path(__file__).resolve().parents[1]
@@ -297,8 +300,9 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
 
         return stage
 
-    for name, seconds in {**sleeps, "make_rw": 0.15}.items():
-        monkeypatch.setattr(pipeline, name, fake(name, seconds))
+    seconds = {**sleeps, "make_rw": 0.15}
+    faked = [replace(s, function=fake(s.name, seconds[s.function.__name__])) for s in STAGES]
+    monkeypatch.setattr(registry, "STAGES", tuple(faked))
     cfg = RunConfig.for_backbone("tiny")
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_stages("voc", ["a"], ["b"], tmp_path, cfg, progress=False)

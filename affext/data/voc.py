@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import AffextError
 from ..files import atomic_save
 from ..safe_load import UnsafeFileError, load_npy
 from ..workers import map_in_processes
@@ -74,7 +75,7 @@ CLASSES_FILE = "classes.txt"  # ROOT/classes.txt: the dataset's own classes
 MAX_CLASSES = IGNORE_INDEX - 1  # indices 1..C and 255 (void) must fit a uint8 PNG
 
 
-class DatasetError(ValueError):
+class DatasetError(AffextError, ValueError):
     """A dataset problem a user can act on: missing folder, unknown id, unreadable file."""
 
 

@@ -75,3 +75,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_make_sem_seg_labels)
     return irn
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m affext.irn <command> ...`: the same commands as `affext irn`."""
+    from ..errors import group_main
+
+    return group_main("irn", add_parser, argv)

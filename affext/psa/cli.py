@@ -118,18 +118,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m affext.psa <command> ...`: the same commands as `affext psa`."""
-    import sys
+    from ..errors import group_main
 
-    from ..data.voc import DatasetError
-
-    parser = argparse.ArgumentParser(prog="affext")
-    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
-    add_parser(sub)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(["psa", *argv])
-    try:
-        rc = args.func(args)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
-        print(f"affext psa {args.psa_command}: error: {exc}", file=sys.stderr)
-        return 2
-    return rc if isinstance(rc, int) else 0
+    return group_main("psa", add_parser, argv)

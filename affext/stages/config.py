@@ -15,6 +15,7 @@ from .common import default_workers
 from .make_cam import MakeCamConfig
 from .make_rw import MakeRwConfig
 from .make_seg import MakeSegConfig
+from .registry import STAGES
 from .train_aff import TrainAffConfig
 from .train_cam import TrainCamConfig
 from .train_seg import TrainSegConfig
@@ -110,19 +111,12 @@ SHARED = (
     "classes",
 )
 
-# The stages that refine with the dense CRF (their configs' `crf`: CRFConfig).
-CRF_STAGES = ("aff_labels", "make_rw", "make_seg")
+# The stages of `affext run`, in order, by their names in PRESETS and RunConfig: their
+# config classes (affext.stages.registry).
+STAGE_CONFIGS = {s.name: s.config for s in STAGES}
 
-# The stages of `affext run`, in order, by their names in PRESETS and RunConfig.
-STAGE_CONFIGS = {
-    "train_cam": TrainCamConfig,
-    "make_cam": MakeCamConfig,
-    "aff_labels": AffLabelsConfig,
-    "train_aff": TrainAffConfig,
-    "make_rw": MakeRwConfig,
-    "train_seg": TrainSegConfig,
-    "make_seg": MakeSegConfig,
-}
+# The stages that refine with the dense CRF (their configs' `crf`: CRFConfig).
+CRF_STAGES = tuple(s.name for s in STAGES if "crf" in s.fields)
 
 
 def stage_config(cls, stage: str | None, shared: dict | None = None, **overrides):
@@ -170,7 +164,8 @@ def _typed(cls, values: dict, where: str) -> dict:
 
 @dataclass
 class RunConfig:
-    """Every stage's config; defaults are psa's, with PRESETS applied for the backbone."""
+    """Every stage's config; defaults are psa's, with PRESETS applied for the backbone. Its
+    stage fields are the stages of affext.stages.registry, in their order."""
 
     backbone: str = "resnet38"
     preset: str | None = None  # a named preset over the backbone's (PRESETS: "coco")

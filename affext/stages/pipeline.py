@@ -7,8 +7,9 @@ WORKDIR/
   make_rw/    rw/*.png, rw_crf/*.png               eval/      cam.json, rw.json, rw_crf.json
   train_seg/  seg_net.pt, checkpoints              make_seg/  seg/*.png, seg_crf/*.png (eval ids)
   metrics.json  overview.png  run.config.json
-Each stage resumes where an interrupted run stopped. The configs and presets are
-affext.stages.config's, the overview affext.stages.overview's.
+Each stage resumes where an interrupted run stopped. The stages, their folders and outputs
+are affext.stages.registry's, the configs and presets affext.stages.config's, the overview
+affext.stages.overview's.
 """
 
 from __future__ import annotations
@@ -24,17 +25,14 @@ from pathlib import Path
 from .. import dist
 from ..data.voc import VOCDataset, read_id_list, unique_ids
 from ..files import atomic_write_json, check_config, config_changes, record_config
-from .aff_labels import make_aff_labels
+from . import registry
 from .common import StageTimer
 from .config import PRESETS, RunConfig
 from .evaluate import EvalConfig, evaluate
-from .make_cam import make_cam
-from .make_rw import load_throughput, make_rw
-from .make_seg import make_seg
+from .make_rw import load_throughput
 from .overview import write_overview
-from .train_aff import train_aff
-from .train_cam import image_labels, train_cam
-from .train_seg import train_seg
+from .registry import stage
+from .train_cam import image_labels
 
 
 def _ids(arg: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -106,15 +104,15 @@ def _finish(voc_root, voc, evals, work, cfg, times, train_images, progress) -> d
     times["eval"] = round(t.seconds, 2)
     metrics = _metrics(results, cfg, train_images, len(evals), times)
     # None when a resumed run found every label already written
-    metrics["make_rw_images_per_s"] = load_throughput(work / "make_rw")["images_per_s"]
+    metrics["make_rw_images_per_s"] = load_throughput(stage("make_rw").output(work))["images_per_s"]
     t = StageTimer()
     write_overview(
         voc,
         evals[: cfg.overview_images],
-        work / "make_cam" / "cam",
-        work / "make_rw" / "rw",
+        stage("make_cam").output(work, "cam"),
+        stage("make_rw").output(work, "rw"),
         work / "overview.png",
-        seg_dir=work / "make_seg" / "seg",
+        seg_dir=stage("make_seg").output(work, "seg"),
     )
     times["overview"] = round(t.seconds, 2)
     metrics["total_seconds"] = round(sum(times.values()), 2)
@@ -145,52 +143,22 @@ def run_stages(
     cfg: RunConfig,
     progress: bool = True,
 ) -> dict[str, float]:
-    """train-cam -> make-cam -> make-aff-labels -> train-aff -> make-rw -> train-seg ->
-    make-seg in WORK; the seconds each took. CAMs and walks are made for both lists, the
-    segmentation network's predictions for the eval list, the rest from the training list."""
-    both = list(dict.fromkeys(train + evals))
-    cams = work / "make_cam" / "cam"
-    # init_from "train-cam" / "train-aff": that stage's network of this run
-    seg = functools.partial(train_seg, stage_root=work)
-    stages = [
-        ("train-cam", train_cam, (voc_root, train, work / "train_cam", cfg.train_cam)),
-        (
-            "make-cam",
-            make_cam,
-            (voc_root, both, work / "train_cam", work / "make_cam", cfg.make_cam),
-        ),
-        (
-            "make-aff-labels",
-            make_aff_labels,
-            (voc_root, train, cams, work / "aff_labels", cfg.aff_labels),
-        ),
-        (
-            "train-aff",
-            train_aff,
-            (voc_root, train, work / "aff_labels", work / "train_aff", cfg.train_aff),
-        ),
-        (
-            "make-rw",
-            make_rw,
-            (voc_root, both, cams, work / "train_aff", work / "make_rw", cfg.make_rw),
-        ),
-        (
-            "train-seg",
-            seg,
-            (voc_root, train, work / "make_rw", work / "train_seg", cfg.train_seg),
-        ),
-        (
-            "make-seg",
-            make_seg,
-            (voc_root, evals, work / "train_seg", work / "make_seg", cfg.make_seg),
-        ),
-    ]
+    """The stages of affext.stages.registry in order (train-cam -> make-cam -> make-aff-labels
+    -> train-aff -> make-rw -> train-seg -> make-seg) in WORK; the seconds each took, by its
+    command name. Each works on its `ids`: CAMs and walks on both lists, the segmentation
+    network's predictions on the eval list, the rest on the training list."""
+    ids = {"train": train, "eval": evals, "both": list(dict.fromkeys(train + evals))}
     times: dict[str, float] = {}
-    for name, stage, args in stages:
-        with stage_time(args[-2], name) as record:  # args: (..., out_dir, config)
-            stage(*args, progress=progress)
+    for s in registry.STAGES:
+        function = s.function
+        if s.stage_root:  # init_from "train-cam" / "train-aff": that stage's network of this run
+            function = functools.partial(function, stage_root=work)
+        inputs = [stage(i.stage).output(work, i.sub) for i in s.inputs]
+        out = s.output(work)
+        with stage_time(out, s.command) as record:
+            function(voc_root, ids[s.ids], *inputs, out, getattr(cfg, s.name), progress=progress)
             dist.barrier()  # the next stage reads every rank's outputs
-        times[name] = record["seconds"]
+        times[s.command] = record["seconds"]
     return times
 
 
@@ -218,31 +186,20 @@ def stage_time(out_dir: str | os.PathLike, stage: str):
                 atomic_write_json(path, record)
 
 
-# The stages of a run: (name in RunConfig, folder in WORKDIR, config record name), in order.
-STAGE_DIRS = (
-    ("train_cam", "train_cam", "train-cam"),
-    ("make_cam", "make_cam", "make-cam"),
-    ("aff_labels", "aff_labels", "make-aff-labels"),
-    ("train_aff", "train_aff", "train-aff"),
-    ("make_rw", "make_rw", "make-rw"),
-    ("train_seg", "train_seg", "train-seg"),
-    ("make_seg", "make_seg", "make-seg"),
-)
-
-
 def _redo_changed(work: Path, cfg: RunConfig, overwrite: bool) -> None:
     """Refuse (ConfigChangedError) a run whose first stage with a config record unlike cfg's
     would otherwise reuse its outputs; with `overwrite`, delete that stage's folder and those
     of the later stages (which used its outputs), so that they are redone."""
-    for i, (field, folder, record) in enumerate(STAGE_DIRS):
-        if not config_changes(work / folder, record, getattr(cfg, field)):
+    stages = registry.STAGES
+    for i, s in enumerate(stages):
+        if not config_changes(s.output(work), s.command, getattr(cfg, s.name)):
             continue
         if not overwrite:
-            check_config(work / folder, record, getattr(cfg, field))
+            check_config(s.output(work), s.command, getattr(cfg, s.name))
         dist.barrier()  # every rank has checked before rank 0 deletes
         if dist.is_main():
-            for _, later, _ in STAGE_DIRS[i:]:
-                shutil.rmtree(work / later, ignore_errors=True)
+            for later in stages[i:]:
+                shutil.rmtree(later.output(work), ignore_errors=True)
         dist.barrier()
         return
 
@@ -261,13 +218,14 @@ def evaluate_outputs(
     classes: the dataset's classes file (None: its own, `VOCDataset`). seg_crf: None leaves
     the segmentation network out; False scores its predictions, True those and their dCRF
     refinement too."""
-    folders = {"cam": work / "make_cam" / "cam_pred", "rw": work / "make_rw" / "rw"}
-    if with_crf:
-        folders["rw_crf"] = work / "make_rw" / "rw_crf"
-    if seg_crf is not None:
-        folders["seg"] = work / "make_seg" / "seg"
-    if seg_crf:
-        folders["seg_crf"] = work / "make_seg" / "seg_crf"
+    left_out = set() if with_crf else {"rw_crf"}
+    left_out |= {"seg", "seg_crf"} if seg_crf is None else set() if seg_crf else {"seg_crf"}
+    folders = {
+        name: s.output(work, sub)
+        for s in registry.STAGES
+        for name, sub in s.scored
+        if name not in left_out
+    }
     return {
         name: evaluate(
             voc_root,

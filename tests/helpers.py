@@ -86,3 +86,17 @@ def run_args(voc: Path, work: Path, *extra: str) -> list[str]:
         "--quiet",
         *extra,
     ]
+
+
+def replace_stages(monkeypatch, functions: dict) -> None:
+    """Replace the functions of stages of the stage registry (by any of their names, e.g.
+    {"make_rw": fake}) for one test: `affext run` and the stage commands call those."""
+    from dataclasses import replace
+
+    from affext.stages import registry
+
+    faked = []
+    for s in registry.STAGES:
+        names = {s.name, s.command, s.function.__name__} & set(functions)
+        faked.append(replace(s, function=functions[names.pop()]) if names else s)
+    monkeypatch.setattr(registry, "STAGES", tuple(faked))

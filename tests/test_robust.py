@@ -8,13 +8,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_args, small_voc
+from helpers import replace_stages, run_args, small_voc
 from PIL import Image
 
 from affext import files
@@ -23,11 +22,9 @@ from affext.data import DatasetError, VOCDataset, read_id_list, save_label_png
 from affext.data.datasets import AffTrainDataset, kept_size
 from affext.files import load_score_dict, save_score_dict
 from affext.models import AffinityNet, CAMNet, build_backbone, save_checkpoint
-from affext.stages import registry
 from affext.stages.aff_labels import make_aff_labels
 from affext.stages.config import RunConfig
 from affext.stages.overview import write_overview
-from affext.stages.registry import STAGES
 
 make_rw_stage = importlib.import_module("affext.stages.make_rw")
 REPO = Path(__file__).resolve().parents[1]
@@ -130,9 +127,11 @@ def test_run_refuses_imagenet_backbones_without_weights(voc, tmp_path, capsys, f
 
 def test_train_stages_refuse_imagenet_backbones_without_weights(voc, tmp_path, capsys, monkeypatch):
     calls = []
-    for stage in ("train_cam", "train_aff"):
-        module = importlib.import_module(f"affext.stages.{stage}")
-        monkeypatch.setattr(module, stage, lambda *a, **k: calls.append(a))
+
+    def record(*a, **k):
+        calls.append(a)
+
+    replace_stages(monkeypatch, {"train_cam": record, "train_aff": record})
     lists = voc / "ImageSets" / "Segmentation"
     common = ["--voc-root", str(voc), "--train-list", str(lists / "train.txt"), "--quiet"]
     assert main(["train-cam", *common, "--out", str(tmp_path / "c")]) == 2
@@ -147,8 +146,7 @@ def test_train_seg_refuses_imagenet_backbones_without_weights_or_init_from(
     voc, tmp_path, capsys, monkeypatch, fake_run
 ):
     calls = []
-    module = importlib.import_module("affext.stages.train_seg")
-    monkeypatch.setattr(module, "train_seg", lambda *a, **k: calls.append(a[-1]))
+    replace_stages(monkeypatch, {"train_seg": lambda *a, **k: calls.append(a[-1])})
     lists = voc / "ImageSets" / "Segmentation"
     argv = ["train-seg", "--voc-root", str(voc), "--train-list", str(lists / "train.txt")]
     argv += ["--rw-dir", str(tmp_path / "rw"), "--out", str(tmp_path / "s"), "--quiet"]
@@ -300,9 +298,8 @@ def test_resumed_run_reports_each_stages_own_time(tmp_path, monkeypatch):
 
         return stage
 
-    seconds = {**sleeps, "make_rw": 0.15}
-    faked = [replace(s, function=fake(s.name, seconds[s.function.__name__])) for s in STAGES]
-    monkeypatch.setattr(registry, "STAGES", tuple(faked))
+    fakes = {name: fake(name, seconds) for name, seconds in {**sleeps, "make_rw": 0.15}.items()}
+    replace_stages(monkeypatch, fakes)
     cfg = RunConfig.for_backbone("tiny")
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_stages("voc", ["a"], ["b"], tmp_path, cfg, progress=False)

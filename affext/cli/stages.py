@@ -62,14 +62,15 @@ def _out_help(stage) -> str:
 
 
 def _add_field_flag(p: argparse.ArgumentParser, stage, flag) -> None:
-    """flag's option, of its config field's type (its default's; str for None)."""
+    """flag's option, of its config field's type (its default's; a string, argparse's own,
+    for a str field, one that defaults to None, or one with choices)."""
     field = stage.fields[flag.field]
     default = (
         field.default_factory()
         if field.default_factory is not dataclasses.MISSING
         else field.default
     )
-    kind = None if flag.choices else (str if default is None else type(default))
+    kind = None if flag.choices or default is None or isinstance(default, str) else type(default)
     p.add_argument(flag.option, type=kind, choices=flag.choices, help=flag.help)
 
 

@@ -27,10 +27,10 @@ def test_every_stage_has_its_config_folder_and_command():
     for s in STAGES:
         assert s.command in commands, s.command
         assert s.output("work") == Path("work") / s.name
-        for source in s.inputs:  # an earlier stage's, of a folder it writes
+        for source in s.inputs:  # an earlier stage's output (output() checks the folder)
             earlier = stage(source.stage)
             assert names.index(earlier.name) < names.index(s.name)
-            assert earlier.output("w", source.sub).parent.parent == Path("w") or not source.sub
+            assert earlier.output("w", source.sub) == Path("w", earlier.name, source.sub)
         for flag in s.flags:
             assert flag.field in s.fields, (s.name, flag.field)
 

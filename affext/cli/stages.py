@@ -55,6 +55,11 @@ def _list_flag(stage) -> str:
     return "--train-list" if stage.training else "--list"
 
 
+def _dest(option: str) -> str:
+    """Where argparse keeps an option's value: --cam-dir -> cam_dir."""
+    return option.lstrip("-").replace("-", "_")
+
+
 def _out_help(stage) -> str:
     if stage.training:
         return f"folder for {stage.outputs[0]} and checkpoints"
@@ -118,18 +123,18 @@ def _cmd_stage(stage, args) -> None:
     (psa's defaults, the backbone's preset, then the flags given)."""
     fields = stage.fields
     overrides = {f.field: getattr(args, f.field) for f in stage.flags}
-    if stage.training:
+    if stage.training:  # train-seg's --init-from: a trained network's backbone will do
         _require_weights(args, weights=getattr(args, "init_from", None))
         overrides.update(_training_fields(args))
-    if "crf_workers" in fields:
-        overrides["crf_workers"] = args.crf_workers
     if "crf" in fields:
         overrides.update(_crf_fields(args))
+        if "crf_workers" in fields:
+            overrides["crf_workers"] = args.crf_workers
     if "write_crf" in fields and args.no_crf:
         overrides["write_crf"] = False
     cfg = _stage_config(stage.config, args, stage.name, **overrides)
-    ids = _ids(getattr(args, _list_flag(stage)[2:].replace("-", "_")))
-    inputs = [getattr(args, source.flag[2:].replace("-", "_")) for source in stage.inputs]
+    ids = _ids(getattr(args, _dest(_list_flag(stage))))
+    inputs = [getattr(args, _dest(source.flag)) for source in stage.inputs]
     print(stage.function(args.voc_root, ids, *inputs, args.out, cfg, progress=not args.quiet))
 
 

@@ -74,32 +74,6 @@ def _stage_config(cls, args, stage: str | None = None, **fields):
     return stage_config(cls, stage, _shared(args), **fields)
 
 
-# Where each backbone's ImageNet weights come from (what build_backbone's `weights` takes).
-IMAGENET_WEIGHTS = {
-    "resnet38": "psa's ImageNet ResNet-38, ilsvrc-cls_rna-a1_cls1000_ep-0001.params (linked "
-    "from psa's README: github.com/itijyou/ademxapp), converted once with `affext psa "
-    "convert_weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params res38_imagenet.pth`",
-    "resnet50": "torchvision's ImageNet ResNet-50 state-dict file, e.g. resnet50-0676ba61.pth "
-    "(torchvision.models.ResNet50_Weights.IMAGENET1K_V1)",
-}
-
-
-def _require_weights(args, backbone: str | None = None, weights: str | None = None) -> None:
-    """Refuse, before any work, to train an ImageNet backbone from scratch unless asked to:
-    psa starts from ImageNet weights, and from scratch its schedule learns nothing useful.
-    backbone / weights: the resolved ones (a --config file's), else the flags'."""
-    backbone = backbone or args.backbone
-    source = IMAGENET_WEIGHTS.get(backbone)
-    if source is None or weights or args.weights or args.from_scratch:
-        return
-    raise ValueError(
-        f"no --weights for the {backbone} backbone, which would then train from scratch "
-        f"(psa starts from ImageNet weights; from scratch its epochs learn nothing useful). "
-        f"Pass --weights with {source}; or --backbone tiny for the CPU demo; or "
-        "--from-scratch to train from scratch all the same"
-    )
-
-
 def _cmd_synth(args) -> None:
     from .data.synth import SynthConfig, make_synthetic_voc
 
@@ -135,7 +109,6 @@ def _cmd_coco(args) -> None:
 def _cmd_train_cam(args) -> None:
     from .stages.train_cam import TrainCamConfig, train_cam
 
-    _require_weights(args)
     cfg = _stage_config(TrainCamConfig, args, "train_cam", **_training_fields(args))
     print(train_cam(args.voc_root, _ids(args.train_list), args.out, cfg, progress=not args.quiet))
 
@@ -173,7 +146,6 @@ def _cmd_aff_labels(args) -> None:
 def _cmd_train_aff(args) -> None:
     from .stages.train_aff import TrainAffConfig, train_aff
 
-    _require_weights(args)
     cfg = _stage_config(TrainAffConfig, args, "train_aff", **_training_fields(args))
     print(
         train_aff(
@@ -219,7 +191,6 @@ def _cmd_make_rw(args) -> None:
 def _cmd_train_seg(args) -> None:
     from .stages.train_seg import TrainSegConfig, train_seg
 
-    _require_weights(args, weights=args.init_from)  # a trained network's backbone will do
     cfg = _stage_config(
         TrainSegConfig,
         args,
@@ -288,10 +259,12 @@ def _cmd_run(args) -> None:
         read_config_file,
     )
     from .stages.pipeline import run
+    from .stages.training import require_weights
 
     settings = read_config_file(args.config) if args.config else {}
     # command-line flags over the file; None (not given) keeps the file's, preset's or psa's
     flags: dict = {k: v for k, v in _shared(args).items() if k != "backbone"}
+    scratch = args.from_scratch or None
     flags["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
     flags["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
     flags["train_seg"] = {
@@ -299,6 +272,8 @@ def _cmd_run(args) -> None:
         "weights": args.weights,
         "labels": args.seg_labels,
     }
+    for stage in ("train_cam", "train_aff", "train_seg"):
+        flags[stage]["from_scratch"] = scratch
     for stage in CRF_STAGES:  # --crf-backend: every stage with a dCRF
         flags.setdefault(stage, {}).update(_crf_fields(args))
     flags.update({k: getattr(args, k) for k in RUN_PATHS})
@@ -314,9 +289,8 @@ def _cmd_run(args) -> None:
     if missing:
         flags_needed = ", ".join("--" + k.replace("_", "-") for k in missing)
         raise ValueError(f"{flags_needed} needed (on the command line or in the --config file)")
-    seg = cfg.train_seg
-    trained = cfg.train_cam.weights and cfg.train_aff.weights and (seg.weights or seg.init_from)
-    _require_weights(args, cfg.backbone, trained)
+    for train in (cfg.train_cam, cfg.train_aff, cfg.train_seg):  # before any stage starts
+        require_weights(train)
     metrics = run(
         paths["voc_root"],
         paths["train_list"],
@@ -395,6 +369,7 @@ def _training_fields(args) -> dict:
         "lr": args.lr,
         "optimizer": args.optimizer,
         "crop_size": args.crop_size,
+        "from_scratch": args.from_scratch or None,
     }
 
 

@@ -98,8 +98,16 @@ def versions() -> dict[str, str]:
 # (check_config). Anything else (a learning rate, alpha, the CRF's parameters, the backbone,
 # weights, a batch size) counts as a change. A name matches at any depth; a dotted one only
 # there: "crf.backend", the dense CRF's implementation (affext's or pydensecrf, which agree to
-# a few 1e-6 in the marginals: a speed setting, as `device` is).
-NON_OUTPUT_SETTINGS = ("device", "num_workers", "crf_workers", "progress", "crf.backend")
+# a few 1e-6 in the marginals: a speed setting, as `device` is); "from_scratch", the training
+# stages' consent to start an ImageNet backbone without weights (what they train is `weights`').
+NON_OUTPUT_SETTINGS = (
+    "device",
+    "num_workers",
+    "crf_workers",
+    "progress",
+    "crf.backend",
+    "from_scratch",
+)
 
 
 class ConfigChangedError(ValueError):

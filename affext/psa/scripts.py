@@ -28,12 +28,13 @@ from ..data.voc import load_label_png, read_id_list
 from ..files import atomic_save
 from ..models import build_backbone, psa_state_dict
 from ..models.backbones.base import read_state_dict
+from ..models.trained import load_aff_net, load_cam_net
 from ..stages.aff_labels import AffLabelsConfig, make_aff_labels
 from ..stages.make_cam import MakeCamConfig, make_cam
 from ..stages.make_rw import MakeRwConfig, make_rw
-from ..stages.train_aff import TrainAffConfig, load_aff_net
+from ..stages.train_aff import TrainAffConfig
 from ..stages.train_aff import train_aff as run_train_aff
-from ..stages.train_cam import TrainCamConfig, load_cam_net
+from ..stages.train_cam import TrainCamConfig
 from ..stages.train_cam import train_cam as run_train_cam
 from .mxnet import mxnet_to_resnet38
 

@@ -7,7 +7,6 @@ from scratch in a few epochs, where plain SGD converges too slowly."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from tqdm import tqdm
 from .. import dist
 from ..files import atomic_write_json
 from ..models.base import Network
-from ..models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.trained import read_trained
 from .common import default_workers, die_with_parent
 
 OPTIMIZERS = ("sgd", "adam")
@@ -32,6 +32,8 @@ class TrainConfig:
 
     backbone: str = "resnet38"
     weights: str | None = None  # pretrained backbone weights (psa: ImageNet); None: scratch
+    # an ImageNet backbone (IMAGENET_WEIGHTS) without weights is refused unless this is set
+    from_scratch: bool = False
     epochs: int = 8
     batch_size: int = 8
     lr: float = 0.1
@@ -45,6 +47,33 @@ class TrainConfig:
     num_workers: int = default_workers()
     seed: int = 0
     device: str = "auto"
+
+
+# Where each backbone's ImageNet weights come from (what build_backbone's `weights` takes).
+IMAGENET_WEIGHTS = {
+    "resnet38": "psa's ImageNet ResNet-38, ilsvrc-cls_rna-a1_cls1000_ep-0001.params (linked "
+    "from psa's README: github.com/itijyou/ademxapp), converted once with `affext psa "
+    "convert_weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params res38_imagenet.pth`",
+    "resnet50": "torchvision's ImageNet ResNet-50 state-dict file, e.g. resnet50-0676ba61.pth "
+    "(torchvision.models.ResNet50_Weights.IMAGENET1K_V1)",
+}
+
+
+def require_weights(config: TrainConfig) -> None:
+    """Refuse, before any work, to train an ImageNet backbone (IMAGENET_WEIGHTS) from scratch
+    unless config.from_scratch asks for it: psa starts from ImageNet weights, and from
+    scratch its schedule learns nothing useful. train-seg's init_from (a trained network's
+    backbone) does as well as weights."""
+    source = IMAGENET_WEIGHTS.get(config.backbone)
+    trained = config.weights or getattr(config, "init_from", None)
+    if source is None or trained or config.from_scratch:
+        return
+    raise ValueError(
+        f"no --weights for the {config.backbone} backbone, which would then train from scratch "
+        f"(psa starts from ImageNet weights; from scratch its epochs learn nothing useful). "
+        f"Pass --weights with {source}; or --backbone tiny for the CPU demo; or "
+        "--from-scratch to train from scratch all the same"
+    )
 
 
 def make_optimizer(
@@ -68,52 +97,6 @@ def poly_schedule(
     """psa's PolyOptimizer: step s (0-based) runs at initial_lr * (1 - s / max_step) ** power,
     the scheduler stepped once after each optimiser step."""
     return PolynomialLR(optimizer, total_iters=max_step, power=power)
-
-
-def read_trained(
-    path: str | os.PathLike, backbone: str, what: str, num_classes: int | None = None
-) -> dict:
-    """The checkpoint at `path` (read_checkpoint's dict), refusing another backbone's, or a
-    CAM network of another class count than `num_classes` (when given), with the
-    command-line remedy."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} checkpoint at {str(path)!r}: train it first")
-    ckpt = read_checkpoint(path)
-    if ckpt["backbone"] != backbone:
-        raise ValueError(
-            f"{what} checkpoint {str(path)!r} was trained with backbone "
-            f"{ckpt['backbone']!r}, not {backbone!r}: pass --backbone {ckpt['backbone']} or "
-            "retrain in a fresh work directory"
-        )
-    found = ckpt.get("num_classes")
-    if num_classes is not None and found is not None and found != num_classes:
-        raise ValueError(
-            f"{what} checkpoint {str(path)!r} was trained for {found} classes, but the "
-            f"dataset has {num_classes}: it belongs to another dataset (or --classes); "
-            "retrain in a fresh work directory"
-        )
-    return ckpt
-
-
-def load_trained(
-    source: str | os.PathLike,
-    file_name: str,
-    backbone: str,
-    what: str,
-    build: Callable[[], Network],
-    device: torch.device | str = "cpu",
-    num_classes: int | None = None,
-) -> Network:
-    """The network `build()` makes, on `device` in eval mode, with the weights of `source`:
-    a stage's output folder (its `file_name`) or a weights file (an affext checkpoint, or a
-    bare state dict such as psa's res38_cls.pth / res38_aff.pth). Another backbone's weights
-    are refused, and so are a CAM network's of another class count than `num_classes`."""
-    path = Path(source)
-    ckpt = read_trained(path if path.is_file() else path / file_name, backbone, what, num_classes)
-    model = build()
-    load_checkpoint(model, ckpt)
-    return model.to(device).eval()
 
 
 def fit(

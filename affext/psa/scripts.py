@@ -264,14 +264,20 @@ def work_dir(session_name: str) -> Path:
     return Path(f"{session_name}.affext")
 
 
-def train_cls(args) -> Path:
-    """psa train_cls.py: the classifier, saved as <session_name>.pth in psa's names."""
-    check_network(args.network, "cls")
+def _session(args, network: str) -> tuple[list[str], Path, str]:
+    """A psa training script's start: its --network and --weights checked, the training ids,
+    its work folder (made) and the backbone weights file for the stage."""
+    check_network(args.network, network)
     check_weights_name(args.weights)
     ids = read_id_list(args.train_list)
     work = work_dir(args.session_name)
     work.mkdir(parents=True, exist_ok=True)
-    weights = backbone_weights(args.weights, work)
+    return ids, work, backbone_weights(args.weights, work)
+
+
+def train_cls(args) -> Path:
+    """psa train_cls.py: the classifier, saved as <session_name>.pth in psa's names."""
+    ids, work, weights = _session(args, "cls")
     cfg = TrainCamConfig(weights=weights, **_training_fields(args), **_label_fields())
     run_train_cam(args.voc12_root, ids, work, cfg, progress=not getattr(args, "quiet", False))
     out = Path(f"{args.session_name}.pth")
@@ -282,12 +288,7 @@ def train_cls(args) -> Path:
 
 def train_aff(args) -> Path:
     """psa train_aff.py: AffinityNet from the la / ha dicts, saved as <session_name>.pth."""
-    check_network(args.network, "aff")
-    check_weights_name(args.weights)
-    ids = read_id_list(args.train_list)
-    work = work_dir(args.session_name)
-    work.mkdir(parents=True, exist_ok=True)
-    weights = backbone_weights(args.weights, work)
+    ids, work, weights = _session(args, "aff")
     labels = work / "aff_labels"
     labels.mkdir(exist_ok=True)
     for name, target in (("la", args.la_crf_dir), ("ha", args.ha_crf_dir)):

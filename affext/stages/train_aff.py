@@ -11,15 +11,11 @@ import torch
 
 from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
-from ..files import check_config, record_config, require_files
-from ..models.trained import (
-    AFF_NET_FILE,
-    build_aff_net,
-    load_aff_net,  # noqa: F401 - its name here before models/ had it
-    read_trained,
-)
+from ..files import record_config, require_files
+from ..models.trained import AFF_NET_FILE, build_aff_net, read_trained
+from ..models.trained import load_aff_net as load_aff_net  # its name here before models/
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, require_weights
+from .training import TrainConfig, fit_and_save, start_training
 
 
 @dataclass
@@ -86,11 +82,8 @@ def train_aff(
     """Train AffinityNet on `ids` with AFF_LABEL_DIR/{la,ha}/<id>.npy; writes
     OUT_DIR/aff_net.pt and returns its path. Resumes per epoch; a no-op once finished."""
     cfg = config or TrainAffConfig()
-    require_weights(cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / AFF_NET_FILE
-    check_config(out_dir, "train-aff", cfg)  # outputs of other settings: refused
+    final = start_training(cfg, out_dir, "train-aff", AFF_NET_FILE)
+    out_dir = final.parent
     if final.is_file():
         read_trained(final, cfg.backbone, "train-aff")
         return final

@@ -9,15 +9,11 @@ from pathlib import Path
 
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
-from ..files import check_config, record_config
-from ..models.trained import (
-    CAM_NET_FILE,
-    build_cam_net,
-    load_cam_net,  # noqa: F401 - its name here before models/ had it
-    read_trained,
-)
+from ..files import record_config
+from ..models.trained import CAM_NET_FILE, build_cam_net, read_trained
+from ..models.trained import load_cam_net as load_cam_net  # its name here before models/
 from .common import image_labels, resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, loss_step, require_weights
+from .training import TrainConfig, fit_and_save, loss_step, start_training
 
 
 @dataclass
@@ -45,11 +41,8 @@ def train_cam(
     Resumes from the last finished epoch; does nothing when cam_net.pt is already there.
     """
     cfg = config or TrainCamConfig()
-    require_weights(cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / CAM_NET_FILE
-    check_config(out_dir, "train-cam", cfg)  # outputs of other settings: refused
+    final = start_training(cfg, out_dir, "train-cam", CAM_NET_FILE)
+    out_dir = final.parent
     voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     if final.is_file():
         # a clear error for another backbone or class count

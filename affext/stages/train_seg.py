@@ -22,7 +22,7 @@ from PIL import Image
 from ..data.datasets import _Epoched
 from ..data.transforms import colour_jitter, normalize, random_crop, to_long_side
 from ..data.voc import IGNORE_INDEX, VOCDataset, load_label_png
-from ..files import check_config, record_config
+from ..files import record_config
 from ..models.backbones.base import load_strict
 from ..models.seg import DEEPLAB_RATES, segmentation_loss
 from ..models.trained import (
@@ -34,7 +34,7 @@ from ..models.trained import (
     read_trained,
 )
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, loss_step, require_weights
+from .training import TrainConfig, fit_and_save, loss_step, start_training
 
 PSEUDO_LABELS = ("rw", "rw_crf")
 
@@ -210,14 +210,11 @@ def train_seg(
     stage_root: the work directory in which config.init_from's stage names ("train-cam",
     "train-aff") name that stage's folder (`affext run` passes its own); None: no names."""
     cfg = config or TrainSegConfig()
-    require_weights(cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final = start_training(cfg, out_dir, "train-seg", SEG_NET_FILE)
+    out_dir = final.parent
     # image-level labels are not used here
     voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
     num_classes = voc.num_classes
-    final = out_dir / SEG_NET_FILE
-    check_config(out_dir, "train-seg", cfg)  # outputs of other settings: refused
     for path in (final, out_dir / "train-seg.checkpoint.pt"):
         if path.is_file():  # another backbone's or class count's: refused, not resumed
             check_seg_checkpoint(read_trained(path, cfg.backbone, "train-seg"), path, num_classes)

@@ -7,21 +7,23 @@ from scratch in a few epochs, where plain SGD converges too slowly."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.optim.lr_scheduler import PolynomialLR
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import dist
-from ..files import atomic_write_json
+from ..files import atomic_write_json, check_config
 from ..models.base import Network
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.trained import read_trained
-from .common import default_workers, die_with_parent
+from .common import default_workers
+from .replicas import epoch_loader, replicate
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -74,6 +76,19 @@ def require_weights(config: TrainConfig) -> None:
         f"Pass --weights with {source}; or --backbone tiny for the CPU demo; or "
         "--from-scratch to train from scratch all the same"
     )
+
+
+def start_training(
+    config: TrainConfig, out_dir: str | os.PathLike, stage: str, file_name: str
+) -> Path:
+    """A training stage's start: an ImageNet backbone without weights refused before any work
+    (require_weights), OUT_DIR made, and refused when it holds the stage's outputs of other
+    settings (check_config). Returns OUT_DIR/<file_name>, the trained network's path."""
+    require_weights(config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_config(out_dir, stage, config)  # outputs of other settings: refused
+    return out_dir / file_name
 
 
 def make_optimizer(
@@ -148,11 +163,11 @@ def fit(
     start_epoch, log = 0, []
     if ckpt_path.is_file():
         start_epoch, log = _resume(ckpt_path, model, opt, schedule, backbone, name)
-    net = _replicate(model, device)
+    net = replicate(model, device)
     board = _board(out_dir, start_epoch * steps_per_epoch)
     try:
         for epoch in range(start_epoch, epochs):
-            loader = _epoch_loader(dataset, epoch, batch_size // world, cfg, device)
+            loader = epoch_loader(dataset, epoch, batch_size // world, cfg, device)
             desc = f"{name} epoch {epoch + 1}/{epochs}"
             step = _Logger(board, name, epoch * steps_per_epoch, opt)
             means = _train_epoch(
@@ -192,41 +207,6 @@ def loss_step(loss: Callable) -> Callable:
     return step
 
 
-class _Replicated:
-    """A DistributedDataParallel replica called like the network: `net(x)` and every method,
-    e.g. `net.affinity(x, r)`, go through DDP's forward (which its gradient sync needs)."""
-
-    class _Dispatch(torch.nn.Module):
-        def __init__(self, net: Network):
-            super().__init__()
-            self.net = net
-
-        def forward(self, method: str, *args, **kwargs):
-            return getattr(self.net, method)(*args, **kwargs)
-
-    def __init__(self, model: Network, device: torch.device):
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = None
-        if device.type == "cuda":  # "cuda" alone: this local rank's GPU (dist.setup)
-            ids = [device if device.index is not None else dist.device()]
-        self.ddp = DistributedDataParallel(self._Dispatch(model), device_ids=ids)
-
-    def __call__(self, *args, **kwargs):
-        return self.ddp("forward", *args, **kwargs)
-
-    def __getattr__(self, method: str):
-        return lambda *args, **kwargs: self.ddp(method, *args, **kwargs)
-
-
-def _replicate(model: Network, device: torch.device):
-    """The network for one process, or its DDP replica with global BatchNorm for several."""
-    if dist.world() == 1:
-        return model
-    dist.use_global_batch_norm(model)
-    return _Replicated(model, device)
-
-
 def _board(out_dir: Path, first_step: int):
     """Rank 0's TensorBoard writer into OUT_DIR/tensorboard (events after `first_step`, left
     by an interrupted run, are dropped), or None without the tensorboard package."""
@@ -254,52 +234,6 @@ class _Logger:
                     tag = g.get("name", "lr")
                     self.board.add_scalar(f"{self.name}/lr/{tag}", g["lr"], self.step)
         self.step += 1
-
-
-def _epoch_loader(
-    dataset: Dataset, epoch: int, batch_size: int, cfg: TrainConfig, device: torch.device
-) -> DataLoader:
-    """This process's batches of the epoch: the order is a permutation seeded by (seed,
-    epoch), the same for any number of processes; global batch k is its k-th slice of
-    batch_size * world images, of which this rank takes every world-th (DistributedSampler)."""
-    dataset.set_epoch(epoch)
-    # dropout and friends draw from torch's global generator: seed it per epoch so a
-    # resumed run trains exactly as an uninterrupted one
-    torch.manual_seed(cfg.seed * 1000003 + epoch)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-    sampler = _GlobalOrder(
-        dataset,
-        num_replicas=dist.world(),
-        rank=dist.rank(),
-        shuffle=True,
-        seed=cfg.seed * 1000003,
-        drop_last=True,
-    )
-    sampler.set_epoch(epoch)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.num_workers,
-        generator=gen,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        worker_init_fn=die_with_parent,
-    )
-
-
-class _GlobalOrder(DistributedSampler):
-    """DistributedSampler over the permutation that DataLoader(shuffle=True, generator=
-    Generator().manual_seed(seed + epoch)) gives one process (its iterator draws the
-    workers' base seed from the generator, then the permutation), so that one process
-    trains on the order it did before processes were counted, and N on the same one."""
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        torch.empty((), dtype=torch.int64).random_(generator=g)
-        order = torch.randperm(len(self.dataset), generator=g).tolist()[: self.total_size]
-        return iter(order[self.rank : self.total_size : self.num_replicas])
 
 
 def _train_epoch(

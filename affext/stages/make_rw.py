@@ -12,7 +12,8 @@ a few threads write the PNGs while the next batch runs. With the pydensecrf back
 runs on the host, in processes of its own (crf.CRFPool), as pydensecrf holds the GIL through
 its inference. At most `_pending_limit` images are between the device and their files; the
 first error in any of them stops the stage, and so does Ctrl-C, leaving only complete files
-(atomic writes) for a rerun to skip.
+(atomic writes) for a rerun to skip. The reading, the batches and the device's half are
+affext.stages.rw_batches'; the host's half (`_Finisher`) and the stage are here.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from .crf import (
     require_backend,
 )
 from .runner import ImageStage
-from .rw_batches import (  # noqa: F401 - padded, STRIDE: names of this module before the split
+from .rw_batches import (  # noqa: F401 - STRIDE, padded: this module's names before the split
     STRIDE,
     _collate,
     _RwDataset,

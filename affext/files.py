@@ -101,6 +101,10 @@ def versions() -> dict[str, str]:
 # there: "crf.backend", the dense CRF's implementation (affext's or pydensecrf, which agree to
 # a few 1e-6 in the marginals: a speed setting, as `device` is).
 NON_OUTPUT_SETTINGS = ("device", "num_workers", "crf_workers", "progress", "crf.backend")
+# A consent rather than a setting, left out of the records (at any depth): "from_scratch", the
+# training stages' leave to start an ImageNet backbone without weights (`weights`, recorded,
+# says what a network started from).
+UNRECORDED_SETTINGS = ("from_scratch",)
 
 
 class ConfigChangedError(AffextError, ValueError):
@@ -140,9 +144,16 @@ def record_config(
 
 
 def _plain(config: Any) -> dict:
-    """A config dataclass (or dict) as JSON gives it back (tuples as lists)."""
+    """A config dataclass (or dict) as JSON gives it back (tuples as lists), as recorded."""
     obj = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return json.loads(json.dumps(obj, default=_json_default))
+    return _recorded(json.loads(json.dumps(obj, default=_json_default)))
+
+
+def _recorded(obj: Any) -> Any:
+    """obj without the UNRECORDED_SETTINGS of its mappings, at any depth."""
+    if isinstance(obj, dict):
+        return {k: _recorded(v) for k, v in obj.items() if k not in UNRECORDED_SETTINGS}
+    return obj
 
 
 def config_changes(

@@ -355,7 +355,7 @@ def test_each_rank_takes_its_share_of_the_batches_one_process_trains_on():
     before processes were counted; with N, step k's images on all ranks are its batch k."""
     from torch.utils.data import DataLoader
 
-    from affext.stages.training import _GlobalOrder
+    from affext.stages.replicas import _GlobalOrder
 
     data, seed, epoch, batch = list(range(23)), 70, 3, 4
     gen = torch.Generator().manual_seed(seed + epoch)

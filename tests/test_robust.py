@@ -125,13 +125,8 @@ def test_run_refuses_imagenet_backbones_without_weights(voc, tmp_path, capsys, f
     assert not fake_run and not (tmp_path / "work").exists()
 
 
-def test_train_stages_refuse_imagenet_backbones_without_weights(voc, tmp_path, capsys, monkeypatch):
-    calls = []
-
-    def record(*a, **k):
-        calls.append(a)
-
-    replace_stages(monkeypatch, {"train_cam": record, "train_aff": record})
+def test_train_stages_refuse_imagenet_backbones_without_weights(voc, tmp_path, capsys):
+    """The stage functions refuse (before any work), the CLI reports their error."""
     lists = voc / "ImageSets" / "Segmentation"
     common = ["--voc-root", str(voc), "--train-list", str(lists / "train.txt"), "--quiet"]
     assert main(["train-cam", *common, "--out", str(tmp_path / "c")]) == 2
@@ -139,20 +134,20 @@ def test_train_stages_refuse_imagenet_backbones_without_weights(voc, tmp_path, c
     aff = ["--aff-labels", str(tmp_path / "al"), "--out", str(tmp_path / "a")]
     assert main(["train-aff", *common, *aff, "--backbone", "resnet50"]) == 2
     assert "torchvision" in capsys.readouterr().err
-    assert not calls
+    assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()
 
 
 def test_train_seg_refuses_imagenet_backbones_without_weights_or_init_from(
     voc, tmp_path, capsys, monkeypatch, fake_run
 ):
-    calls = []
-    replace_stages(monkeypatch, {"train_seg": lambda *a, **k: calls.append(a[-1])})
     lists = voc / "ImageSets" / "Segmentation"
     argv = ["train-seg", "--voc-root", str(voc), "--train-list", str(lists / "train.txt")]
     argv += ["--rw-dir", str(tmp_path / "rw"), "--out", str(tmp_path / "s"), "--quiet"]
     assert main(argv) == 2
     assert "--weights" in capsys.readouterr().err
-    assert not calls
+    assert not (tmp_path / "s").exists()
+    calls = []
+    replace_stages(monkeypatch, {"train_seg": lambda *a, **k: calls.append(a[-1])})
     assert main([*argv, "--init-from", str(tmp_path / "train_aff")]) == 0
     (cfg,) = calls
     assert cfg.init_from == str(tmp_path / "train_aff") and cfg.weights is None
@@ -161,6 +156,38 @@ def test_train_seg_refuses_imagenet_backbones_without_weights_or_init_from(
     config.write_text('{"train_cam": {"weights": "w.pth"}, "train_aff": {"weights": "w.pth"}}')
     assert main(run_args(voc, tmp_path / "work", "--config", str(config))) == 2
     assert "--weights" in capsys.readouterr().err and not fake_run
+
+
+def test_the_python_api_refuses_training_from_scratch_as_the_cli_does(voc, tmp_path, capsys):
+    """train_cam / train_aff / train_seg called directly: the CLI's message, before any work;
+    weights, init_from (train-seg) or from_scratch=True let them go on (here to the unknown
+    image id, the next thing they check)."""
+    from affext.stages.train_aff import TrainAffConfig, train_aff
+    from affext.stages.train_cam import TrainCamConfig, train_cam
+    from affext.stages.train_seg import TrainSegConfig, train_seg
+
+    lists = voc / "ImageSets" / "Segmentation"
+    assert main(["train-cam", "--voc-root", str(voc), "--train-list", str(lists / "train.txt"),
+                 "--out", str(tmp_path / "cli"), "--quiet"]) == 2  # fmt: skip
+    message = capsys.readouterr().err.strip().split(": error: ", 1)[1]
+    stages = {
+        "cam": lambda cfg, out: train_cam(voc, ["nope"], out, cfg, progress=False),
+        "aff": lambda cfg, out: train_aff(voc, ["nope"], tmp_path, out, cfg, progress=False),
+        "seg": lambda cfg, out: train_seg(voc, ["nope"], tmp_path, out, cfg, progress=False),
+    }
+    configs = {"cam": TrainCamConfig, "aff": TrainAffConfig, "seg": TrainSegConfig}
+    for kind, stage in stages.items():
+        out = tmp_path / kind
+        with pytest.raises(ValueError) as refused:
+            stage(configs[kind](device="cpu"), out)
+        assert str(refused.value) == message
+        assert not out.exists()
+        consents = [{"from_scratch": True}, {"weights": "w.pth"}]
+        if kind == "seg":
+            consents.append({"init_from": "train-cam"})
+        for consent in consents:
+            with pytest.raises(DatasetError, match="nope"):
+                stage(configs[kind](device="cpu", **consent), out)
 
 
 @pytest.mark.parametrize(

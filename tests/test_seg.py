@@ -287,8 +287,9 @@ def test_checkpoints_of_another_backbone_network_or_class_count_are_refused(
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(seg_net / "seg_net.pt", alone / "seg_net.pt")
+    cfg = seg_config(backbone="resnet50", from_scratch=True)  # past the refusal of no weights
     with pytest.raises(ValueError, match="backbone 'tiny', not 'resnet50'"):
-        train_seg(voc, ids, rw_dir, alone, seg_config(backbone="resnet50"), progress=False)
+        train_seg(voc, ids, rw_dir, alone, cfg, progress=False)
     with pytest.raises(FileNotFoundError, match="no train-seg checkpoint"):
         make_seg(voc, ids, tmp_path / "nothing", tmp_path, infer_config(), progress=False)
     other = tmp_path / "three_classes"

@@ -2,9 +2,9 @@
 
 Its parts: the stage commands, one a stage of affext.stages.registry (affext.cli.stages), the
 data, run, info and bench commands (affext.cli.commands), the options they share
-(affext.cli.options) and the refusal to train an ImageNet backbone from scratch
-(affext.cli.weights); `affext psa` and `affext irn` come from affext.psa.cli and
-affext.irn.cli. Errors are reported by affext.errors.run_command.
+(affext.cli.options); the refusal to train an ImageNet backbone from scratch is the
+training stages' own (affext.stages.training.require_weights). `affext psa` and `affext irn`
+come from affext.psa.cli and affext.irn.cli. Errors are reported by affext.errors.run_command.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from .commands import _add_data_commands, _add_run_command, _add_tool_commands
 from .options import _stage_config as _stage_config
 from .options import _training_fields as _training_fields
 from .stages import add_stage_commands
-from .weights import IMAGENET_WEIGHTS
 
 
 def _parser(with_bench: bool) -> tuple[argparse.ArgumentParser, dict, MissingExtraError | None]:
@@ -99,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
         dist.cleanup()
 
 
-__all__ = ["IMAGENET_WEIGHTS", "build_parser", "main", "user_message"]
+__all__ = ["build_parser", "main", "user_message"]

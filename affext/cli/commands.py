@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from .options import _add_common, _add_crf, _add_labels, _crf_fields, _shared
-from .weights import _require_weights
 
 
 def _cmd_synth(args) -> None:
@@ -53,6 +52,7 @@ def _cmd_run(args) -> None:
         read_config_file,
     )
     from ..stages.pipeline import run
+    from ..stages.training import require_weights
 
     settings = read_config_file(args.config) if args.config else {}
     # command-line flags over the file; None (not given) keeps the file's, preset's or psa's
@@ -64,6 +64,8 @@ def _cmd_run(args) -> None:
         "weights": args.weights,
         "labels": args.seg_labels,
     }
+    for stage in ("train_cam", "train_aff", "train_seg"):
+        flags[stage]["from_scratch"] = args.from_scratch or None
     for stage in CRF_STAGES:  # --crf-backend: every stage with a dCRF
         flags.setdefault(stage, {}).update(_crf_fields(args))
     flags.update({k: getattr(args, k) for k in RUN_PATHS})
@@ -79,9 +81,8 @@ def _cmd_run(args) -> None:
     if missing:
         flags_needed = ", ".join("--" + k.replace("_", "-") for k in missing)
         raise ValueError(f"{flags_needed} needed (on the command line or in the --config file)")
-    seg = cfg.train_seg
-    trained = cfg.train_cam.weights and cfg.train_aff.weights and (seg.weights or seg.init_from)
-    _require_weights(args, cfg.backbone, trained)
+    for train in (cfg.train_cam, cfg.train_aff, cfg.train_seg):  # before any stage starts
+        require_weights(train)
     metrics = run(
         paths["voc_root"],
         paths["train_list"],

@@ -97,4 +97,8 @@ def _training_fields(args) -> dict:
     """The training stage config's settings given on the command line."""
     from ..stages.registry import TRAINING_FLAGS
 
-    return {"weights": args.weights, **{f.field: getattr(args, f.field) for f in TRAINING_FLAGS}}
+    return {
+        "weights": args.weights,
+        "from_scratch": args.from_scratch or None,
+        **{f.field: getattr(args, f.field) for f in TRAINING_FLAGS},
+    }

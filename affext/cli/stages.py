@@ -25,7 +25,6 @@ from .options import (
     _stage_config,
     _training_fields,
 )
-from .weights import _require_weights
 
 
 def _stages():
@@ -123,8 +122,7 @@ def _cmd_stage(stage, args) -> None:
     (psa's defaults, the backbone's preset, then the flags given)."""
     fields = stage.fields
     overrides = {f.field: getattr(args, f.field) for f in stage.flags}
-    if stage.training:  # train-seg's --init-from: a trained network's backbone will do
-        _require_weights(args, weights=getattr(args, "init_from", None))
+    if stage.training:  # the stage refuses an ImageNet backbone without weights itself
         overrides.update(_training_fields(args))
     if "crf" in fields:
         overrides.update(_crf_fields(args))

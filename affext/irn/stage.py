@@ -8,6 +8,7 @@ the image, division by the largest score, a constant background score in front
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,13 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..data.transforms import normalize
 from ..data.voc import VOCDataset
-from ..files import record_config
-from ..stages.common import die_with_parent, pending, resolve_device
+from ..stages.runner import CamImages, ImageStage
 from .files import STRIDE, cam_path, load_cam_file, save_label, strided_size
 from .network import CROP_SIZE, IRNEdgeNet, load_irn_weights
 from .walk import propagate_to_edge
@@ -41,17 +39,10 @@ class IrnSemSegConfig:
     device: str = "auto"
 
 
-class _Images(Dataset):
+class _Images(CamImages):
     """Items: (id, normalised image (3, H, W), CAM classes (C,), stride-4 CAMs (C, h, w))."""
 
-    def __init__(self, voc: VOCDataset, ids: Sequence[str], cam_dir: Path):
-        self.voc, self.ids, self.cam_dir = voc, list(ids), cam_dir
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        image_id = self.ids[index]
+    def item(self, image_id: str):
         rgb = np.asarray(self.voc.load_pil(image_id))
         path = cam_path(self.cam_dir, image_id)
         cams = load_cam_file(path)
@@ -63,6 +54,17 @@ class _Images(Dataset):
                 f"{expected}: the CAMs come from another image or another stride"
             )
         return image_id, torch.from_numpy(normalize(rgb)), cams.keys, cams.cam
+
+
+def _require_cams(cam_dir: Path, ids: Sequence[str]) -> None:
+    """Raise FileNotFoundError naming the first of `ids` without its IRN CAM file."""
+    missing = [cam_path(cam_dir, i) for i in ids if not cam_path(cam_dir, i).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"missing CAM file {str(missing[0])!r}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + ": run IRN's make_cam step for these images first"
+        )
 
 
 def semantic_label(
@@ -106,32 +108,25 @@ def make_sem_seg_labels(
     ValueError for CAMs whose size does not match their image.
     """
     cfg = config or IrnSemSegConfig()
-    device = resolve_device(cfg.device)
     voc = VOCDataset(voc12_root, label_source="mask")
-    voc.check_ids(ids)
-    cam_dir, out_dir = Path(cam_out_dir), Path(sem_seg_out_dir)
-    missing = [cam_path(cam_dir, i) for i in ids if not cam_path(cam_dir, i).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"missing CAM file {str(missing[0])!r}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-            + ": run IRN's make_cam step for these images first"
-        )
+    cam_dir = Path(cam_out_dir)
+    run = ImageStage(
+        "irn-make-sem-seg-labels",
+        cfg,
+        voc,
+        ids,
+        sem_seg_out_dir,
+        ["{}.png"],
+        inputs=functools.partial(_require_cams, cam_dir),
+        desc="irn sem-seg",
+    )
+    device, out_dir = run.device, run.out_dir
     model = IRNEdgeNet(cfg.crop_size)
     load_irn_weights(model, irn_weights_name)
     model.to(device).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_config(out_dir, "irn-make-sem-seg-labels", cfg)
-    todo = pending(ids, [out_dir / "{}.png"], overwrite)
-    loader = DataLoader(
-        _Images(voc, todo, cam_dir),
-        batch_size=None,
-        num_workers=cfg.num_workers if len(todo) > 1 else 0,
-        worker_init_fn=die_with_parent,
-    )
-    bar = tqdm(
-        total=len(ids), initial=len(ids) - len(todo), desc="irn sem-seg", disable=not progress
-    )
+    todo = run.start(overwrite, shard=False, check=False)
+    loader = run.loader(_Images(voc, todo, cam_dir), batch_size=None)
+    bar = run.bar(progress)
     with torch.no_grad():
         for image_id, image, keys, cam in loader:
             edge = model.boundary(image.to(device))

@@ -130,6 +130,15 @@ def _load_psa_layout(model: Network, state: dict, source: str) -> Network:
     return model
 
 
+def check_backbone(found: str | None, wanted: str, source: str, remedy: str) -> None:
+    """Refuse weights trained with another backbone than `wanted`: "<source> was trained with
+    backbone <found>, not <wanted>: <remedy>", the remedy's "{}" (or "{!r}") being `found`."""
+    if found != wanted:
+        raise ValueError(
+            f"{source} was trained with backbone {found!r}, not {wanted!r}: " + remedy.format(found)
+        )
+
+
 def _check_classes(model: Network, num_classes: int | None, source: str) -> None:
     """Refuse a CAM network's weights of another class count than the model's."""
     if isinstance(model, CAMNet) and num_classes is not None and num_classes != model.num_classes:
@@ -219,12 +228,9 @@ def load_checkpoint(model: Network, path: str | os.PathLike | Mapping) -> dict:
     if not ckpt["affext_checkpoint"]:
         _load_psa_layout(model, read_state_dict(ckpt["state_dict"]), source)
         return {}
-    if ckpt["backbone"] != model.backbone.name:
-        raise ValueError(
-            f"{source} was trained with backbone {ckpt['backbone']!r}, not "
-            f"{model.backbone.name!r}: build the network with "
-            f"build_backbone({ckpt['backbone']!r})"
-        )
+    check_backbone(
+        ckpt["backbone"], model.backbone.name, source, "build the network with build_backbone({!r})"
+    )
     if ckpt["network"] != model.kind:
         if ckpt["network"] in _NETWORKS:
             raise _wrong_network(source, ckpt["network"], model.kind)

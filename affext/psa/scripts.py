@@ -28,12 +28,13 @@ from ..data.voc import load_label_png, read_id_list
 from ..files import atomic_save
 from ..models import build_backbone, psa_state_dict
 from ..models.backbones.base import read_state_dict
+from ..models.trained import load_aff_net, load_cam_net
 from ..stages.aff_labels import AffLabelsConfig, make_aff_labels
 from ..stages.make_cam import MakeCamConfig, make_cam
 from ..stages.make_rw import MakeRwConfig, make_rw
-from ..stages.train_aff import TrainAffConfig, load_aff_net
+from ..stages.train_aff import TrainAffConfig
 from ..stages.train_aff import train_aff as run_train_aff
-from ..stages.train_cam import TrainCamConfig, load_cam_net
+from ..stages.train_cam import TrainCamConfig
 from ..stages.train_cam import train_cam as run_train_cam
 from .mxnet import mxnet_to_resnet38
 
@@ -263,14 +264,20 @@ def work_dir(session_name: str) -> Path:
     return Path(f"{session_name}.affext")
 
 
-def train_cls(args) -> Path:
-    """psa train_cls.py: the classifier, saved as <session_name>.pth in psa's names."""
-    check_network(args.network, "cls")
+def _session(args, network: str) -> tuple[list[str], Path, str]:
+    """A psa training script's start: its --network and --weights checked, the training ids,
+    its work folder (made) and the backbone weights file for the stage."""
+    check_network(args.network, network)
     check_weights_name(args.weights)
     ids = read_id_list(args.train_list)
     work = work_dir(args.session_name)
     work.mkdir(parents=True, exist_ok=True)
-    weights = backbone_weights(args.weights, work)
+    return ids, work, backbone_weights(args.weights, work)
+
+
+def train_cls(args) -> Path:
+    """psa train_cls.py: the classifier, saved as <session_name>.pth in psa's names."""
+    ids, work, weights = _session(args, "cls")
     cfg = TrainCamConfig(weights=weights, **_training_fields(args), **_label_fields())
     run_train_cam(args.voc12_root, ids, work, cfg, progress=not getattr(args, "quiet", False))
     out = Path(f"{args.session_name}.pth")
@@ -281,12 +288,7 @@ def train_cls(args) -> Path:
 
 def train_aff(args) -> Path:
     """psa train_aff.py: AffinityNet from the la / ha dicts, saved as <session_name>.pth."""
-    check_network(args.network, "aff")
-    check_weights_name(args.weights)
-    ids = read_id_list(args.train_list)
-    work = work_dir(args.session_name)
-    work.mkdir(parents=True, exist_ok=True)
-    weights = backbone_weights(args.weights, work)
+    ids, work, weights = _session(args, "aff")
     labels = work / "aff_labels"
     labels.mkdir(exist_ok=True)
     for name, target in (("la", args.la_crf_dir), ("ha", args.ha_crf_dir)):

@@ -7,6 +7,7 @@ psa does: OUT/la/<id>.npy and OUT/ha/<id>.npy, dicts {0: background, c + 1: clas
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,22 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from .. import dist
 from ..data.datasets import load_cam_and_image
 from ..data.voc import VOCDataset
-from ..files import record_config, save_score_dict
-from .common import (
-    background_score,
-    default_workers,
-    die_with_parent,
-    pending,
-    require_cams,
-    resolve_device,
-)
+from ..files import save_score_dict
+from .common import background_score, default_workers, require_cams
 from .crf import CRFConfig, CRFPool, crf_inference, default_crf_workers, require_backend
+from .runner import CamImages, ImageStage
 
 
 @dataclass
@@ -83,17 +75,10 @@ def crf_with_alpha(
     return crf_with_alphas(image, cam, (alpha,), crf)[0]
 
 
-class _CamImages(Dataset):
+class _CamImages(CamImages):
     """Items: (id, RGB (h, w, 3) uint8 at the CAMs' size, psa's CAM dict)."""
 
-    def __init__(self, voc: VOCDataset, ids: Sequence[str], cam_dir: Path):
-        self.voc, self.ids, self.cam_dir = voc, list(ids), cam_dir
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        image_id = self.ids[index]
+    def item(self, image_id: str):
         # at the CAMs' size: make-cam keeps a large image's CAMs at its working size
         cam, image = load_cam_and_image(self.voc, self.cam_dir / f"{image_id}.npy", image_id)
         return image_id, image, cam
@@ -133,30 +118,26 @@ def make_aff_labels(
     processes (CRFPool).
     """
     cfg = config or AffLabelsConfig()
-    device = resolve_device(cfg.device)
     require_backend(cfg.crf)
     # images only (labels are not needed); the classes: the CAM keys' range
     voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
-    voc.check_ids(ids)
-    cam_dir, out_dir = Path(cam_dir), Path(out_dir)
-    require_cams(cam_dir, ids)
-    la_dir, ha_dir = out_dir / "la", out_dir / "ha"
-    la_dir.mkdir(parents=True, exist_ok=True)
-    ha_dir.mkdir(parents=True, exist_ok=True)
-    record_config(out_dir, "make-aff-labels", cfg, check=not overwrite)
-    todo = dist.shard(pending(ids, [la_dir / "{}.npy", ha_dir / "{}.npy"], overwrite))
-    bar = tqdm(
-        total=len(ids), initial=len(ids) - len(todo), desc="make-aff-labels", disable=not progress
+    cam_dir = Path(cam_dir)
+    run = ImageStage(
+        "make-aff-labels",
+        cfg,
+        voc,
+        ids,
+        out_dir,
+        ["la/{}.npy", "ha/{}.npy"],
+        inputs=functools.partial(require_cams, cam_dir),
     )
+    device, out_dir = run.device, run.out_dir
+    la_dir, ha_dir = out_dir / "la", out_dir / "ha"
+    todo = run.start(overwrite)
+    bar = run.bar(progress)
     # the processes (pydensecrf only) before the loader's
     pool = CRFPool(cfg.crf, cfg.crf_workers if len(todo) > 1 else 0, on_done=lambda _: bar.update())
-    loader = DataLoader(
-        _CamImages(voc, todo, cam_dir),
-        batch_size=None,
-        collate_fn=_as_is,
-        num_workers=cfg.num_workers if len(todo) > 1 else 0,
-        worker_init_fn=die_with_parent,
-    )
+    loader = run.loader(_CamImages(voc, todo, cam_dir), batch_size=None, collate_fn=_as_is)
     on = device if cfg.crf.backend == "affext" else None  # pydensecrf: numpy on the host
     failed = True
     try:

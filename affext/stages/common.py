@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.voc import NUM_CLASSES
+from ..data.voc import NUM_CLASSES, VOCDataset
 from ..files import missing_files, require_files
 from ..workers import die_with_parent  # noqa: F401 - the stages' worker initialiser
 
@@ -36,6 +36,14 @@ def default_workers() -> int:
 def require_cams(cam_dir: str | os.PathLike, ids: Iterable[str]) -> None:
     """Raise FileNotFoundError naming the ids that have no CAM file CAM_DIR/<id>.npy."""
     require_files(ids, [Path(cam_dir) / "{}.npy"], "CAMs", "run make-cam on them first")
+
+
+def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:
+    """(N, C) image-level labels of ids (raises for an id with no image)."""
+    voc.check_ids(ids)
+    if not ids:
+        return np.zeros((0, voc.num_classes), np.float32)
+    return np.stack([voc.image_labels(i) for i in ids])
 
 
 def seed_everything(seed: int) -> None:

@@ -17,15 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from .. import dist
 from ..data.datasets import MultiScaleDataset, argmax_at_size, kept_size
 from ..data.voc import VOCDataset, save_label_png
-from ..files import record_config, save_score_dict
-from .common import default_workers, die_with_parent, pending, resolve_device
-from .train_cam import image_labels, load_cam_net
+from ..files import save_score_dict
+from ..models.trained import load_cam_net
+from .common import default_workers, image_labels
+from .runner import ImageStage
 
 
 @dataclass
@@ -85,25 +83,17 @@ def make_cam(
 ) -> Path:
     """Write OUT_DIR/cam/<id>.npy and OUT_DIR/cam_pred/<id>.png; existing ones are kept."""
     cfg = config or MakeCamConfig()
-    device = resolve_device(cfg.device)
     voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
-    out_dir = Path(out_dir)
+    run = ImageStage("make-cam", cfg, voc, ids, out_dir, ["cam/{}.npy", "cam_pred/{}.png"])
+    device, out_dir = run.device, run.out_dir
     cam_dir, pred_dir = out_dir / "cam", out_dir / "cam_pred"
-    cam_dir.mkdir(parents=True, exist_ok=True)
-    pred_dir.mkdir(parents=True, exist_ok=True)
     model = load_cam_net(cam_net_dir, cfg.backbone, device, voc.num_classes)
-    record_config(out_dir, "make-cam", cfg, check=not overwrite)
-    todo = dist.shard(pending(ids, [cam_dir / "{}.npy", pred_dir / "{}.png"], overwrite))
+    todo = run.start(overwrite)
     labels = image_labels(voc, todo)
-    loader = DataLoader(
-        MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side),
-        batch_size=None,
-        num_workers=cfg.num_workers if len(todo) > 1 else 0,
-        worker_init_fn=die_with_parent,
+    loader = run.loader(
+        MultiScaleDataset(voc, todo, labels, cfg.scales, cfg.long_side), batch_size=None
     )
-    bar = tqdm(
-        loader, total=len(ids), initial=len(ids) - len(todo), desc="make-cam", disable=not progress
-    )
+    bar = run.bar(progress, loader)
     for image_id, scaled, label, size in bar:
         scaled = [x.to(device) for x in scaled]
         # CAMs at the original size, or at the working size for a larger image (memory bound

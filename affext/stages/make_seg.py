@@ -20,15 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from .. import dist
 from ..data.datasets import MultiScaleDataset, argmax_at_size, kept_size, load_working_image
 from ..data.voc import VOCDataset, save_label_png
-from ..files import record_config
-from ..models.checkpoint import load_checkpoint
-from .common import default_workers, die_with_parent, pending, resolve_device
+from ..models.trained import load_seg_net
+from .common import default_workers
 from .crf import (
     CRFConfig,
     CRFPool,
@@ -37,8 +33,7 @@ from .crf import (
     refined_index,
     require_backend,
 )
-from .train_seg import SEG_NET_FILE, build_seg_net, check_seg_checkpoint
-from .training import read_trained
+from .runner import ImageStage
 
 # DeepLab v3's evaluation scales (with flips)
 DEEPLAB_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -56,25 +51,6 @@ class MakeSegConfig:
     crf_workers: int = default_crf_workers()  # pydensecrf processes; 0: in this process
     device: str = "auto"
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
-
-
-def load_seg_net(
-    source: str | os.PathLike,
-    backbone: str,
-    num_classes: int,
-    device: torch.device | str = "cpu",
-) -> torch.nn.Module:
-    """The trained segmentation network, in eval mode on `device`: train-seg's output folder
-    (its seg_net.pt) or the file itself. Refuses another backbone's, another network's and
-    another class count's."""
-    path = Path(source)
-    path = path if path.is_file() else path / SEG_NET_FILE
-    ckpt = read_trained(path, backbone, "train-seg")
-    check_seg_checkpoint(ckpt, path, num_classes)
-    head = dict(ckpt.get("meta", {}).get("head") or {"num_classes": num_classes})
-    model = build_seg_net(backbone, **head)
-    load_checkpoint(model, ckpt)
-    return model.to(device).eval()
 
 
 @torch.no_grad()
@@ -127,30 +103,20 @@ def make_seg(
 ) -> Path:
     """Write OUT_DIR/seg/<id>.png (and seg_crf/) for every id; finished ones are kept."""
     cfg = config or MakeSegConfig()
-    device = resolve_device(cfg.device)
     if cfg.write_crf:
         require_backend(cfg.crf)
     voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
-    voc.check_ids(ids)
-    out_dir = Path(out_dir)
+    outputs = ["seg/{}.png"] + (["seg_crf/{}.png"] if cfg.write_crf else [])
+    run = ImageStage("make-seg", cfg, voc, ids, out_dir, outputs)
+    device, out_dir = run.device, run.out_dir
     seg_dir, crf_dir = out_dir / "seg", out_dir / "seg_crf"
-    outputs = [seg_dir / "{}.png"] + ([crf_dir / "{}.png"] if cfg.write_crf else [])
-    for template in outputs:
-        Path(template).parent.mkdir(parents=True, exist_ok=True)
     model = load_seg_net(seg_net_dir, cfg.backbone, voc.num_classes, device)
-    record_config(out_dir, "make-seg", cfg, check=not overwrite)
-    todo = dist.shard(pending(ids, outputs, overwrite))
-    loader = DataLoader(
-        MultiScaleDataset(
-            voc, todo, np.zeros((len(todo), 0), np.float32), cfg.scales, cfg.long_side
-        ),
-        batch_size=None,
-        num_workers=cfg.num_workers if len(todo) > 1 else 0,
-        worker_init_fn=die_with_parent,
+    todo = run.start(overwrite)
+    no_labels = np.zeros((len(todo), 0), np.float32)
+    loader = run.loader(
+        MultiScaleDataset(voc, todo, no_labels, cfg.scales, cfg.long_side), batch_size=None
     )
-    bar = tqdm(
-        loader, total=len(ids), initial=len(ids) - len(todo), desc="make-seg", disable=not progress
-    )
+    bar = run.bar(progress, loader)
     # the dCRF: in this process (affext's, on the device), or pydensecrf's processes
     pool = None
     if cfg.write_crf:

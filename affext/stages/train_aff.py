@@ -11,11 +11,11 @@ import torch
 
 from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
-from ..files import check_config, record_config, require_files
+from ..files import record_config, require_files
+from ..models.trained import AFF_NET_FILE, build_aff_net, read_trained
+from ..models.trained import load_aff_net as load_aff_net  # its name here before models/
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, load_trained, read_trained
-
-AFF_NET_FILE = "aff_net.pt"
+from .training import TrainConfig, fit_and_save, start_training
 
 
 @dataclass
@@ -24,22 +24,6 @@ class TrainAffConfig(TrainConfig):
 
     radius: int = 5
     region: str = "psa"
-
-
-def build_aff_net(backbone: str, weights: str | None = None) -> torch.nn.Module:
-    from ..models import AffinityNet, build_backbone
-
-    return AffinityNet(build_backbone(backbone, weights))
-
-
-def load_aff_net(
-    out_dir: str | os.PathLike, backbone: str, device: torch.device | str = "cpu"
-) -> torch.nn.Module:
-    """The trained AffinityNet: train-aff's OUT_DIR (its aff_net.pt) or a weights file such as
-    psa's res38_aff.pth (refuses another backbone's)."""
-    return load_trained(
-        out_dir, AFF_NET_FILE, backbone, "train-aff", lambda: build_aff_net(backbone), device
-    )
 
 
 def _aff_step(radius: int, region: str):
@@ -98,10 +82,8 @@ def train_aff(
     """Train AffinityNet on `ids` with AFF_LABEL_DIR/{la,ha}/<id>.npy; writes
     OUT_DIR/aff_net.pt and returns its path. Resumes per epoch; a no-op once finished."""
     cfg = config or TrainAffConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / AFF_NET_FILE
-    check_config(out_dir, "train-aff", cfg)  # outputs of other settings: refused
+    final = start_training(cfg, out_dir, "train-aff", AFF_NET_FILE)
+    out_dir = final.parent
     if final.is_file():
         read_trained(final, cfg.backbone, "train-aff")
         return final

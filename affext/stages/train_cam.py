@@ -7,16 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..data.datasets import ClsTrainDataset
-from ..data.voc import NUM_CLASSES, VOCDataset
-from ..files import check_config, record_config
-from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, load_trained, loss_step, read_trained
-
-CAM_NET_FILE = "cam_net.pt"
+from ..data.voc import VOCDataset
+from ..files import record_config
+from ..models.trained import CAM_NET_FILE, build_cam_net, read_trained
+from ..models.trained import load_cam_net as load_cam_net  # its name here before models/
+from .common import image_labels, resolve_device, seed_everything
+from .training import TrainConfig, fit_and_save, loss_step, start_training
 
 
 @dataclass
@@ -32,41 +29,6 @@ class TrainCamConfig(TrainConfig):
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
 
 
-def build_cam_net(
-    backbone: str, weights: str | None = None, dropout: float = 0.5, num_classes: int = NUM_CLASSES
-) -> torch.nn.Module:
-    from ..models import CAMNet, build_backbone
-
-    return CAMNet(build_backbone(backbone, weights), num_classes=num_classes, dropout=dropout)
-
-
-def load_cam_net(
-    out_dir: str | os.PathLike,
-    backbone: str,
-    device: torch.device | str = "cpu",
-    num_classes: int = NUM_CLASSES,
-) -> torch.nn.Module:
-    """The trained classifier: train-cam's OUT_DIR (its cam_net.pt) or a weights file such as
-    psa's res38_cls.pth (refuses another backbone's, or another class count's)."""
-    return load_trained(
-        out_dir,
-        CAM_NET_FILE,
-        backbone,
-        "train-cam",
-        lambda: build_cam_net(backbone, num_classes=num_classes),
-        device,
-        num_classes,
-    )
-
-
-def image_labels(voc: VOCDataset, ids: Sequence[str]) -> np.ndarray:
-    """(N, C) image-level labels of ids (raises for an id with no image)."""
-    voc.check_ids(ids)
-    if not ids:
-        return np.zeros((0, voc.num_classes), np.float32)
-    return np.stack([voc.image_labels(i) for i in ids])
-
-
 def train_cam(
     voc_root: str | os.PathLike,
     ids: Sequence[str],
@@ -79,10 +41,8 @@ def train_cam(
     Resumes from the last finished epoch; does nothing when cam_net.pt is already there.
     """
     cfg = config or TrainCamConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / CAM_NET_FILE
-    check_config(out_dir, "train-cam", cfg)  # outputs of other settings: refused
+    final = start_training(cfg, out_dir, "train-cam", CAM_NET_FILE)
+    out_dir = final.parent
     voc = VOCDataset(voc_root, cfg.label_source, cfg.cls_labels, cfg.classes)
     if final.is_file():
         # a clear error for another backbone or class count

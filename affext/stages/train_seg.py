@@ -22,13 +22,20 @@ from PIL import Image
 from ..data.datasets import _Epoched
 from ..data.transforms import colour_jitter, normalize, random_crop, to_long_side
 from ..data.voc import IGNORE_INDEX, VOCDataset, load_label_png
-from ..files import check_config, record_config
+from ..files import record_config
 from ..models.backbones.base import load_strict
-from ..models.seg import DEEPLAB_RATES, head_num_classes, segmentation_loss
+from ..models.seg import DEEPLAB_RATES, segmentation_loss
+from ..models.trained import (
+    AFF_NET_FILE,
+    CAM_NET_FILE,
+    SEG_NET_FILE,
+    build_seg_net,
+    check_seg_checkpoint,
+    read_trained,
+)
 from .common import resolve_device, seed_everything
-from .training import TrainConfig, fit_and_save, loss_step, read_trained
+from .training import TrainConfig, fit_and_save, loss_step, start_training
 
-SEG_NET_FILE = "seg_net.pt"
 PSEUDO_LABELS = ("rw", "rw_crf")
 
 
@@ -66,21 +73,7 @@ def head_settings(cfg: TrainSegConfig, num_classes: int) -> dict:
     }
 
 
-def build_seg_net(
-    backbone: str,
-    num_classes: int,
-    weights: str | None = None,
-    channels: int = 256,
-    rates: Sequence[int] = DEEPLAB_RATES,
-    dropout: float = 0.5,
-) -> torch.nn.Module:
-    from ..models import build_backbone
-    from ..models.seg import SegNet
-
-    return SegNet(build_backbone(backbone, weights), num_classes, channels, rates, dropout)
-
-
-TRAINED_FILES = ("aff_net.pt", "cam_net.pt", SEG_NET_FILE)
+TRAINED_FILES = (AFF_NET_FILE, CAM_NET_FILE, SEG_NET_FILE)
 # init_from's stage names and their output folders in a work directory (`affext run`'s)
 INIT_STAGES = {"train-cam": "train_cam", "train-aff": "train_aff"}
 
@@ -116,24 +109,6 @@ def warm_start(
     }
     load_strict(backbone, state, what=f"the backbone of {str(path)!r}", target=backbone.name)
     return path
-
-
-def check_seg_checkpoint(ckpt: dict, path: str | os.PathLike, num_classes: int) -> None:
-    """Refuse a checkpoint that is not a segmentation network's, or one trained for another
-    class count than the dataset's, with the remedy."""
-    if ckpt["network"] not in ("seg", None):
-        raise ValueError(
-            f"checkpoint {str(path)!r} holds a {ckpt['network']!r} network, not a "
-            "segmentation network: pass train-seg's output folder or its seg_net.pt"
-        )
-    found = head_num_classes(ckpt["state_dict"])
-    if found is None:
-        raise ValueError(f"checkpoint {str(path)!r} holds no segmentation head (classifier.*)")
-    if found != num_classes:
-        raise ValueError(
-            f"segmentation checkpoint {str(path)!r} was trained for {found} classes, but the "
-            f"dataset has {num_classes}: train it on this dataset in a fresh output folder"
-        )
 
 
 def pseudo_label_dir(rw_dir: str | os.PathLike, labels: str) -> Path:
@@ -235,13 +210,11 @@ def train_seg(
     stage_root: the work directory in which config.init_from's stage names ("train-cam",
     "train-aff") name that stage's folder (`affext run` passes its own); None: no names."""
     cfg = config or TrainSegConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final = start_training(cfg, out_dir, "train-seg", SEG_NET_FILE)
+    out_dir = final.parent
     # image-level labels are not used here
     voc = VOCDataset(voc_root, label_source="mask", classes=cfg.classes)
     num_classes = voc.num_classes
-    final = out_dir / SEG_NET_FILE
-    check_config(out_dir, "train-seg", cfg)  # outputs of other settings: refused
     for path in (final, out_dir / "train-seg.checkpoint.pt"):
         if path.is_file():  # another backbone's or class count's: refused, not resumed
             check_seg_checkpoint(read_trained(path, cfg.backbone, "train-seg"), path, num_classes)

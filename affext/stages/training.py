@@ -14,14 +14,16 @@ from pathlib import Path
 
 import torch
 from torch.optim.lr_scheduler import PolynomialLR
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import dist
-from ..files import atomic_write_json
+from ..files import atomic_write_json, check_config
 from ..models.base import Network
-from ..models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .common import default_workers, die_with_parent
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.trained import read_trained
+from .common import default_workers
+from .replicas import epoch_loader, replicate
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -32,6 +34,8 @@ class TrainConfig:
 
     backbone: str = "resnet38"
     weights: str | None = None  # pretrained backbone weights (psa: ImageNet); None: scratch
+    # an ImageNet backbone (IMAGENET_WEIGHTS) without weights is refused unless this is set
+    from_scratch: bool = False
     epochs: int = 8
     batch_size: int = 8
     lr: float = 0.1
@@ -45,6 +49,46 @@ class TrainConfig:
     num_workers: int = default_workers()
     seed: int = 0
     device: str = "auto"
+
+
+# Where each backbone's ImageNet weights come from (what build_backbone's `weights` takes).
+IMAGENET_WEIGHTS = {
+    "resnet38": "psa's ImageNet ResNet-38, ilsvrc-cls_rna-a1_cls1000_ep-0001.params (linked "
+    "from psa's README: github.com/itijyou/ademxapp), converted once with `affext psa "
+    "convert_weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params res38_imagenet.pth`",
+    "resnet50": "torchvision's ImageNet ResNet-50 state-dict file, e.g. resnet50-0676ba61.pth "
+    "(torchvision.models.ResNet50_Weights.IMAGENET1K_V1)",
+}
+
+
+def require_weights(config: TrainConfig) -> None:
+    """Refuse, before any work, to train an ImageNet backbone (IMAGENET_WEIGHTS) from scratch
+    unless config.from_scratch asks for it: psa starts from ImageNet weights, and from
+    scratch its schedule learns nothing useful. train-seg's init_from (a trained network's
+    backbone) does as well as weights."""
+    source = IMAGENET_WEIGHTS.get(config.backbone)
+    trained = config.weights or getattr(config, "init_from", None)
+    if source is None or trained or config.from_scratch:
+        return
+    raise ValueError(
+        f"no --weights for the {config.backbone} backbone, which would then train from scratch "
+        f"(psa starts from ImageNet weights; from scratch its epochs learn nothing useful). "
+        f"Pass --weights with {source}; or --backbone tiny for the CPU demo; or "
+        "--from-scratch to train from scratch all the same"
+    )
+
+
+def start_training(
+    config: TrainConfig, out_dir: str | os.PathLike, stage: str, file_name: str
+) -> Path:
+    """A training stage's start: an ImageNet backbone without weights refused before any work
+    (require_weights), OUT_DIR made, and refused when it holds the stage's outputs of other
+    settings (check_config). Returns OUT_DIR/<file_name>, the trained network's path."""
+    require_weights(config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_config(out_dir, stage, config)  # outputs of other settings: refused
+    return out_dir / file_name
 
 
 def make_optimizer(
@@ -68,52 +112,6 @@ def poly_schedule(
     """psa's PolyOptimizer: step s (0-based) runs at initial_lr * (1 - s / max_step) ** power,
     the scheduler stepped once after each optimiser step."""
     return PolynomialLR(optimizer, total_iters=max_step, power=power)
-
-
-def read_trained(
-    path: str | os.PathLike, backbone: str, what: str, num_classes: int | None = None
-) -> dict:
-    """The checkpoint at `path` (read_checkpoint's dict), refusing another backbone's, or a
-    CAM network of another class count than `num_classes` (when given), with the
-    command-line remedy."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} checkpoint at {str(path)!r}: train it first")
-    ckpt = read_checkpoint(path)
-    if ckpt["backbone"] != backbone:
-        raise ValueError(
-            f"{what} checkpoint {str(path)!r} was trained with backbone "
-            f"{ckpt['backbone']!r}, not {backbone!r}: pass --backbone {ckpt['backbone']} or "
-            "retrain in a fresh work directory"
-        )
-    found = ckpt.get("num_classes")
-    if num_classes is not None and found is not None and found != num_classes:
-        raise ValueError(
-            f"{what} checkpoint {str(path)!r} was trained for {found} classes, but the "
-            f"dataset has {num_classes}: it belongs to another dataset (or --classes); "
-            "retrain in a fresh work directory"
-        )
-    return ckpt
-
-
-def load_trained(
-    source: str | os.PathLike,
-    file_name: str,
-    backbone: str,
-    what: str,
-    build: Callable[[], Network],
-    device: torch.device | str = "cpu",
-    num_classes: int | None = None,
-) -> Network:
-    """The network `build()` makes, on `device` in eval mode, with the weights of `source`:
-    a stage's output folder (its `file_name`) or a weights file (an affext checkpoint, or a
-    bare state dict such as psa's res38_cls.pth / res38_aff.pth). Another backbone's weights
-    are refused, and so are a CAM network's of another class count than `num_classes`."""
-    path = Path(source)
-    ckpt = read_trained(path if path.is_file() else path / file_name, backbone, what, num_classes)
-    model = build()
-    load_checkpoint(model, ckpt)
-    return model.to(device).eval()
 
 
 def fit(
@@ -165,11 +163,11 @@ def fit(
     start_epoch, log = 0, []
     if ckpt_path.is_file():
         start_epoch, log = _resume(ckpt_path, model, opt, schedule, backbone, name)
-    net = _replicate(model, device)
+    net = replicate(model, device)
     board = _board(out_dir, start_epoch * steps_per_epoch)
     try:
         for epoch in range(start_epoch, epochs):
-            loader = _epoch_loader(dataset, epoch, batch_size // world, cfg, device)
+            loader = epoch_loader(dataset, epoch, batch_size // world, cfg, device)
             desc = f"{name} epoch {epoch + 1}/{epochs}"
             step = _Logger(board, name, epoch * steps_per_epoch, opt)
             means = _train_epoch(
@@ -209,41 +207,6 @@ def loss_step(loss: Callable) -> Callable:
     return step
 
 
-class _Replicated:
-    """A DistributedDataParallel replica called like the network: `net(x)` and every method,
-    e.g. `net.affinity(x, r)`, go through DDP's forward (which its gradient sync needs)."""
-
-    class _Dispatch(torch.nn.Module):
-        def __init__(self, net: Network):
-            super().__init__()
-            self.net = net
-
-        def forward(self, method: str, *args, **kwargs):
-            return getattr(self.net, method)(*args, **kwargs)
-
-    def __init__(self, model: Network, device: torch.device):
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = None
-        if device.type == "cuda":  # "cuda" alone: this local rank's GPU (dist.setup)
-            ids = [device if device.index is not None else dist.device()]
-        self.ddp = DistributedDataParallel(self._Dispatch(model), device_ids=ids)
-
-    def __call__(self, *args, **kwargs):
-        return self.ddp("forward", *args, **kwargs)
-
-    def __getattr__(self, method: str):
-        return lambda *args, **kwargs: self.ddp(method, *args, **kwargs)
-
-
-def _replicate(model: Network, device: torch.device):
-    """The network for one process, or its DDP replica with global BatchNorm for several."""
-    if dist.world() == 1:
-        return model
-    dist.use_global_batch_norm(model)
-    return _Replicated(model, device)
-
-
 def _board(out_dir: Path, first_step: int):
     """Rank 0's TensorBoard writer into OUT_DIR/tensorboard (events after `first_step`, left
     by an interrupted run, are dropped), or None without the tensorboard package."""
@@ -271,52 +234,6 @@ class _Logger:
                     tag = g.get("name", "lr")
                     self.board.add_scalar(f"{self.name}/lr/{tag}", g["lr"], self.step)
         self.step += 1
-
-
-def _epoch_loader(
-    dataset: Dataset, epoch: int, batch_size: int, cfg: TrainConfig, device: torch.device
-) -> DataLoader:
-    """This process's batches of the epoch: the order is a permutation seeded by (seed,
-    epoch), the same for any number of processes; global batch k is its k-th slice of
-    batch_size * world images, of which this rank takes every world-th (DistributedSampler)."""
-    dataset.set_epoch(epoch)
-    # dropout and friends draw from torch's global generator: seed it per epoch so a
-    # resumed run trains exactly as an uninterrupted one
-    torch.manual_seed(cfg.seed * 1000003 + epoch)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-    sampler = _GlobalOrder(
-        dataset,
-        num_replicas=dist.world(),
-        rank=dist.rank(),
-        shuffle=True,
-        seed=cfg.seed * 1000003,
-        drop_last=True,
-    )
-    sampler.set_epoch(epoch)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.num_workers,
-        generator=gen,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        worker_init_fn=die_with_parent,
-    )
-
-
-class _GlobalOrder(DistributedSampler):
-    """DistributedSampler over the permutation that DataLoader(shuffle=True, generator=
-    Generator().manual_seed(seed + epoch)) gives one process (its iterator draws the
-    workers' base seed from the generator, then the permutation), so that one process
-    trains on the order it did before processes were counted, and N on the same one."""
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        torch.empty((), dtype=torch.int64).random_(generator=g)
-        order = torch.randperm(len(self.dataset), generator=g).tolist()[: self.total_size]
-        return iter(order[self.rank : self.total_size : self.num_replicas])
 
 
 def _train_epoch(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -62,3 +64,10 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_record(path: str | os.PathLike, setting: dict, device: str = "cpu", **results) -> None:
+    """A benchmark script's JSON file: {"setting": setting, "environment":
+    environment(device), **results}, indented."""
+    record = {"setting": setting, "environment": environment(device), **results}
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")

@@ -50,6 +50,11 @@ MEMORY_RATIO_FLOOR_BYTES = 4096
 
 @dataclass
 class Settings:
+    """How each implementation is measured: `repeats` timed calls after `warmup` calls
+    within `budget_s` seconds, skipped where its estimated peak exceeds
+    `memory_limit_bytes` (default_settings: from the free memory), `timeout_s` a call
+    (affext.bench's docstring; the report's "settings")."""
+
     repeats: int = 5
     warmup: int = 1
     budget_s: float = 60.0

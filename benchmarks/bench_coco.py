@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from affext.bench.runner import environment
+from affext.bench.machine import write_record
 from affext.data.coco import convert_coco
 from affext.workers import default_processes
 
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if args.json:
-        record = {"setting": vars(args), "environment": environment("cpu"), "results": results}
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        write_record(args.json, vars(args), results=results)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from affext.bench.runner import environment
+from affext.bench.machine import write_record
 from affext.data.voc import VOCDataset, read_id_list, save_cls_labels, voc_palette
 from affext.files import missing_files
 from affext.stages import pipeline
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in times.items():
         print(f"  {name:<26} {seconds:8.3f} s")
     if args.json:
-        record = {"setting": vars(args), "environment": environment("cpu"), "seconds": times}
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        write_record(args.json, vars(args), seconds=times)
     return 0
 
 

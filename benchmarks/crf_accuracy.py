@@ -49,7 +49,7 @@ def synth_images(count: int, size: tuple[int, int]) -> list[tuple[str, np.ndarra
 def gt_scores(gt: np.ndarray, seed: int) -> np.ndarray:
     """psa-shaped la scores from a ground truth: [(1 - max CAM)^4; CAM of each class present],
     the CAMs the class masks blurred and noised."""
-    from affext.bench.cases import _blur
+    from affext.bench.crf_inputs import _blur
 
     rng = np.random.default_rng(seed)
     classes = [c for c in np.unique(gt) if c not in (0, 255)]

@@ -1,4 +1,6 @@
-"""What several test files share: the CUDA mark, small synthetic datasets, test inputs."""
+"""What several test files share: the devices and dtypes the kernels take and their
+tolerances, the CUDA mark, small synthetic datasets, test inputs. (conftest.py holds the
+shared fixtures: `device` over DEVICES, a module's `ids` of its `voc`.)"""
 
 from __future__ import annotations
 
@@ -14,6 +16,21 @@ from affext.data import SynthConfig, make_synthetic_voc
 # The tests that need a GPU: `pytest -m cuda` selects them (scripts/gpu_check.sh), and
 # conftest skips them where torch sees no CUDA device.
 requires_cuda = pytest.mark.cuda
+
+# ---- devices and dtypes ---------------------------------------------------------------------
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The dtypes every kernel takes on every device, and those the CUDA kernels take besides
+# (PAR takes them on the CPU too).
+FULL_FLOATS = (torch.float32, torch.float64)
+HALF_FLOATS = (torch.float16, torch.bfloat16)
+# How far a kernel's result in a dtype may lie from float64's on the same (rounded) inputs,
+# relative and absolute: the CUDA kernels against the CPU's.
+TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def float_dtypes(device: str) -> tuple[torch.dtype, ...]:
+    """The floating dtypes the affinity, pair-loss and walk kernels take on `device`."""
+    return FULL_FLOATS + (HALF_FLOATS if torch.device(device).type == "cuda" else ())
 
 
 def small_voc(

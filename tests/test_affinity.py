@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import requires_cuda, structured_features
+from helpers import TOLERANCES, requires_cuda, structured_features
 
 import affext
 from affext import _extension
@@ -166,10 +166,7 @@ def test_psa_layout_errors():
 
 
 @requires_cuda
-@pytest.mark.parametrize(
-    "dtype,tol",
-    [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)],
-)
+@pytest.mark.parametrize("dtype,tol", TOLERANCES.items())
 @pytest.mark.parametrize(
     "shape,radius",
     [

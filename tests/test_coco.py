@@ -517,7 +517,7 @@ def test_the_overview_has_titles_and_a_legend_per_row(tmp_path):
 # ------------------------------------------------------------------ the checks at COCO's size
 def test_class_maps_and_image_sizes_read_without_pil_equal_pils(tmp_path):
     from affext.data import save_label_png
-    from affext.data.voc import _header_size, _plain_png, image_size
+    from affext.data.image_files import _header_size, _plain_png, image_size
 
     rng = np.random.default_rng(0)
     for shape in ((1, 1), (3, 7), (48, 64)):

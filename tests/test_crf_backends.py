@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import cams_from_masks, small_voc
 
-from affext.data import load_label_png, read_id_list
+from affext.data import load_label_png
 from affext.extras import MissingExtraError
 from affext.files import load_score_dict
 from affext.models import AffinityNet, build_backbone
@@ -41,11 +41,6 @@ SMALL = 80
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     return small_voc(tmp_path_factory.mktemp("voc"), 5, 1, size=(72, 88), seed=4)
-
-
-@pytest.fixture(scope="module")
-def ids(voc) -> list[str]:
-    return read_id_list(voc / "ImageSets/Segmentation/trainval.txt")
 
 
 @pytest.fixture(scope="module")

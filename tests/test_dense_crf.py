@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import torch
 from helpers import requires_cuda, small_voc
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import affext
 from affext.bench.cases import crf_photo, crf_scores, crf_texture
@@ -389,41 +388,23 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.affext.dense_crf.default, op_schema_args(image, scores))
 
 
-def bad_inputs():
-    image = torch.from_numpy(crf_texture(8, 10, 1))
+def bad_values():
     scores = torch.rand(3, 8, 10)
     nan = scores.clone()
     nan[1, 2, 3] = float("nan")
     neg = scores.clone()
     neg[0, 0, 0] = -0.5
-    batch2 = image.expand(2, -1, -1, -1)
-    # (name, image, scores, kwargs, the message names..., checked in a fake kernel too)
-    return [
-        ("image dims", image[..., 0], scores, {}, "image", True),
-        ("image channels", image[..., :2], scores, {}, "image", True),
-        ("image dtype", image.float(), scores, {}, "image", True),
-        ("scores dims", image, scores[0], {}, "scores", True),
-        ("size mismatch", image, torch.rand(3, 8, 11), {}, "scores", True),
-        ("batch mismatch", batch2, scores.expand(3, -1, -1, -1), {}, "image|scores", True),
-        ("nan scores", image, nan, {}, "scores", False),
-        ("negative scores", image, neg, {}, "scores", False),
-        ("iterations 0", image, scores, {"iterations": 0}, "iterations", True),
-        ("iterations float", image, scores, {"iterations": 2.5}, "iterations", True),
-        ("gaussian_sxy 0", image, scores, {"gaussian_sxy": 0.0}, "gaussian_sxy", True),
-        ("bilateral_sxy < 0", image, scores, {"bilateral_sxy": -1.0}, "bilateral_sxy", True),
-        ("bilateral_srgb 0", image, scores, {"bilateral_srgb": 0.0}, "bilateral_srgb", True),
-    ]
+    return [("nan scores", nan), ("negative scores", neg)]
 
 
 @requires_op
-@pytest.mark.parametrize("case", bad_inputs(), ids=lambda c: c[0])
-def test_errors_name_the_argument(case):
-    _, image, scores, kwargs, names, in_fake = case
-    with pytest.raises((ValueError, TypeError), match=names) as eager:
-        affext.dense_crf(image, scores, **kwargs)
-    if in_fake:  # the same exception type where only shapes and dtypes are known
-        with FakeTensorMode() as mode, pytest.raises(eager.type, match=names):
-            affext.dense_crf(mode.from_tensor(image), mode.from_tensor(scores), **kwargs)
+@pytest.mark.parametrize("case", bad_values(), ids=lambda c: c[0])
+def test_bad_values_name_the_scores(case):
+    # what only the data shows (bad shapes, dtypes and settings: test_op_errors.py, eagerly
+    # and under FakeTensorMode)
+    _, scores = case
+    with pytest.raises(ValueError, match="scores"):
+        affext.dense_crf(torch.from_numpy(crf_texture(8, 10, 1)), scores)
 
 
 # ---- CUDA -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from helpers import cams_from_masks, requires_cuda
 from PIL import Image
 
 import affext
-from affext.data import SynthConfig, VOCDataset, make_synthetic_voc, read_id_list
+from affext.data import SynthConfig, VOCDataset, make_synthetic_voc
 from affext.data.transforms import normalize, resize_maps, to_long_side
 from affext.data.voc import save_label_png
 from affext.files import load_score_dict
@@ -39,11 +39,6 @@ def config(backend="affext", **kw):
 def voc(tmp_path_factory) -> Path:
     cfg = SynthConfig(num_train=6, num_val=3, min_size=66, max_size=80, seed=3)
     return make_synthetic_voc(tmp_path_factory.mktemp("voc"), cfg, progress=False)
-
-
-@pytest.fixture(scope="module")
-def ids(voc) -> list[str]:
-    return read_id_list(voc / "ImageSets/Segmentation/trainval.txt")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import pytest
 import torch
@@ -115,6 +116,17 @@ def _indexed(keys: dict[str, tuple]) -> dict[str, torch.Tensor]:
     return {k: torch.full(shape, float(i)) for i, (k, shape) in enumerate(keys.items())}
 
 
+def _assert_names_mismatched_keys(load, keys: dict[str, tuple], missing: str, unexpected: str):
+    """load(state) of an _indexed state without `missing` and with an `unexpected` key
+    raises a ValueError naming both."""
+    state = _indexed(keys)
+    del state[missing]
+    state[unexpected] = torch.zeros(1)
+    match = rf"Missing keys: {re.escape(missing)}\. Unexpected keys: {re.escape(unexpected)}\."
+    with pytest.raises(ValueError, match=match):
+        load(state)
+
+
 # ---------------------------------------------------------------------------------- backbones
 
 
@@ -182,15 +194,12 @@ def test_resnet50_torchvision_names(tmp_path):
             assert loaded.state_dict()[k].eq(float(i)).all(), k
     assert loaded.pretrained and loaded.frozen
 
-    broken = _indexed(expected)
-    del broken["layer2.1.conv2.weight"]
-    broken["layer2.1.conv9.weight"] = torch.zeros(1)
-    with pytest.raises(
-        ValueError,
-        match=r"Missing keys: layer2\.1\.conv2\.weight.*"
-        r"Unexpected keys: layer2\.1\.conv9\.weight",
-    ):
-        build_backbone("resnet50", weights=broken)
+    _assert_names_mismatched_keys(
+        lambda state: build_backbone("resnet50", weights=state),
+        expected,
+        "layer2.1.conv2.weight",
+        "layer2.1.conv9.weight",
+    )
     wrong_shape = _indexed(expected)
     wrong_shape["layer1.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
     with pytest.raises(ValueError, match=r"shape mismatch in layer1\.0\.conv1\.weight"):
@@ -392,15 +401,12 @@ def test_psa_checkpoint_errors(tmp_path):
         ValueError, match="holds a 'resnet38' backbone, but the model's backbone is 'resnet50'"
     ):
         load_psa_checkpoint(r50_cam, _indexed(cls_state))
-    partial = _indexed(cls_state)
-    del partial["b4_3.bn_branch2b1.running_var"]
-    partial["b8.weight"] = torch.zeros(1)
-    with pytest.raises(
-        ValueError,
-        match=r"Missing keys: b4_3\.bn_branch2b1\.running_var\. "
-        r"Unexpected keys: b8\.weight",
-    ):
-        load_psa_checkpoint(cam_net, partial)
+    _assert_names_mismatched_keys(
+        lambda state: load_psa_checkpoint(cam_net, state),
+        cls_state,
+        "b4_3.bn_branch2b1.running_var",
+        "b8.weight",
+    )
     assert detect_backbone(cls_state) == "resnet38"
     assert detect_backbone({"backbone.layer1.0.conv1.weight": 0}) == "resnet50"
 

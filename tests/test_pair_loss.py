@@ -3,7 +3,7 @@ from the kernels (affext/reference/pair_loss.py)."""
 
 import pytest
 import torch
-from helpers import requires_cuda, structured_features
+from helpers import TOLERANCES, requires_cuda, structured_features
 
 import affext
 from affext.reference.affinity import psa_affinity
@@ -219,108 +219,37 @@ def test_torch_compile():
     torch.testing.assert_close(aff.grad, expected)
 
 
+def u8(*shape, device="cpu"):
+    return torch.zeros(shape, dtype=torch.uint8, device=device)
+
+
+AFF, U8_LABELS = torch.rand(2, 34, 9, 9), u8(2, 9, 9)
+
+
 @pytest.mark.parametrize(
     "aff,labels,kwargs,exc,match",
     [
+        (AFF, u8(2, 9, 10), {}, ValueError, "must agree in B, H and W"),
+        (AFF, u8(3, 9, 9), {}, ValueError, "must agree in B, H and W"),
+        (AFF, u8(9, 9), {}, ValueError, r"labels must have shape \(B, H, W\)"),
+        (torch.rand(34, 9, 9), u8(1, 9, 9), {}, ValueError, r"aff must have shape \(B, K, H, W\)"),
+        (AFF, U8_LABELS, {"radius": 4}, ValueError, "aff has 34 offsets but radius 4 has K = 22"),
+        (AFF, torch.zeros(2, 9, 9), {}, TypeError, "labels must be an integer tensor"),
+        (AFF, U8_LABELS.bool(), {}, TypeError, "labels must be an integer tensor"),
         (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(2, 9, 10, dtype=torch.uint8),
-            {},
-            ValueError,
-            "must agree in B, H and W",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(3, 9, 9, dtype=torch.uint8),
-            {},
-            ValueError,
-            "must agree in B, H and W",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(9, 9, dtype=torch.uint8),
-            {},
-            ValueError,
-            r"labels must have shape \(B, H, W\)",
-        ),
-        (
-            torch.rand(34, 9, 9),
-            torch.zeros(1, 9, 9, dtype=torch.uint8),
-            {},
-            ValueError,
-            r"aff must have shape \(B, K, H, W\)",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(2, 9, 9, dtype=torch.uint8),
-            {"radius": 4},
-            ValueError,
-            "aff has 34 offsets but radius 4 has K = 22",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(2, 9, 9),
-            {},
-            TypeError,
-            "labels must be an integer tensor",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(2, 9, 9, dtype=torch.bool),
-            {},
-            TypeError,
-            "labels must be an integer tensor",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
+            AFF,
             torch.full((2, 9, 9), 256),
             {},
             ValueError,
             r"labels must lie in 0..255 .*got values in \[256, 256\]",
         ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.full((2, 9, 9), -1),
-            {},
-            ValueError,
-            "labels must lie in 0..255",
-        ),
-        (
-            torch.zeros(2, 34, 9, 9, dtype=torch.int64),
-            torch.zeros(2, 9, 9, dtype=torch.uint8),
-            {},
-            TypeError,
-            "aff must be a floating-point",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(2, 9, 9, dtype=torch.uint8),
-            {"region": "half"},
-            ValueError,
-            "region must be one of",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(2, 9, 9, dtype=torch.uint8),
-            {"radius": 5.0},
-            TypeError,
-            "radius must be an int",
-        ),
-        (
-            torch.rand(2, 34, 4, 9),
-            torch.zeros(2, 4, 9, dtype=torch.uint8),
-            {},
-            ValueError,
-            "needs a map of at least 5x9",
-        ),
-        (
-            torch.rand(2, 34, 9, 9),
-            torch.zeros(2, 9, 9, dtype=torch.uint8, device="meta"),
-            {},
-            ValueError,
-            "same device",
-        ),
-        (torch.rand(2, 34, 9, 9), [[0]], {}, TypeError, "labels must be a torch.Tensor"),
+        (AFF, torch.full((2, 9, 9), -1), {}, ValueError, "labels must lie in 0..255"),
+        (AFF.long(), U8_LABELS, {}, TypeError, "aff must be a floating-point"),
+        (AFF, U8_LABELS, {"region": "half"}, ValueError, "region must be one of"),
+        (AFF, U8_LABELS, {"radius": 5.0}, TypeError, "radius must be an int"),
+        (torch.rand(2, 34, 4, 9), u8(2, 4, 9), {}, ValueError, "needs a map of at least 5x9"),
+        (AFF, u8(2, 9, 9, device="meta"), {}, ValueError, "same device"),
+        (AFF, [[0]], {}, TypeError, "labels must be a torch.Tensor"),
     ],
 )
 def test_errors(aff, labels, kwargs, exc, match):
@@ -356,10 +285,7 @@ def test_full_region_small_map_and_label_errors():
 
 @requires_cuda
 @pytest.mark.parametrize("region", ["psa", "full"])
-@pytest.mark.parametrize(
-    "dtype,tol",
-    [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)],
-)
+@pytest.mark.parametrize("dtype,tol", TOLERANCES.items())
 def test_cuda_matches_cpu(region, dtype, tol):
     labels = blocky_labels(3, 40, 44)
     aff64 = 0.02 + 0.96 * torch.rand(3, 34, 40, 44, dtype=torch.float64)

@@ -4,7 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import requires_cuda, structured_features
+from helpers import HALF_FLOATS, requires_cuda, structured_features
 
 import affext
 from affext.ops.par import NO_IMGS_GRADIENT, par_refine, par_weights
@@ -354,7 +354,7 @@ def test_cuda_matches_cpu():
     mc = masks.clone().requires_grad_()
     (gc,) = torch.autograd.grad(affext.pixel_adaptive_refine(imgs, mc), mc, seed)
     assert rel_err(g.cpu(), gc) <= 1e-5
-    for dtype in (torch.float16, torch.bfloat16):
+    for dtype in HALF_FLOATS:
         half = affext.pixel_adaptive_refine(imgs.cuda().to(dtype), masks.cuda().to(dtype))
         assert half.dtype == dtype and rel_err(half.float().cpu(), want) <= 2e-2
 

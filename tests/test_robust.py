@@ -18,7 +18,7 @@ from PIL import Image
 
 from affext import files
 from affext.cli import main
-from affext.data import DatasetError, VOCDataset, read_id_list, save_label_png
+from affext.data import DatasetError, VOCDataset, save_label_png
 from affext.data.datasets import AffTrainDataset, kept_size
 from affext.files import load_score_dict, save_score_dict
 from affext.models import AffinityNet, CAMNet, build_backbone, save_checkpoint
@@ -33,11 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     return small_voc(tmp_path_factory.mktemp("voc"), 4, 2, seed=5)
-
-
-@pytest.fixture(scope="module")
-def ids(voc) -> list[str]:
-    return read_id_list(voc / "ImageSets/Segmentation/trainval.txt")
 
 
 def write_cams(voc: Path, ids, out: Path, keys_of=None) -> Path:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import replace_stages, small_voc
 from PIL import Image
 
-from affext.data import VOCDataset, load_label_png, read_id_list, save_label_png
+from affext.data import VOCDataset, load_label_png, save_label_png
 from affext.data.transforms import normalize
 from affext.files import ConfigChangedError
 from affext.models import CAMNet, build_backbone, param_groups, read_checkpoint, save_checkpoint
@@ -117,11 +117,6 @@ def voc(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ids(voc) -> list[str]:
-    return read_id_list(voc / "ImageSets/Segmentation/trainval.txt")
-
-
-@pytest.fixture(scope="module")
 def rw_dir(voc, ids, tmp_path_factory) -> Path:
     """make-rw's output layout with stand-in pseudo labels: the ground truth (rw_crf) and the
     ground truth with its void band made background (rw), for every id."""
@@ -181,18 +176,12 @@ def test_make_seg_is_the_mean_of_its_passes_argmax_and_crf(voc, ids, trained):
 
 
 def test_train_seg_resumes_exactly_after_interruption(
-    voc, ids, rw_dir, trained, tmp_path, monkeypatch
+    voc, ids, rw_dir, trained, tmp_path, interrupted_training
 ):
-    real_save = training.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt  # the machine stops right after epoch 1's checkpoint
-
-    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train_seg(voc, ids[:4], rw_dir, tmp_path, seg_config(), progress=False)
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    # the machine stops right after epoch 1's checkpoint
+    interrupted_training(
+        lambda: train_seg(voc, ids[:4], rw_dir, tmp_path, seg_config(), progress=False)
+    )
     assert read_checkpoint(tmp_path / "train-seg.checkpoint.pt")["meta"]["epoch"] == 1
     assert not (tmp_path / "seg_net.pt").exists()
     train_seg(voc, ids[:4], rw_dir, tmp_path, seg_config(), progress=False)

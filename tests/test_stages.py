@@ -8,7 +8,7 @@ import torch
 from helpers import small_voc
 from PIL import Image
 
-from affext.data import VOCDataset, read_id_list
+from affext.data import VOCDataset
 from affext.files import load_score_dict, save_score_dict
 from affext.models import read_checkpoint
 from affext.stages import training
@@ -25,11 +25,6 @@ FAST = dict(backbone="tiny", device="cpu", num_workers=0)
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     return small_voc(tmp_path_factory.mktemp("voc"), 6, 2, seed=1)
-
-
-@pytest.fixture(scope="module")
-def ids(voc) -> list[str]:
-    return read_id_list(voc / "ImageSets/Segmentation/trainval.txt")
 
 
 def cam_config(**kw):
@@ -136,17 +131,11 @@ def test_per_image_stages_skip_finished_outputs(voc, ids, trained):
     assert not list((trained / "cams" / "cam").glob("*.tmp"))
 
 
-def test_train_cam_resumes_exactly_after_interruption(voc, ids, trained, tmp_path, monkeypatch):
-    real_save = training.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt  # the machine stops right after epoch 1's checkpoint
-
-    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train_cam(voc, ids[:6], tmp_path, cam_config(), progress=False)
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+def test_train_cam_resumes_exactly_after_interruption(
+    voc, ids, trained, tmp_path, interrupted_training
+):
+    # the machine stops right after epoch 1's checkpoint
+    interrupted_training(lambda: train_cam(voc, ids[:6], tmp_path, cam_config(), progress=False))
     assert read_checkpoint(tmp_path / "train-cam.checkpoint.pt")["meta"]["epoch"] == 1
     assert not (tmp_path / "cam_net.pt").exists()
     train_cam(voc, ids[:6], tmp_path, cam_config(), progress=False)

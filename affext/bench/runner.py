@@ -1,13 +1,12 @@
-"""A run of the benchmark: its plan (which cases at which shapes), the decisions taken before
-running each (skips from a memory estimate or a time prediction), and the JSON report."""
+"""A run of the benchmark: its plan's entries (points.py) run in turn, the decisions taken
+before running each (skips from a memory estimate or a time prediction), and the JSON
+report (with the machine's description, machine.py)."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import math
-import os
-import platform
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,42 +14,47 @@ from typing import Any
 
 import torch
 
-from .._extension import build_info
-from .._version import __version__
 from . import measure
 from .cases import CASE_INFO, estimate_peak_bytes, unavailable_reason
+from .machine import _available_memory, environment
+
+# the plan's names, importable from here as before points.py held them
+from .points import (  # noqa: F401
+    AFFEXT,
+    CRF,
+    CRF_BATCH,
+    FULL_NOTE,
+    PAR_SHAPE,
+    QUICK_CRF,
+    QUICK_NOTE,
+    QUICK_PAR,
+    QUICK_SCALING_SIZES,
+    QUICK_TRAIN,
+    QUICK_WALK,
+    SCALING_SIZES,
+    TRAIN,
+    WALK,
+    Point,
+    crf_points,
+    plan,
+)
 from .report import fmt_bytes, fmt_seconds
 
 SCHEMA = "affext-bench"
 SCHEMA_VERSION = 1
-AFFEXT = "affext"
 REFERENCES = ("psa-dense", "torch-sparse", "pydensecrf", "afa-toco")
 STATUSES = ("ok", "skipped", "failed")
 # A peak-RSS growth is known to a page; below that a memory ratio would be noise over zero.
 MEMORY_RATIO_FLOOR_BYTES = 4096
 
 
-@dataclass(frozen=True)
-class Point:
-    """One benchmark entry: an op at one shape, run by affext and its references."""
-
-    id: str
-    op: str
-    group: str
-    title: str
-    params: dict
-    impls: dict  # implementation -> case name, affext first
-
-    @property
-    def n(self) -> int:
-        """The map's area H * W (the dCRF's points give height and width, the others size)."""
-        if "height" in self.params:
-            return int(self.params["height"]) * int(self.params["width"])
-        return int(self.params["size"]) ** 2
-
-
 @dataclass
 class Settings:
+    """How each implementation is measured: `repeats` timed calls after `warmup` calls
+    within `budget_s` seconds, skipped where its estimated peak exceeds
+    `memory_limit_bytes` (default_settings: from the free memory), `timeout_s` a call
+    (affext.bench's docstring; the report's "settings")."""
+
     repeats: int = 5
     warmup: int = 1
     budget_s: float = 60.0
@@ -59,197 +63,10 @@ class Settings:
     threads: int | None = None  # torch's intra-op threads; None: torch's default
 
 
-# Shapes of a real run: a 448 crop is a 56x56 map at stride 8 (docs/method.md §3-5).
-TRAIN = dict(batch=8, size=56, radius=5)
-WALK = dict(channels=21, beta=8, iterations=256, radius=5)
-SCALING_SIZES = (28, 56, 84, 112, 160, 224, 320, 448, 512)
-# --quick: small enough for the test suite; the same code paths.
-QUICK_TRAIN = dict(batch=1, size=28, radius=5)
-QUICK_WALK = dict(channels=21, beta=8, iterations=32, radius=5)
-QUICK_SCALING_SIZES = (12, 16, 24)
-# The dense CRF of a VOC image (psa's la/ha: 3 labels; rw_crf / seg_crf: up to 21), 10
-# iterations, psa's settings; on CUDA also a batch of 8 images in one call.
-CRF = dict(height=375, width=500, iterations=10)
-CRF_BATCH = 8
-QUICK_CRF = dict(height=48, width=64, iterations=5)
-# PAR at ToCo's training shape at half resolution (docs/performance.md).
-PAR_SHAPE = dict(batch=2, channels=4, size=224, iterations=10)
-QUICK_PAR = dict(batch=1, channels=2, size=32, iterations=2)
-QUICK_NOTE = (
-    "quick: smaller shapes (batch 1, 28x28 maps, C=64 features; walks of t=32 on "
-    "maps up to 24x24; dCRF of 48x64 images, 5 iterations; PAR on 32x32), 3 repeats, 1 s "
-    "budget; checks the harness, not affext's speed"
-)
-FULL_NOTE = (
-    "full: the shapes of a real run (448 crop, batch 8), the walk up to 512x512, the "
-    "dCRF of a 375x500 image, PAR at 224x224"
-)
-
-
-def plan(quick: bool = False, device: str = "cpu") -> list[Point]:
-    """The benchmark entries of a run, in order. On a GPU the affinity also runs in bfloat16
-    ("affext-bf16"; the CPU kernels take float32 and float64 only)."""
-    train = QUICK_TRAIN if quick else TRAIN
-    walk = QUICK_WALK if quick else WALK
-    sizes = QUICK_SCALING_SIZES if quick else SCALING_SIZES
-    channels = 64 if quick else 448
-    walk_size = 16 if quick else 56
-    aff = {AFFEXT: "affinity/affext", "psa-dense": "affinity/psa-dense"}
-    if torch.device(device).type == "cuda":
-        aff["affext-bf16"] = "affinity/affext-bf16"
-    loss = {AFFEXT: "pair_loss/affext", "psa-dense": "pair_loss/psa"}
-    rw = {
-        AFFEXT: "random_walk/affext",
-        "psa-dense": "random_walk/psa-dense",
-        "torch-sparse": "random_walk/torch-sparse",
-    }
-    b, s, r = train["batch"], train["size"], train["radius"]
-    points = [
-        Point(
-            "affinity/train",
-            "affinity",
-            "shapes",
-            f"affinity fwd+bwd, B={b}, C={channels}, {s}x{s}, r={r}",
-            dict(train, channels=channels),
-            aff,
-        ),
-        Point(
-            "pair_loss/train",
-            "pair_loss",
-            "shapes",
-            f"pair loss fwd+bwd from labels, B={b}, {s}x{s}, r={r}",
-            dict(train),
-            loss,
-        ),
-    ]
-    par = QUICK_PAR if quick else PAR_SHAPE
-    points.append(
-        Point(
-            "par/toco",
-            "par",
-            "shapes",
-            f"PAR (AFA / ToCo), B={par['batch']}, C={par['channels']}, "
-            f"{par['size']}x{par['size']}, {par['iterations']} steps, "
-            "dilations (1, 2, 4, 8, 12, 24)",
-            dict(par),
-            {AFFEXT: "par/affext", "afa-toco": "par/afa-toco"},
-        )
-    )
-    t, c = walk["iterations"], walk["channels"]
-    for live, words in (
-        ("psa", "psa-shaped CAMs (bg + 2 classes live)"),
-        ("all", f"all {c} channels live"),
-    ):
-        points.append(
-            Point(
-                f"random_walk/{walk_size}-{live}",
-                "random_walk",
-                "shapes",
-                f"random walk, {walk_size}x{walk_size}, C={c}, t={t}, beta={walk['beta']}, {words}",
-                dict(walk, size=walk_size, live=live),
-                rw,
-            )
-        )
-    points += crf_points(quick, device)
-    for size in sizes:
-        points.append(
-            Point(
-                f"random_walk/scaling-{size}",
-                "random_walk",
-                "scaling",
-                f"random walk, {size}x{size} (N={size * size}), C={c}, t={t}, psa-shaped CAMs",
-                dict(walk, size=size, live="psa"),
-                rw,
-            )
-        )
-    return points
-
-
-def crf_points(quick: bool = False, device: str = "cpu") -> list[Point]:
-    """The dense CRF's entries: one image with 3 labels (make-aff-labels' la or ha) and with
-    21 (seg_crf), psa's la + ha pair of one image as one affext call against two pydensecrf
-    calls, and on CUDA a batch of images in one call (pydensecrf: one call each)."""
-    crf = QUICK_CRF if quick else CRF
-    impls = {AFFEXT: "dense_crf/affext", "pydensecrf": "dense_crf/pydensecrf"}
-    h, w, t = crf["height"], crf["width"], crf["iterations"]
-    shapes = [
-        ("3", dict(labels=3, kind="cam"), "3 labels (la or ha)"),
-        ("21", dict(labels=21, kind="probs"), "21 labels"),
-        ("la-ha", dict(labels=3, kind="cam", pair=True), "la + ha of one image, 3 labels"),
-    ]
-    if torch.device(device).type == "cuda":
-        b = 2 if quick else CRF_BATCH
-        shapes.append((f"batch{b}-21", dict(labels=21, kind="probs", batch=b), f"{b} images"))
-    return [
-        Point(
-            f"dense_crf/{h}x{w}-{key}",
-            "dense_crf",
-            "shapes",
-            f"dense CRF, {h}x{w}, {words}, {t} iterations, psa's settings",
-            dict(crf, **params),
-            impls,
-        )
-        for key, params, words in shapes
-    ]
-
-
 def default_settings(device: str, quick: bool) -> Settings:
     settings = Settings(repeats=3, budget_s=1.0, timeout_s=30.0) if quick else Settings()
     settings.memory_limit_bytes = _available_memory(device)
     return settings
-
-
-def _available_memory(device: str) -> int:
-    """What one implementation may use: most of the free GPU memory, or half the free RAM on
-    the CPU (the timed call runs here while a probe child holds its own copy)."""
-    if torch.device(device).type == "cuda":
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(0.9 * free)
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return int(0.5 * info["MemAvailable"])
-    except (OSError, KeyError, ValueError):
-        return 8 << 30
-
-
-def environment(device: str) -> dict:
-    """The machine and software a report was measured with."""
-    dev = torch.device(device)
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
-    try:
-        with open("/proc/meminfo") as f:
-            total = int(f.readline().split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        total = None
-    return {
-        "affext": __version__,
-        "build": build_info(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "gpu": gpu,
-        "dtype": "float32",
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "memory_total_bytes": total,
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def skip_reason(

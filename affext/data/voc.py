@@ -5,103 +5,76 @@
     ROOT/Annotations/<id>.xml            (object names give the image-level labels)
     ROOT/ImageSets/Segmentation/*.txt    (or any list file of image ids)
 
-    ROOT/classes.txt                     (optional: the dataset's classes, see below)
+    ROOT/classes.txt                     (optional: the dataset's classes, classes.py)
 
-Classes: a dataset's foreground classes are VOC's 20 (VOC_CLASSES) unless it declares others
-in ROOT/classes.txt, or a classes file is given (`VOCDataset(classes=...)`, the stages'
-`classes` setting, the CLI's --classes). A classes file holds one foreground class name per
-line, in index order (the first is class 1); blank lines and lines starting with '#' are
-skipped, surrounding spaces dropped (names may hold inner spaces: "traffic light"); a first
-name "background" is tolerated and skipped. Names must be unique, at most 254 of them (index
-255 is void). The names are matched against the XML <object><name>s; the masks hold the
-indices.
-
-Class indices: 0 is background, 1..C the classes in file order, 255 is "void" (ignored).
-Image-level labels are (C,) float32 vectors without the background, as psa keeps them
-(`cls_labels.npy`: a dict {image_id: (C,) vector}; psa's (20,) for VOC).
+Classes, class indices and image-level labels: classes.py; the PNG and header readers:
+image_files.py.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import os
-import struct
 import warnings
-import xml.etree.ElementTree as ET
-import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..errors import AffextError
-from ..files import atomic_save
-from ..safe_load import UnsafeFileError, load_npy
 from ..workers import map_in_processes
-
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
+from .classes import (
+    CLASS_NAMES,
+    CLASSES_FILE,
+    IGNORE_INDEX,
+    MAX_CLASSES,
+    NUM_CLASSES,
+    VOC_CLASSES,
+    DatasetError,
+    check_classes,
+    dataset_classes,
+    labels_from_xml,
+    labels_to_vector,
+    load_cls_labels,
+    read_classes,
+    save_cls_labels,
 )
-CLASS_NAMES: tuple[str, ...] = ("background",) + VOC_CLASSES
-NUM_CLASSES = len(VOC_CLASSES)  # 20 foreground classes
-IGNORE_INDEX = 255
+from .image_files import image_size, load_label_png, save_label_png, voc_palette
+
+# also the names that classes.py and image_files.py hold, importable from here as before
+__all__ = [
+    "ANNOTATION_DIR",
+    "CLASSES_FILE",
+    "CLASS_NAMES",
+    "IGNORE_INDEX",
+    "IMAGE_DIR",
+    "IMAGE_EXTENSIONS",
+    "LABEL_SOURCES",
+    "MASK_DIRS",
+    "MAX_CLASSES",
+    "NUM_CLASSES",
+    "VOC_CLASSES",
+    "DatasetError",
+    "VOCDataset",
+    "check_classes",
+    "dataset_classes",
+    "image_size",
+    "labels_from_xml",
+    "labels_to_vector",
+    "load_cls_labels",
+    "load_label_png",
+    "read_classes",
+    "read_id_list",
+    "save_cls_labels",
+    "save_label_png",
+    "unique_ids",
+    "voc_palette",
+]
+
 IMAGE_DIR = "JPEGImages"
 ANNOTATION_DIR = "Annotations"
 MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_SOURCES = ("auto", "xml", "npy", "mask")
-CLASSES_FILE = "classes.txt"  # ROOT/classes.txt: the dataset's own classes
-MAX_CLASSES = IGNORE_INDEX - 1  # indices 1..C and 255 (void) must fit a uint8 PNG
-
-
-class DatasetError(AffextError, ValueError):
-    """A dataset problem a user can act on: missing folder, unknown id, unreadable file."""
-
-
-def voc_palette() -> list[int]:
-    """The VOC colour map as a flat list of 768 ints (256 RGB triplets) for PIL's putpalette.
-
-    Colour of index i: its bits 0, 1, 2 go to the top bits of R, G, B, then bits 3, 4, 5 to
-    the next bits, and so on; 255 (void) comes out as (224, 224, 192).
-    """
-    return list(_palette())
-
-
-@functools.cache
-def _palette() -> tuple[int, ...]:
-    """voc_palette's values, made once (every label PNG written carries them)."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return tuple(palette)
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -143,183 +116,6 @@ def unique_ids(ids: Iterable[str], source: str = "the id list") -> list[str]:
             stacklevel=2,
         )
     return unique
-
-
-def check_classes(names: Iterable[str], source: str = "the class list") -> tuple[str, ...]:
-    """Foreground class names, validated: stripped, a leading "background" dropped, none
-    empty or repeated, 1 to 254 of them. Raises DatasetError naming `source`."""
-    names = [str(n).strip() for n in names]
-    if names and names[0].lower() == "background":
-        names = names[1:]
-    if not names:
-        raise DatasetError(f"{source} names no class: list one foreground class per line")
-    empty = [n for n, name in enumerate(names, 1) if not name]
-    if empty:
-        raise DatasetError(f"{source}: class {empty[0]} has an empty name")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise DatasetError(f"{source} names class(es) {repeated} more than once")
-    if "background" in (n.lower() for n in names):
-        raise DatasetError(
-            f"{source}: 'background' is class 0 and may only be the first line, or left out"
-        )
-    if len(names) > MAX_CLASSES:
-        raise DatasetError(
-            f"{source} names {len(names)} classes; at most {MAX_CLASSES} fit the label PNGs "
-            "(0 is background, 255 void)"
-        )
-    return tuple(names)
-
-
-def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
-    """The foreground class names of a classes file (format: this module's docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"classes file {str(path)!r} does not exist")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read classes file {str(path)!r}: {exc}") from exc
-    names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-    return check_classes(names, f"classes file {str(path)!r}")
-
-
-def dataset_classes(
-    root: str | os.PathLike, classes: str | os.PathLike | Sequence[str] | None = None
-) -> tuple[str, ...]:
-    """A dataset's foreground classes: `classes` (a classes file, "voc" for VOC's 20, or the
-    names) when given, else ROOT/classes.txt when there is one, else VOC's 20."""
-    if classes is None:
-        own = Path(root) / CLASSES_FILE
-        return read_classes(own) if own.is_file() else VOC_CLASSES
-    if isinstance(classes, (str, os.PathLike)):
-        return VOC_CLASSES if str(classes).lower() == "voc" else read_classes(classes)
-    return check_classes(classes, "the classes given")
-
-
-def labels_to_vector(
-    class_indices: Iterable[int], num_classes: int = NUM_CLASSES, source: str | None = None
-) -> np.ndarray:
-    """(C,) float32 multi-hot vector from class indices: 1..C set their entry, 0 (background)
-    and 255 (void) are skipped, any other index raises DatasetError naming `source`."""
-    vec = np.zeros(num_classes, np.float32)
-    for c in class_indices:
-        c = int(c)
-        if 1 <= c <= num_classes:
-            vec[c - 1] = 1.0
-        elif c not in (0, IGNORE_INDEX):
-            raise DatasetError(
-                f"{source or 'the labels'} hold(s) class index {c}, outside the dataset's "
-                f"classes 1..{num_classes} (0 background, 255 void): "
-                "declare the dataset's classes in ROOT/classes.txt or give --classes"
-            )
-    return vec
-
-
-def load_cls_labels(
-    path: str | os.PathLike, num_classes: int = NUM_CLASSES
-) -> dict[str, np.ndarray]:
-    """psa's cls_labels.npy: a pickled dict {image_id: (C,) label vector} (C = 20 for VOC).
-
-    Read by safe_load.load_npy (str or int ids, numeric vectors; nothing in the file runs):
-    UnsafeFileError for anything else, DatasetError for an unreadable file or no dict."""
-    try:
-        table = load_npy(path, "class labels")
-    except UnsafeFileError:
-        raise
-    except OSError as exc:
-        raise DatasetError(f"cannot read class labels from {str(path)!r}: {exc}") from exc
-    except ValueError as exc:  # its message names the file
-        raise DatasetError(str(exc)) from exc
-    if not isinstance(table, dict):
-        raise DatasetError(f"{str(path)!r} must hold a dict {{image_id: ({num_classes},) vector}}")
-    out = {}
-    for k, v in table.items():
-        v = np.asarray(v, np.float32)
-        if v.size != num_classes:
-            raise DatasetError(
-                f"{str(path)!r} holds a {v.shape} label vector for {k!r}, but the dataset "
-                f"has {num_classes} classes: the file belongs to another class list"
-            )
-        out[str(k)] = v.reshape(num_classes)
-    return out
-
-
-def save_cls_labels(path: str | os.PathLike, table: dict[str, np.ndarray]) -> None:
-    """Write {image_id: (C,) vector} as psa's cls_labels.npy (a pickled dict), atomically."""
-    data = {str(k): np.asarray(v, np.float32) for k, v in table.items()}
-    atomic_save(path, lambda f: np.save(f, data, allow_pickle=True))
-
-
-def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write an (H, W) uint8 class map as a VOC palette PNG, atomically."""
-    image = Image.fromarray(np.asarray(label, np.uint8), mode="P")
-    image.putpalette(voc_palette())
-    atomic_save(path, lambda f: image.save(f, format="PNG"))
-
-
-def load_label_png(path: str | os.PathLike) -> np.ndarray:
-    """(H, W) uint8 class map from a palette PNG (indices) or a grey PNG (values)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise DatasetError(f"cannot read class map {str(path)!r}: {exc}") from exc
-    plain = _plain_png(data)
-    if plain is not None:
-        return plain
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.mode in ("P", "L"):
-                return np.array(image, np.uint8)
-            if image.mode in ("I", "I;16"):
-                return np.array(image).astype(np.uint8)
-            raise DatasetError(
-                f"{str(path)!r} is a {image.mode} image; a class map must be a "
-                "palette (P) or grey (L) PNG"
-            )
-    except (OSError, SyntaxError) as exc:
-        raise DatasetError(f"cannot decode class map {str(path)!r}: {exc}") from exc
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _plain_png(data: bytes) -> np.ndarray | None:
-    """The (H, W) uint8 values of an 8-bit palette or grey PNG, not interlaced, with every
-    row unfiltered (as PIL writes class maps), read without PIL in a quarter of its time (the
-    stages' checks read every mask: docs/method.md §9); None for any other PNG, which PIL
-    reads. The deflate stream's own checksum catches a corrupt file."""
-    if not data.startswith(_PNG_SIGNATURE):
-        return None
-    pos, size, idat = 8, None, []
-    while pos + 8 <= len(data):
-        (n,) = struct.unpack_from(">I", data, pos)
-        kind = data[pos + 4 : pos + 8]
-        if kind == b"IHDR" and n >= 13:
-            w, h, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, pos + 8)
-            if depth != 8 or colour not in (0, 3) or interlace:
-                return None
-            size = (h, w)
-        elif kind == b"IDAT":
-            idat.append(data[pos + 8 : pos + 8 + n])
-        elif kind == b"IEND":
-            break
-        pos += 12 + n
-    if size is None or not idat:
-        return None
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error:
-        return None  # PIL names what is wrong
-    h, w = size
-    if len(raw) != h * (w + 1):
-        return None
-    rows = np.frombuffer(raw, np.uint8).reshape(h, w + 1)
-    if rows[:, 0].any():  # a filtered row
-        return None
-    return rows[:, 1:].copy()
 
 
 class VOCDataset:
@@ -549,52 +345,9 @@ def _masks_outside_classes(jobs: Sequence[tuple[str, int]]) -> list[tuple[str, l
     return out
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(W, H) of an image file, read from its header: a JPEG's frame header or a PNG's IHDR
-    directly, anything else (or anything unexpected) through PIL; DatasetError naming the
-    file when it cannot be read."""
-    try:
-        size = _header_size(path)
-        if size is None:
-            with Image.open(path) as im:
-                size = im.size
-    except (OSError, SyntaxError) as exc:
-        raise DatasetError(f"cannot read image {str(path)!r}: {exc}") from exc
-    return size
-
-
 def _image_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
     """image_size of each file (image_sizes' work)."""
     return [image_size(p) for p in paths]
-
-
-# JPEG start-of-frame markers (baseline, progressive, ...), which hold the height and width
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _header_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(W, H) from a JPEG's start-of-frame segment or a PNG's IHDR, reading only the
-    segments before it (PIL's open costs several times more per file); None otherwise."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-        if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
-            return struct.unpack(">II", head[16:24])
-        if not head.startswith(b"\xff\xd8"):
-            return None
-        pos = 2
-        for _ in range(64):  # APPn, DQT, DHT, ... segments before the frame
-            f.seek(pos)
-            marker = f.read(4)
-            if len(marker) < 4 or marker[0] != 0xFF:
-                return None
-            if marker[1] in _SOF:
-                frame = f.read(5)
-                if len(frame) < 5:
-                    return None
-                h, w = struct.unpack(">HH", frame[1:5])
-                return (w, h) if w and h else None
-            pos += 2 + struct.unpack(">H", marker[2:4])[0]
-    return None
 
 
 def _mask_classes_error(path, bad: list[int], num_classes: int) -> DatasetError:
@@ -603,27 +356,3 @@ def _mask_classes_error(path, bad: list[int], num_classes: int) -> DatasetError:
         f"classes 1..{num_classes} (0 background, 255 void): declare the dataset's classes "
         "in ROOT/classes.txt or give --classes"
     )
-
-
-def labels_from_xml(path: str | os.PathLike, classes: Sequence[str] = VOC_CLASSES) -> np.ndarray:
-    """(C,) label vector from a VOC annotation: the <object><name> of every object (the names
-    of its parts, such as a person's "head", are not classes). A name that is not one of
-    `classes` raises DatasetError naming the file and the name."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"annotation {str(path)!r} does not exist")
-    try:
-        tree = ET.parse(path)
-    except ET.ParseError as exc:
-        raise DatasetError(f"cannot parse annotation {str(path)!r}: {exc}") from exc
-    index = {name: i + 1 for i, name in enumerate(classes)}
-    names = [(obj.findtext("name") or "").strip() for obj in tree.getroot().iter("object")]
-    unknown = sorted({n for n in names if n not in index})
-    if unknown:
-        which = "VOC's 20" if tuple(classes) == VOC_CLASSES else f"the {len(classes)} declared"
-        raise DatasetError(
-            f"annotation {str(path)!r} names class(es) {unknown}, not among the dataset's "
-            f"classes ({which}): declare the dataset's classes in ROOT/classes.txt or give "
-            "--classes"
-        )
-    return labels_to_vector((index[n] for n in names), len(classes))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
 from ..neighborhood import check_radius, neighborhood_offsets
+from ._fake_checks import check_cpu_dtype, check_dim, check_floating, check_map_size
 
 _op = torch.ops.affext.pairwise_affinity
 _backward_op = torch.ops.affext.pairwise_affinity_backward
@@ -38,32 +39,25 @@ def pairwise_affinity(feat: torch.Tensor, radius: int = 5) -> torch.Tensor:
 
 def _check_feat(feat, radius):
     """The kernels' shape and dtype rules (affinity_args.cpp), for the fake kernels."""
-    torch._check(feat.dim() == 4, lambda: f"feat must have shape (B, C, H, W), got {feat.shape}")
-    torch._check(
-        feat.dtype.is_floating_point,
-        lambda: f"feat must be a floating-point tensor, got {feat.dtype}",
-    )
-    torch._check(feat.shape[1] > 0, lambda: "feat must have at least one channel")
-    torch._check(
-        feat.shape[2] >= radius and feat.shape[3] >= 2 * radius - 1,
-        lambda: (
-            f"feat is {feat.shape[2]}x{feat.shape[3]} but radius {radius} needs a map of "
-            f"at least {radius}x{2 * radius - 1}"
-        ),
-    )
+    check_dim("feat", feat, 4, "(B, C, H, W)")
+    check_floating("feat", feat)
+    torch._check_value(feat.shape[1] > 0, lambda: "feat must have at least one channel")
+    check_map_size("feat", feat.shape[2], feat.shape[3], radius)
     b, _, h, w = feat.shape
     return (b, len(neighborhood_offsets(radius)), h, w)
 
 
 @torch.library.register_fake("affext::pairwise_affinity")
 def _(feat, radius):
-    return feat.new_empty(_check_feat(feat, radius))
+    shape = _check_feat(feat, radius)
+    check_cpu_dtype("feat", feat)
+    return feat.new_empty(shape)
 
 
 @torch.library.register_fake("affext::pairwise_affinity_backward")
 def _(grad, feat, aff, radius):
     aff_shape = _check_feat(feat, radius)
-    torch._check(
+    torch._check_value(
         tuple(grad.shape) == aff_shape and tuple(aff.shape) == aff_shape,
         lambda: (
             f"grad and aff must have shape (B, K, H, W) = {aff_shape}, got "

@@ -141,6 +141,10 @@ def _(
         image.shape[1] == scores.shape[2] and image.shape[2] == scores.shape[3],
         lambda: f"image {tuple(image.shape)} and scores {tuple(scores.shape)} differ in size",
     )
+    torch._check_value(
+        scores.shape[1] >= 1,
+        lambda: f"scores must have at least one label, got shape {tuple(scores.shape)}",
+    )
     torch._check_value(iterations >= 1, lambda: f"iterations must be >= 1, got {iterations}")
     for name, value in (
         ("gaussian_sxy", gaussian_sxy),
@@ -150,4 +154,11 @@ def _(
         _check_setting(name, value, positive=True)
     _check_setting("gaussian_compat", gaussian_compat, positive=False)
     _check_setting("bilateral_compat", bilateral_compat, positive=False)
+    torch._check_value(
+        scores.shape[2] * scores.shape[3] <= 2**28,
+        lambda: (
+            f"scores are {scores.shape[2]}x{scores.shape[3]}: the dense CRF takes at most "
+            "2^28 pixels per image"
+        ),
+    )
     return scores.new_empty(scores.shape, dtype=torch.float32)

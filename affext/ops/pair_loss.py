@@ -8,6 +8,14 @@ import torch
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
 from ..neighborhood import check_radius, neighborhood_offsets, psa_layout, region_code
+from ._fake_checks import (
+    check_cpu_dtype,
+    check_dim,
+    check_floating,
+    check_integer,
+    check_map_size,
+    check_offsets,
+)
 
 _op = torch.ops.affext.pair_loss
 _backward_op = torch.ops.affext.pair_loss_backward
@@ -113,48 +121,60 @@ def affinity_labels(labels: torch.Tensor, radius: int = 5, region: str = "psa") 
     return AffinityLabels(*((classes == c).float() for c in (PAIR_BG, PAIR_FG, PAIR_NEG)))
 
 
-def _check_pair_loss_args(aff, labels, radius):
+def _check_labels(labels, radius, region):
+    """prepare_labels' shape and dtype rules (pair_loss_args.cpp), for the fake kernels."""
+    check_dim("labels", labels, 3, "(B, H, W)")
+    check_integer("labels", labels)
+    if region == region_code("psa"):  # the full region has pairs on any map
+        check_map_size("labels", labels.shape[1], labels.shape[2], radius)
+
+
+def _check_pair_loss_args(aff, labels, radius, region):
     """The kernels' shape and dtype rules (pair_loss_args.cpp), for the fake kernels."""
-    torch._check(aff.dim() == 4, lambda: f"aff must have shape (B, K, H, W), got {aff.shape}")
-    torch._check(labels.dim() == 3, lambda: f"labels must have shape (B, H, W), got {labels.shape}")
-    torch._check(
-        aff.dtype.is_floating_point, lambda: f"aff must be a floating-point tensor, got {aff.dtype}"
-    )
-    torch._check(
-        not labels.dtype.is_floating_point and labels.dtype != torch.bool,
-        lambda: f"labels must be an integer tensor, got {labels.dtype}",
-    )
-    k = len(neighborhood_offsets(radius))
-    torch._check(
-        aff.shape[1] == k, lambda: f"aff has {aff.shape[1]} offsets but radius {radius} has K = {k}"
-    )
-    torch._check(
+    check_dim("aff", aff, 4, "(B, K, H, W)")
+    check_floating("aff", aff)
+    _check_labels(labels, radius, region)
+    check_offsets("aff", aff, radius)
+    torch._check_value(
         aff.shape[0] == labels.shape[0]
         and aff.shape[2] == labels.shape[1]
         and aff.shape[3] == labels.shape[2],
         lambda: f"aff {tuple(aff.shape)} and labels {tuple(labels.shape)} must agree in B, H, W",
     )
+    check_cpu_dtype("aff", aff)
 
 
 @torch.library.register_fake("affext::pair_loss")
 def _(aff, labels, radius, region):
-    _check_pair_loss_args(aff, labels, radius)
+    _check_pair_loss_args(aff, labels, radius, region)
     parts = tuple(aff.new_empty(()) for _ in range(4))
     return (*parts, aff.new_empty((3,), dtype=torch.int64))
 
 
 @torch.library.register_fake("affext::pair_loss_backward")
 def _(grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, counts, aff, labels, radius, region):
-    _check_pair_loss_args(aff, labels, radius)
-    for grad in (grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss):
-        torch._check(grad is None or grad.dim() == 0, lambda: "loss gradients must be 0-dim")
-    torch._check(counts.shape == (3,) and counts.dtype == torch.int64, lambda: "counts: (3,) int64")
+    _check_pair_loss_args(aff, labels, radius, region)
+    names = ("grad_loss", "grad_bg_loss", "grad_fg_loss", "grad_neg_loss")
+    for name, grad in zip(names, (grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss)):
+        if grad is not None:
+            torch._check_value(
+                grad.dim() == 0,
+                lambda name=name, grad=grad: f"{name} must be a 0-dim tensor, got {grad.shape}",
+            )
+            check_floating(name, grad)
+    torch._check_value(
+        counts.shape == (3,) and counts.dtype == torch.int64,
+        lambda: (
+            f"counts must be the forward's (3,) int64 pair counts, got {counts.dtype} of "
+            f"shape {tuple(counts.shape)}"
+        ),
+    )
     return torch.empty_like(aff, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("affext::pair_classes")
 def _(labels, radius, region):
-    torch._check(labels.dim() == 3, lambda: f"labels must have shape (B, H, W), got {labels.shape}")
+    _check_labels(labels, radius, region)
     b, h, w = labels.shape
     return labels.new_empty((b, len(neighborhood_offsets(radius)), h, w), dtype=torch.uint8)
 

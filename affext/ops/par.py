@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
+from ._fake_checks import check_agree, check_dim, check_floating
 
 _weights_op = torch.ops.affext.par_weights
 _refine_op = torch.ops.affext.par_refine
@@ -145,59 +147,59 @@ def par_refine(
 
 # ---- fake kernels: the launchers' rules (csrc/par/par_args.cpp), for tracing ----------------
 def _fake_dilations(dilations):
-    torch._check(
+    torch._check_value(
         1 <= len(dilations) <= MAX_DILATIONS and all(1 <= d <= MAX_DILATION for d in dilations),
-        lambda: f"dilations must hold 1 to {MAX_DILATIONS} positive integers, got {dilations}",
+        lambda: (
+            f"dilations must hold 1 to {MAX_DILATIONS} positive integers (at most "
+            f"{MAX_DILATION}), got {dilations}"
+        ),
     )
     return RING * len(dilations)
 
 
+def _fake_pixels(name, t):
+    torch._check_value(
+        t.shape[2] * t.shape[3] < 2**31,
+        lambda: f"{name} has more than 2^31 pixels per channel: {tuple(t.shape)}",
+    )
+
+
 @torch.library.register_fake("affext::par_weights")
 def _(imgs, dilations, w1, w2):
-    torch._check(imgs.dim() == 4, lambda: f"imgs must have shape (B, 3, H, W), got {imgs.shape}")
-    torch._check(
-        imgs.dtype.is_floating_point,
-        lambda: f"imgs must be a floating-point tensor, got {imgs.dtype}",
-    )
-    torch._check(
+    check_dim("imgs", imgs, 4, "(B, 3, H, W)")
+    check_floating("imgs", imgs)
+    torch._check_value(
         imgs.shape[1] >= 1 and imgs.shape[2] >= 1 and imgs.shape[3] >= 1,
         lambda: f"imgs must have at least one channel and one pixel, got {imgs.shape}",
     )
-    torch._check(w1 > 0 and w2 >= 0, lambda: f"w1 must be > 0 and w2 >= 0, got {w1}, {w2}")
+    _fake_pixels("imgs", imgs)
     k = _fake_dilations(dilations)
+    torch._check_value(
+        math.isfinite(w1) and w1 > 0, lambda: f"w1 must be a positive number, got {w1}"
+    )
+    torch._check_value(math.isfinite(w2) and w2 >= 0, lambda: f"w2 must be a number >= 0, got {w2}")
     b, _, h, w = imgs.shape
     return imgs.new_empty((b, k, h, w), dtype=acc_dtype(imgs.dtype))
 
 
 def _fake_refine(name, masks, weights, dilations, num_iter):
-    torch._check(
-        masks.dim() == 4, lambda: f"{name} must have shape (B, C, H, W), got {masks.shape}"
-    )
-    torch._check(
-        weights.dim() == 4, lambda: f"weights must have shape (B, K, H, W), got {weights.shape}"
-    )
-    torch._check(
-        masks.dtype.is_floating_point,
-        lambda: f"{name} must be a floating-point tensor, got {masks.dtype}",
-    )
-    torch._check(num_iter >= 1, lambda: f"num_iter must be >= 1, got {num_iter}")
+    check_dim(name, masks, 4, "(B, C, H, W)")
+    check_dim("weights", weights, 4, "(B, K, H, W)")
+    check_floating(name, masks)
+    torch._check_value(num_iter >= 1, lambda: f"num_iter must be >= 1, got {num_iter}")
     k = _fake_dilations(dilations)
-    torch._check(
+    torch._check_value(
         weights.shape[1] == k,
         lambda: f"weights has {weights.shape[1]} neighbours but dilations {dilations} have K = {k}",
     )
-    torch._check(
-        masks.shape[0] == weights.shape[0]
-        and masks.shape[2] == weights.shape[2]
-        and masks.shape[3] == weights.shape[3],
-        lambda: (
-            f"{name} {tuple(masks.shape)} and weights {tuple(weights.shape)} must agree in "
-            "batch and size (B, ., H, W)"
-        ),
-    )
-    torch._check(
+    check_agree(name, masks, "weights", weights)
+    _fake_pixels(name, masks)
+    torch._check_type(
         weights.dtype == acc_dtype(masks.dtype),
-        lambda: f"weights must be {acc_dtype(masks.dtype)}, got {weights.dtype}",
+        lambda: (
+            f"weights must be {acc_dtype(masks.dtype)} (the accumulation type of {name}'s "
+            f"{masks.dtype}), got {weights.dtype}"
+        ),
     )
     return torch.empty_like(masks, memory_format=torch.contiguous_format)
 

@@ -7,7 +7,14 @@ import time
 import torch
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
-from ..neighborhood import check_radius, neighborhood_offsets, region_code
+from ..neighborhood import check_radius, region_code
+from ._fake_checks import (
+    check_agree,
+    check_dim,
+    check_floating,
+    check_map_size,
+    check_offsets,
+)
 
 _op = torch.ops.affext.random_walk
 
@@ -99,28 +106,22 @@ def walk_result_dtype(cam_dtype: torch.dtype, aff_dtype: torch.dtype) -> torch.d
 
 @torch.library.register_fake("affext::random_walk")
 def _(cam, aff, beta, iterations, radius, region):
-    torch._check(cam.dim() == 4, lambda: f"cam must have shape (B, C, H, W), got {cam.shape}")
-    torch._check(aff.dim() == 4, lambda: f"aff must have shape (B, K, H, W), got {aff.shape}")
-    torch._check(
-        cam.dtype.is_floating_point and aff.dtype.is_floating_point,
-        lambda: f"cam and aff must be floating-point, got {cam.dtype} and {aff.dtype}",
-    )
-    k = len(neighborhood_offsets(radius))
-    torch._check(
-        aff.shape[1] == k, lambda: f"aff has {aff.shape[1]} offsets but radius {radius} has K = {k}"
-    )
-    torch._check(
-        cam.shape[0] == aff.shape[0]
-        and cam.shape[2] == aff.shape[2]
-        and cam.shape[3] == aff.shape[3],
-        lambda: f"cam {tuple(cam.shape)} and aff {tuple(aff.shape)} must agree in (B, ., H, W)",
-    )
+    # the rules of random_walk_args.cpp and the CPU launcher
+    check_dim("cam", cam, 4, "(B, C, H, W)")
+    check_dim("aff", aff, 4, "(B, K, H, W)")
+    check_floating("cam", cam)
+    check_floating("aff", aff)
+    torch._check_value(beta > 0, lambda: f"beta must be > 0, got {beta}")
+    torch._check_value(iterations >= 1, lambda: f"iterations must be >= 1, got {iterations}")
+    check_offsets("aff", aff, radius)
+    check_agree("cam", cam, "aff", aff)
     if region == region_code("psa"):  # the full region takes any map size
-        torch._check(
-            aff.shape[2] >= radius and aff.shape[3] >= 2 * radius - 1,
-            lambda: (
-                f"aff is {aff.shape[2]}x{aff.shape[3]} but radius {radius} needs a map of "
-                f"at least {radius}x{2 * radius - 1}"
-            ),
-        )
-    return cam.new_empty(cam.shape, dtype=walk_result_dtype(cam.dtype, aff.dtype))
+        check_map_size("aff", aff.shape[2], aff.shape[3], radius)
+    dtype = walk_result_dtype(cam.dtype, aff.dtype)
+    torch._check_type(  # half dtypes walk on CUDA only
+        cam.device.type != "cpu" or dtype == torch.promote_types(cam.dtype, aff.dtype),
+        lambda: (
+            f"on the CPU cam and aff must be float32 or float64, got {cam.dtype} and {aff.dtype}"
+        ),
+    )
+    return cam.new_empty(cam.shape, dtype=dtype)

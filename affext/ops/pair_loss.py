@@ -157,10 +157,9 @@ def _(grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, counts, aff, labels,
     names = ("grad_loss", "grad_bg_loss", "grad_fg_loss", "grad_neg_loss")
     for name, grad in zip(names, (grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss)):
         if grad is not None:
-            torch._check_value(
-                grad.dim() == 0,
-                lambda name=name, grad=grad: f"{name} must be a 0-dim tensor, got {grad.shape}",
-            )
+            shape = tuple(grad.shape)
+            if grad.dim() != 0:
+                raise ValueError(f"{name} must be a 0-dim tensor, got {shape}")
             check_floating(name, grad)
     torch._check_value(
         counts.shape == (3,) and counts.dtype == torch.int64,

@@ -100,14 +100,16 @@ struct Lattice {
   std::vector<float> norm;       // (N): 1 / sqrt(L 1 + 1e-20)
 };
 
+// The first phase of a lattice's build, parallel over pixels: each pixel's d + 1 vertex keys
+// (packed) and barycentric weights.
 template <int D>
-void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float sxy, float srgb,
-                   int bits) {
+void embed_pixels(Lattice& lat, std::vector<uint64_t>& keys, int64_t H, int64_t W,
+                  const uint8_t* rgb, float sxy, float srgb, int bits) {
   constexpr int D1 = D + 1;
   const int64_t N = H * W;
   lat.d = D;
   lat.N = N;
-  std::vector<uint64_t> keys(N * D1);
+  keys.resize(N * D1);
   lat.weight.resize(N * D1);
   parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     float f[D];
@@ -120,10 +122,18 @@ void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float
       crf::embed_point<D>(f, bits, &keys[p * D1], &lat.weight[p * D1]);
     }
   });
-  // Vertex ids in order of first appearance: one thread, so the numbering is fixed.
-  VertexTable table(N);
+}
+
+// The serial phase, one thread a lattice: vertex ids in order of first appearance (so that
+// the numbering is fixed), and the splat's terms grouped by vertex (a counting sort keeps
+// them in increasing order). `table` starts empty; the blur's neighbour lookups use it after.
+template <int D>
+void number_vertices(Lattice& lat, const std::vector<uint64_t>& keys,
+                     std::vector<uint64_t>& vertex_key, VertexTable& table) {
+  constexpr int D1 = D + 1;
+  const int64_t N = lat.N;
   lat.vertex.resize(N * D1);
-  std::vector<uint64_t> vertex_key(1, 0);
+  vertex_key.assign(1, 0);
   for (int64_t e = 0; e < N * D1; ++e) {
     // neighbouring pixels mostly share their simplex: the previous pixel's vertex first
     if (e >= D1 && keys[e] == keys[e - D1]) {
@@ -136,21 +146,25 @@ void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float
   }
   const int64_t M = table.size();
   lat.M = M;
-  // The splat's terms grouped by vertex (a counting sort keeps them in increasing order).
   lat.start.assign(M + 2, 0);
   for (int64_t e = 0; e < N * D1; ++e) ++lat.start[lat.vertex[e] + 1];
   for (int64_t v = 1; v <= M + 1; ++v) lat.start[v] += lat.start[v - 1];
   lat.splat_p.resize(N * D1);
   lat.splat_w.resize(N * D1);
-  {
-    std::vector<int64_t> fill(lat.start.begin(), lat.start.end() - 1);
-    for (int64_t e = 0; e < N * D1; ++e) {
-      const int64_t i = fill[lat.vertex[e]]++;
-      lat.splat_p[i] = static_cast<int32_t>(e / D1);
-      lat.splat_w[i] = lat.weight[e];
-    }
+  std::vector<int64_t> fill(lat.start.begin(), lat.start.end() - 1);
+  for (int64_t e = 0; e < N * D1; ++e) {
+    const int64_t i = fill[lat.vertex[e]]++;
+    lat.splat_p[i] = static_cast<int32_t>(e / D1);
+    lat.splat_w[i] = lat.weight[e];
   }
-  // Blur neighbours.
+}
+
+// The last phase, parallel over vertices and pixels: blur neighbours and slice weights.
+template <int D>
+void link_vertices(Lattice& lat, const VertexTable& table, const std::vector<uint64_t>& vertex_key,
+                   int bits) {
+  constexpr int D1 = D + 1;
+  const int64_t M = lat.M;
   lat.nbr.assign(static_cast<size_t>(D1) * (M + 1) * 2, 0);
   parallel_for(1, M + 1, kGrain, [&](int64_t begin, int64_t end) {
     for (int j = 0; j < D1; ++j) {
@@ -162,8 +176,10 @@ void build_lattice(Lattice& lat, int64_t H, int64_t W, const uint8_t* rgb, float
     }
   });
   const float alpha = crf::slice_alpha(D);
-  lat.slice_w.resize(N * D1);
-  for (int64_t e = 0; e < N * D1; ++e) lat.slice_w[e] = lat.weight[e] * alpha;
+  lat.slice_w.resize(lat.N * D1);
+  parallel_for(0, lat.N * D1, kGrain * D1, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) lat.slice_w[e] = lat.weight[e] * alpha;
+  });
 }
 
 // Parallel loops: a region only where there is enough work to pay for waking the threads (a
@@ -297,18 +313,113 @@ struct FilterBuffers {
 template <int D>
 void normalise(Lattice& lat, float compat) {
   constexpr int D1 = D + 1;
-  std::vector<float> ones(lat.N * kLanes, 1.f);
+  const int64_t N = lat.N, M = lat.M;
+  std::vector<float> ones(N * kLanes, 1.f);
   FilterBuffers buf(lat, kLanes);
-  splat_range(lat, ones.data(), kLanes, buf.a.data(), 1, lat.M + 1);
+  parallel_for(1, M + 1, kGrain, [&](int64_t begin, int64_t end) {
+    splat_range(lat, ones.data(), kLanes, buf.a.data(), begin, end);
+  });
   blur(lat, kLanes, buf.a.data(), buf.b.data());
-  lat.norm.resize(lat.N);
-  for (int64_t p = 0; p < lat.N; ++p) {
-    float l1[kLanes] = {0.f};
-    slice_chunk<D, 1>(lat, buf.a.data(), kLanes, 0, p, l1);
-    lat.norm[p] = 1.0f / std::sqrt(l1[0] + crf::kNormEps);
+  lat.norm.resize(N);
+  parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float l1[kLanes] = {0.f};
+      slice_chunk<D, 1>(lat, buf.a.data(), kLanes, 0, p, l1);
+      lat.norm[p] = 1.0f / std::sqrt(l1[0] + crf::kNormEps);
+    }
+  });
+  parallel_for(0, N * D1, kGrain * D1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) lat.splat_w[i] *= lat.norm[lat.splat_p[i]];
+    for (int64_t e = begin; e < end; ++e) lat.slice_w[e] *= compat * lat.norm[e / D1];
+  });
+}
+
+// The mean-field update of the pixels [begin, end): e = logp + (both slices), then the
+// softmax of each stack's n labels, into q. Rows of Cp = L floats (the stacks' labels side by
+// side, then zero padding). The width is fixed at compile time, so that the slices' sums and
+// the exponentials run in vector lanes; the max and the sum of a stack are scalar, in label
+// order (the bits of crf::softmax_pixel).
+template <int L>
+void update_fixed(const Lattice& g, const float* __restrict__ vg, const Lattice& b,
+                  const float* __restrict__ vb, const float* __restrict__ logp, int64_t S,
+                  int64_t n, int64_t begin, int64_t end, float* __restrict__ q) {
+  constexpr int Dg = crf::kGaussianDim + 1, Db = crf::kBilateralDim + 1;
+  const int C = static_cast<int>(S * n);
+  int stack_of[L];  // a lane's stack; padding lanes: none (-1)
+  for (int k = 0; k < L; ++k) stack_of[k] = k < C ? static_cast<int>(k / n) : -1;
+  const int32_t* gv = g.vertex.data();
+  const float* gw = g.slice_w.data();
+  const int32_t* bv = b.vertex.data();
+  const float* bw = b.slice_w.data();
+  for (int64_t p = begin; p < end; ++p) {
+    float e[L];
+    for (int k = 0; k < L; ++k) e[k] = logp[p * L + k];
+    for (int r = 0; r < Dg; ++r) {
+      const float w = gw[p * Dg + r];
+      const float* src = vg + static_cast<int64_t>(gv[p * Dg + r]) * L;
+      for (int k = 0; k < L; ++k) e[k] += w * src[k];
+    }
+    for (int r = 0; r < Db; ++r) {
+      const float w = bw[p * Db + r];
+      const float* src = vb + static_cast<int64_t>(bv[p * Db + r]) * L;
+      for (int k = 0; k < L; ++k) e[k] += w * src[k];
+    }
+    float top[L], sum[L];
+    for (int64_t st = 0; st < S; ++st) {
+      float t = -INFINITY;
+      for (int64_t l = st * n; l < (st + 1) * n; ++l) t = e[l] > t ? e[l] : t;
+      top[st] = t;
+    }
+    float shift[L], x[L];
+    // padding lanes hold e = 0: exp(0) = 1, divided by +inf below, stays 0
+    for (int k = 0; k < L; ++k) shift[k] = stack_of[k] >= 0 ? top[stack_of[k]] : 0.f;
+    for (int k = 0; k < L; ++k) x[k] = crf::exp_nonpositive(e[k] - shift[k]);
+    for (int64_t st = 0; st < S; ++st) {
+      float s = 0.f;
+      for (int64_t l = st * n; l < (st + 1) * n; ++l) s += x[l];
+      sum[st] = s;
+    }
+    float div[L];
+    for (int k = 0; k < L; ++k) div[k] = stack_of[k] >= 0 ? sum[stack_of[k]] : INFINITY;
+    for (int k = 0; k < L; ++k) q[p * L + k] = x[k] / div[k];
   }
-  for (int64_t i = 0; i < lat.N * D1; ++i) lat.splat_w[i] *= lat.norm[lat.splat_p[i]];
-  for (int64_t e = 0; e < lat.N * D1; ++e) lat.slice_w[e] *= compat * lat.norm[e / D1];
+}
+
+// Any width: the slices chunk by chunk into a row, then the softmax of each stack.
+void update_any(const Lattice& g, const float* vg, const Lattice& b, const float* vb,
+                const float* logp, int64_t S, int64_t n, int64_t Cp, int64_t begin, int64_t end,
+                float* q) {
+  std::vector<float> e(Cp);
+  for (int64_t p = begin; p < end; ++p) {
+    std::copy(&logp[p * Cp], &logp[p * Cp] + Cp, e.data());
+    for_channel_chunks(Cp, [&](auto G, int64_t c0) {
+      slice_chunk<crf::kGaussianDim, decltype(G)::value>(g, vg, Cp, c0, p, e.data());
+      slice_chunk<crf::kBilateralDim, decltype(G)::value>(b, vb, Cp, c0, p, e.data());
+    });
+    for (int64_t st = 0; st < S; ++st) crf::softmax_pixel(&e[st * n], n, &q[p * Cp + st * n]);
+  }
+}
+
+// e = logp + compat_g n_g L_g(n_g q) + compat_b n_b L_b(n_b q), q = softmax(e) per stack.
+void update_pixels(const Lattice& g, const float* vg, const Lattice& b, const float* vb,
+                   const float* logp, int64_t S, int64_t n, int64_t Cp, int64_t begin, int64_t end,
+                   float* q) {
+  switch (Cp) {
+    case 4:
+      return update_fixed<4>(g, vg, b, vb, logp, S, n, begin, end, q);
+    case 8:
+      return update_fixed<8>(g, vg, b, vb, logp, S, n, begin, end, q);
+    case 12:
+      return update_fixed<12>(g, vg, b, vb, logp, S, n, begin, end, q);
+    case 16:
+      return update_fixed<16>(g, vg, b, vb, logp, S, n, begin, end, q);
+    case 20:
+      return update_fixed<20>(g, vg, b, vb, logp, S, n, begin, end, q);
+    case 24:
+      return update_fixed<24>(g, vg, b, vb, logp, S, n, begin, end, q);
+    default:
+      return update_any(g, vg, b, vb, logp, S, n, Cp, begin, end, q);
+  }
 }
 
 struct CrfSettings {
@@ -324,20 +435,31 @@ struct CrfSettings {
 void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, int64_t n, int64_t H,
                int64_t W, const CrfSettings& s) {
   const int64_t N = H * W, C = S * n, Cp = (C + kLanes - 1) / kLanes * kLanes;
+  // The two lattices phase by phase: the parallel phases over pixels or vertices, the
+  // serial numbering one lattice a thread.
   Lattice g, b;
+  std::vector<uint64_t> g_keys, b_keys, g_vertex_key, b_vertex_key;
+  embed_pixels<crf::kGaussianDim>(g, g_keys, H, W, rgb, s.gaussian_sxy, 0.f,
+                                  s.packing.gaussian.bits);
+  embed_pixels<crf::kBilateralDim>(b, b_keys, H, W, rgb, s.bilateral_sxy, s.bilateral_srgb,
+                                   s.packing.bilateral.bits);
+  // A lattice has far fewer vertices than terms: the tables grow as needed from a size that
+  // stays in cache.
+  VertexTable g_table(N / 8), b_table(N / 8);
   parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t which = begin; which < end; ++which) {
-      if (which == 0) {
-        build_lattice<crf::kGaussianDim>(g, H, W, rgb, s.gaussian_sxy, 0.f,
-                                         s.packing.gaussian.bits);
-        normalise<crf::kGaussianDim>(g, s.gaussian_compat);
-      } else {
-        build_lattice<crf::kBilateralDim>(b, H, W, rgb, s.bilateral_sxy, s.bilateral_srgb,
-                                          s.packing.bilateral.bits);
-        normalise<crf::kBilateralDim>(b, s.bilateral_compat);
-      }
+      if (which == 0)
+        number_vertices<crf::kGaussianDim>(g, g_keys, g_vertex_key, g_table);
+      else
+        number_vertices<crf::kBilateralDim>(b, b_keys, b_vertex_key, b_table);
     }
   });
+  std::vector<uint64_t>().swap(g_keys);
+  std::vector<uint64_t>().swap(b_keys);
+  link_vertices<crf::kGaussianDim>(g, g_table, g_vertex_key, s.packing.gaussian.bits);
+  link_vertices<crf::kBilateralDim>(b, b_table, b_vertex_key, s.packing.bilateral.bits);
+  normalise<crf::kGaussianDim>(g, s.gaussian_compat);
+  normalise<crf::kBilateralDim>(b, s.bilateral_compat);
   // Pixel-major working layout: (N, Cp), the stacks' labels side by side, zero padding.
   std::vector<float> logp(N * Cp, 0.f), q(N * Cp, 0.f);
   maybe_parallel(0, N, 4 * C, [&](int64_t begin, int64_t end) {
@@ -362,16 +484,7 @@ void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, i
     blur(g, Cp, fg.a.data(), fg.b.data());
     blur(b, Cp, fb.a.data(), fb.b.data());
     maybe_parallel(0, N, 12 * Cp, [&](int64_t begin, int64_t end) {
-      std::vector<float> e(Cp);
-      for (int64_t p = begin; p < end; ++p) {
-        // e = logp + compat_g n_g L_g(n_g q) + compat_b n_b L_b(n_b q)
-        std::copy(&logp[p * Cp], &logp[p * Cp] + Cp, e.data());
-        for_channel_chunks(Cp, [&](auto G, int64_t c0) {
-          slice_chunk<crf::kGaussianDim, decltype(G)::value>(g, fg.a.data(), Cp, c0, p, e.data());
-          slice_chunk<crf::kBilateralDim, decltype(G)::value>(b, fb.a.data(), Cp, c0, p, e.data());
-        });
-        for (int64_t st = 0; st < S; ++st) crf::softmax_pixel(&e[st * n], n, &q[p * Cp + st * n]);
-      }
+      update_pixels(g, fg.a.data(), b, fb.a.data(), logp.data(), S, n, Cp, begin, end, q.data());
     });
   }
   maybe_parallel(0, C, N, [&](int64_t begin, int64_t end) {

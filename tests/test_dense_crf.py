@@ -232,6 +232,22 @@ def test_reference_matches_pydensecrf_semantics(exact_cases):
     assert_near_exact(pydensecrf_reference, exact_cases)
 
 
+@requires_pydensecrf
+def test_pydensecrf_reference_runs_pydensecrf(monkeypatch):
+    # The reference goes through the CRF stage's code with the pydensecrf backend, never
+    # through affext's op (the stage's default backend).
+    crf_op = importlib.import_module("affext.ops.dense_crf")  # the module, not the function
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pydensecrf_reference called affext.dense_crf")
+
+    monkeypatch.setattr(crf_op, "dense_crf", refuse)
+    image, scores = case_inputs("photo", 20, 24, 3)
+    out = pydensecrf_reference(image, scores, 2)
+    assert out.shape == scores.shape
+    np.testing.assert_allclose(out.sum(0), 1, atol=1e-4)
+
+
 # ---- affext.dense_crf -----------------------------------------------------------------
 
 

@@ -171,7 +171,7 @@ def pydensecrf_reference(image, scores, iterations: int = 10, **settings: Any) -
     image, or (B, n, H, W) of a batch (one pydensecrf call an image). Needs pydensecrf2."""
     from ..stages.crf import CRFConfig, crf_inference
 
-    cfg = CRFConfig(iterations=iterations, **settings)
+    cfg = CRFConfig(iterations=iterations, backend="pydensecrf", **settings)
     image = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     scores = scores.cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     if image.ndim == 4:

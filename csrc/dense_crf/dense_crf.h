@@ -116,26 +116,21 @@ AFFEXT_HOST_DEVICE void embed_point(const float* f, int bits, uint64_t* keys, fl
   // Rank of each coordinate's residual in decreasing order (ties: the lower index first).
   int rank[D1];
   for (int i = 0; i < D1; ++i) rank[i] = 0;
+  // (Counted without branches: the comparisons' outcomes are as good as random.)
   for (int i = 0; i < D; ++i) {
     const float di = el[i] - rem0[i];
     for (int j = i + 1; j < D1; ++j) {
-      const float dj = el[j] - rem0[j];
-      if (di < dj)
-        ++rank[i];
-      else
-        ++rank[j];
+      const int lower = di < el[j] - rem0[j];
+      rank[i] += lower;
+      rank[j] += 1 - lower;
     }
   }
   // Bring the rounded point back onto the hyperplane by moving the extreme coordinates.
   for (int i = 0; i < D1; ++i) {
     rank[i] += excess;
-    if (rank[i] < 0) {
-      rank[i] += D1;
-      rem0[i] += static_cast<float>(D1);
-    } else if (rank[i] >= D1) {
-      rank[i] -= D1;
-      rem0[i] -= static_cast<float>(D1);
-    }
+    const int wrap = static_cast<int>(rank[i] < 0) - static_cast<int>(rank[i] >= D1);
+    rank[i] += wrap * D1;
+    rem0[i] += static_cast<float>(wrap * D1);
   }
   // Barycentric coordinates (Adams et al. 2010, §4).
   float bary[D1 + 1];
@@ -173,11 +168,34 @@ AFFEXT_HOST_DEVICE uint64_t neighbour_key(uint64_t key, int d, int bits, int j, 
 
 AFFEXT_HOST_DEVICE float slice_alpha(int d) { return 1.0f / (1.0f + ldexpf(1.0f, -d)); }
 
+// The bits of the float f.
+AFFEXT_HOST_DEVICE uint32_t bits_from_float(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+#endif
+}
+
+// max(x, -87) for x <= 0, as an integer min of the bits: with the sign bit set (which leaves
+// x <= 0 as it is but for +0, which becomes -0), a float's bits read as a signed integer grow
+// with its magnitude. (Written with a float comparison, or as an unsigned select, the clamped
+// branch folds to a constant and compilers then keep a branch in loops that would otherwise
+// run in vector lanes.) A NaN would become -87; none arrives here, since the unary's clip
+// turns a NaN score into 1e-5.
+AFFEXT_HOST_DEVICE float clamp_below_87(float x) {
+  constexpr int32_t kMinus87 = static_cast<int32_t>(0xC2AE0000u);
+  const int32_t i = static_cast<int32_t>(bits_from_float(x) | 0x80000000u);
+  return float_from_bits(i < kMinus87 ? i : kMinus87);
+}
+
 // exp(x) for x <= 0 (arguments of a max-subtracted softmax), relative error ~2e-7, and 0
 // below -87. A fixed sequence of float operations, so every path gives the same bits for a
 // given compiler's contraction of a * b + c.
 AFFEXT_HOST_DEVICE float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
+  x = clamp_below_87(x);
   const float n = round_to_int(x * 1.44269504088896341f);
   // x - n ln 2 in two parts (Cody-Waite), exact enough for |n| <= 126
   const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;

@@ -13,7 +13,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -202,6 +206,31 @@ void maybe_parallel(int64_t begin, int64_t end, int64_t work_per_item, const F& 
 constexpr int64_t kLanes = 4;
 constexpr int kMaxGroups = 8;
 
+// L floats as L / kLanes vectors of the compiler's vector extension (GCC and Clang): the
+// weighted sums below run in vector lanes at any width, where the auto-vectoriser gives up on
+// the wider ones. Without -mfma, w * x + acc is a multiply and an add, as in scalar code, so
+// the bits are those of the plain loops.
+typedef float Lanes4 __attribute__((vector_size(16)));
+
+template <int L>
+struct LaneRow {
+  static_assert(L % kLanes == 0, "rows of whole vectors");
+  Lanes4 v[L / kLanes];
+  void load(const float* src) { std::memcpy(v, src, sizeof v); }
+  void store(float* dst) const { std::memcpy(dst, v, sizeof v); }
+  void zero() {
+    for (auto& x : v) x = Lanes4{0.f, 0.f, 0.f, 0.f};
+  }
+  // this += w * src (src: L floats)
+  void add_scaled(float w, const float* src) {
+    for (int k = 0; k < L / kLanes; ++k) {
+      Lanes4 x;
+      std::memcpy(&x, src + k * kLanes, sizeof x);
+      v[k] += w * x;
+    }
+  }
+};
+
 // f(std::integral_constant<int, G>, c0) for each chunk of G * kLanes channels from c0.
 template <typename F>
 void for_channel_chunks(int64_t Cp, const F& f) {
@@ -245,14 +274,11 @@ void splat_chunk(const Lattice& lat, const float* __restrict__ in, int64_t strid
   const int32_t* pix = lat.splat_p.data();
   const float* wt = lat.splat_w.data();
   for (int64_t v = begin; v < end; ++v) {
-    float acc[L] = {};
-    for (int64_t i = start[v]; i < start[v + 1]; ++i) {
-      const float w = wt[i];
-      const float* src = in + static_cast<int64_t>(pix[i]) * stride + c0;
-      for (int k = 0; k < L; ++k) acc[k] += w * src[k];
-    }
-    float* dst = a + v * stride + c0;
-    for (int k = 0; k < L; ++k) dst[k] = acc[k];
+    LaneRow<L> acc;
+    acc.zero();
+    for (int64_t i = start[v]; i < start[v + 1]; ++i)
+      acc.add_scaled(wt[i], in + static_cast<int64_t>(pix[i]) * stride + c0);
+    acc.store(a + v * stride + c0);
   }
 }
 
@@ -291,14 +317,12 @@ template <int D, int G>
 inline void slice_chunk(const Lattice& lat, const float* __restrict__ val, int64_t stride,
                         int64_t c0, int64_t p, float* __restrict__ out) {
   constexpr int D1 = D + 1, L = G * kLanes;
-  float acc[L];
-  for (int k = 0; k < L; ++k) acc[k] = out[c0 + k];
-  for (int r = 0; r < D1; ++r) {
-    const float w = lat.slice_w[p * D1 + r];
-    const float* src = val + static_cast<int64_t>(lat.vertex[p * D1 + r]) * stride + c0;
-    for (int k = 0; k < L; ++k) acc[k] += w * src[k];
-  }
-  for (int k = 0; k < L; ++k) out[c0 + k] = acc[k];
+  LaneRow<L> acc;
+  acc.load(out + c0);
+  for (int r = 0; r < D1; ++r)
+    acc.add_scaled(lat.slice_w[p * D1 + r],
+                   val + static_cast<int64_t>(lat.vertex[p * D1 + r]) * stride + c0);
+  acc.store(out + c0);
 }
 
 // Scratch of one lattice's filter: two (M + 1, Cp) buffers, row 0 the missing vertex (zero).
@@ -344,6 +368,8 @@ void update_fixed(const Lattice& g, const float* __restrict__ vg, const Lattice&
                   const float* __restrict__ vb, const float* __restrict__ logp, int64_t S,
                   int64_t n, int64_t begin, int64_t end, float* __restrict__ q) {
   constexpr int Dg = crf::kGaussianDim + 1, Db = crf::kBilateralDim + 1;
+  // pixels per block: the exponentials of a block run as one loop over its P * L lanes
+  constexpr int64_t kBlock = 32;
   const int C = static_cast<int>(S * n);
   int stack_of[L];  // a lane's stack; padding lanes: none (-1)
   for (int k = 0; k < L; ++k) stack_of[k] = k < C ? static_cast<int>(k / n) : -1;
@@ -351,37 +377,42 @@ void update_fixed(const Lattice& g, const float* __restrict__ vg, const Lattice&
   const float* gw = g.slice_w.data();
   const int32_t* bv = b.vertex.data();
   const float* bw = b.slice_w.data();
-  for (int64_t p = begin; p < end; ++p) {
-    float e[L];
-    for (int k = 0; k < L; ++k) e[k] = logp[p * L + k];
-    for (int r = 0; r < Dg; ++r) {
-      const float w = gw[p * Dg + r];
-      const float* src = vg + static_cast<int64_t>(gv[p * Dg + r]) * L;
-      for (int k = 0; k < L; ++k) e[k] += w * src[k];
+  alignas(64) float e[kBlock * L], x[kBlock * L], shift[kBlock * L], div[kBlock * L];
+  for (int64_t p0 = begin; p0 < end; p0 += kBlock) {
+    const int64_t P = std::min(kBlock, end - p0);
+    for (int64_t i = 0; i < P; ++i) {
+      const int64_t p = p0 + i;
+      LaneRow<L> sum;
+      sum.load(logp + p * L);
+      for (int r = 0; r < Dg; ++r)
+        sum.add_scaled(gw[p * Dg + r], vg + static_cast<int64_t>(gv[p * Dg + r]) * L);
+      for (int r = 0; r < Db; ++r)
+        sum.add_scaled(bw[p * Db + r], vb + static_cast<int64_t>(bv[p * Db + r]) * L);
+      float acc[L];
+      sum.store(acc);
+      float top[L];
+      for (int64_t st = 0; st < S; ++st) {
+        float t = -INFINITY;
+        for (int64_t l = st * n; l < (st + 1) * n; ++l) t = acc[l] > t ? acc[l] : t;
+        top[st] = t;
+      }
+      // padding lanes hold e = 0: exp(0) = 1, divided by +inf below, stays 0
+      for (int k = 0; k < L; ++k) {
+        e[i * L + k] = acc[k];
+        shift[i * L + k] = stack_of[k] >= 0 ? top[stack_of[k]] : 0.f;
+      }
     }
-    for (int r = 0; r < Db; ++r) {
-      const float w = bw[p * Db + r];
-      const float* src = vb + static_cast<int64_t>(bv[p * Db + r]) * L;
-      for (int k = 0; k < L; ++k) e[k] += w * src[k];
+    for (int64_t j = 0; j < P * L; ++j) x[j] = crf::exp_nonpositive(e[j] - shift[j]);
+    for (int64_t i = 0; i < P; ++i) {
+      float sum[L];
+      for (int64_t st = 0; st < S; ++st) {
+        float s = 0.f;
+        for (int64_t l = st * n; l < (st + 1) * n; ++l) s += x[i * L + l];
+        sum[st] = s;
+      }
+      for (int k = 0; k < L; ++k) div[i * L + k] = stack_of[k] >= 0 ? sum[stack_of[k]] : INFINITY;
     }
-    float top[L], sum[L];
-    for (int64_t st = 0; st < S; ++st) {
-      float t = -INFINITY;
-      for (int64_t l = st * n; l < (st + 1) * n; ++l) t = e[l] > t ? e[l] : t;
-      top[st] = t;
-    }
-    float shift[L], x[L];
-    // padding lanes hold e = 0: exp(0) = 1, divided by +inf below, stays 0
-    for (int k = 0; k < L; ++k) shift[k] = stack_of[k] >= 0 ? top[stack_of[k]] : 0.f;
-    for (int k = 0; k < L; ++k) x[k] = crf::exp_nonpositive(e[k] - shift[k]);
-    for (int64_t st = 0; st < S; ++st) {
-      float s = 0.f;
-      for (int64_t l = st * n; l < (st + 1) * n; ++l) s += x[l];
-      sum[st] = s;
-    }
-    float div[L];
-    for (int k = 0; k < L; ++k) div[k] = stack_of[k] >= 0 ? sum[stack_of[k]] : INFINITY;
-    for (int k = 0; k < L; ++k) q[p * L + k] = x[k] / div[k];
+    for (int64_t j = 0; j < P * L; ++j) q[p0 * L + j] = x[j] / div[j];
   }
 }
 
@@ -428,6 +459,79 @@ struct CrfSettings {
   CrfPackings packing;
 };
 
+// The lattices of an image, phase by phase: the parallel phases over pixels or vertices, the
+// serial numbering one lattice a thread. g is null when the Gaussian lattice is at hand.
+void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings& s, Lattice* g,
+                    Lattice* b) {
+  const int64_t N = H * W;
+  std::vector<uint64_t> g_keys, b_keys, g_vertex_key, b_vertex_key;
+  if (g)
+    embed_pixels<crf::kGaussianDim>(*g, g_keys, H, W, rgb, s.gaussian_sxy, 0.f,
+                                    s.packing.gaussian.bits);
+  embed_pixels<crf::kBilateralDim>(*b, b_keys, H, W, rgb, s.bilateral_sxy, s.bilateral_srgb,
+                                   s.packing.bilateral.bits);
+  // A lattice has far fewer vertices than terms: the tables grow as needed from a size that
+  // stays in cache.
+  VertexTable g_table(g ? N / 8 : 0), b_table(N / 8);
+  parallel_for(0, g ? 2 : 1, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t which = begin; which < end; ++which) {
+      if (which == 0)
+        number_vertices<crf::kBilateralDim>(*b, b_keys, b_vertex_key, b_table);
+      else
+        number_vertices<crf::kGaussianDim>(*g, g_keys, g_vertex_key, g_table);
+    }
+  });
+  std::vector<uint64_t>().swap(g_keys);
+  std::vector<uint64_t>().swap(b_keys);
+  if (g) {
+    link_vertices<crf::kGaussianDim>(*g, g_table, g_vertex_key, s.packing.gaussian.bits);
+    normalise<crf::kGaussianDim>(*g, s.gaussian_compat);
+  }
+  link_vertices<crf::kBilateralDim>(*b, b_table, b_vertex_key, s.packing.bilateral.bits);
+  normalise<crf::kBilateralDim>(*b, s.bilateral_compat);
+  for (Lattice* lat : {g, b}) {
+    if (!lat) continue;  // what the filter no longer needs
+    std::vector<float>().swap(lat->weight);
+    std::vector<float>().swap(lat->norm);
+  }
+}
+
+// The Gaussian lattice depends on the image's size and the Gaussian settings alone, not on its
+// pixels: the lattices of the last kKeptGaussians sizes are kept (~10 MB each at 375 x 500),
+// so that a run over images of a few sizes builds the bilateral lattice alone.
+constexpr size_t kKeptGaussians = 2;
+
+struct GaussianKey {
+  int64_t H, W;
+  float sxy, compat;
+  bool operator==(const GaussianKey& o) const {
+    return H == o.H && W == o.W && sxy == o.sxy && compat == o.compat;
+  }
+};
+
+std::mutex kept_mutex;
+std::vector<std::pair<GaussianKey, std::shared_ptr<const Lattice>>> kept;  // most recent first
+
+std::shared_ptr<const Lattice> cached_gaussian(int64_t H, int64_t W, const CrfSettings& s) {
+  const GaussianKey key{H, W, s.gaussian_sxy, s.gaussian_compat};
+  std::lock_guard<std::mutex> lock(kept_mutex);
+  for (size_t i = 0; i < kept.size(); ++i) {
+    if (!(kept[i].first == key)) continue;
+    std::rotate(kept.begin(), kept.begin() + i, kept.begin() + i + 1);
+    return kept.front().second;
+  }
+  return nullptr;
+}
+
+void keep_gaussian(int64_t H, int64_t W, const CrfSettings& s, std::shared_ptr<const Lattice> g) {
+  const GaussianKey key{H, W, s.gaussian_sxy, s.gaussian_compat};
+  std::lock_guard<std::mutex> lock(kept_mutex);
+  for (const auto& entry : kept)
+    if (entry.first == key) return;  // built by another thread meanwhile
+  kept.insert(kept.begin(), {key, std::move(g)});
+  if (kept.size() > kKeptGaussians) kept.pop_back();
+}
+
 // Mean field for the S stacks of n labels that share one image.
 // scores: S stacks of (n, H, W); out likewise. Per iteration three kinds of parallel loop:
 // the splat of both lattices (over their vertices), the blurs (over vertices, one axis at a
@@ -435,31 +539,16 @@ struct CrfSettings {
 void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, int64_t n, int64_t H,
                int64_t W, const CrfSettings& s) {
   const int64_t N = H * W, C = S * n, Cp = (C + kLanes - 1) / kLanes * kLanes;
-  // The two lattices phase by phase: the parallel phases over pixels or vertices, the
-  // serial numbering one lattice a thread.
-  Lattice g, b;
-  std::vector<uint64_t> g_keys, b_keys, g_vertex_key, b_vertex_key;
-  embed_pixels<crf::kGaussianDim>(g, g_keys, H, W, rgb, s.gaussian_sxy, 0.f,
-                                  s.packing.gaussian.bits);
-  embed_pixels<crf::kBilateralDim>(b, b_keys, H, W, rgb, s.bilateral_sxy, s.bilateral_srgb,
-                                   s.packing.bilateral.bits);
-  // A lattice has far fewer vertices than terms: the tables grow as needed from a size that
-  // stays in cache.
-  VertexTable g_table(N / 8), b_table(N / 8);
-  parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t which = begin; which < end; ++which) {
-      if (which == 0)
-        number_vertices<crf::kGaussianDim>(g, g_keys, g_vertex_key, g_table);
-      else
-        number_vertices<crf::kBilateralDim>(b, b_keys, b_vertex_key, b_table);
-    }
-  });
-  std::vector<uint64_t>().swap(g_keys);
-  std::vector<uint64_t>().swap(b_keys);
-  link_vertices<crf::kGaussianDim>(g, g_table, g_vertex_key, s.packing.gaussian.bits);
-  link_vertices<crf::kBilateralDim>(b, b_table, b_vertex_key, s.packing.bilateral.bits);
-  normalise<crf::kGaussianDim>(g, s.gaussian_compat);
-  normalise<crf::kBilateralDim>(b, s.bilateral_compat);
+  std::shared_ptr<const Lattice> g = cached_gaussian(H, W, s);
+  Lattice b;
+  if (g) {
+    build_lattices(H, W, rgb, s, nullptr, &b);
+  } else {
+    auto fresh = std::make_shared<Lattice>();
+    build_lattices(H, W, rgb, s, fresh.get(), &b);
+    keep_gaussian(H, W, s, fresh);
+    g = std::move(fresh);
+  }
   // Pixel-major working layout: (N, Cp), the stacks' labels side by side, zero padding.
   std::vector<float> logp(N * Cp, 0.f), q(N * Cp, 0.f);
   maybe_parallel(0, N, 4 * C, [&](int64_t begin, int64_t end) {
@@ -470,21 +559,22 @@ void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, i
         crf::unary_pixel(&col[st * n], n, 1, &logp[p * Cp + st * n], &q[p * Cp + st * n]);
     }
   });
-  FilterBuffers fg(g, Cp), fb(b, Cp);
-  const int64_t Mg = g.M, Mb = b.M;
-  const int64_t terms = g.N * (g.d + 1) + b.N * (b.d + 1);
+  const Lattice& gl = *g;
+  FilterBuffers fg(gl, Cp), fb(b, Cp);
+  const int64_t Mg = gl.M, Mb = b.M;
+  const int64_t terms = gl.N * (gl.d + 1) + b.N * (b.d + 1);
   const int64_t splat_work = terms * Cp / std::max<int64_t>(1, Mg + Mb) + Cp;
   for (int64_t it = 0; it < s.iterations; ++it) {
     maybe_parallel(1, Mg + Mb + 1, splat_work, [&](int64_t begin, int64_t end) {
       const int64_t gb = std::min(begin, Mg + 1), ge = std::min(end, Mg + 1);
-      if (gb < ge) splat_range(g, q.data(), Cp, fg.a.data(), gb, ge);
+      if (gb < ge) splat_range(gl, q.data(), Cp, fg.a.data(), gb, ge);
       const int64_t bb = std::max(begin, Mg + 1) - Mg, be = std::max(end, Mg + 1) - Mg;
       if (bb < be) splat_range(b, q.data(), Cp, fb.a.data(), bb, be);
     });
-    blur(g, Cp, fg.a.data(), fg.b.data());
+    blur(gl, Cp, fg.a.data(), fg.b.data());
     blur(b, Cp, fb.a.data(), fb.b.data());
     maybe_parallel(0, N, 12 * Cp, [&](int64_t begin, int64_t end) {
-      update_pixels(g, fg.a.data(), b, fb.a.data(), logp.data(), S, n, Cp, begin, end, q.data());
+      update_pixels(gl, fg.a.data(), b, fb.a.data(), logp.data(), S, n, Cp, begin, end, q.data());
     });
   }
   maybe_parallel(0, C, N, [&](int64_t begin, int64_t end) {

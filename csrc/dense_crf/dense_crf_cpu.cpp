@@ -388,19 +388,16 @@ void update_fixed(const Lattice& g, const float* __restrict__ vg, const Lattice&
         sum.add_scaled(gw[p * Dg + r], vg + static_cast<int64_t>(gv[p * Dg + r]) * L);
       for (int r = 0; r < Db; ++r)
         sum.add_scaled(bw[p * Db + r], vb + static_cast<int64_t>(bv[p * Db + r]) * L);
-      float acc[L];
-      sum.store(acc);
+      float* ei = e + i * L;
+      sum.store(ei);
       float top[L];
       for (int64_t st = 0; st < S; ++st) {
         float t = -INFINITY;
-        for (int64_t l = st * n; l < (st + 1) * n; ++l) t = acc[l] > t ? acc[l] : t;
+        for (int64_t l = st * n; l < (st + 1) * n; ++l) t = ei[l] > t ? ei[l] : t;
         top[st] = t;
       }
       // padding lanes hold e = 0: exp(0) = 1, divided by +inf below, stays 0
-      for (int k = 0; k < L; ++k) {
-        e[i * L + k] = acc[k];
-        shift[i * L + k] = stack_of[k] >= 0 ? top[stack_of[k]] : 0.f;
-      }
+      for (int k = 0; k < L; ++k) shift[i * L + k] = stack_of[k] >= 0 ? top[stack_of[k]] : 0.f;
     }
     for (int64_t j = 0; j < P * L; ++j) x[j] = crf::exp_nonpositive(e[j] - shift[j]);
     for (int64_t i = 0; i < P; ++i) {

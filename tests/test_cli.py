@@ -130,6 +130,13 @@ def test_a_stage_without_the_pipeline_extra_says_which_extra_to_install(tmp_path
     assert out.stderr.strip() == (
         "affext make-aff-labels: error: affext's pipeline stages needs pillow, tqdm, " + extra
     )
+    out = _python_without_pipeline(  # run's stage flags (--cam-epochs) need the stages too
+        "from affext.cli import main\nsys.exit(main(['run', '--cam-epochs', '1']))\n"
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "affext run: error: affext's pipeline stages needs pillow, tqdm, " + extra
+    )
     out = _python_without_pipeline(
         "import affext.bench.report as report\nreport.plot_report({'benchmarks': []}, 'x.png')\n"
     )

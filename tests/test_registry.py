@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from affext import cli
-from affext.stages import registry
+from affext.stages import config, registry
 from affext.stages.config import CRF_STAGES, PRESETS, STAGE_CONFIGS, RunConfig
 from affext.stages.pipeline import evaluate_outputs, run_stages
 from affext.stages.registry import STAGES, Flag, Input, Stage, stage
@@ -107,8 +107,14 @@ def test_a_new_entry_is_a_command_and_a_stage_of_the_run(tmp_path, monkeypatch, 
     argv += ["--cam-dir", "c", "--out", str(tmp_path / "one"), "--size", "5", "--quiet"]
     assert cli.main(argv) == 0
     assert json.loads((tmp_path / "one" / "done.json").read_text()) == [["a", "b"], "c", 5]
+    # RunConfig's stage fields come from the entries: the new one is a field of its own
+    run_fields = dataclasses.fields(
+        config._with_stage_fields(type("Run", (), {}), STAGES + (DUMMY,))
+    )
+    assert [f.name for f in run_fields] == [s.name for s in STAGES] + ["dummy"]
+    assert run_fields[-1].default_factory() == DummyConfig()
     cfg = RunConfig.for_backbone("tiny")
-    cfg.dummy = DummyConfig(size=7)  # a RunConfig field in a real entry's case
+    cfg.dummy = DummyConfig(size=7)  # RunConfig's field once the entry is in STAGES
     work = tmp_path / "work"
     times = run_stages("v", ["a"], ["b", "c"], work, cfg, progress=False)
     assert list(times) == [s.command for s in STAGES] + ["make-dummy"]

@@ -35,7 +35,8 @@ def _parser(with_bench: bool) -> tuple[argparse.ArgumentParser, dict, MissingExt
     missing = add_stage_commands(sub)
     if missing is not None:
         parser.epilog = f"The stage commands are not available: {missing}"
-    _add_run_command(sub)
+    else:  # run's flags come from the stages (main says which extra a missing one needs)
+        _add_run_command(sub)
     _add_tool_commands(sub, with_bench)
     from ..irn.cli import add_parser as add_irn_parser
     from ..psa.cli import add_parser as add_psa_parser

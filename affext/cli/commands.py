@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .options import _add_common, _add_crf, _add_labels, _crf_fields, _shared
+from .stages import _add_field_flag, _dest, _stages
 
 
 def _cmd_synth(args) -> None:
@@ -52,20 +53,18 @@ def _cmd_run(args) -> None:
         read_config_file,
     )
     from ..stages.pipeline import run
+    from ..stages.registry import STAGES
     from ..stages.training import require_weights
 
     settings = read_config_file(args.config) if args.config else {}
     # command-line flags over the file; None (not given) keeps the file's, preset's or psa's
     flags: dict = {k: v for k, v in _shared(args).items() if k != "backbone"}
-    flags["train_cam"] = {"epochs": args.cam_epochs, "weights": args.weights}
-    flags["train_aff"] = {"epochs": args.aff_epochs, "weights": args.weights}
-    flags["train_seg"] = {
-        "epochs": args.seg_epochs,
-        "weights": args.weights,
-        "labels": args.seg_labels,
-    }
-    for stage in ("train_cam", "train_aff", "train_seg"):
-        flags[stage]["from_scratch"] = args.from_scratch or None
+    for s in STAGES:
+        given = {f.field: getattr(args, _dest(f.option)) for f in s.run_flags}
+        if s.training:  # --weights and --from-scratch: every network the run trains
+            given.update(weights=args.weights, from_scratch=args.from_scratch or None)
+        if given:
+            flags[s.name] = given
     for stage in CRF_STAGES:  # --crf-backend: every stage with a dCRF
         flags.setdefault(stage, {}).update(_crf_fields(args))
     flags.update({k: getattr(args, k) for k in RUN_PATHS})
@@ -81,8 +80,9 @@ def _cmd_run(args) -> None:
     if missing:
         flags_needed = ", ".join("--" + k.replace("_", "-") for k in missing)
         raise ValueError(f"{flags_needed} needed (on the command line or in the --config file)")
-    for train in (cfg.train_cam, cfg.train_aff, cfg.train_seg):  # before any stage starts
-        require_weights(train)
+    for s in STAGES:  # before any stage starts
+        if s.training:
+            require_weights(getattr(cfg, s.name))
     metrics = run(
         paths["voc_root"],
         paths["train_list"],
@@ -151,14 +151,9 @@ def _add_run_command(sub) -> None:
         action="store_true",
         help="train resnet38 / resnet50 without --weights (psa starts from ImageNet weights)",
     )
-    p.add_argument("--cam-epochs", type=int)
-    p.add_argument("--aff-epochs", type=int)
-    p.add_argument("--seg-epochs", type=int)
-    p.add_argument(
-        "--seg-labels",
-        choices=("rw", "rw_crf"),
-        help="pseudo labels the segmentation network trains on (default: rw_crf, as psa)",
-    )
+    for stage in _stages():  # the stages' own flags on the run (--cam-epochs, ...)
+        for flag in stage.run_flags:
+            _add_field_flag(p, stage, flag)
     p.add_argument("--seed", type=int)
     _add_crf(p, workers=False)
     _add_run_options(p)

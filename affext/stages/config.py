@@ -9,16 +9,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .aff_labels import AffLabelsConfig
 from .common import default_workers
-from .make_cam import MakeCamConfig
-from .make_rw import MakeRwConfig
-from .make_seg import MakeSegConfig
 from .registry import STAGES
-from .train_aff import TrainAffConfig
-from .train_cam import TrainCamConfig
-from .train_seg import TrainSegConfig
 
 # The tiny backbone's preset: a CPU runs the whole pipeline in minutes, the same settings for
 # every dataset (chosen for compute, not for one dataset). The networks train from scratch in
@@ -162,10 +156,23 @@ def _typed(cls, values: dict, where: str) -> dict:
     return out
 
 
-@dataclass
+def _with_stage_fields(cls, stages=STAGES):
+    """cls as a dataclass with, after its own fields, one field a stage of `stages` (the
+    registry's), in run order: its name, its config class, that class's defaults (so a new
+    registry entry is a new field, and a config record lists the stages in run order)."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    for s in stages:
+        annotations[s.name] = s.config.__name__
+        setattr(cls, s.name, field(default_factory=s.config))
+    cls.__annotations__ = annotations
+    return dataclass(cls)
+
+
+@_with_stage_fields
 class RunConfig:
-    """Every stage's config; defaults are psa's, with PRESETS applied for the backbone. Its
-    stage fields are the stages of affext.stages.registry, in their order."""
+    """Every stage's config; defaults are psa's, with PRESETS applied for the backbone. After
+    the run-wide settings come the stage fields, one a stage of affext.stages.registry (named
+    by its `name`, of its config class), in run order."""
 
     backbone: str = "resnet38"
     preset: str | None = None  # a named preset over the backbone's (PRESETS: "coco")
@@ -176,13 +183,10 @@ class RunConfig:
     cls_labels: str | None = None
     classes: str | None = None  # classes file ("voc": VOC's 20); None: the dataset's
     overview_images: int = 6
-    train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
-    make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
-    aff_labels: AffLabelsConfig = field(default_factory=AffLabelsConfig)
-    train_aff: TrainAffConfig = field(default_factory=TrainAffConfig)
-    make_rw: MakeRwConfig = field(default_factory=MakeRwConfig)
-    train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
-    make_seg: MakeSegConfig = field(default_factory=MakeSegConfig)
+
+    if TYPE_CHECKING:  # the stage fields, added from the registry
+
+        def __getattr__(self, name: str) -> Any: ...
 
     @classmethod
     def for_backbone(cls, backbone: str, **overrides) -> RunConfig:

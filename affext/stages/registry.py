@@ -8,10 +8,10 @@ entry also gives the stage's function and config class, the ids of a run it work
 earlier stages' outputs it reads (and the flags naming them on its command), what it writes,
 which of its outputs `affext run` scores, and the config fields with flags of their own.
 
-affext.stages.config (STAGE_CONFIGS), affext.stages.pipeline (run_stages, the records, the
-scores) and the `affext` command (one subcommand a stage, its flags from the config's fields)
-read STAGES, so a new stage is an entry here and its field in RunConfig (a test checks that
-the two agree).
+affext.stages.config (RunConfig's stage fields, STAGE_CONFIGS), affext.stages.pipeline
+(run_stages, the records, the scores), train-seg's init_from names and the `affext` command
+(one subcommand a stage, its flags from the config's fields, `affext run`'s per-stage flags)
+read STAGES, so a new stage is one entry here.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ class Flag:
     field: str
     choices: tuple[str, ...] | None = None
     help: str | None = None
+    name: str | None = None  # the option, where not --<field> (`affext run`'s --cam-epochs)
 
     @property
     def option(self) -> str:
-        return "--" + self.field.replace("_", "-")
+        return self.name or "--" + self.field.replace("_", "-")
 
 
 # The training stages' (TrainConfig's) fields with flags of their own on their commands.
@@ -85,6 +86,7 @@ class Stage:
     outputs: tuple[str, ...]  # what OUT_DIR receives: "cam/*.npy", "cam_net.pt"
     scored: tuple[tuple[str, str], ...] = ()  # (score name, output folder) a run evaluates
     flags: tuple[Flag, ...] = ()
+    run_flags: tuple[Flag, ...] = ()  # its fields with flags on `affext run`
     stage_root: bool = False  # `affext run` passes stage_root=WORKDIR (init_from's names)
 
     def __post_init__(self) -> None:
@@ -112,6 +114,7 @@ class Stage:
 CAM_NET_HELP = "train-cam's output folder, or a weights file (psa's res38_cls.pth)"
 AFF_NET_HELP = "train-aff's output folder, or a weights file (psa's res38_aff.pth)"
 LABELS_HELP = "which pseudo labels to train on (default: rw_crf, as psa)"
+SEG_LABELS_HELP = "pseudo labels the segmentation network trains on (default: rw_crf, as psa)"
 INIT_FROM_HELP = (
     "start the backbone from a trained network's: a checkpoint or a stage folder (e.g. train-aff's)"
 )
@@ -126,6 +129,7 @@ STAGES: tuple[Stage, ...] = (
         ids="train",
         inputs=(),
         outputs=("cam_net.pt",),
+        run_flags=(Flag("epochs", name="--cam-epochs"),),
     ),
     Stage(
         "make_cam",
@@ -158,6 +162,7 @@ STAGES: tuple[Stage, ...] = (
         ids="train",
         inputs=(Input("aff_labels", "--aff-labels", "make-aff-labels' output folder"),),
         outputs=("aff_net.pt",),
+        run_flags=(Flag("epochs", name="--aff-epochs"),),
     ),
     Stage(
         "make_rw",
@@ -186,6 +191,10 @@ STAGES: tuple[Stage, ...] = (
         flags=(
             Flag("labels", choices=("rw", "rw_crf"), help=LABELS_HELP),
             Flag("init_from", help=INIT_FROM_HELP),
+        ),
+        run_flags=(
+            Flag("epochs", name="--seg-epochs"),
+            Flag("labels", choices=("rw", "rw_crf"), help=SEG_LABELS_HELP, name="--seg-labels"),
         ),
         stage_root=True,
     ),

@@ -74,8 +74,17 @@ def head_settings(cfg: TrainSegConfig, num_classes: int) -> dict:
 
 
 TRAINED_FILES = (AFF_NET_FILE, CAM_NET_FILE, SEG_NET_FILE)
-# init_from's stage names and their output folders in a work directory (`affext run`'s)
-INIT_STAGES = {"train-cam": "train_cam", "train-aff": "train_aff"}
+
+
+def _stage_folder(source: str | os.PathLike, stage_root: str | os.PathLike) -> Path | None:
+    """The folder in the work directory `stage_root` of the training stage whose command
+    `source` names ("train-cam", "train-aff"; the registry's), or None."""
+    from .registry import STAGES  # the registry lists this stage: imported when called
+
+    for s in STAGES:
+        if s.training and s.command == str(source) and s.function is not train_seg:
+            return s.output(stage_root)
+    return None
 
 
 def warm_start(
@@ -83,10 +92,10 @@ def warm_start(
 ) -> Path:
     """Load the backbone of the trained network at `source` (a checkpoint file, or a stage
     folder holding aff_net.pt, cam_net.pt or seg_net.pt) into model.backbone; its path.
-    With `stage_root` (a work directory), the stage names of INIT_STAGES name its folders."""
-    if stage_root is not None and str(source) in INIT_STAGES:
-        source = Path(stage_root) / INIT_STAGES[str(source)]
-    path = Path(source)
+    With `stage_root` (a work directory), a training stage's command ("train-cam",
+    "train-aff") names its folder there."""
+    folder = None if stage_root is None else _stage_folder(source, stage_root)
+    path = Path(source) if folder is None else folder
     if path.is_dir():
         found = [path / name for name in TRAINED_FILES if (path / name).is_file()]
         if not found:

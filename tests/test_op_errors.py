@@ -6,6 +6,7 @@ range) need the data and are eager only (each op's own test file)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -213,6 +214,9 @@ CASES = [
         ValueError,
         "bilateral_compat",
     ),
+    # the lattice keys (64 bits) cannot hold so many cells
+    ("crf gaussian keys", lambda: crf(gaussian_sxy=1e-9), ValueError, "gaussian_sxy"),
+    ("crf bilateral keys", lambda: crf(bilateral_srgb=1e-3), ValueError, "bilateral_srgb"),
 ]
 
 
@@ -224,3 +228,23 @@ def test_a_bad_input_fails_alike_eagerly_and_traced(call, exc, name):
     with FakeTensorMode(), pytest.raises(exc, match=match) as fake:
         call()
     assert eager.type is fake.type is exc, (eager.value, fake.value)
+
+
+def test_the_lattice_key_bound_is_the_same_eagerly_and_traced():
+    # bilateral_srgb across the bound of an 8x10 image (64-bit keys fail below ~1.65)
+    refused = []
+    for srgb in np.geomspace(1.0, 3.0, 41).tolist():
+        try:
+            crf(bilateral_srgb=srgb)
+            eager = False
+        except ValueError:
+            eager = True
+        try:
+            with FakeTensorMode():
+                crf(bilateral_srgb=srgb)
+            fake = False
+        except ValueError:
+            fake = True
+        assert eager == fake, srgb
+        refused.append(eager)
+    assert refused[0] and not refused[-1]  # both sides of the bound were tried

@@ -109,6 +109,48 @@ def _check_setting(name: str, value: float, positive: bool) -> None:
     torch._check_value(ok, lambda: f"{name} must be {want}, got {value}")
 
 
+def _key_bits(scaled_max: list[float]) -> int:
+    """The bits a lattice key's coordinate takes for features of these largest scaled values
+    (the kernel's key_packing, apart: the bound on an elevated coordinate, its vertices and
+    their neighbours), or 0 when the d coordinates do not fit into 64 bits."""
+    d = len(scaled_max)
+    inv_std = np.float32(math.sqrt(2.0 / 3.0) * (d + 1))  # the axis scales, in float as there
+    bound = 2.0 * (d + 1) + 2.0
+    for i, f in enumerate(scaled_max):
+        scale = np.float32(1.0 / math.sqrt((i + 1) * (i + 2)) * float(inv_std))
+        bound += (i + 1) * float(scale) * f
+    bits = 2
+    while float(1 << (bits - 1)) <= bound and bits < 63:
+        bits += 1
+    return bits if bits * d <= 64 else 0
+
+
+def _check_key_bits(H, W, gaussian_sxy: float, bilateral_sxy: float, bilateral_srgb: float):
+    """The fake kernel's check that both lattices' keys fit into 64 bits, as the kernel's (for
+    sizes known at trace time; the kernel checks symbolic ones when it runs)."""
+    if not (isinstance(H, int) and isinstance(W, int)):
+        return
+    xmax, ymax = np.float32(max(W - 1, 0)), np.float32(max(H - 1, 0))
+    g = [float(xmax / np.float32(gaussian_sxy)), float(ymax / np.float32(gaussian_sxy))]
+    c = float(np.float32(255.0) / np.float32(bilateral_srgb))
+    b = [float(xmax / np.float32(bilateral_sxy)), float(ymax / np.float32(bilateral_sxy))]
+    torch._check_value(
+        _key_bits(g) > 0,
+        lambda: (
+            f"a {H}x{W} image with gaussian_sxy {gaussian_sxy} spans more lattice cells "
+            "than 64-bit keys hold"
+        ),
+    )
+    torch._check_value(
+        _key_bits([*b, c, c, c]) > 0,
+        lambda: (
+            f"a {H}x{W} image with bilateral_sxy {bilateral_sxy} and bilateral_srgb "
+            f"{bilateral_srgb} spans more lattice cells than 64-bit keys hold: raise "
+            "bilateral_sxy or bilateral_srgb"
+        ),
+    )
+
+
 @torch.library.register_fake("affext::dense_crf")
 def _(
     image,
@@ -161,4 +203,5 @@ def _(
             "2^28 pixels per image"
         ),
     )
+    _check_key_bits(scores.shape[2], scores.shape[3], gaussian_sxy, bilateral_sxy, bilateral_srgb)
     return scores.new_empty(scores.shape, dtype=torch.float32)

@@ -105,34 +105,50 @@ def draw_neighborhood(path: Path, radius: int = 5) -> None:
 
 
 LAYERS = [
-    ("affext.cli", "`affext` command: parse arguments, call a stage or a drop-in", "#fee6ce"),
     (
-        "affext.psa | affext.irn",
-        "psa's tensors, network patch, scripts | IRN's path affinities, walk, labels",
+        "affext.cli | affext.errors",
+        "`affext` command: one subcommand a registry stage, run, data, info, bench; "
+        "one error handler",
+        "#fee6ce",
+    ),
+    (
+        "affext.psa | affext.irn | affext.par",
+        "psa's tensors, patch, scripts | IRN's walk, labels | AFA / ToCo's PAR",
         "#fdae6b",
     ),
     (
         "affext.stages",
-        "train_cam, make_cam, aff_labels, train_aff, make_rw, evaluate, run; config, overview",
+        "registry (every stage once) | the stages | runner (per-image frame) | crf | "
+        "config | pipeline",
         "#fdd0a2",
     ),
     (
         "affext.models | affext.data",
-        "CAMNet, AffinityNet, backbones, checkpoint | VOC reader, synthetic set, transforms",
+        "networks, trained (build, load), checkpoint | VOC reader, synthetic set, COCO, transforms",
         "#c7e9c0",
     ),
     (
-        "affext.ops | affext.files",
-        "pairwise_affinity, pair_loss, random_walk | atomic writes, records, score files",
+        "affext.ops | files | dist | workers",
+        "the five ops' Python faces | atomic writes, records | process group | processes",
         "#9ecae1",
     ),
     ("affext._extension", "loads affext._C, build_info()", "#c6dbef"),
     ("csrc/", "TORCH_LIBRARY schemas; CPU and CUDA kernels by dispatch key", "#dadaeb"),
 ]
 
+# The per-op folders under csrc/ (drawn under the kernels' layer).
+CSRC = [
+    ("affinity/", "affinity.h\n_cpu  _cuda"),
+    ("pair_loss/", "pair_loss.h\n_cpu  _cuda"),
+    ("random_walk/", "random_walk.h\nwalk_plan.h\n_cpu  _cuda"),
+    ("dense_crf/", "dense_crf.h\n_cpu  _cuda"),
+    ("par/", "par.h\n_cpu  _cuda"),
+    ("common/", "macros.h, checks.h\nneighborhood.h\nscalar_math.h\ncuda_utils.cuh"),
+]
+
 
 def draw_layers(path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 6.9))
+    fig, ax = plt.subplots(figsize=(9.5, 7.4))
     w, h, gap = 6.0, 0.62, 0.38
     top = len(LAYERS) * (h + gap)
     for i, (name, what, face) in enumerate(LAYERS):
@@ -140,18 +156,10 @@ def draw_layers(path: Path) -> None:
         _box(ax, 0, y, w, h, f"{name}\n{what}", face, size=8.5)
         if i:
             _arrow(ax, (w / 2, y + h + gap - 0.02), (w / 2, y + h + 0.02), "imports")
-    # the per-op folders under csrc/
-    y0 = -1.55
-    for j, (op, files) in enumerate(
-        [
-            ("affinity/", "affinity.h\n_cpu.cpp  _cuda.cu"),
-            ("pair_loss/", "pair_loss.h\n_cpu.cpp  _cuda.cu"),
-            ("random_walk/", "random_walk.h\n_cpu.cpp  _cuda.cu"),
-            ("common/", "macros.h  checks.h\nneighborhood.h\nscalar_math.h  cuda_utils.cuh"),
-        ]
-    ):
-        _box(ax, j * 1.55, y0, 1.42, 0.95, f"{op}\n{files}", "#efedf5", size=7)
-        _arrow(ax, (w / 2, y0 + 1.55), (j * 1.55 + 0.71, y0 + 0.97))
+    y0, step = -1.75, w / len(CSRC)
+    for j, (op, files) in enumerate(CSRC):
+        _box(ax, j * step, y0, step - 0.1, 1.15, f"{op}\n{files}", "#efedf5", size=6)
+        _arrow(ax, (w / 2, y0 + 1.75), (j * step + (step - 0.1) / 2, y0 + 1.17))
     ax.text(
         w + 0.25,
         top - 2.2 * (h + gap),
@@ -167,12 +175,12 @@ def draw_layers(path: Path) -> None:
                 "kernels share.",
                 "",
                 "Beside the layers:",
-                "affext.reference (dense psa",
-                "formulations), affext.bench",
-                "and benchmarks/ (measure the",
-                "ops against the references),",
+                "affext.reference (dense",
+                "formulations written apart),",
+                "affext.bench and benchmarks/",
+                "(the ops against them),",
                 "tests/; affext.extras (the",
-                "optional pipeline extra).",
+                "optional extras).",
             ]
         ),
         fontsize=8,
@@ -205,7 +213,7 @@ STAGES = [
         "make-aff-labels",
         "cam/, images",
         "aff_labels/la/<id>.npy, ha/<id>.npy",
-        "dCRF at alpha 4 and 32, §2",
+        "affext.dense_crf at\nalpha 4 and 32, §2",
     ),
     (
         "train-aff",
@@ -217,19 +225,31 @@ STAGES = [
         "make-rw",
         "aff_net.pt, cam/, images",
         "make_rw/rw/<id>.png, rw_crf/<id>.png",
-        "affext.random_walk, §5",
+        "affext.random_walk\n+ affext.dense_crf, §5",
+    ),
+    (
+        "train-seg",
+        "rw_crf/, images",
+        "train_seg/seg_net.pt (+ per-epoch checkpoint, log)",
+        "SegNet on the\npseudo labels, §8",
+    ),
+    (
+        "make-seg",
+        "seg_net.pt, images",
+        "make_seg/seg/<id>.png, seg_crf/<id>.png",
+        "multi-scale + flip, dCRF, §8",
     ),
     (
         "eval",
-        "cam_pred/, rw/, rw_crf/, masks",
-        "eval/{cam,rw,rw_crf}.json,\nmetrics.json, overview.png",
+        "the predictions, masks",
+        "eval/{cam,rw,rw_crf,seg,seg_crf}.json,\nmetrics.json, overview.png",
         "mIoU, §7",
     ),
 ]
 
 
 def draw_pipeline(path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(10, 7.5))
+    fig, ax = plt.subplots(figsize=(10, 9.2))
     w, h, gap = 3.4, 0.72, 0.33
     top = len(STAGES) * (h + gap)
     for i, (name, reads, files, how) in enumerate(STAGES):

@@ -128,8 +128,8 @@ LAYERS = [
         "#c7e9c0",
     ),
     (
-        "affext.ops | files | dist | workers",
-        "the five ops' Python faces | atomic writes, records | process group | processes",
+        "affext.ops | files, records | dist | workers",
+        "the five ops' Python faces | atomic writes, config records | process group | processes",
         "#9ecae1",
     ),
     ("affext._extension", "loads affext._C, build_info()", "#c6dbef"),

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from affext.cli import main
-from affext.files import NON_OUTPUT_SETTINGS, check_config, config_changes, record_config
+from affext.records import NON_OUTPUT_SETTINGS, check_config, config_changes, record_config
 from affext.stages.config import RunConfig, config_text, read_config_file
 from affext.stages.make_rw import MakeRwConfig
 

@@ -11,9 +11,9 @@ from affext.cli import main
 from affext.data import DatasetError
 from affext.errors import AffextError, run_command, user_message
 from affext.extras import MissingExtraError
-from affext.files import ConfigChangedError
 from affext.irn import cli as irn_cli
 from affext.psa import cli as psa_cli
+from affext.records import ConfigChangedError
 from affext.safe_load import UnsafeFileError
 
 PACKAGE = Path(affext.__file__).parent

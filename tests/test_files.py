@@ -29,3 +29,13 @@ def test_atomic_save_leaves_the_old_file_and_no_temporary_when_the_write_fails(t
         atomic_save(path, fail)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_the_records_names_are_still_found_in_files():
+    import affext.files as files
+    import affext.records as records
+
+    for name in files._MOVED:
+        assert getattr(files, name) is getattr(records, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        files.nothing  # noqa: B018

@@ -9,7 +9,7 @@ import pytest
 from helpers import small_voc
 
 from affext.data import DatasetError, VOCDataset, read_id_list
-from affext.files import ConfigChangedError
+from affext.records import ConfigChangedError
 from affext.stages.runner import CamImages, ImageStage
 
 

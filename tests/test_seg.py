@@ -16,9 +16,9 @@ from PIL import Image
 
 from affext.data import VOCDataset, load_label_png, save_label_png
 from affext.data.transforms import normalize
-from affext.files import ConfigChangedError
 from affext.models import CAMNet, build_backbone, param_groups, read_checkpoint, save_checkpoint
 from affext.models.seg import SegNet, segmentation_loss
+from affext.records import ConfigChangedError
 from affext.stages import training
 from affext.stages.config import RunConfig
 from affext.stages.crf import CRFConfig

@@ -42,7 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..extras import require
-from ..files import atomic_save, record_config
+from ..files import atomic_save
+from ..records import record_config
 from ..workers import default_processes, pool_process_init, process_context
 from .coco_masks import annotation_mask, class_map
 from .voc import (

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..files import atomic_save, record_config
+from ..files import atomic_save
+from ..records import record_config
 from .voc import ANNOTATION_DIR, CLASSES_FILE, IMAGE_DIR, VOC_CLASSES, save_label_png
 
 # The classes the scenes use (indices 1..6, or VOC's), and their marks: hue and pattern.

@@ -37,7 +37,7 @@ class CRFConfig:
     bilateral_compat: float = 10.0
     # "affext": affext.dense_crf on the stage's device, in its process; "pydensecrf": the
     # reference, in crf_workers processes. A speed setting like `device`, not an output one
-    # (files.NON_OUTPUT_SETTINGS): the two agree to a few 1e-6 in the marginals, so a work
+    # (records.NON_OUTPUT_SETTINGS): the two agree to a few 1e-6 in the marginals, so a work
     # directory resumes under either (and one recorded before the setting existed does).
     backend: str = "affext"
 

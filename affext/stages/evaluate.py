@@ -17,7 +17,8 @@ from ..data.voc import (
     load_label_png,
     unique_ids,
 )
-from ..files import atomic_write_json, record_config, require_files
+from ..files import atomic_write_json, require_files
+from ..records import record_config
 
 NUM_LABELS = len(CLASS_NAMES)  # VOC's 21: background + 20 classes
 

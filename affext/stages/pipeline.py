@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .. import dist
 from ..data.voc import VOCDataset, read_id_list, unique_ids
-from ..files import atomic_write_json, check_config, config_changes, record_config
+from ..files import atomic_write_json
+from ..records import check_config, config_changes, record_config
 from . import registry
 from .common import StageTimer
 from .config import PRESETS, RunConfig
@@ -57,7 +58,7 @@ def run(
     three networks use the training list only.
 
     A stage whose outputs in WORKDIR were made with other settings (its config record) is
-    refused with the settings that differ (affext.files.ConfigChangedError); overwrite: that
+    refused with the settings that differ (affext.records.ConfigChangedError); overwrite: that
     stage and every later one are deleted and redone instead.
 
     Under torchrun (affext.dist) every process calls it: the stages share the work, a barrier

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..data.voc import VOCDataset
-from ..files import record_config
+from ..records import record_config
 from .common import die_with_parent, pending, resolve_device
 
 

@@ -11,9 +11,10 @@ import torch
 
 from ..data.datasets import AffTrainDataset
 from ..data.voc import VOCDataset
-from ..files import record_config, require_files
+from ..files import require_files
 from ..models.trained import AFF_NET_FILE, build_aff_net, read_trained
 from ..models.trained import load_aff_net as load_aff_net  # its name here before models/
+from ..records import record_config
 from .common import resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, start_training
 

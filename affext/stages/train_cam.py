@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ..data.datasets import ClsTrainDataset
 from ..data.voc import VOCDataset
-from ..files import record_config
 from ..models.trained import CAM_NET_FILE, build_cam_net, read_trained
 from ..models.trained import load_cam_net as load_cam_net  # its name here before models/
+from ..records import record_config
 from .common import image_labels, resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, loss_step, start_training
 

@@ -22,7 +22,6 @@ from PIL import Image
 from ..data.datasets import _Epoched
 from ..data.transforms import colour_jitter, normalize, random_crop, to_long_side
 from ..data.voc import IGNORE_INDEX, VOCDataset, load_label_png
-from ..files import record_config
 from ..models.backbones.base import load_strict
 from ..models.seg import DEEPLAB_RATES, segmentation_loss
 from ..models.trained import (
@@ -33,6 +32,7 @@ from ..models.trained import (
     check_seg_checkpoint,
     read_trained,
 )
+from ..records import record_config
 from .common import resolve_device, seed_everything
 from .training import TrainConfig, fit_and_save, loss_step, start_training
 

@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import dist
-from ..files import atomic_write_json, check_config
+from ..files import atomic_write_json
 from ..models.base import Network
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.trained import read_trained
+from ..records import check_config
 from .common import default_workers
 from .replicas import epoch_loader, replicate
 

@@ -19,7 +19,8 @@ import torch
 from ..data.datasets import load_cam_and_image
 from ..data.voc import VOCDataset
 from ..files import save_score_dict
-from .common import background_score, default_workers, require_cams
+from .cams import background_score, require_cams
+from .common import default_workers
 from .crf import CRFConfig, CRFPool, crf_inference, default_crf_workers, require_backend
 from .runner import CamImages, ImageStage
 

@@ -37,7 +37,8 @@ from ..data.datasets import argmax_at_size
 from ..data.voc import VOCDataset, save_label_png
 from ..files import atomic_write_json
 from ..models.trained import load_aff_net
-from .common import default_workers, require_cams
+from .cams import require_cams
+from .common import default_workers
 from .crf import (
     CRFConfig,
     CRFPool,

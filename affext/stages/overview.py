@@ -17,7 +17,7 @@ from ..data.datasets import load_working_image
 from ..data.transforms import resize_maps
 from ..data.voc import VOCDataset, load_label_png, voc_palette
 from ..files import atomic_save, load_score_dict
-from .common import cam_stack
+from .cams import cam_stack
 
 
 def _colour(label: np.ndarray) -> np.ndarray:

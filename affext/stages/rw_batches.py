@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..data.datasets import kept_size, load_cam, load_working_image
 from ..data.transforms import long_side_size, normalize, pool_by, resize_maps
 from ..data.voc import VOCDataset
-from .common import background_score, cam_stack
+from .cams import background_score, cam_stack
 from .crf import CRFConfig, crf_inference, normalized
 from .runner import CamImages
 

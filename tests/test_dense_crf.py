@@ -486,3 +486,25 @@ def test_cuda_device_mismatch_names_the_arguments():
         affext.dense_crf(image[0], scores[0].cuda())
     with pytest.raises((ValueError, TypeError), match="image.*scores|scores.*image"):
         affext.dense_crf(image[0].cuda(), scores[0])
+
+
+@requires_op
+def test_the_vertex_numbering_in_ranges_gives_the_bits_of_one_pass():
+    # ~28k pixels: up to 3 ranges of pixels numbered in parallel (at 3 threads), merged; three
+    # sizes in turn, so that the kept Gaussian lattices of two sizes are rebuilt at each count
+    sizes = ((160, 170), (165, 171), (170, 172))
+    inputs = [batch_inputs(size, 1) for size in sizes]
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for size, (images, scores) in zip(sizes, inputs):
+                results[count, size] = affext.dense_crf(images, scores)
+            # the last size's Gaussian lattice is kept: the bilateral one alone, in ranges
+            results[count, "kept"] = affext.dense_crf(*inputs[-1])
+    finally:
+        torch.set_num_threads(threads)
+    for key, value in results.items():
+        base = results[1, key[1]] if key[1] != "kept" else results[1, sizes[-1]]
+        assert torch.equal(value, base), key

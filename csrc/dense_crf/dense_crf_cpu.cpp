@@ -1,9 +1,9 @@
 // CPU dense CRF: the permutohedral lattices of an image built once, then `iterations` mean-field
 // updates of every stack of scores that shares the image (the math in dense_crf.h).
 //
-// A lattice's vertices are found with an open-addressing hash table filled in pixel order by
-// one thread, so that vertex numbers, and with them every sum, are the same whatever the
-// thread count. splat is a gather (each vertex sums its pixels in increasing order from a
+// A lattice's vertices are numbered in order of first appearance in pixel order (ranges of
+// pixels in parallel, each with a hash table, merged in range order), so that vertex numbers,
+// and with them every sum, are the same whatever the thread count. splat is a gather (each vertex sums its pixels in increasing order from a
 // CSR list), blur and slice read only, so the parallel loops write disjoint outputs and the
 // result is the same bits for any number of threads. The filter is linear, so the channels
 // of all stacks that share an image (psa's la and ha CRFs of one image) go through one
@@ -128,39 +128,94 @@ void embed_pixels(Lattice& lat, std::vector<uint64_t>& keys, int64_t H, int64_t 
   });
 }
 
-// The serial phase, one thread a lattice: vertex ids in order of first appearance (so that
-// the numbering is fixed), and the splat's terms grouped by vertex (a counting sort keeps
-// them in increasing order). `table` starts empty; the blur's neighbour lookups use it after.
+// The numbering phase: vertex ids in order of first appearance in pixel order (so that the
+// numbering is fixed), and the splat's terms grouped by vertex in increasing pixel order (a
+// counting sort). Over `parts` ranges of pixels in parallel: the first range numbers into
+// `table` itself, each later one into a table of its own in the same way; the later ranges'
+// vertex lists are then merged into `table` in range order (a key an earlier range has keeps
+// its id) and their ids mapped to the merged ones. The ids are those of one pass over all the
+// pixels, for any number of ranges. `table` starts empty; the blur's lookups use it after.
 template <int D>
 void number_vertices(Lattice& lat, const std::vector<uint64_t>& keys,
-                     std::vector<uint64_t>& vertex_key, VertexTable& table) {
+                     std::vector<uint64_t>& vertex_key, VertexTable& table, int64_t parts) {
   constexpr int D1 = D + 1;
   const int64_t N = lat.N;
+  parts = std::max<int64_t>(1, std::min(parts, N / (4 * kGrain)));
+  const auto first = [&](int64_t part) { return N * part / parts * D1; };  // its first term
   lat.vertex.resize(N * D1);
-  vertex_key.assign(1, 0);
-  for (int64_t e = 0; e < N * D1; ++e) {
-    // neighbouring pixels mostly share their simplex: the previous pixel's vertex first
-    if (e >= D1 && keys[e] == keys[e - D1]) {
-      lat.vertex[e] = lat.vertex[e - D1];
-      continue;
+  // ids 1.. in a range's own order of first appearance; vkeys[id] its key (vkeys[0] unused)
+  const auto number_range = [&](int64_t part, VertexTable& t, std::vector<uint64_t>& vkeys) {
+    const int64_t e0 = first(part), e1 = first(part + 1);
+    vkeys.assign(1, 0);
+    for (int64_t e = e0; e < e1; ++e) {
+      // neighbouring pixels mostly share their simplex: the previous pixel's vertex first
+      if (e - e0 >= D1 && keys[e] == keys[e - D1]) {
+        lat.vertex[e] = lat.vertex[e - D1];
+        continue;
+      }
+      const int32_t id = t.insert(keys[e]);
+      if (id == static_cast<int32_t>(vkeys.size())) vkeys.push_back(keys[e]);
+      lat.vertex[e] = id;
     }
-    const int32_t id = table.insert(keys[e]);
-    if (id == static_cast<int32_t>(vertex_key.size())) vertex_key.push_back(keys[e]);
-    lat.vertex[e] = id;
+  };
+  std::vector<std::vector<uint64_t>> range_keys(parts);
+  parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      if (part == 0) {
+        number_range(0, table, vertex_key);
+      } else {
+        VertexTable own((first(part + 1) - first(part)) / D1 / 8);
+        number_range(part, own, range_keys[part]);
+      }
+    }
+  });
+  std::vector<std::vector<int32_t>> to_id(parts);
+  for (int64_t part = 1; part < parts; ++part) {
+    const std::vector<uint64_t>& rk = range_keys[part];
+    to_id[part].assign(rk.size(), 0);
+    for (size_t i = 1; i < rk.size(); ++i) {
+      const int32_t id = table.insert(rk[i]);
+      if (id == static_cast<int32_t>(vertex_key.size())) vertex_key.push_back(rk[i]);
+      to_id[part][i] = id;
+    }
   }
   const int64_t M = table.size();
   lat.M = M;
+  // per range: the ids mapped, then each vertex's terms counted
+  std::vector<std::vector<int64_t>> cursor(parts, std::vector<int64_t>(M + 1, 0));
+  parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      int64_t* count = cursor[part].data();
+      for (int64_t e = first(part); e < first(part + 1); ++e) {
+        if (part > 0) lat.vertex[e] = to_id[part][lat.vertex[e]];
+        ++count[lat.vertex[e]];
+      }
+    }
+  });
+  // vertex v's terms: range 0's, then range 1's, ... (each range's in its pixel order)
   lat.start.assign(M + 2, 0);
-  for (int64_t e = 0; e < N * D1; ++e) ++lat.start[lat.vertex[e] + 1];
-  for (int64_t v = 1; v <= M + 1; ++v) lat.start[v] += lat.start[v - 1];
+  int64_t pos = 0;
+  for (int64_t v = 1; v <= M; ++v) {
+    lat.start[v] = pos;
+    for (int64_t part = 0; part < parts; ++part) {
+      const int64_t c = cursor[part][v];
+      cursor[part][v] = pos;
+      pos += c;
+    }
+  }
+  lat.start[M + 1] = pos;
   lat.splat_p.resize(N * D1);
   lat.splat_w.resize(N * D1);
-  std::vector<int64_t> fill(lat.start.begin(), lat.start.end() - 1);
-  for (int64_t e = 0; e < N * D1; ++e) {
-    const int64_t i = fill[lat.vertex[e]]++;
-    lat.splat_p[i] = static_cast<int32_t>(e / D1);
-    lat.splat_w[i] = lat.weight[e];
-  }
+  parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      int64_t* fill = cursor[part].data();
+      for (int64_t e = first(part); e < first(part + 1); ++e) {
+        const int64_t i = fill[lat.vertex[e]]++;
+        lat.splat_p[i] = static_cast<int32_t>(e / D1);
+        lat.splat_w[i] = lat.weight[e];
+      }
+    }
+  });
 }
 
 // The last phase, parallel over vertices and pixels: blur neighbours and slice weights.
@@ -456,8 +511,8 @@ struct CrfSettings {
   CrfPackings packing;
 };
 
-// The lattices of an image, phase by phase: the parallel phases over pixels or vertices, the
-// serial numbering one lattice a thread. g is null when the Gaussian lattice is at hand.
+// The lattices of an image, phase by phase, each parallel over pixels, vertices or ranges of
+// pixels. g is null when the Gaussian lattice is at hand.
 void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings& s, Lattice* g,
                     Lattice* b) {
   const int64_t N = H * W;
@@ -470,14 +525,21 @@ void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings&
   // A lattice has far fewer vertices than terms: the tables grow as needed from a size that
   // stays in cache.
   VertexTable g_table(g ? N / 8 : 0), b_table(N / 8);
-  parallel_for(0, g ? 2 : 1, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t which = begin; which < end; ++which) {
-      if (which == 0)
-        number_vertices<crf::kBilateralDim>(*b, b_keys, b_vertex_key, b_table);
-      else
-        number_vertices<crf::kGaussianDim>(*g, g_keys, g_vertex_key, g_table);
-    }
-  });
+  const int64_t threads = num_threads();
+  if (g && threads == 2) {
+    // two lattices on two threads: one each, in a single range
+    parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t which = begin; which < end; ++which) {
+        if (which == 0)
+          number_vertices<crf::kBilateralDim>(*b, b_keys, b_vertex_key, b_table, 1);
+        else
+          number_vertices<crf::kGaussianDim>(*g, g_keys, g_vertex_key, g_table, 1);
+      }
+    });
+  } else {
+    number_vertices<crf::kBilateralDim>(*b, b_keys, b_vertex_key, b_table, threads);
+    if (g) number_vertices<crf::kGaussianDim>(*g, g_keys, g_vertex_key, g_table, threads);
+  }
   std::vector<uint64_t>().swap(g_keys);
   std::vector<uint64_t>().swap(b_keys);
   if (g) {

@@ -3,11 +3,12 @@
 //
 // A lattice's vertices are numbered in order of first appearance in pixel order (ranges of
 // pixels in parallel, each with a hash table, merged in range order), so that vertex numbers,
-// and with them every sum, are the same whatever the thread count. splat is a gather (each vertex sums its pixels in increasing order from a
-// CSR list), blur and slice read only, so the parallel loops write disjoint outputs and the
-// result is the same bits for any number of threads. The filter is linear, so the channels
-// of all stacks that share an image (psa's la and ha CRFs of one image) go through one
-// lattice pass together; only the softmax is per stack.
+// and with them every sum, are the same whatever the thread count. splat is a gather (each
+// vertex sums its pixels in increasing order from a CSR list), blur and slice read only, so
+// the parallel loops write disjoint outputs and the result is the same bits for any number of
+// threads. The filter is linear, so the channels of all stacks that share an image (psa's la
+// and ha CRFs of one image) go through one lattice pass together; only the softmax is per
+// stack.
 #include <torch/library.h>
 
 #include <algorithm>

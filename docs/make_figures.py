@@ -106,9 +106,8 @@ def draw_neighborhood(path: Path, radius: int = 5) -> None:
 
 LAYERS = [
     (
-        "affext.cli | affext.errors",
-        "`affext` command: one subcommand a registry stage, run, data, info, bench; "
-        "one error handler",
+        "affext.cli",
+        "`affext` command: one subcommand a registry stage, run, data, info, bench",
         "#fee6ce",
     ),
     (
@@ -128,8 +127,9 @@ LAYERS = [
         "#c7e9c0",
     ),
     (
-        "affext.ops | files, records | dist | workers",
-        "the five ops' Python faces | atomic writes, config records | process group | processes",
+        "affext.ops | files, records | errors | dist | workers",
+        "ops' Python faces | atomic writes, records | AffextError, handler | process group"
+        " | processes",
         "#9ecae1",
     ),
     ("affext._extension", "loads affext._C, build_info()", "#c6dbef"),
@@ -143,7 +143,11 @@ CSRC = [
     ("random_walk/", "random_walk.h\nwalk_plan.h\n_cpu  _cuda"),
     ("dense_crf/", "dense_crf.h\n_cpu  _cuda"),
     ("par/", "par.h\n_cpu  _cuda"),
-    ("common/", "macros.h, checks.h\nneighborhood.h\nscalar_math.h\ncuda_utils.cuh"),
+    (
+        "common/",
+        "macros.h, checks.h\nneighborhood.h\nscalar_math.h\nparallel.h\n"
+        "cuda_utils.cuh\nlaunch_cache.h",
+    ),
 ]
 
 

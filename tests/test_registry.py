@@ -3,6 +3,7 @@ entry is a new command and a new stage of `affext run`."""
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,8 +21,10 @@ def test_every_stage_has_its_config_folder_and_command():
     stage_fields = [f.name for f in dataclasses.fields(RunConfig) if f.name in STAGE_CONFIGS]
     assert names == list(STAGE_CONFIGS) == stage_fields  # RunConfig's fields, in run order
     assert {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name in names} == {
-        s.name: s.config.__name__ for s in STAGES
+        s.name: s.config for s in STAGES
     }
+    hints = typing.get_type_hints(RunConfig)  # the run-wide settings' and the stages' types
+    assert hints["backbone"] is str and hints["train_cam"] is stage("train_cam").config
     assert set(PRESETS["tiny"]) <= set(names) and set(CRF_STAGES) <= set(names)
     commands = cli._parser(with_bench=False)[1]  # the commands' parsers by name
     for s in STAGES:

@@ -34,7 +34,7 @@ def _parser(with_bench: bool) -> tuple[argparse.ArgumentParser, dict, MissingExt
     _add_data_commands(sub)
     missing = add_stage_commands(sub)
     if missing is not None:
-        parser.epilog = f"The stage commands are not available: {missing}"
+        parser.epilog = f"The stage commands and run are not available: {missing}"
     else:  # run's flags come from the stages (main says which extra a missing one needs)
         _add_run_command(sub)
     _add_tool_commands(sub, with_bench)

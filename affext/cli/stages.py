@@ -121,7 +121,7 @@ def _cmd_stage(stage, args) -> None:
     """Run a registry stage with the command line's values: its config built once from them
     (psa's defaults, the backbone's preset, then the flags given)."""
     fields = stage.fields
-    overrides = {f.field: getattr(args, f.field) for f in stage.flags}
+    overrides = {f.field: getattr(args, _dest(f.option)) for f in stage.flags}
     if stage.training:  # the stage refuses an ImageNet backbone without weights itself
         overrides.update(_training_fields(args))
     if "crf" in fields:

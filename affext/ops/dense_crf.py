@@ -115,10 +115,11 @@ def _key_bits(scaled_max: list[float]) -> int:
     their neighbours), or 0 when the d coordinates do not fit into 64 bits."""
     d = len(scaled_max)
     inv_std = np.float32(math.sqrt(2.0 / 3.0) * (d + 1))  # the axis scales, in float as there
-    bound = 2.0 * (d + 1) + 2.0
+    bound = 0.0  # in the kernel's order: the scaled terms, then the vertices' margin
     for i, f in enumerate(scaled_max):
         scale = np.float32(1.0 / math.sqrt((i + 1) * (i + 2)) * float(inv_std))
         bound += (i + 1) * float(scale) * f
+    bound += 2.0 * (d + 1) + 2.0
     bits = 2
     while float(1 << (bits - 1)) <= bound and bits < 63:
         bits += 1
@@ -130,10 +131,11 @@ def _check_key_bits(H, W, gaussian_sxy: float, bilateral_sxy: float, bilateral_s
     sizes known at trace time; the kernel checks symbolic ones when it runs)."""
     if not (isinstance(H, int) and isinstance(W, int)):
         return
-    xmax, ymax = np.float32(max(W - 1, 0)), np.float32(max(H - 1, 0))
-    g = [float(xmax / np.float32(gaussian_sxy)), float(ymax / np.float32(gaussian_sxy))]
-    c = float(np.float32(255.0) / np.float32(bilateral_srgb))
-    b = [float(xmax / np.float32(bilateral_sxy)), float(ymax / np.float32(bilateral_sxy))]
+    with np.errstate(all="ignore"):  # float32 overflow and 0 / 0 as the kernel's (inf, nan)
+        xmax, ymax = np.float32(max(W - 1, 0)), np.float32(max(H - 1, 0))
+        g = [float(xmax / np.float32(gaussian_sxy)), float(ymax / np.float32(gaussian_sxy))]
+        c = float(np.float32(255.0) / np.float32(bilateral_srgb))
+        b = [float(xmax / np.float32(bilateral_sxy)), float(ymax / np.float32(bilateral_sxy))]
     torch._check_value(
         _key_bits(g) > 0,
         lambda: (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,13 +157,20 @@ def _typed(cls, values: dict, where: str) -> dict:
     return out
 
 
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # Python 3.10: typing_extensions comes with torch
+    from typing_extensions import dataclass_transform
+
+
+@dataclass_transform(field_specifiers=(field,))
 def _with_stage_fields(cls, stages=STAGES):
     """cls as a dataclass with, after its own fields, one field a stage of `stages` (the
     registry's), in run order: its name, its config class, that class's defaults (so a new
     registry entry is a new field, and a config record lists the stages in run order)."""
     annotations = dict(cls.__dict__.get("__annotations__", {}))
     for s in stages:
-        annotations[s.name] = s.config.__name__
+        annotations[s.name] = s.config
         setattr(cls, s.name, field(default_factory=s.config))
     cls.__annotations__ = annotations
     return dataclass(cls)

@@ -31,7 +31,8 @@ namespace {
 
 using crf::KeyPacking;
 
-constexpr int64_t kGrain = 2048;  // pixels or vertices per task in the build
+constexpr int64_t kGrain = 2048;   // pixels or vertices per task in the build
+constexpr int64_t kMaxRanges = 8;  // pixel ranges numbered in parallel
 
 // Vertices of a lattice by key: ids 1..M in order of first appearance (0: no vertex).
 class VertexTable {
@@ -141,7 +142,8 @@ void number_vertices(Lattice& lat, const std::vector<uint64_t>& keys,
                      std::vector<uint64_t>& vertex_key, VertexTable& table, int64_t parts) {
   constexpr int D1 = D + 1;
   const int64_t N = lat.N;
-  parts = std::max<int64_t>(1, std::min(parts, N / (4 * kGrain)));
+  // (at most kMaxRanges: each range's counts take M + 1 slots)
+  parts = std::max<int64_t>(1, std::min({parts, N / (4 * kGrain), kMaxRanges}));
   const auto first = [&](int64_t part) { return N * part / parts * D1; };  // its first term
   lat.vertex.resize(N * D1);
   // ids 1.. in a range's own order of first appearance; vkeys[id] its key (vkeys[0] unused)
@@ -513,9 +515,10 @@ struct CrfSettings {
 };
 
 // The lattices of an image, phase by phase, each parallel over pixels, vertices or ranges of
-// pixels. g is null when the Gaussian lattice is at hand.
+// pixels (`threads` of them: 1 where the caller runs one image a thread). g is null when the
+// Gaussian lattice is at hand.
 void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings& s, Lattice* g,
-                    Lattice* b) {
+                    Lattice* b, int64_t threads) {
   const int64_t N = H * W;
   std::vector<uint64_t> g_keys, b_keys, g_vertex_key, b_vertex_key;
   if (g)
@@ -526,7 +529,6 @@ void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings&
   // A lattice has far fewer vertices than terms: the tables grow as needed from a size that
   // stays in cache.
   VertexTable g_table(g ? N / 8 : 0), b_table(N / 8);
-  const int64_t threads = num_threads();
   if (g && threads == 2) {
     // two lattices on two threads: one each, in a single range
     parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
@@ -595,17 +597,18 @@ void keep_gaussian(int64_t H, int64_t W, const CrfSettings& s, std::shared_ptr<c
 // Mean field for the S stacks of n labels that share one image.
 // scores: S stacks of (n, H, W); out likewise. Per iteration three kinds of parallel loop:
 // the splat of both lattices (over their vertices), the blurs (over vertices, one axis at a
-// time, serial when small), and per pixel the two slices and the update.
+// time, serial when small), and per pixel the two slices and the update. `threads`: those the
+// lattice build may split its ranges over (1 inside a parallel loop over images).
 void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, int64_t n, int64_t H,
-               int64_t W, const CrfSettings& s) {
+               int64_t W, const CrfSettings& s, int64_t threads) {
   const int64_t N = H * W, C = S * n, Cp = (C + kLanes - 1) / kLanes * kLanes;
   std::shared_ptr<const Lattice> g = cached_gaussian(H, W, s);
   Lattice b;
   if (g) {
-    build_lattices(H, W, rgb, s, nullptr, &b);
+    build_lattices(H, W, rgb, s, nullptr, &b, threads);
   } else {
     auto fresh = std::make_shared<Lattice>();
-    build_lattices(H, W, rgb, s, fresh.get(), &b);
+    build_lattices(H, W, rgb, s, fresh.get(), &b, threads);
     keep_gaussian(H, W, s, fresh);
     g = std::move(fresh);
   }
@@ -670,16 +673,16 @@ at::Tensor dense_crf_cpu(const at::Tensor& image_in, const at::Tensor& scores_in
   const int64_t plane = n * H * W;
   if (image.size(0) == 1) {
     // one image for every stack: one pair of lattices, all stacks' channels together
-    crf_group(rgb, sc, o, B, n, H, W, s);
+    crf_group(rgb, sc, o, B, n, H, W, s, num_threads());
   } else if (B >= num_threads() && B > 1) {
     // enough images to keep every thread busy: one image per thread at a time
     parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
-        crf_group(rgb + i * H * W * 3, sc + i * plane, o + i * plane, 1, n, H, W, s);
+        crf_group(rgb + i * H * W * 3, sc + i * plane, o + i * plane, 1, n, H, W, s, 1);
     });
   } else {
     for (int64_t i = 0; i < B; ++i)
-      crf_group(rgb + i * H * W * 3, sc + i * plane, o + i * plane, 1, n, H, W, s);
+      crf_group(rgb + i * H * W * 3, sc + i * plane, o + i * plane, 1, n, H, W, s, num_threads());
   }
   return out;
 }

@@ -15,11 +15,14 @@
 #include <torch/headeronly/core/Dispatch_v2.h>
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/neighborhood.h"
@@ -92,8 +95,8 @@ inline void check_radius(int64_t radius) {
 }
 
 inline void check_map_size(const char* name, int64_t H, int64_t W, int64_t radius) {
-  AFFEXT_CHECK(H >= radius && W >= 2 * radius - 1, name, " is ", H, "x", W, " but radius ",
-               radius, " needs a map of at least ", radius, "x", 2 * radius - 1);
+  AFFEXT_CHECK(H >= radius && W >= 2 * radius - 1, name, " is ", H, "x", W, " but radius ", radius,
+               " needs a map of at least ", radius, "x", 2 * radius - 1);
 }
 
 inline void check_floating(const char* name, const Tensor& t) {
@@ -127,6 +130,28 @@ inline Offsets offsets_for(int64_t radius) {
 // t in dtype (no copy when it already is).
 inline Tensor to_dtype(const Tensor& t, ScalarType dtype) {
   return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
+}
+
+// The value of a one-element tensor as T (int64_t or double), read on the CPU: a device sync
+// for a CUDA tensor.
+template <typename T>
+T item(const Tensor& t) {
+  static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, double>);
+  constexpr ScalarType dtype = std::is_same_v<T, double> ? ScalarType::Double : ScalarType::Long;
+  const Tensor cpu = torch::stable::to(t, dtype, std::nullopt,
+                                       torch::stable::Device(torch::headeronly::DeviceType::CPU));
+  return *cpu.const_data_ptr<T>();
+}
+
+// The smallest and the largest element of t (0-dim tensors on t's device): aten::aminmax
+// through the stable dispatcher call (torch::stable has amax but no aminmax).
+inline std::pair<Tensor, Tensor> aminmax(const Tensor& t) {
+  std::array<StableIValue, 3> stack{torch::stable::detail::from(t),
+                                    torch::stable::detail::from(std::optional<int64_t>()),
+                                    torch::stable::detail::from(false)};
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      torch_call_dispatcher("aten::aminmax", "", stack.data(), TORCH_ABI_VERSION));
+  return {torch::stable::detail::to<Tensor>(stack[0]), torch::stable::detail::to<Tensor>(stack[1])};
 }
 
 }  // namespace stable_abi

@@ -8,8 +8,8 @@
 // current stream of torch::stable::accelerator, half types from torch/headeronly.
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
 #include <torch/headeronly/util/Exception.h>
+#include <torch/headeronly/util/Half.h>
 #else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,6 +34,11 @@ inline cudaStream_t current_stream() {
   const auto device = torch::stable::accelerator::getCurrentDeviceIndex();
   return static_cast<cudaStream_t>(
       torch::stable::accelerator::getCurrentStream(device).nativeHandle());
+}
+
+// Raises the error of a CUDA runtime call, if any.
+inline void check_cuda(cudaError_t err) {
+  STD_TORCH_CHECK(err == cudaSuccess, "CUDA error: ", cudaGetErrorString(err));
 }
 
 // Raises the error of the last kernel launch, if any.
@@ -61,7 +66,8 @@ class UIntDivider {
 #ifdef __CUDA_ARCH__
     const unsigned int hi = __umulhi(n, multiplier_);
 #else
-    const unsigned int hi = static_cast<unsigned int>((static_cast<uint64_t>(n) * multiplier_) >> 32);
+    const unsigned int hi =
+        static_cast<unsigned int>((static_cast<uint64_t>(n) * multiplier_) >> 32);
 #endif
     return static_cast<unsigned int>((static_cast<uint64_t>(hi) + n) >> shift_);
   }

@@ -127,6 +127,13 @@ inline Offsets offsets_for(int64_t radius) {
   return o;
 }
 
+// torch.promote_types of two floating dtypes (float16 and bfloat16 together give float32).
+inline ScalarType promote_floating(ScalarType a, ScalarType b) {
+  if (a == b) return a;
+  if (a == ScalarType::Double || b == ScalarType::Double) return ScalarType::Double;
+  return ScalarType::Float;
+}
+
 // t in dtype (no copy when it already is).
 inline Tensor to_dtype(const Tensor& t, ScalarType dtype) {
   return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);

@@ -227,6 +227,10 @@ RAW_STABLE = {
     "pair_loss backward grad integer",
     "pair_loss backward counts",
     "pair_loss backward K",
+    "par_refine masks integer",
+    "par_refine num_iter 0",
+    "par_refine weights dtype",
+    "par_refine_backward size",
 }
 
 

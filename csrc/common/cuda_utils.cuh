@@ -5,11 +5,9 @@
 
 #ifdef TORCH_TARGET_VERSION
 // Files built against the stable ABI (common/stable.h included first): the device guard and the
-// current stream of torch::stable::accelerator, half types from torch/headeronly.
+// current stream of torch::stable::accelerator (opmath_t and the half types: stable.h).
 #include <torch/csrc/stable/accelerator.h>
-#include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Exception.h>
-#include <torch/headeronly/util/Half.h>
 #else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -23,12 +21,6 @@
 namespace affext {
 
 #ifdef TORCH_TARGET_VERSION
-// The type a kernel accumulates scalar_t in: float for the half types, else scalar_t itself.
-template <typename scalar_t>
-using opmath_t = std::conditional_t<std::is_same_v<scalar_t, torch::headeronly::Half> ||
-                                        std::is_same_v<scalar_t, torch::headeronly::BFloat16>,
-                                    float, scalar_t>;
-
 // The current CUDA stream of torch on the current device (a DeviceGuard selects it).
 inline cudaStream_t current_stream() {
   const auto device = torch::stable::accelerator::getCurrentDeviceIndex();

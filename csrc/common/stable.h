@@ -14,6 +14,8 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/Dispatch_v2.h>
 #include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <array>
 #include <cstdint>
@@ -34,6 +36,13 @@ inline namespace stable_abi {
 
 using torch::stable::Tensor;
 using ScalarType = torch::headeronly::ScalarType;
+using IntList = torch::headeronly::IntHeaderOnlyArrayRef;
+
+// The type a kernel accumulates scalar_t in: float for the half types, else scalar_t itself.
+template <typename scalar_t>
+using opmath_t = std::conditional_t<std::is_same_v<scalar_t, torch::headeronly::Half> ||
+                                        std::is_same_v<scalar_t, torch::headeronly::BFloat16>,
+                                    float, scalar_t>;
 
 // The text of a check's message: its parts as an ostream writes them.
 template <typename... Args>
@@ -51,6 +60,8 @@ inline Sizes sizes_of(const Tensor& t) {
   const auto s = t.sizes();
   return {std::vector<int64_t>(s.begin(), s.end())};
 }
+// An int[] argument, printed as sizes are.
+inline Sizes ints_of(IntList list) { return {std::vector<int64_t>(list.begin(), list.end())}; }
 inline std::ostream& operator<<(std::ostream& out, const Sizes& s) {
   out << "[";
   for (size_t i = 0; i < s.values.size(); ++i) out << (i ? ", " : "") << s.values[i];

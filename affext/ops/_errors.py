@@ -10,16 +10,17 @@ ValueError the op documents.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def value_errors(*prefixes: str) -> Iterator[None]:
-    """Re-raises a kernel's RuntimeError whose message starts with one of prefixes as ValueError
-    (same message)."""
+def value_errors(pattern: str) -> Iterator[None]:
+    """Re-raises a kernel's RuntimeError whose message begins with a match of the regular
+    expression pattern as ValueError (same message)."""
     try:
         yield
     except RuntimeError as exc:
-        if str(exc).startswith(prefixes):
+        if re.match(pattern, str(exc)):
             raise ValueError(str(exc)) from None
         raise

@@ -73,7 +73,7 @@ def random_walk(
     # and the kernels' findings in the values come back as ValueError.
     if not compiling:
         _check_args(cam, aff, *args)
-    with torch.no_grad(), value_errors(*_KERNEL_VALUE_ERRORS):
+    with torch.no_grad(), value_errors(_KERNEL_VALUE_ERRORS):
         if cam.device.type == "cpu" and not compiling:
             return _walk_in_chunks(cam.detach(), aff.detach(), *args)
         return _op(cam.detach(), aff.detach(), *args)
@@ -81,7 +81,7 @@ def random_walk(
 
 # The beginnings of the kernels' ValueError messages (csrc/random_walk/*.cpp, *.cu): bad values,
 # and the AFFEXT_WALK_* settings (a forced mode that does not fit included).
-_KERNEL_VALUE_ERRORS = ("aff contains ", "cam contains ", "AFFEXT_WALK_")
+_KERNEL_VALUE_ERRORS = "aff contains |cam contains |AFFEXT_WALK_"
 
 
 # The CPU walk's chunks: the first of FIRST_CHUNK steps (psa's whole walk), each next one sized

@@ -217,7 +217,7 @@ CASES = [
 
 
 # Cases that call a raw op (torch.ops.affext.*, not its Python wrapper) whose kernels are built
-# against the stable ABI (docs/stable_abi.md): only std::runtime_error crosses that ABI, so the
+# against the stable ABI (csrc/common/stable.h): only std::runtime_error crosses that ABI, so the
 # kernel's check raises RuntimeError eagerly, with the same message naming the argument; the
 # wrappers run the checks first and keep ValueError / TypeError.
 RAW_STABLE = {

@@ -52,12 +52,12 @@ AFFEXT_HOST_DEVICE acc_t grad_term(acc_t weight, acc_t fp, acc_t fq) {
 }
 
 Tensor pairwise_affinity_cpu(const Tensor& feat, int64_t radius);
-Tensor pairwise_affinity_backward_cpu(const Tensor& grad, const Tensor& feat,
-                                          const Tensor& aff, int64_t radius);
+Tensor pairwise_affinity_backward_cpu(const Tensor& grad, const Tensor& feat, const Tensor& aff,
+                                      int64_t radius);
 #ifdef AFFEXT_WITH_CUDA
 Tensor pairwise_affinity_cuda(const Tensor& feat, int64_t radius);
-Tensor pairwise_affinity_backward_cuda(const Tensor& grad, const Tensor& feat,
-                                           const Tensor& aff, int64_t radius);
+Tensor pairwise_affinity_backward_cuda(const Tensor& grad, const Tensor& feat, const Tensor& aff,
+                                       int64_t radius);
 #endif
 
 // Shared argument checks of the forward and backward launchers (affinity_args.cpp).
@@ -68,7 +68,7 @@ struct BackwardArgs {
   Tensor grad, feat, aff;
   Offsets offsets;
 };
-BackwardArgs prepare_backward_args(const Tensor& grad, const Tensor& feat,
-                                   const Tensor& aff, int64_t radius);
+BackwardArgs prepare_backward_args(const Tensor& grad, const Tensor& feat, const Tensor& aff,
+                                   int64_t radius);
 
 }  // namespace affext

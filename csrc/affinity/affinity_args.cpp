@@ -13,16 +13,17 @@ void check_affinity_args(const Tensor& feat, int64_t radius) {
   check_map_size("feat", feat.size(2), feat.size(3), radius);
 }
 
-BackwardArgs prepare_backward_args(const Tensor& grad, const Tensor& feat,
-                                   const Tensor& aff, int64_t radius) {
+BackwardArgs prepare_backward_args(const Tensor& grad, const Tensor& feat, const Tensor& aff,
+                                   int64_t radius) {
   check_affinity_args(feat, radius);
   check_same_device("grad", grad, "feat", feat);
   check_same_device("aff", aff, "feat", feat);
   Offsets o = offsets_for(radius);
   const Sizes aff_shape{{feat.size(0), o.count, feat.size(2), feat.size(3)}};
-  AFFEXT_CHECK(sizes_of(grad).values == aff_shape.values && sizes_of(aff).values == aff_shape.values,
-               "grad and aff must have shape (B, K, H, W) = ", aff_shape, ", got ", sizes_of(grad),
-               " and ", sizes_of(aff));
+  AFFEXT_CHECK(
+      sizes_of(grad).values == aff_shape.values && sizes_of(aff).values == aff_shape.values,
+      "grad and aff must have shape (B, K, H, W) = ", aff_shape, ", got ", sizes_of(grad), " and ",
+      sizes_of(aff));
   const ScalarType dtype = feat.scalar_type();
   return {torch::stable::contiguous(to_dtype(grad, dtype)), torch::stable::contiguous(feat),
           torch::stable::contiguous(to_dtype(aff, dtype)), o};

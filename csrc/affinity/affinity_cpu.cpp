@@ -114,12 +114,11 @@ Tensor pairwise_affinity_cpu(const Tensor& feat_in, int64_t radius) {
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
   Tensor aff = torch::stable::new_empty(feat, {B, o.count, H, W});
   if (B == 0) return aff;
-  THO_DISPATCH_V2(
-      feat.scalar_type(), "pairwise_affinity_cpu", AT_WRAP([&] {
-        forward_kernel<scalar_t>(feat.const_data_ptr<scalar_t>(), aff.mutable_data_ptr<scalar_t>(),
-                                 B, C, H, W, o);
-      }),
-      AT_FLOATING_TYPES);
+  THO_DISPATCH_V2(feat.scalar_type(), "pairwise_affinity_cpu", AT_WRAP([&] {
+                    forward_kernel<scalar_t>(feat.const_data_ptr<scalar_t>(),
+                                             aff.mutable_data_ptr<scalar_t>(), B, C, H, W, o);
+                  }),
+                  AT_FLOATING_TYPES);
   return aff;
 }
 
@@ -132,13 +131,13 @@ Tensor pairwise_affinity_backward_cpu(const Tensor& grad_in, const Tensor& feat_
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
   Tensor grad_feat = torch::stable::empty_like(feat);
   if (B == 0) return grad_feat;
-  THO_DISPATCH_V2(
-      feat.scalar_type(), "pairwise_affinity_backward_cpu", AT_WRAP([&] {
-        backward_kernel<scalar_t>(grad.const_data_ptr<scalar_t>(), feat.const_data_ptr<scalar_t>(),
-                                  aff.const_data_ptr<scalar_t>(),
-                                  grad_feat.mutable_data_ptr<scalar_t>(), B, C, H, W, o);
-      }),
-      AT_FLOATING_TYPES);
+  THO_DISPATCH_V2(feat.scalar_type(), "pairwise_affinity_backward_cpu", AT_WRAP([&] {
+                    backward_kernel<scalar_t>(
+                        grad.const_data_ptr<scalar_t>(), feat.const_data_ptr<scalar_t>(),
+                        aff.const_data_ptr<scalar_t>(), grad_feat.mutable_data_ptr<scalar_t>(), B,
+                        C, H, W, o);
+                  }),
+                  AT_FLOATING_TYPES);
   return grad_feat;
 }
 

@@ -3,16 +3,10 @@
 
 #include <cuda_runtime.h>
 
-#ifdef TORCH_TARGET_VERSION
-// Files built against the stable ABI (common/stable.h included first): the device guard and the
-// current stream of torch::stable::accelerator (opmath_t and the half types: stable.h).
+// Included after common/stable.h: the device guard and the current stream of
+// torch::stable::accelerator (opmath_t and the half types: stable.h).
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/headeronly/util/Exception.h>
-#else
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -20,7 +14,6 @@
 
 namespace affext {
 
-#ifdef TORCH_TARGET_VERSION
 // The current CUDA stream of torch on the current device (a DeviceGuard selects it).
 inline cudaStream_t current_stream() {
   const auto device = torch::stable::accelerator::getCurrentDeviceIndex();
@@ -38,7 +31,6 @@ inline void check_launch() {
   const cudaError_t err = cudaGetLastError();
   STD_TORCH_CHECK(err == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
-#endif
 
 // n / d and n % d for a fixed unsigned d, without a hardware division: the multiply-high and
 // shift of the round-up method (Granlund and Montgomery, "Division by invariant integers

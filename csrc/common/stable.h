@@ -1,7 +1,7 @@
-// The torch API of the launchers ported to PyTorch's stable ABI (docs/stable_abi.md): the
-// stable Tensor and ops, the header-only dtypes and dispatch macros, and the argument checks
-// of checks.h in that API. A file that includes this header first uses no ATen / c10 header
-// (torch's own c10/macros/Macros.h refuses to compile once TORCH_TARGET_VERSION is set).
+// The torch API of the launchers, all built against PyTorch's stable ABI: the stable Tensor
+// and ops, the header-only dtypes and dispatch macros, and the launchers' shared argument
+// checks. Every source file includes this header first and no ATen / c10 header (torch's own
+// c10/macros/Macros.h refuses to compile once TORCH_TARGET_VERSION is set).
 #pragma once
 
 // The oldest torch the library loads into: 2.13 (the stable API's version encoding).
@@ -30,9 +30,6 @@
 #include "common/neighborhood.h"
 
 namespace affext {
-// The inline namespace keeps these apart from checks.h's ATen versions of the same names while
-// files of both kinds link into one library.
-inline namespace stable_abi {
 
 using torch::stable::Tensor;
 using ScalarType = torch::headeronly::ScalarType;
@@ -99,7 +96,7 @@ inline bool same_device(const Tensor& a, const Tensor& b) {
   return da.type() == db.type() && da.index() == db.index();
 }
 
-// The checks of checks.h, in the stable API (same conditions, same messages).
+// The checks shared by the launchers; each message names the argument.
 inline void check_radius(int64_t radius) {
   AFFEXT_CHECK(radius >= kMinRadius && radius <= kMaxRadius, "radius must be in [", kMinRadius,
                ", ", kMaxRadius, "], got ", radius);
@@ -172,5 +169,4 @@ inline std::pair<Tensor, Tensor> aminmax(const Tensor& t) {
   return {torch::stable::detail::to<Tensor>(stack[0]), torch::stable::detail::to<Tensor>(stack[1])};
 }
 
-}  // namespace stable_abi
 }  // namespace affext

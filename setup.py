@@ -1,4 +1,9 @@
-"""Build of the affext._C extension.
+"""Build of the affext._C library.
+
+The library is built against PyTorch's stable ABI (TORCH_TARGET_VERSION 2.13, csrc/common/
+stable.h) and links no Python: built with py_limited_api and tagged abi3 (cp310), one wheel
+serves every CPython >= 3.10 and every torch >= 2.13 of its platform (and, built with CUDA, of
+its CUDA major version). affext/_extension.py loads it with torch.ops.load_library.
 
 The CPU kernels are always compiled. The CUDA kernels are compiled when torch is a
 CUDA build, nvcc is found and a GPU is visible (a CPU-only machine then builds in a minute
@@ -10,7 +15,7 @@ PORTABLE_ARCHS (the ones this nvcc supports) with PTX of the newest, which the d
 newer GPU compiles at first use. `affext info` lists what was built.
 
 The C++ compiler must link libstdc++ dynamically: with a static copy inside affext._C, an
-error raised by an op (a c10::Error) cannot be caught by torch, and the process aborts or
+error raised by an op (a std::runtime_error) cannot be caught by torch, and the process aborts or
 segfaults instead of raising a Python exception. The build warns when the compiler
 (CXX, else c++) links it statically; set CXX (and CC) to another compiler, e.g. /usr/bin/g++.
 """
@@ -200,7 +205,8 @@ def extension():
         define_macros=define_macros,
         extra_compile_args=extra,
         extra_link_args=extra_link,
-        py_limited_api=False,
+        # the stable ABI only: no libtorch_python, Py_LIMITED_API (0x030a0000, Python 3.10)
+        py_limited_api=True,
     )
 
 
@@ -208,4 +214,5 @@ _warn_static_libstdcxx()
 setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

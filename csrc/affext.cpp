@@ -1,17 +1,20 @@
-// Op schemas of the affext namespace and the Python module init; kernels live in their own
-// folders and register themselves with TORCH_LIBRARY_IMPL.
-#include <torch/extension.h>
+// Op schemas of the affext namespace, and the two ops that describe the library; kernels live
+// in their own folders and register themselves with STABLE_TORCH_LIBRARY_IMPL. The library is
+// built against PyTorch's stable ABI and has no Python module: affext/_extension.py loads it
+// with torch.ops.load_library.
+#include "common/stable.h"
 
-#include <utility>
+#include <string>
 #include <vector>
-
-#include "common/checks.h"
 
 #ifndef AFFEXT_CUDA_ARCHS
 #define AFFEXT_CUDA_ARCHS ""
 #endif
+#ifndef AFFEXT_CUDA_VERSION
+#define AFFEXT_CUDA_VERSION ""
+#endif
 
-TORCH_LIBRARY(affext, m) {
+STABLE_TORCH_LIBRARY(affext, m) {
   // Section 3: aff[b, k, y, x] = exp(-mean_c |feat[b,c,y,x] - feat[b,c,y+dy_k,x+dx_k]|).
   m.def("pairwise_affinity(Tensor feat, int radius) -> Tensor");
   m.def("pairwise_affinity_backward(Tensor grad, Tensor feat, Tensor aff, int radius) -> Tensor");
@@ -48,25 +51,40 @@ TORCH_LIBRARY(affext, m) {
   m.def(
       "par_refine_backward(Tensor grad, Tensor weights, int[] dilations, int num_iter) -> "
       "Tensor");
+  // The library itself: how it was built ("key=value" lines: cuda, cuda_version, cuda_arch,
+  // openmp, torch; affext/_extension.py reads them), and the kernels' neighbourhood offsets of
+  // a radius as [dy_0, dx_0, dy_1, dx_1, ...] (a test ties them to affext/neighborhood.py).
+  m.def("build_info() -> str");
+  m.def("neighborhood_offsets(int radius) -> int[]");
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "affext kernels; the ops are registered under torch.ops.affext";
+namespace {
+
+std::string build_info() {
 #ifdef AFFEXT_WITH_CUDA
-  m.attr("cuda") = true;
-  m.attr("cuda_version") = AFFEXT_CUDA_VERSION;
+  const bool cuda = true;
 #else
-  m.attr("cuda") = false;
-  m.attr("cuda_version") = pybind11::none();
+  const bool cuda = false;
 #endif
-  m.attr("cuda_arch") = AFFEXT_CUDA_ARCHS;
-  m.attr("openmp") = static_cast<bool>(AFFEXT_OPENMP);
-  m.attr("torch") = AFFEXT_TORCH_VERSION;
-  // The kernels' own offsets, so a test can tie them to affext/neighborhood.py.
-  m.def("neighborhood_offsets", [](int64_t radius) {
-    const affext::Offsets o = affext::offsets_for(radius);
-    std::vector<std::pair<int, int>> out;
-    for (int k = 0; k < o.count; ++k) out.emplace_back(o.dy[k], o.dx[k]);
-    return out;
-  });
+  return affext::message("cuda=", cuda ? 1 : 0, "\ncuda_version=", AFFEXT_CUDA_VERSION,
+                         "\ncuda_arch=", AFFEXT_CUDA_ARCHS, "\nopenmp=", AFFEXT_OPENMP,
+                         "\ntorch=", AFFEXT_TORCH_VERSION);
+}
+
+std::vector<int64_t> neighborhood_offsets(int64_t radius) {
+  const affext::Offsets o = affext::offsets_for(radius);
+  std::vector<int64_t> out;
+  for (int k = 0; k < o.count; ++k) {
+    out.push_back(o.dy[k]);
+    out.push_back(o.dx[k]);
+  }
+  return out;
+}
+
+}  // namespace
+
+// No tensor arguments: the ops run on no device.
+STABLE_TORCH_LIBRARY_IMPL(affext, CompositeExplicitAutograd, m) {
+  m.impl("build_info", TORCH_BOX(&build_info));
+  m.impl("neighborhood_offsets", TORCH_BOX(&neighborhood_offsets));
 }

@@ -35,7 +35,7 @@ def test_offsets_psa_order_radius5():
 
 @pytest.mark.parametrize("radius", range(2, 17))
 def test_offsets_match_kernels(radius):
-    assert [tuple(o) for o in _extension._C.neighborhood_offsets(radius)] == list(
+    assert _extension.kernel_neighborhood_offsets(radius) == list(
         affext.neighborhood_offsets(radius)
     )
 

@@ -34,24 +34,36 @@ def pairwise_affinity(feat: torch.Tensor, radius: int = 5) -> torch.Tensor:
     """
     if not isinstance(feat, torch.Tensor):
         raise TypeError(f"feat must be a torch.Tensor, got {type(feat).__name__}")
-    return _op(feat, check_radius(radius))
+    radius = check_radius(radius)
+    # The kernel's own checks raise RuntimeError (all the stable ABI carries): these raise
+    # ValueError / TypeError with the same messages first (traced, the fake kernel runs them).
+    if not torch.compiler.is_compiling():
+        _check_forward(feat, radius)
+    return _op(feat, radius)
 
 
 def _check_feat(feat, radius):
     """The kernels' shape and dtype rules (affinity_args.cpp), for the fake kernels."""
     check_dim("feat", feat, 4, "(B, C, H, W)")
     check_floating("feat", feat)
-    torch._check_value(feat.shape[1] > 0, lambda: "feat must have at least one channel")
+    torch._check_value(
+        feat.shape[1] > 0, lambda: f"feat must have at least one channel, got {list(feat.shape)}"
+    )
     check_map_size("feat", feat.shape[2], feat.shape[3], radius)
     b, _, h, w = feat.shape
     return (b, len(neighborhood_offsets(radius)), h, w)
 
 
-@torch.library.register_fake("affext::pairwise_affinity")
-def _(feat, radius):
+def _check_forward(feat, radius):
+    """The forward launchers' rules: _check_feat's, and float32 / float64 on the CPU."""
     shape = _check_feat(feat, radius)
     check_cpu_dtype("feat", feat)
-    return feat.new_empty(shape)
+    return shape
+
+
+@torch.library.register_fake("affext::pairwise_affinity")
+def _(feat, radius):
+    return feat.new_empty(_check_forward(feat, radius))
 
 
 @torch.library.register_fake("affext::pairwise_affinity_backward")

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
+from ._errors import value_errors
+from ._fake_checks import check_dim, check_floating
 
 _op = torch.ops.affext.dense_crf
 
@@ -77,21 +79,29 @@ def dense_crf(
         )
     if image_t.dim() == 3:
         image_t = image_t.unsqueeze(0)
-    with torch.no_grad():
-        out = _op(
-            image_t.detach(),
-            scores_t.detach(),
-            int(iterations),
-            float(gaussian_sxy),
-            float(gaussian_compat),
-            float(bilateral_sxy),
-            float(bilateral_srgb),
-            float(bilateral_compat),
-            bool(validate),
-        )
+    args = (
+        int(iterations),
+        float(gaussian_sxy),
+        float(gaussian_compat),
+        float(bilateral_sxy),
+        float(bilateral_srgb),
+        float(bilateral_compat),
+    )
+    # The kernels' own checks raise RuntimeError (all the stable ABI carries): these raise
+    # ValueError / TypeError with the same messages first (traced, the fake kernel runs them),
+    # and what the kernels find in the values or the lattice sizes comes back as ValueError.
+    if not torch.compiler.is_compiling():
+        _check_args(image_t, scores_t, *args)
+    with torch.no_grad(), value_errors(_KERNEL_VALUE_ERRORS):
+        out = _op(image_t.detach(), scores_t.detach(), *args, bool(validate))
     if single:
         out = out.squeeze(0)
     return out.numpy() if as_numpy else out
+
+
+# The beginnings of the kernels' ValueError messages (csrc/dense_crf/dense_crf_args.cpp): bad
+# scores, and settings whose lattice keys would not fit into 64 bits.
+_KERNEL_VALUE_ERRORS = r"scores contain |a \d+x\d+ image with "
 
 
 def _as_tensor(name: str, value) -> torch.Tensor:
@@ -153,8 +163,7 @@ def _check_key_bits(H, W, gaussian_sxy: float, bilateral_sxy: float, bilateral_s
     )
 
 
-@torch.library.register_fake("affext::dense_crf")
-def _(
+def _check_args(
     image,
     scores,
     iterations,
@@ -163,31 +172,39 @@ def _(
     bilateral_sxy,
     bilateral_srgb,
     bilateral_compat,
-    validate,
 ):
-    torch._check_value(
-        image.dim() == 4, lambda: f"image must have shape (B, H, W, 3), got {tuple(image.shape)}"
-    )
-    torch._check_value(
-        scores.dim() == 4, lambda: f"scores must have shape (B, n, H, W), got {tuple(scores.shape)}"
-    )
-    torch._check_type(image.dtype == torch.uint8, lambda: f"image must be uint8, got {image.dtype}")
+    """The launchers' rules (csrc/dense_crf/dense_crf_args.cpp), with their messages."""
+    check_dim("image", image, 4, "(B, H, W, 3) or (1, H, W, 3)")
+    check_dim("scores", scores, 4, "(B, n, H, W)")
     torch._check_type(
-        scores.dtype.is_floating_point,
-        lambda: f"scores must be a floating-point tensor, got {scores.dtype}",
+        image.dtype == torch.uint8, lambda: f"image must be a uint8 RGB tensor, got {image.dtype}"
     )
-    torch._check_value(image.shape[3] == 3, lambda: f"image must be RGB, got {tuple(image.shape)}")
+    check_floating("scores", scores)
+    torch._check_value(
+        image.device == scores.device,
+        lambda: f"image is on {image.device} but scores is on {scores.device}",
+    )
+    torch._check_value(
+        image.shape[3] == 3,
+        lambda: f"image must have 3 colour channels (RGB) last, got shape {list(image.shape)}",
+    )
     torch._check_value(
         image.shape[0] == scores.shape[0] or image.shape[0] == 1,
-        lambda: f"image has {image.shape[0]} images but scores has {scores.shape[0]} stacks",
+        lambda: (
+            f"image has {image.shape[0]} images but scores has {scores.shape[0]} stacks: give "
+            "one image per stack, or one image for all of them"
+        ),
     )
     torch._check_value(
         image.shape[1] == scores.shape[2] and image.shape[2] == scores.shape[3],
-        lambda: f"image {tuple(image.shape)} and scores {tuple(scores.shape)} differ in size",
+        lambda: (
+            f"image is {image.shape[1]}x{image.shape[2]} but scores are {scores.shape[2]}x"
+            f"{scores.shape[3]}: they must have the same height and width"
+        ),
     )
     torch._check_value(
         scores.shape[1] >= 1,
-        lambda: f"scores must have at least one label, got shape {tuple(scores.shape)}",
+        lambda: f"scores must have at least one label, got shape {list(scores.shape)}",
     )
     torch._check_value(iterations >= 1, lambda: f"iterations must be >= 1, got {iterations}")
     for name, value in (
@@ -206,4 +223,28 @@ def _(
         ),
     )
     _check_key_bits(scores.shape[2], scores.shape[3], gaussian_sxy, bilateral_sxy, bilateral_srgb)
+
+
+@torch.library.register_fake("affext::dense_crf")
+def _(
+    image,
+    scores,
+    iterations,
+    gaussian_sxy,
+    gaussian_compat,
+    bilateral_sxy,
+    bilateral_srgb,
+    bilateral_compat,
+    validate,
+):
+    _check_args(
+        image,
+        scores,
+        iterations,
+        gaussian_sxy,
+        gaussian_compat,
+        bilateral_sxy,
+        bilateral_srgb,
+        bilateral_compat,
+    )
     return scores.new_empty(scores.shape, dtype=torch.float32)

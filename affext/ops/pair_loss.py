@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
 from ..neighborhood import check_radius, neighborhood_offsets, psa_layout, region_code
@@ -93,9 +94,13 @@ def pair_loss(
         them).
     """
     _check_tensors(aff=aff, labels=labels)
-    loss, bg_loss, fg_loss, neg_loss, counts = _op(
-        aff, labels, check_radius(radius), region_code(region)
-    )
+    radius, code = check_radius(radius), region_code(region)
+    # The kernels' own checks raise RuntimeError (all the stable ABI carries): these raise
+    # ValueError / TypeError with the same messages first (traced, the fake kernel runs them).
+    if not torch.compiler.is_compiling():
+        _check_pair_loss_args(aff, labels, radius, code)
+        labels = _labels_in_range(labels)
+    loss, bg_loss, fg_loss, neg_loss, counts = _op(aff, labels, radius, code)
     return PairLoss(loss, bg_loss, fg_loss, neg_loss, *counts.unbind())
 
 
@@ -114,8 +119,11 @@ def affinity_labels(labels: torch.Tensor, radius: int = 5, region: str = "psa") 
     `pair_loss` computes the same classes without building these masks.
     """
     _check_tensors(labels=labels)
-    radius = check_radius(radius)
-    classes = _classes_op(labels, radius, region_code(region))
+    radius, code = check_radius(radius), region_code(region)
+    if not torch.compiler.is_compiling():  # as in pair_loss
+        _check_labels(labels, radius, code)
+        labels = _labels_in_range(labels)
+    classes = _classes_op(labels, radius, code)
     if region == "psa":
         classes = psa_layout(classes, radius)
     return AffinityLabels(*((classes == c).float() for c in (PAIR_BG, PAIR_FG, PAIR_NEG)))
@@ -129,6 +137,22 @@ def _check_labels(labels, radius, region):
         check_map_size("labels", labels.shape[1], labels.shape[2], radius)
 
 
+def _labels_in_range(labels):
+    """labels as uint8 after prepare_labels' range check (pair_loss_args.cpp), with its
+    ValueError: other integer dtypes are checked (a device sync on CUDA) and converted here,
+    once, so that the kernel gets uint8. Fake tensors (no values) pass unchanged."""
+    if labels.dtype == torch.uint8 or is_fake(labels):
+        return labels
+    if labels.numel() > 0:
+        lo, hi = (int(v) for v in torch.aminmax(labels))
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                "labels must lie in 0..255 (0 background, 1..254 classes, 255 ignored), got "
+                f"values in [{lo}, {hi}]"
+            )
+    return labels.to(torch.uint8)
+
+
 def _check_pair_loss_args(aff, labels, radius, region):
     """The kernels' shape and dtype rules (pair_loss_args.cpp), for the fake kernels."""
     check_dim("aff", aff, 4, "(B, K, H, W)")
@@ -139,7 +163,10 @@ def _check_pair_loss_args(aff, labels, radius, region):
         aff.shape[0] == labels.shape[0]
         and aff.shape[2] == labels.shape[1]
         and aff.shape[3] == labels.shape[2],
-        lambda: f"aff {tuple(aff.shape)} and labels {tuple(labels.shape)} must agree in B, H, W",
+        lambda: (
+            f"aff (B, K, H, W) = {list(aff.shape)} and labels (B, H, W) = {list(labels.shape)} "
+            "must agree in B, H and W"
+        ),
     )
     check_cpu_dtype("aff", aff)
 

@@ -132,7 +132,12 @@ def par_weights(
     """(B, 8 len(dilations), H, W) weights of PAR's neighbours from (B, 3, H, W) imgs, in
     acc_dtype(imgs.dtype); neighbour k = 8 i + j is ring position j (row by row, centre left
     out) of dilations[i]. Computed once, applied by par_refine any number of times."""
-    return _weights_op(imgs, check_dilations(dilations), float(w1), float(w2))
+    args = (check_dilations(dilations), float(w1), float(w2))
+    # The kernels' own checks raise RuntimeError (all the stable ABI carries): these raise
+    # ValueError / TypeError with the same messages first (traced, the fake kernel runs them).
+    if not torch.compiler.is_compiling():
+        _check_weights(imgs, *args)
+    return _weights_op(imgs, *args)
 
 
 def par_refine(
@@ -142,7 +147,10 @@ def par_refine(
     par_weights' (B, K, H, W) weights (cast to acc_dtype(masks.dtype)); (B, C, H, W) out in
     masks' dtype. Differentiable in masks."""
     weights = weights.to(acc_dtype(masks.dtype))
-    return _refine_op(masks, weights, check_dilations(dilations), check_num_iter(num_iter))
+    dilations, num_iter = check_dilations(dilations), check_num_iter(num_iter)
+    if not torch.compiler.is_compiling():  # as in par_weights
+        _fake_refine("masks", masks, weights, dilations, num_iter)
+    return _refine_op(masks, weights, dilations, num_iter)
 
 
 # ---- fake kernels: the launchers' rules (csrc/par/par_args.cpp), for tracing ----------------
@@ -164,8 +172,8 @@ def _fake_pixels(name, t):
     )
 
 
-@torch.library.register_fake("affext::par_weights")
-def _(imgs, dilations, w1, w2):
+def _check_weights(imgs, dilations, w1, w2):
+    """par_weights' rules; returns the weights' shape."""
     check_dim("imgs", imgs, 4, "(B, 3, H, W)")
     check_floating("imgs", imgs)
     torch._check_value(
@@ -179,7 +187,12 @@ def _(imgs, dilations, w1, w2):
     )
     torch._check_value(math.isfinite(w2) and w2 >= 0, lambda: f"w2 must be a number >= 0, got {w2}")
     b, _, h, w = imgs.shape
-    return imgs.new_empty((b, k, h, w), dtype=acc_dtype(imgs.dtype))
+    return (b, k, h, w)
+
+
+@torch.library.register_fake("affext::par_weights")
+def _(imgs, dilations, w1, w2):
+    return imgs.new_empty(_check_weights(imgs, dilations, w1, w2), dtype=acc_dtype(imgs.dtype))
 
 
 def _fake_refine(name, masks, weights, dilations, num_iter):

@@ -8,6 +8,7 @@ import torch
 
 from .. import _extension  # noqa: F401  (registers torch.ops.affext)
 from ..neighborhood import check_radius, region_code
+from ._errors import value_errors
 from ._fake_checks import (
     check_agree,
     check_dim,
@@ -66,10 +67,21 @@ def random_walk(
     if isinstance(iterations, bool) or not isinstance(iterations, int):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
     args = (float(beta), iterations, check_radius(radius), region_code(region))
-    with torch.no_grad():
-        if cam.device.type == "cpu" and not torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    # The kernels' own checks raise RuntimeError (all the stable ABI carries): these raise
+    # ValueError / TypeError with the same messages first (traced, the fake kernel runs them),
+    # and the kernels' findings in the values come back as ValueError.
+    if not compiling:
+        _check_args(cam, aff, *args)
+    with torch.no_grad(), value_errors(_KERNEL_VALUE_ERRORS):
+        if cam.device.type == "cpu" and not compiling:
             return _walk_in_chunks(cam.detach(), aff.detach(), *args)
         return _op(cam.detach(), aff.detach(), *args)
+
+
+# The beginnings of the kernels' ValueError messages (csrc/random_walk/*.cpp, *.cu): bad values,
+# and the AFFEXT_WALK_* settings (a forced mode that does not fit included).
+_KERNEL_VALUE_ERRORS = "aff contains |cam contains |AFFEXT_WALK_"
 
 
 # The CPU walk's chunks: the first of FIRST_CHUNK steps (psa's whole walk), each next one sized
@@ -104,9 +116,8 @@ def walk_result_dtype(cam_dtype: torch.dtype, aff_dtype: torch.dtype) -> torch.d
     return torch.promote_types(torch.promote_types(cam_dtype, aff_dtype), torch.float32)
 
 
-@torch.library.register_fake("affext::random_walk")
-def _(cam, aff, beta, iterations, radius, region):
-    # the rules of random_walk_args.cpp and the CPU launcher
+def _check_args(cam, aff, beta, iterations, radius, region):
+    """The rules of random_walk_args.cpp and the CPU launcher; returns the output dtype."""
     check_dim("cam", cam, 4, "(B, C, H, W)")
     check_dim("aff", aff, 4, "(B, K, H, W)")
     check_floating("cam", cam)
@@ -124,4 +135,9 @@ def _(cam, aff, beta, iterations, radius, region):
             f"on the CPU cam and aff must be float32 or float64, got {cam.dtype} and {aff.dtype}"
         ),
     )
-    return cam.new_empty(cam.shape, dtype=dtype)
+    return dtype
+
+
+@torch.library.register_fake("affext::random_walk")
+def _(cam, aff, beta, iterations, radius, region):
+    return cam.new_empty(cam.shape, dtype=_check_args(cam, aff, beta, iterations, radius, region))

@@ -4,11 +4,10 @@
 // The per-element math below is shared by the CPU and the CUDA kernels.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include "common/macros.h"
 #include "common/neighborhood.h"
 #include "common/scalar_math.h"
+#include "common/stable.h"
 
 namespace affext {
 
@@ -52,24 +51,24 @@ AFFEXT_HOST_DEVICE acc_t grad_term(acc_t weight, acc_t fp, acc_t fq) {
   return -weight * sign_of_difference(fp, fq);
 }
 
-at::Tensor pairwise_affinity_cpu(const at::Tensor& feat, int64_t radius);
-at::Tensor pairwise_affinity_backward_cpu(const at::Tensor& grad, const at::Tensor& feat,
-                                          const at::Tensor& aff, int64_t radius);
+Tensor pairwise_affinity_cpu(const Tensor& feat, int64_t radius);
+Tensor pairwise_affinity_backward_cpu(const Tensor& grad, const Tensor& feat, const Tensor& aff,
+                                      int64_t radius);
 #ifdef AFFEXT_WITH_CUDA
-at::Tensor pairwise_affinity_cuda(const at::Tensor& feat, int64_t radius);
-at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad, const at::Tensor& feat,
-                                           const at::Tensor& aff, int64_t radius);
+Tensor pairwise_affinity_cuda(const Tensor& feat, int64_t radius);
+Tensor pairwise_affinity_backward_cuda(const Tensor& grad, const Tensor& feat, const Tensor& aff,
+                                       int64_t radius);
 #endif
 
 // Shared argument checks of the forward and backward launchers (affinity_args.cpp).
-void check_affinity_args(const at::Tensor& feat, int64_t radius);
+void check_affinity_args(const Tensor& feat, int64_t radius);
 
 // The backward's inputs, checked, contiguous and in feat's dtype.
 struct BackwardArgs {
-  at::Tensor grad, feat, aff;
+  Tensor grad, feat, aff;
   Offsets offsets;
 };
-BackwardArgs prepare_backward_args(const at::Tensor& grad, const at::Tensor& feat,
-                                   const at::Tensor& aff, int64_t radius);
+BackwardArgs prepare_backward_args(const Tensor& grad, const Tensor& feat, const Tensor& aff,
+                                   int64_t radius);
 
 }  // namespace affext

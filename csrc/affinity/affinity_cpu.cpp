@@ -1,13 +1,12 @@
 // CPU kernels of the pairwise affinity. Work is split by (batch, row); within a row the
 // innermost loop runs along x over contiguous memory, so the compiler vectorises it.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <algorithm>
 #include <vector>
 
 #include "affinity/affinity.h"
-#include "common/checks.h"
+#include "common/parallel.h"
 
 namespace affext {
 
@@ -26,7 +25,7 @@ void forward_kernel(const scalar_t* feat, scalar_t* aff, int64_t B, int64_t C, i
   const int64_t HW = H * W;
   const int K = o.count;
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> l1(static_cast<size_t>(K) * W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, y = row % H;
@@ -68,12 +67,12 @@ void backward_kernel(const scalar_t* grad, const scalar_t* feat, const scalar_t*
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
   // Pass 1: one weight per pair, w = grad * aff / C (zero for pairs outside the map).
   std::vector<acc_t> weight(static_cast<size_t>(B) * K * HW);
-  at::parallel_for(0, B * K * HW, 4096, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * K * HW, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) weight[i] = pair_weight<acc_t>(grad[i], aff[i], inv_c);
   });
   // Pass 2: each pixel gathers from the pairs it belongs to, as first and as second pixel,
   // in a fixed order: deterministic, no atomics.
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, y = row % H;
@@ -107,40 +106,44 @@ void backward_kernel(const scalar_t* grad, const scalar_t* feat, const scalar_t*
 
 }  // namespace
 
-at::Tensor pairwise_affinity_cpu(const at::Tensor& feat_in, int64_t radius) {
+Tensor pairwise_affinity_cpu(const Tensor& feat_in, int64_t radius) {
   check_affinity_args(feat_in, radius);
-  TORCH_CHECK_TYPE(feat_in.scalar_type() == at::kFloat || feat_in.scalar_type() == at::kDouble,
-                   "on the CPU feat must be float32 or float64, got ", feat_in.scalar_type());
+  check_cpu_dtype("feat", feat_in);
   const Offsets o = offsets_for(radius);
-  const at::Tensor feat = feat_in.contiguous();
+  const Tensor feat = torch::stable::contiguous(feat_in);
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  at::Tensor aff = at::empty({B, o.count, H, W}, feat.options());
+  Tensor aff = torch::stable::new_empty(feat, {B, o.count, H, W});
   if (B == 0) return aff;
-  AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "pairwise_affinity_cpu", [&] {
-    forward_kernel<scalar_t>(feat.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(), B, C, H, W, o);
-  });
+  THO_DISPATCH_V2(feat.scalar_type(), "pairwise_affinity_cpu", AT_WRAP([&] {
+                    forward_kernel<scalar_t>(feat.const_data_ptr<scalar_t>(),
+                                             aff.mutable_data_ptr<scalar_t>(), B, C, H, W, o);
+                  }),
+                  AT_FLOATING_TYPES);
   return aff;
 }
 
-at::Tensor pairwise_affinity_backward_cpu(const at::Tensor& grad_in, const at::Tensor& feat_in,
-                                          const at::Tensor& aff_in, int64_t radius) {
+Tensor pairwise_affinity_backward_cpu(const Tensor& grad_in, const Tensor& feat_in,
+                                      const Tensor& aff_in, int64_t radius) {
   const BackwardArgs args = prepare_backward_args(grad_in, feat_in, aff_in, radius);
   const Offsets& o = args.offsets;
-  const at::Tensor &grad = args.grad, &feat = args.feat, &aff = args.aff;
+  const Tensor &grad = args.grad, &feat = args.feat, &aff = args.aff;
+  check_cpu_dtype("feat", feat);
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  at::Tensor grad_feat = at::empty_like(feat);
+  Tensor grad_feat = torch::stable::empty_like(feat);
   if (B == 0) return grad_feat;
-  AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "pairwise_affinity_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad.data_ptr<scalar_t>(), feat.data_ptr<scalar_t>(),
-                              aff.data_ptr<scalar_t>(), grad_feat.data_ptr<scalar_t>(), B, C, H, W,
-                              o);
-  });
+  THO_DISPATCH_V2(feat.scalar_type(), "pairwise_affinity_backward_cpu", AT_WRAP([&] {
+                    backward_kernel<scalar_t>(
+                        grad.const_data_ptr<scalar_t>(), feat.const_data_ptr<scalar_t>(),
+                        aff.const_data_ptr<scalar_t>(), grad_feat.mutable_data_ptr<scalar_t>(), B,
+                        C, H, W, o);
+                  }),
+                  AT_FLOATING_TYPES);
   return grad_feat;
 }
 
-TORCH_LIBRARY_IMPL(affext, CPU, m) {
-  m.impl("pairwise_affinity", &pairwise_affinity_cpu);
-  m.impl("pairwise_affinity_backward", &pairwise_affinity_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(affext, CPU, m) {
+  m.impl("pairwise_affinity", TORCH_BOX(&pairwise_affinity_cpu));
+  m.impl("pairwise_affinity_backward", TORCH_BOX(&pairwise_affinity_backward_cpu));
 }
 
 }  // namespace affext

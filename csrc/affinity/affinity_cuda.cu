@@ -31,16 +31,11 @@
 //   is below that. Expected fwd+bwd ~0.25 ms against psa-dense's 8.2 ms (measured on an H200).
 // - half/bfloat16: a pack is one 4-byte word, so the shared-memory reads halve, and the
 //   global traffic too: expected faster than float32. Accumulation is in float.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <torch/library.h>
-#include <ATen/cuda/detail/IntegerDivider.cuh>
+#include "common/stable.h"
 
 #include <algorithm>
 
 #include "affinity/affinity.h"
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 
 namespace affext {
@@ -68,7 +63,7 @@ struct alignas(sizeof(scalar_t) * pack_width<scalar_t>()) Pack {
   scalar_t v[pack_width<scalar_t>()];
 };
 
-using Divider = at::cuda::detail::IntDivider<unsigned int>;
+using Divider = UIntDivider;
 
 // Where a block's tile and halo lie, and how the channels are chunked; the same for all blocks.
 struct Geometry {
@@ -96,7 +91,7 @@ Geometry make_geometry(int64_t C, int64_t H, int64_t W, int radius, bool backwar
   g.total_packs = static_cast<int>((C + width - 1) / width);
   const int by_registers = kPrefetch * kTileThreads / (g.plane * width);
   const int by_shared = kSharedBytes / (2 * g.plane * elem_bytes * width);
-  TORCH_INTERNAL_ASSERT(by_registers >= 1 && by_shared >= 1, "affinity tile too large");
+  STD_TORCH_CHECK(by_registers >= 1 && by_shared >= 1, "affinity tile too large");
   g.packs = std::min({by_registers, by_shared, g.total_packs});
   g.plane_div = Divider(static_cast<unsigned int>(g.plane));
   g.sw_div = Divider(static_cast<unsigned int>(g.sw));
@@ -200,7 +195,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kTileThreads)
     forward_kernel(const scalar_t* __restrict__ feat, scalar_t* __restrict__ aff, int64_t C,
                    Geometry g, Offsets o) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   constexpr int V = pack_width<scalar_t>();
   extern __shared__ __align__(16) unsigned char shared_raw[];
   Pack<scalar_t>* buffers = reinterpret_cast<Pack<scalar_t>*>(shared_raw);
@@ -250,7 +245,7 @@ __global__ void __launch_bounds__(kTileThreads)
     backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ feat,
                     const scalar_t* __restrict__ aff, out_t* __restrict__ grad_feat, int64_t C,
                     Geometry g, Offsets o) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   constexpr int V = pack_width<scalar_t>();
   extern __shared__ __align__(16) unsigned char shared_raw[];
   Pack<scalar_t>* buffers = reinterpret_cast<Pack<scalar_t>*>(shared_raw);
@@ -328,49 +323,50 @@ size_t shared_bytes(const Geometry& g) {
 
 dim3 tile_grid(const Geometry& g, int64_t B, int z = 1) {
   const int64_t tiles = static_cast<int64_t>(g.tiles_x) * ((g.H + kTileH - 1) / kTileH);
-  TORCH_CHECK_VALUE(tiles <= INT32_MAX && B <= 65535,
-                    "feat is too large for the CUDA affinity kernels: ", B, " images of ", g.H, "x",
-                    g.W, " (at most 65535 images)");
+  AFFEXT_CHECK(tiles <= INT32_MAX && B <= 65535,
+               "feat is too large for the CUDA affinity kernels: ", B, " images of ", g.H, "x", g.W,
+               " (at most 65535 images)");
   return dim3(static_cast<unsigned int>(tiles), static_cast<unsigned int>(B), z);
 }
 
 }  // namespace
 
-at::Tensor pairwise_affinity_cuda(const at::Tensor& feat_in, int64_t radius) {
+Tensor pairwise_affinity_cuda(const Tensor& feat_in, int64_t radius) {
   check_affinity_args(feat_in, radius);
   const Offsets o = offsets_for(radius);
-  c10::cuda::CUDAGuard guard(feat_in.device());
-  const at::Tensor feat = feat_in.contiguous();
+  const torch::stable::accelerator::DeviceGuard guard(feat_in.get_device_index());
+  const Tensor feat = torch::stable::contiguous(feat_in);
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  at::Tensor aff = at::empty({B, o.count, H, W}, feat.options());
+  Tensor aff = torch::stable::new_empty(feat, {B, o.count, H, W});
   if (aff.numel() == 0) return aff;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, feat.scalar_type(), "pairwise_affinity_cuda", [&] {
+  const cudaStream_t stream = current_stream();
+  THO_DISPATCH_V2(
+      feat.scalar_type(), "pairwise_affinity_cuda", AT_WRAP(([&] {
         constexpr int V = pack_width<scalar_t>();
         const Geometry g = make_geometry(C, H, W, static_cast<int>(radius), /*backward=*/false,
                                          sizeof(scalar_t), V);
         const dim3 grid = tile_grid(g, B, (o.count + kSlots - 1) / kSlots);
         forward_kernel<scalar_t><<<grid, kTileThreads, shared_bytes<scalar_t>(g), stream>>>(
-            feat.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(), C, g, o);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+            feat.const_data_ptr<scalar_t>(), aff.mutable_data_ptr<scalar_t>(), C, g, o);
+        check_launch();
+      })),  // parenthesised: the launches' <<<...>>> commas
+      AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return aff;
 }
 
-at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad_in, const at::Tensor& feat_in,
-                                           const at::Tensor& aff_in, int64_t radius) {
-  c10::cuda::CUDAGuard guard(feat_in.device());
+Tensor pairwise_affinity_backward_cuda(const Tensor& grad_in, const Tensor& feat_in,
+                                       const Tensor& aff_in, int64_t radius) {
+  const torch::stable::accelerator::DeviceGuard guard(feat_in.get_device_index());
   const BackwardArgs args = prepare_backward_args(grad_in, feat_in, aff_in, radius);
   const Offsets& o = args.offsets;
-  const at::Tensor &grad = args.grad, &feat = args.feat, &aff = args.aff;
+  const Tensor &grad = args.grad, &feat = args.feat, &aff = args.aff;
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  at::Tensor grad_feat = at::empty_like(feat, at::MemoryFormat::Contiguous);
+  Tensor grad_feat = torch::stable::empty_like(feat);  // feat is contiguous
   if (grad_feat.numel() == 0) return grad_feat;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, feat.scalar_type(), "pairwise_affinity_backward_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+  const cudaStream_t stream = current_stream();
+  THO_DISPATCH_V2(
+      feat.scalar_type(), "pairwise_affinity_backward_cuda", AT_WRAP(([&] {
+        using acc_t = opmath_t<scalar_t>;
         constexpr int V = pack_width<scalar_t>();
         const Geometry g = make_geometry(C, H, W, static_cast<int>(radius), /*backward=*/true,
                                          sizeof(scalar_t), V);
@@ -378,25 +374,26 @@ at::Tensor pairwise_affinity_backward_cuda(const at::Tensor& grad_in, const at::
         const size_t shared = shared_bytes<scalar_t>(g);
         const bool carry_in_float = o.count > kSlots && !std::is_same_v<scalar_t, acc_t>;
         if (carry_in_float) {  // several passes: keep the running sums in float
-          at::Tensor sums = at::empty(feat.sizes(), feat.options().dtype(at::kFloat));
+          Tensor sums = torch::stable::new_empty(feat, feat.sizes(), ScalarType::Float);
           backward_kernel<scalar_t, acc_t><<<grid, kTileThreads, shared, stream>>>(
-              grad.data_ptr<scalar_t>(), feat.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(),
-              sums.data_ptr<acc_t>(), C, g, o);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          grad_feat.copy_(sums);
+              grad.const_data_ptr<scalar_t>(), feat.const_data_ptr<scalar_t>(),
+              aff.const_data_ptr<scalar_t>(), sums.mutable_data_ptr<acc_t>(), C, g, o);
+          check_launch();
+          torch::stable::copy_(grad_feat, sums);
         } else {
           backward_kernel<scalar_t, scalar_t><<<grid, kTileThreads, shared, stream>>>(
-              grad.data_ptr<scalar_t>(), feat.data_ptr<scalar_t>(), aff.data_ptr<scalar_t>(),
-              grad_feat.data_ptr<scalar_t>(), C, g, o);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+              grad.const_data_ptr<scalar_t>(), feat.const_data_ptr<scalar_t>(),
+              aff.const_data_ptr<scalar_t>(), grad_feat.mutable_data_ptr<scalar_t>(), C, g, o);
+          check_launch();
         }
-      });
+      })),  // parenthesised: the launches' <<<...>>> commas
+      AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return grad_feat;
 }
 
-TORCH_LIBRARY_IMPL(affext, CUDA, m) {
-  m.impl("pairwise_affinity", &pairwise_affinity_cuda);
-  m.impl("pairwise_affinity_backward", &pairwise_affinity_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(affext, CUDA, m) {
+  m.impl("pairwise_affinity", TORCH_BOX(&pairwise_affinity_cuda));
+  m.impl("pairwise_affinity_backward", TORCH_BOX(&pairwise_affinity_backward_cuda));
 }
 
 }  // namespace affext

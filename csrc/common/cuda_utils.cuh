@@ -1,14 +1,73 @@
 // Launch helpers shared by the CUDA kernels.
 #pragma once
 
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+// Included after common/stable.h: the device guard and the current stream of
+// torch::stable::accelerator (opmath_t and the half types: stable.h).
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/headeronly/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace affext {
+
+// The current CUDA stream of torch on the current device (a DeviceGuard selects it).
+inline cudaStream_t current_stream() {
+  const auto device = torch::stable::accelerator::getCurrentDeviceIndex();
+  return static_cast<cudaStream_t>(
+      torch::stable::accelerator::getCurrentStream(device).nativeHandle());
+}
+
+// Raises the error of a CUDA runtime call, if any.
+inline void check_cuda(cudaError_t err) {
+  STD_TORCH_CHECK(err == cudaSuccess, "CUDA error: ", cudaGetErrorString(err));
+}
+
+// Raises the error of the last kernel launch, if any.
+inline void check_launch() {
+  const cudaError_t err = cudaGetLastError();
+  STD_TORCH_CHECK(err == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+// n / d and n % d for a fixed unsigned d, without a hardware division: the multiply-high and
+// shift of the round-up method (Granlund and Montgomery, "Division by invariant integers
+// using multiplication"), exact for 1 <= d <= 2^31 and n < 2^31 (the index ranges it serves).
+struct DivMod {
+  unsigned int div, mod;
+};
+class UIntDivider {
+ public:
+  UIntDivider() = default;
+  explicit UIntDivider(unsigned int d) : divisor_(d) {
+    while (shift_ < 32 && (1ULL << shift_) < d) ++shift_;
+    const uint64_t one = 1;
+    multiplier_ = static_cast<unsigned int>(((one << 32) * ((one << shift_) - d)) / d + 1);
+  }
+  __host__ __device__ __forceinline__ unsigned int div(unsigned int n) const {
+#ifdef __CUDA_ARCH__
+    const unsigned int hi = __umulhi(n, multiplier_);
+#else
+    const unsigned int hi =
+        static_cast<unsigned int>((static_cast<uint64_t>(n) * multiplier_) >> 32);
+#endif
+    return static_cast<unsigned int>((static_cast<uint64_t>(hi) + n) >> shift_);
+  }
+  __host__ __device__ __forceinline__ unsigned int mod(unsigned int n) const {
+    return n - div(n) * divisor_;
+  }
+  __host__ __device__ __forceinline__ DivMod divmod(unsigned int n) const {
+    const unsigned int q = div(n);
+    return {q, n - q * divisor_};
+  }
+
+ private:
+  unsigned int divisor_ = 1;
+  unsigned int multiplier_ = 1;
+  unsigned int shift_ = 0;
+};
 
 constexpr int kThreads = 256;
 

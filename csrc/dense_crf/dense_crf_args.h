@@ -1,19 +1,18 @@
 // Checks and host-side set-up shared by the dense CRF's CPU and CUDA launchers.
 #pragma once
 
-#include <ATen/ATen.h>
-
+#include "common/stable.h"
 #include "dense_crf/dense_crf.h"
 
 namespace affext {
 
 // Shapes, dtypes, devices and settings (every message names the argument).
-void check_dense_crf_args(const at::Tensor& image, const at::Tensor& scores, int64_t iterations,
+void check_dense_crf_args(const Tensor& image, const Tensor& scores, int64_t iterations,
                           double gaussian_sxy, double gaussian_compat, double bilateral_sxy,
                           double bilateral_srgb, double bilateral_compat);
 
-// Scores finite and >= 0.
-void check_dense_crf_values(const at::Tensor& scores);
+// Scores finite and >= 0 (affext.dense_crf raises the error as ValueError).
+void check_dense_crf_values(const Tensor& scores);
 
 struct CrfPackings {
   crf::KeyPacking gaussian, bilateral;

@@ -9,7 +9,7 @@
 // threads. The filter is linear, so the channels of all stacks that share an image (psa's la
 // and ha CRFs of one image) go through one lattice pass together; only the softmax is per
 // stack.
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <algorithm>
 #include <cmath>
@@ -21,7 +21,6 @@
 #include <utility>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/parallel.h"
 #include "dense_crf/dense_crf.h"
 #include "dense_crf/dense_crf_args.h"
@@ -648,17 +647,17 @@ void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, i
 
 }  // namespace
 
-at::Tensor dense_crf_cpu(const at::Tensor& image_in, const at::Tensor& scores_in,
-                         int64_t iterations, double gaussian_sxy, double gaussian_compat,
-                         double bilateral_sxy, double bilateral_srgb, double bilateral_compat,
-                         bool validate) {
+Tensor dense_crf_cpu(const Tensor& image_in, const Tensor& scores_in, int64_t iterations,
+                     double gaussian_sxy, double gaussian_compat, double bilateral_sxy,
+                     double bilateral_srgb, double bilateral_compat, bool validate) {
   check_dense_crf_args(image_in, scores_in, iterations, gaussian_sxy, gaussian_compat,
                        bilateral_sxy, bilateral_srgb, bilateral_compat);
-  const at::Tensor scores = scores_in.detach().to(at::kFloat).contiguous();
-  const at::Tensor image = image_in.detach().contiguous();
+  // A kernel runs below autograd: these copies record no graph (no detach needed).
+  const Tensor scores = torch::stable::contiguous(to_dtype(scores_in, ScalarType::Float));
+  const Tensor image = torch::stable::contiguous(image_in);
   if (validate) check_dense_crf_values(scores);
   const int64_t B = scores.size(0), n = scores.size(1), H = scores.size(2), W = scores.size(3);
-  at::Tensor out = at::empty_like(scores);
+  Tensor out = torch::stable::empty_like(scores);  // scores is contiguous
   if (scores.numel() == 0) return out;
   const CrfSettings s{iterations,
                       static_cast<float>(gaussian_sxy),
@@ -667,9 +666,9 @@ at::Tensor dense_crf_cpu(const at::Tensor& image_in, const at::Tensor& scores_in
                       static_cast<float>(bilateral_srgb),
                       static_cast<float>(bilateral_compat),
                       crf_packings(H, W, gaussian_sxy, bilateral_sxy, bilateral_srgb)};
-  const uint8_t* rgb = image.data_ptr<uint8_t>();
-  const float* sc = scores.data_ptr<float>();
-  float* o = out.data_ptr<float>();
+  const uint8_t* rgb = image.const_data_ptr<uint8_t>();
+  const float* sc = scores.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
   const int64_t plane = n * H * W;
   if (image.size(0) == 1) {
     // one image for every stack: one pair of lattices, all stacks' channels together
@@ -687,6 +686,6 @@ at::Tensor dense_crf_cpu(const at::Tensor& image_in, const at::Tensor& scores_in
   return out;
 }
 
-TORCH_LIBRARY_IMPL(affext, CPU, m) { m.impl("dense_crf", &dense_crf_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(affext, CPU, m) { m.impl("dense_crf", TORCH_BOX(&dense_crf_cpu)); }
 
 }  // namespace affext

@@ -8,8 +8,7 @@
 // device: the kernels after the build loop over M from device memory with grid-stride loops
 // on a fixed grid, so nothing waits for the host. Marginals are kept pixel-major, (N, C) with
 // the C = S * n channels of all stacks that share the image side by side.
-#include <ATen/ATen.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <cuda_runtime.h>
 
@@ -18,7 +17,6 @@
 #include <cub/cub.cuh>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "dense_crf/dense_crf.h"
 #include "dense_crf/dense_crf_args.h"
@@ -32,10 +30,10 @@ using crf::kGaussianDim;
 // Blocks of a grid-stride loop whose length is only known on the device (M * C).
 inline unsigned int resident_blocks(int64_t upper_bound) {
   static std::atomic<int> sms_of[64];  // per device, 0 until asked (then the same value)
-  const int device = c10::cuda::current_device();
+  const int device = torch::stable::accelerator::getCurrentDeviceIndex();
   int sms = device < 64 ? sms_of[device].load(std::memory_order_relaxed) : 0;
   if (sms == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     if (device < 64) sms_of[device].store(sms, std::memory_order_relaxed);
   }
   return std::min<unsigned int>(blocks_for(upper_bound), static_cast<unsigned int>(sms) * 8u);
@@ -219,31 +217,32 @@ __global__ void softmax_kernel(const float* __restrict__ e, int64_t N, int64_t S
 struct DeviceLattice {
   int d = 0;
   int64_t N = 0, cap = 0;
-  at::Tensor vertex, weight, slice_w, splat_p, splat_w, start, nbr, m;
-  at::Tensor a, b;  // splat and blur scratch, (cap + 1) * C floats each
+  Tensor vertex, weight, slice_w, splat_p, splat_w, start, nbr, m;
+  Tensor a, b;  // splat and blur scratch, (cap + 1) * C floats each
 
   // splat then blur of in (N, C); returns the vertex values (row 0 zero).
   float* splat_blur(const float* in, int64_t C, cudaStream_t stream) {
     const int64_t need = (cap + 1) * C;
     if (a.numel() < need) {
-      a = at::zeros({need}, weight.options());
-      b = at::zeros({need}, weight.options());
+      a = torch::stable::new_zeros(weight, {need});
+      b = torch::stable::new_zeros(weight, {need});
     } else {
       // row 0 is the missing neighbour: zero in this call's layout
-      C10_CUDA_CHECK(cudaMemsetAsync(a.data_ptr<float>(), 0, C * sizeof(float), stream));
-      C10_CUDA_CHECK(cudaMemsetAsync(b.data_ptr<float>(), 0, C * sizeof(float), stream));
+      check_cuda(cudaMemsetAsync(a.mutable_data_ptr<float>(), 0, C * sizeof(float), stream));
+      check_cuda(cudaMemsetAsync(b.mutable_data_ptr<float>(), 0, C * sizeof(float), stream));
     }
     const unsigned int grid = resident_blocks(cap * C);
-    float* cur = a.data_ptr<float>();
-    float* nxt = b.data_ptr<float>();
+    float* cur = a.mutable_data_ptr<float>();
+    float* nxt = b.mutable_data_ptr<float>();
     splat_kernel<<<grid, kThreads, 0, stream>>>(
-        in, splat_w.data_ptr<float>(), splat_p.data_ptr<int32_t>(), start.data_ptr<int64_t>(),
-        m.data_ptr<int32_t>(), C, cur);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+        in, splat_w.mutable_data_ptr<float>(), splat_p.mutable_data_ptr<int32_t>(),
+        start.mutable_data_ptr<int64_t>(), m.mutable_data_ptr<int32_t>(), C, cur);
+    check_launch();
     for (int j = 0; j <= d; ++j) {
-      blur_kernel<<<grid, kThreads, 0, stream>>>(cur, nbr.data_ptr<int32_t>() + j * (cap + 1) * 2,
-                                                 m.data_ptr<int32_t>(), C, nxt);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      blur_kernel<<<grid, kThreads, 0, stream>>>(
+          cur, nbr.mutable_data_ptr<int32_t>() + j * (cap + 1) * 2, m.mutable_data_ptr<int32_t>(),
+          C, nxt);
+      check_launch();
       std::swap(cur, nxt);
     }
     return cur;
@@ -252,148 +251,169 @@ struct DeviceLattice {
 
 template <int D>
 DeviceLattice build_lattice(const uint8_t* rgb, int64_t H, int64_t W, float sxy, float srgb,
-                            int bits, float compat, const at::TensorOptions& fopt,
-                            cudaStream_t stream) {
+                            int bits, float compat, const Tensor& like, cudaStream_t stream) {
   constexpr int D1 = D + 1;
   const int64_t N = H * W, total = N * D1;
-  const auto iopt = fopt.dtype(at::kInt);
-  const auto lopt = fopt.dtype(at::kLong);
+  // New tensors on like's device: float32, int32, int64, bytes.
+  const auto fempty = [&](int64_t size) {
+    return torch::stable::new_empty(like, {size}, ScalarType::Float);
+  };
+  const auto iempty = [&](int64_t size) {
+    return torch::stable::new_empty(like, {size}, ScalarType::Int);
+  };
+  const auto lempty = [&](int64_t size) {
+    return torch::stable::new_empty(like, {size}, ScalarType::Long);
+  };
+  const auto bempty = [&](int64_t size) {
+    return torch::stable::new_empty(like, {size}, ScalarType::Byte);
+  };
   DeviceLattice lat;
   lat.d = D;
   lat.N = N;
   lat.cap = total;
-  at::Tensor keys = at::empty({total}, lopt), sorted = at::empty({total}, lopt);
-  at::Tensor entry = at::empty({total}, iopt), sorted_entry = at::empty({total}, iopt);
-  lat.weight = at::empty({total}, fopt);
+  Tensor keys = lempty(total), sorted = lempty(total);
+  Tensor entry = iempty(total), sorted_entry = iempty(total);
+  lat.weight = fempty(total);
   embed_kernel<D><<<blocks_for(N), kThreads, 0, stream>>>(
       rgb, N, static_cast<int>(W), sxy, srgb, bits,
-      reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()), entry.data_ptr<int32_t>(),
-      lat.weight.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      reinterpret_cast<uint64_t*>(keys.mutable_data_ptr<int64_t>()),
+      entry.mutable_data_ptr<int32_t>(), lat.weight.mutable_data_ptr<float>());
+  check_launch();
   // Sort the entries by key (stable: equal keys keep increasing entry order).
   const int n_items = static_cast<int>(total);
-  const uint64_t* k_in = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>());
-  uint64_t* k_out = reinterpret_cast<uint64_t*>(sorted.data_ptr<int64_t>());
+  const uint64_t* k_in = reinterpret_cast<const uint64_t*>(keys.mutable_data_ptr<int64_t>());
+  uint64_t* k_out = reinterpret_cast<uint64_t*>(sorted.mutable_data_ptr<int64_t>());
   size_t temp_bytes = 0;
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      nullptr, temp_bytes, k_in, k_out, entry.data_ptr<int32_t>(), sorted_entry.data_ptr<int32_t>(),
-      n_items, 0, D * bits, stream));
-  at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, fopt.dtype(at::kByte));
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      temp.data_ptr(), temp_bytes, k_in, k_out, entry.data_ptr<int32_t>(),
-      sorted_entry.data_ptr<int32_t>(), n_items, 0, D * bits, stream));
+  check_cuda(cub::DeviceRadixSort::SortPairs(
+      nullptr, temp_bytes, k_in, k_out, entry.mutable_data_ptr<int32_t>(),
+      sorted_entry.mutable_data_ptr<int32_t>(), n_items, 0, D * bits, stream));
+  Tensor temp = bempty(static_cast<int64_t>(temp_bytes));
+  check_cuda(cub::DeviceRadixSort::SortPairs(
+      temp.mutable_data_ptr(), temp_bytes, k_in, k_out, entry.mutable_data_ptr<int32_t>(),
+      sorted_entry.mutable_data_ptr<int32_t>(), n_items, 0, D * bits, stream));
   // Number the vertices 1..M in key order.
-  at::Tensor first = at::empty({total}, iopt), id = at::empty({total}, iopt);
-  mark_kernel<<<blocks_for(total), kThreads, 0, stream>>>(k_out, total, first.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  Tensor first = iempty(total), id = iempty(total);
+  mark_kernel<<<blocks_for(total), kThreads, 0, stream>>>(k_out, total,
+                                                          first.mutable_data_ptr<int32_t>());
+  check_launch();
   size_t scan_bytes = 0;
-  C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, first.data_ptr<int32_t>(),
-                                               id.data_ptr<int32_t>(), n_items, stream));
-  at::Tensor scan_temp = at::empty({static_cast<int64_t>(scan_bytes)}, fopt.dtype(at::kByte));
-  C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(scan_temp.data_ptr(), scan_bytes,
-                                               first.data_ptr<int32_t>(), id.data_ptr<int32_t>(),
-                                               n_items, stream));
-  lat.vertex = at::empty({total}, iopt);
-  lat.start = at::empty({total + 2}, lopt);
-  lat.m = at::empty({1}, iopt);
-  lat.splat_p = at::empty({total}, iopt);
-  lat.splat_w = at::empty({total}, fopt);
-  at::Tensor unique_key = at::empty({total + 1}, lopt);
+  check_cuda(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, first.mutable_data_ptr<int32_t>(),
+                                           id.mutable_data_ptr<int32_t>(), n_items, stream));
+  Tensor scan_temp = bempty(static_cast<int64_t>(scan_bytes));
+  check_cuda(cub::DeviceScan::InclusiveSum(scan_temp.mutable_data_ptr(), scan_bytes,
+                                           first.mutable_data_ptr<int32_t>(),
+                                           id.mutable_data_ptr<int32_t>(), n_items, stream));
+  lat.vertex = iempty(total);
+  lat.start = lempty(total + 2);
+  lat.m = iempty(1);
+  lat.splat_p = iempty(total);
+  lat.splat_w = fempty(total);
+  Tensor unique_key = lempty(total + 1);
   number_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-      k_out, sorted_entry.data_ptr<int32_t>(), first.data_ptr<int32_t>(), id.data_ptr<int32_t>(),
-      lat.weight.data_ptr<float>(), total, D1, lat.vertex.data_ptr<int32_t>(),
-      lat.start.data_ptr<int64_t>(), reinterpret_cast<uint64_t*>(unique_key.data_ptr<int64_t>()),
-      lat.splat_p.data_ptr<int32_t>(), lat.splat_w.data_ptr<float>(), lat.m.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  lat.nbr = at::empty({D1 * (total + 1) * 2}, iopt);
+      k_out, sorted_entry.mutable_data_ptr<int32_t>(), first.mutable_data_ptr<int32_t>(),
+      id.mutable_data_ptr<int32_t>(), lat.weight.mutable_data_ptr<float>(), total, D1,
+      lat.vertex.mutable_data_ptr<int32_t>(), lat.start.mutable_data_ptr<int64_t>(),
+      reinterpret_cast<uint64_t*>(unique_key.mutable_data_ptr<int64_t>()),
+      lat.splat_p.mutable_data_ptr<int32_t>(), lat.splat_w.mutable_data_ptr<float>(),
+      lat.m.mutable_data_ptr<int32_t>());
+  check_launch();
+  lat.nbr = iempty(D1 * (total + 1) * 2);
   neighbour_kernel<<<resident_blocks(total * D1), kThreads, 0, stream>>>(
-      reinterpret_cast<const uint64_t*>(unique_key.data_ptr<int64_t>()), lat.m.data_ptr<int32_t>(),
-      D, bits, total, lat.nbr.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      reinterpret_cast<const uint64_t*>(unique_key.mutable_data_ptr<int64_t>()),
+      lat.m.mutable_data_ptr<int32_t>(), D, bits, total, lat.nbr.mutable_data_ptr<int32_t>());
+  check_launch();
   // The symmetric normaliser n = 1 / sqrt(L 1 + 1e-20), from the filtered ones, then folded
   // into the weights (splat of n q, compat n times the slice), as on the CPU.
   const float alpha = crf::slice_alpha(D);
-  lat.slice_w = at::empty({total}, fopt);
-  scale_kernel<<<blocks_for(total), kThreads, 0, stream>>>(lat.weight.data_ptr<float>(), alpha,
-                                                           total, lat.slice_w.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  at::Tensor ones = at::ones({N}, fopt), norm = at::empty({N}, fopt);
-  const float* val = lat.splat_blur(ones.data_ptr<float>(), 1, stream);
-  slice_kernel<<<blocks_for(N), kThreads, 0, stream>>>(val, lat.slice_w.data_ptr<float>(),
-                                                       lat.vertex.data_ptr<int32_t>(), N, D1, 1,
-                                                       norm.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  norm_kernel<<<blocks_for(N), kThreads, 0, stream>>>(norm.data_ptr<float>(), N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  lat.slice_w = fempty(total);
+  scale_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+      lat.weight.mutable_data_ptr<float>(), alpha, total, lat.slice_w.mutable_data_ptr<float>());
+  check_launch();
+  Tensor ones = torch::stable::fill_(fempty(N), 1.0), norm = fempty(N);
+  const float* val = lat.splat_blur(ones.mutable_data_ptr<float>(), 1, stream);
+  slice_kernel<<<blocks_for(N), kThreads, 0, stream>>>(val, lat.slice_w.mutable_data_ptr<float>(),
+                                                       lat.vertex.mutable_data_ptr<int32_t>(), N,
+                                                       D1, 1, norm.mutable_data_ptr<float>());
+  check_launch();
+  norm_kernel<<<blocks_for(N), kThreads, 0, stream>>>(norm.mutable_data_ptr<float>(), N);
+  check_launch();
   fold_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-      lat.splat_p.data_ptr<int32_t>(), lat.weight.data_ptr<float>(), norm.data_ptr<float>(), total,
-      D1, alpha, compat, lat.splat_w.data_ptr<float>(), lat.slice_w.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      lat.splat_p.mutable_data_ptr<int32_t>(), lat.weight.mutable_data_ptr<float>(),
+      norm.mutable_data_ptr<float>(), total, D1, alpha, compat,
+      lat.splat_w.mutable_data_ptr<float>(), lat.slice_w.mutable_data_ptr<float>());
+  check_launch();
   return lat;
 }
 
 // Mean field for the S stacks of n labels sharing one image; scores and q are (N, S * n).
-void crf_group(const uint8_t* rgb, const at::Tensor& scores, at::Tensor& q, int64_t S, int64_t n,
-               int64_t H, int64_t W, int64_t iterations, float gsxy, float gcompat, float bsxy,
-               float bsrgb, float bcompat, const CrfPackings& packing, cudaStream_t stream) {
+void crf_group(const uint8_t* rgb, const Tensor& scores, Tensor& q, int64_t S, int64_t n, int64_t H,
+               int64_t W, int64_t iterations, float gsxy, float gcompat, float bsxy, float bsrgb,
+               float bcompat, const CrfPackings& packing, cudaStream_t stream) {
   const int64_t N = H * W, C = S * n;
-  const auto fopt = scores.options();
   DeviceLattice g = build_lattice<kGaussianDim>(rgb, H, W, gsxy, 0.f, packing.gaussian.bits,
-                                                gcompat, fopt, stream);
+                                                gcompat, scores, stream);
   DeviceLattice b = build_lattice<kBilateralDim>(rgb, H, W, bsxy, bsrgb, packing.bilateral.bits,
-                                                 bcompat, fopt, stream);
-  at::Tensor logp = at::empty({N, C}, fopt), e = at::empty({N, C}, fopt);
+                                                 bcompat, scores, stream);
+  Tensor logp = torch::stable::new_empty(scores, {N, C}),
+         e = torch::stable::new_empty(scores, {N, C});
   const unsigned int grid = blocks_for(N * S);
-  unary_kernel<<<grid, kThreads, 0, stream>>>(scores.data_ptr<float>(), N, S, static_cast<int>(n),
-                                              logp.data_ptr<float>(), q.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  unary_kernel<<<grid, kThreads, 0, stream>>>(scores.mutable_data_ptr<float>(), N, S,
+                                              static_cast<int>(n), logp.mutable_data_ptr<float>(),
+                                              q.mutable_data_ptr<float>());
+  check_launch();
   for (int64_t it = 0; it < iterations; ++it) {
-    const float* val_g = g.splat_blur(q.data_ptr<float>(), C, stream);
-    const float* val_b = b.splat_blur(q.data_ptr<float>(), C, stream);
+    const float* val_g = g.splat_blur(q.mutable_data_ptr<float>(), C, stream);
+    const float* val_b = b.splat_blur(q.mutable_data_ptr<float>(), C, stream);
     energy_kernel<<<blocks_for(N * C), kThreads, 0, stream>>>(
-        logp.data_ptr<float>(), val_g, g.slice_w.data_ptr<float>(), g.vertex.data_ptr<int32_t>(),
-        val_b, b.slice_w.data_ptr<float>(), b.vertex.data_ptr<int32_t>(), N, C,
-        e.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    softmax_kernel<<<grid, kThreads, 0, stream>>>(e.data_ptr<float>(), N, S, static_cast<int>(n),
-                                                  q.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+        logp.mutable_data_ptr<float>(), val_g, g.slice_w.mutable_data_ptr<float>(),
+        g.vertex.mutable_data_ptr<int32_t>(), val_b, b.slice_w.mutable_data_ptr<float>(),
+        b.vertex.mutable_data_ptr<int32_t>(), N, C, e.mutable_data_ptr<float>());
+    check_launch();
+    softmax_kernel<<<grid, kThreads, 0, stream>>>(e.mutable_data_ptr<float>(), N, S,
+                                                  static_cast<int>(n), q.mutable_data_ptr<float>());
+    check_launch();
   }
 }
 
 }  // namespace
 
-at::Tensor dense_crf_cuda(const at::Tensor& image_in, const at::Tensor& scores_in,
-                          int64_t iterations, double gaussian_sxy, double gaussian_compat,
-                          double bilateral_sxy, double bilateral_srgb, double bilateral_compat,
-                          bool validate) {
+Tensor dense_crf_cuda(const Tensor& image_in, const Tensor& scores_in, int64_t iterations,
+                      double gaussian_sxy, double gaussian_compat, double bilateral_sxy,
+                      double bilateral_srgb, double bilateral_compat, bool validate) {
   check_dense_crf_args(image_in, scores_in, iterations, gaussian_sxy, gaussian_compat,
                        bilateral_sxy, bilateral_srgb, bilateral_compat);
-  c10::cuda::CUDAGuard guard(scores_in.device());
-  const at::Tensor scores = scores_in.detach().to(at::kFloat).contiguous();
-  const at::Tensor image = image_in.detach().contiguous();
+  const torch::stable::accelerator::DeviceGuard guard(scores_in.get_device_index());
+  // A kernel runs below autograd: these copies record no graph (no detach needed).
+  const Tensor scores = torch::stable::contiguous(to_dtype(scores_in, ScalarType::Float));
+  const Tensor image = torch::stable::contiguous(image_in);
   if (validate) check_dense_crf_values(scores);
   const int64_t B = scores.size(0), n = scores.size(1), H = scores.size(2), W = scores.size(3);
-  if (scores.numel() == 0) return at::empty_like(scores);
+  Tensor out = torch::stable::empty_like(scores);  // scores is contiguous
+  if (scores.numel() == 0) return out;
   const CrfPackings packing = crf_packings(H, W, gaussian_sxy, bilateral_sxy, bilateral_srgb);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   const int64_t N = H * W;
   const bool shared = image.size(0) == 1;
   const int64_t groups = shared ? 1 : B, S = shared ? B : 1;
-  std::vector<at::Tensor> outs;
+  const uint8_t* rgb = image.const_data_ptr<uint8_t>();
+  Tensor stacks = scores;  // the same tensor (torch::stable::narrow takes a non-const one)
   for (int64_t i = 0; i < groups; ++i) {
     // (S, n, H, W) -> pixel-major (N, S * n)
-    const at::Tensor sc = scores.narrow(0, i * S, S).reshape({S * n, N}).t().contiguous();
-    at::Tensor q = at::empty({N, S * n}, sc.options());
-    crf_group(image[i].data_ptr<uint8_t>(), sc, q, S, n, H, W, iterations,
-              static_cast<float>(gaussian_sxy), static_cast<float>(gaussian_compat),
-              static_cast<float>(bilateral_sxy), static_cast<float>(bilateral_srgb),
-              static_cast<float>(bilateral_compat), packing, stream);
-    outs.push_back(q.t().reshape({S, n, H, W}));
+    const Tensor sc = torch::stable::contiguous(torch::stable::transpose(
+        torch::stable::reshape(torch::stable::narrow(stacks, 0, i * S, S), {S * n, N}), 0, 1));
+    Tensor q = torch::stable::new_empty(sc, {N, S * n});
+    crf_group(rgb + i * N * 3, sc, q, S, n, H, W, iterations, static_cast<float>(gaussian_sxy),
+              static_cast<float>(gaussian_compat), static_cast<float>(bilateral_sxy),
+              static_cast<float>(bilateral_srgb), static_cast<float>(bilateral_compat), packing,
+              stream);
+    // back to (S, n, H, W), into this group's stacks of the output (at::cat's result before)
+    Tensor dst = torch::stable::narrow(out, 0, i * S, S);
+    torch::stable::copy_(dst,
+                         torch::stable::reshape(torch::stable::transpose(q, 0, 1), {S, n, H, W}));
   }
-  return at::cat(outs, 0).contiguous();
+  return out;
 }
 
-TORCH_LIBRARY_IMPL(affext, CUDA, m) { m.impl("dense_crf", &dense_crf_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(affext, CUDA, m) { m.impl("dense_crf", TORCH_BOX(&dense_crf_cuda)); }
 
 }  // namespace affext

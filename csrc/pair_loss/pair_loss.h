@@ -9,8 +9,6 @@
 // The per-element math below is shared by the CPU and the CUDA kernels.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -18,6 +16,7 @@
 #include "common/macros.h"
 #include "common/neighborhood.h"
 #include "common/scalar_math.h"
+#include "common/stable.h"
 
 namespace affext {
 
@@ -88,55 +87,55 @@ AFFEXT_HOST_DEVICE int pair_class_at(const uint8_t* labels, int y, int x, int dy
 
 // The forward's outputs: the loss and its three parts as 0-dim tensors in aff's dtype, and
 // the (3,) int64 counts [bg, fg, neg].
-using PairLossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using PairLossOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-PairLossOutputs pair_loss_cpu(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
+PairLossOutputs pair_loss_cpu(const Tensor& aff, const Tensor& labels, int64_t radius,
                               int64_t region);
-at::Tensor pair_loss_backward_cpu(const std::optional<at::Tensor>& grad_loss,
-                                  const std::optional<at::Tensor>& grad_bg_loss,
-                                  const std::optional<at::Tensor>& grad_fg_loss,
-                                  const std::optional<at::Tensor>& grad_neg_loss,
-                                  const at::Tensor& counts, const at::Tensor& aff,
-                                  const at::Tensor& labels, int64_t radius, int64_t region);
-at::Tensor pair_classes_cpu(const at::Tensor& labels, int64_t radius, int64_t region);
+Tensor pair_loss_backward_cpu(const std::optional<Tensor>& grad_loss,
+                              const std::optional<Tensor>& grad_bg_loss,
+                              const std::optional<Tensor>& grad_fg_loss,
+                              const std::optional<Tensor>& grad_neg_loss, const Tensor& counts,
+                              const Tensor& aff, const Tensor& labels, int64_t radius,
+                              int64_t region);
+Tensor pair_classes_cpu(const Tensor& labels, int64_t radius, int64_t region);
 #ifdef AFFEXT_WITH_CUDA
-PairLossOutputs pair_loss_cuda(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
+PairLossOutputs pair_loss_cuda(const Tensor& aff, const Tensor& labels, int64_t radius,
                                int64_t region);
-at::Tensor pair_loss_backward_cuda(const std::optional<at::Tensor>& grad_loss,
-                                   const std::optional<at::Tensor>& grad_bg_loss,
-                                   const std::optional<at::Tensor>& grad_fg_loss,
-                                   const std::optional<at::Tensor>& grad_neg_loss,
-                                   const at::Tensor& counts, const at::Tensor& aff,
-                                   const at::Tensor& labels, int64_t radius, int64_t region);
-at::Tensor pair_classes_cuda(const at::Tensor& labels, int64_t radius, int64_t region);
+Tensor pair_loss_backward_cuda(const std::optional<Tensor>& grad_loss,
+                               const std::optional<Tensor>& grad_bg_loss,
+                               const std::optional<Tensor>& grad_fg_loss,
+                               const std::optional<Tensor>& grad_neg_loss, const Tensor& counts,
+                               const Tensor& aff, const Tensor& labels, int64_t radius,
+                               int64_t region);
+Tensor pair_classes_cuda(const Tensor& labels, int64_t radius, int64_t region);
 #endif
 
 // Shared argument checks of the launchers (pair_loss_args.cpp).
 struct PairLossArgs {
-  at::Tensor aff;     // (B, K, H, W), contiguous
-  at::Tensor labels;  // (B, H, W), uint8, contiguous
+  Tensor aff;     // (B, K, H, W), contiguous
+  Tensor labels;  // (B, H, W), uint8, contiguous
   Offsets offsets;
 };
 // Checks aff against labels, radius and region; labels as uint8 (see prepare_labels).
-PairLossArgs prepare_pair_loss_args(const at::Tensor& aff, const at::Tensor& labels, int64_t radius,
+PairLossArgs prepare_pair_loss_args(const Tensor& aff, const Tensor& labels, int64_t radius,
                                     int64_t region);
 // Checks an integer (B, H, W) label map with values in 0..255 and returns it as contiguous
 // uint8. Other integer dtypes are range-checked (a device sync on CUDA) and converted once.
-at::Tensor prepare_labels(const at::Tensor& labels, int64_t radius, int64_t region);
+Tensor prepare_labels(const Tensor& labels, int64_t radius, int64_t region);
 // The forward's outputs allocated for aff (loss parts in its dtype, counts int64).
-PairLossOutputs make_pair_loss_outputs(const at::Tensor& aff);
+PairLossOutputs make_pair_loss_outputs(const Tensor& aff);
 
 // The backward's gradients of the four loss outputs: each None (no gradient) or a 0-dim
 // floating tensor on aff's device, returned in aff's dtype (undefined for None); and the
 // (3,) int64 counts of the forward, checked.
 struct PairLossGrads {
-  at::Tensor parts[kLossParts];
-  at::Tensor counts;
+  Tensor parts[kLossParts];
+  Tensor counts;
 };
-PairLossGrads prepare_pair_loss_grads(const std::optional<at::Tensor>& grad_loss,
-                                      const std::optional<at::Tensor>& grad_bg_loss,
-                                      const std::optional<at::Tensor>& grad_fg_loss,
-                                      const std::optional<at::Tensor>& grad_neg_loss,
-                                      const at::Tensor& counts, const at::Tensor& aff);
+PairLossGrads prepare_pair_loss_grads(const std::optional<Tensor>& grad_loss,
+                                      const std::optional<Tensor>& grad_bg_loss,
+                                      const std::optional<Tensor>& grad_fg_loss,
+                                      const std::optional<Tensor>& grad_neg_loss,
+                                      const Tensor& counts, const Tensor& aff);
 
 }  // namespace affext

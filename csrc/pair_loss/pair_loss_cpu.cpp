@@ -1,12 +1,11 @@
 // CPU kernels of the pair loss. The forward works by (batch, row) chunks: each chunk sums its
 // pairs into its own slot in double and the slots are added in chunk order afterwards, so the
 // result does not depend on the number of threads; pair_loss_parts then gives the losses.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <vector>
 
-#include "common/checks.h"
+#include "common/parallel.h"
 #include "pair_loss/pair_loss.h"
 
 namespace affext {
@@ -20,7 +19,7 @@ void forward_kernel(const scalar_t* aff, const uint8_t* labels, double* stats, i
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int K = o.count;
   std::vector<double> partial(static_cast<size_t>(B) * H * kPairStats, 0.0);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H;
       const int y = static_cast<int>(row % H);
@@ -57,7 +56,7 @@ void backward_kernel(const double* sum_grad, const scalar_t* aff, const uint8_t*
   const int K = o.count;
   const acc_t g[3] = {static_cast<acc_t>(sum_grad[0]), static_cast<acc_t>(sum_grad[1]),
                       static_cast<acc_t>(sum_grad[2])};
-  at::parallel_for(0, B * K * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * K * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int y = static_cast<int>(row % H);
       const int k = static_cast<int>((row / H) % K);
@@ -75,73 +74,75 @@ void backward_kernel(const double* sum_grad, const scalar_t* aff, const uint8_t*
 
 }  // namespace
 
-PairLossOutputs pair_loss_cpu(const at::Tensor& aff_in, const at::Tensor& labels_in, int64_t radius,
+PairLossOutputs pair_loss_cpu(const Tensor& aff_in, const Tensor& labels_in, int64_t radius,
                               int64_t region) {
   const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
-  const at::Tensor &aff = args.aff, &labels = args.labels;
-  TORCH_CHECK_TYPE(aff.scalar_type() == at::kFloat || aff.scalar_type() == at::kDouble,
-                   "on the CPU aff must be float32 or float64, got ", aff.scalar_type());
+  const Tensor &aff = args.aff, &labels = args.labels;
+  check_cpu_dtype("aff", aff);
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
   double stats[kPairStats] = {0, 0, 0, 0, 0, 0};
   if (aff.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_cpu", [&] {
-      forward_kernel<scalar_t>(aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(), stats, B,
-                               static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
-                               static_cast<int>(region), args.offsets);
-    });
+    THO_DISPATCH_V2(aff.scalar_type(), "pair_loss_cpu", AT_WRAP([&] {
+                      forward_kernel<scalar_t>(
+                          aff.const_data_ptr<scalar_t>(), labels.const_data_ptr<uint8_t>(), stats,
+                          B, static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
+                          static_cast<int>(region), args.offsets);
+                    }),
+                    AT_FLOATING_TYPES);
   }
   double parts[kLossParts];
   pair_loss_parts(stats, parts);
   PairLossOutputs out = make_pair_loss_outputs(aff);
-  const at::Tensor* part_tensors[kLossParts] = {&std::get<0>(out), &std::get<1>(out),
-                                                &std::get<2>(out), &std::get<3>(out)};
-  for (int i = 0; i < kLossParts; ++i) part_tensors[i]->fill_(parts[i]);
-  int64_t* counts = std::get<4>(out).data_ptr<int64_t>();
+  const Tensor* part_tensors[kLossParts] = {&std::get<0>(out), &std::get<1>(out), &std::get<2>(out),
+                                            &std::get<3>(out)};
+  for (int i = 0; i < kLossParts; ++i) torch::stable::fill_(*part_tensors[i], parts[i]);
+  int64_t* counts = std::get<4>(out).mutable_data_ptr<int64_t>();
   for (int c = 0; c < 3; ++c) counts[c] = static_cast<int64_t>(stats[3 + c]);
   return out;
 }
 
-at::Tensor pair_loss_backward_cpu(const std::optional<at::Tensor>& grad_loss,
-                                  const std::optional<at::Tensor>& grad_bg_loss,
-                                  const std::optional<at::Tensor>& grad_fg_loss,
-                                  const std::optional<at::Tensor>& grad_neg_loss,
-                                  const at::Tensor& counts_in, const at::Tensor& aff_in,
-                                  const at::Tensor& labels_in, int64_t radius, int64_t region) {
+Tensor pair_loss_backward_cpu(const std::optional<Tensor>& grad_loss,
+                              const std::optional<Tensor>& grad_bg_loss,
+                              const std::optional<Tensor>& grad_fg_loss,
+                              const std::optional<Tensor>& grad_neg_loss, const Tensor& counts_in,
+                              const Tensor& aff_in, const Tensor& labels_in, int64_t radius,
+                              int64_t region) {
   const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
-  const at::Tensor &aff = args.aff, &labels = args.labels;
-  TORCH_CHECK_TYPE(aff.scalar_type() == at::kFloat || aff.scalar_type() == at::kDouble,
-                   "on the CPU aff must be float32 or float64, got ", aff.scalar_type());
+  const Tensor &aff = args.aff, &labels = args.labels;
+  check_cpu_dtype("aff", aff);
   const PairLossGrads grads =
       prepare_pair_loss_grads(grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, counts_in, aff);
   double grad_parts[kLossParts];
   for (int i = 0; i < kLossParts; ++i)
-    grad_parts[i] = grads.parts[i].defined() ? grads.parts[i].item<double>() : 0.0;
-  const int64_t* counts = grads.counts.data_ptr<int64_t>();
+    grad_parts[i] = grads.parts[i].defined() ? item<double>(grads.parts[i]) : 0.0;
+  const int64_t* counts = grads.counts.const_data_ptr<int64_t>();
   double sum_grad[3];
   for (int c = 0; c < 3; ++c)
     sum_grad[c] = class_sum_grad(c, grad_parts[kPartLoss], grad_parts[kPartBg + c],
                                  static_cast<double>(counts[c]));
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
-  at::Tensor grad_aff = at::empty_like(aff);
+  Tensor grad_aff = torch::stable::empty_like(aff);  // aff is contiguous
   if (aff.numel() == 0) return grad_aff;
-  AT_DISPATCH_FLOATING_TYPES(aff.scalar_type(), "pair_loss_backward_cpu", [&] {
-    backward_kernel<scalar_t>(sum_grad, aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(),
-                              grad_aff.data_ptr<scalar_t>(), B, static_cast<int>(H),
-                              static_cast<int>(W), static_cast<int>(radius),
-                              static_cast<int>(region), args.offsets);
-  });
+  THO_DISPATCH_V2(aff.scalar_type(), "pair_loss_backward_cpu", AT_WRAP([&] {
+                    backward_kernel<scalar_t>(
+                        sum_grad, aff.const_data_ptr<scalar_t>(), labels.const_data_ptr<uint8_t>(),
+                        grad_aff.mutable_data_ptr<scalar_t>(), B, static_cast<int>(H),
+                        static_cast<int>(W), static_cast<int>(radius), static_cast<int>(region),
+                        args.offsets);
+                  }),
+                  AT_FLOATING_TYPES);
   return grad_aff;
 }
 
-at::Tensor pair_classes_cpu(const at::Tensor& labels_in, int64_t radius, int64_t region) {
-  const at::Tensor labels = prepare_labels(labels_in, radius, region);
+Tensor pair_classes_cpu(const Tensor& labels_in, int64_t radius, int64_t region) {
+  const Tensor labels = prepare_labels(labels_in, radius, region);
   const Offsets o = offsets_for(radius);
   const int64_t B = labels.size(0), H = labels.size(1), W = labels.size(2), K = o.count;
-  at::Tensor classes = at::empty({B, K, H, W}, labels.options().dtype(at::kByte));
+  Tensor classes = torch::stable::new_empty(labels, {B, K, H, W}, ScalarType::Byte);
   if (classes.numel() == 0) return classes;
-  const uint8_t* lab = labels.data_ptr<uint8_t>();
-  uint8_t* out = classes.data_ptr<uint8_t>();
-  at::parallel_for(0, B * K * H, 1, [&](int64_t begin, int64_t end) {
+  const uint8_t* lab = labels.const_data_ptr<uint8_t>();
+  uint8_t* out = classes.mutable_data_ptr<uint8_t>();
+  parallel_for(0, B * K * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int y = static_cast<int>(row % H);
       const int k = static_cast<int>((row / H) % K);
@@ -155,10 +156,10 @@ at::Tensor pair_classes_cpu(const at::Tensor& labels_in, int64_t radius, int64_t
   return classes;
 }
 
-TORCH_LIBRARY_IMPL(affext, CPU, m) {
-  m.impl("pair_loss", &pair_loss_cpu);
-  m.impl("pair_loss_backward", &pair_loss_backward_cpu);
-  m.impl("pair_classes", &pair_classes_cpu);
+STABLE_TORCH_LIBRARY_IMPL(affext, CPU, m) {
+  m.impl("pair_loss", TORCH_BOX(&pair_loss_cpu));
+  m.impl("pair_loss_backward", TORCH_BOX(&pair_loss_backward_cpu));
+  m.impl("pair_classes", TORCH_BOX(&pair_classes_cpu));
 }
 
 }  // namespace affext

@@ -9,14 +9,10 @@
 // op can be captured in a CUDA graph.
 // Cost at B=8, 56x56, r=5: 850k pairs, 3.4 MB of affinities and 25 KB of labels read: a few
 // microseconds of memory traffic; the op is bound by its two launches (and autograd's).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <algorithm>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "pair_loss/pair_loss.h"
 
@@ -47,7 +43,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ aff, const uint8_t* 
                                scalar_t* __restrict__ fg_loss, scalar_t* __restrict__ neg_loss,
                                int64_t* __restrict__ counts, int64_t B, int H, int W, int radius,
                                int region, Offsets o) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   __shared__ double values[kPairStats][kThreads];
   __shared__ bool last;
   const int64_t HW = static_cast<int64_t>(H) * W;
@@ -110,7 +106,7 @@ template <typename scalar_t>
 __global__ void backward_kernel(LossGrads<scalar_t> grads, const scalar_t* __restrict__ aff,
                                 const uint8_t* __restrict__ labels, scalar_t* __restrict__ grad_aff,
                                 int64_t B, int H, int W, int radius, int region, Offsets o) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t total = B * o.count * HW;
   double grad_parts[kLossParts];
@@ -143,82 +139,88 @@ __global__ void classes_kernel(const uint8_t* __restrict__ labels, uint8_t* __re
 
 }  // namespace
 
-PairLossOutputs pair_loss_cuda(const at::Tensor& aff_in, const at::Tensor& labels_in,
-                               int64_t radius, int64_t region) {
-  c10::cuda::CUDAGuard guard(aff_in.device());
+PairLossOutputs pair_loss_cuda(const Tensor& aff_in, const Tensor& labels_in, int64_t radius,
+                               int64_t region) {
+  const torch::stable::accelerator::DeviceGuard guard(aff_in.get_device_index());
   const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
-  const at::Tensor &aff = args.aff, &labels = args.labels;
+  const Tensor &aff = args.aff, &labels = args.labels;
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
   PairLossOutputs out = make_pair_loss_outputs(aff);
   // An empty batch still runs one block: it writes the losses (0) and counts (0).
   const int blocks = static_cast<int>(
       std::min<int64_t>(blocks_for(std::max<int64_t>(aff.numel(), 1)), kMaxPartials));
-  at::Tensor partials = at::empty({blocks, kPairStats}, aff.options().dtype(at::kDouble));
-  at::Tensor finished = at::zeros({1}, aff.options().dtype(at::kInt));
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, aff.scalar_type(), "pair_loss_cuda", [&] {
-        forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-            aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(), partials.data_ptr<double>(),
-            reinterpret_cast<unsigned int*>(finished.data_ptr<int>()),
-            std::get<0>(out).data_ptr<scalar_t>(), std::get<1>(out).data_ptr<scalar_t>(),
-            std::get<2>(out).data_ptr<scalar_t>(), std::get<3>(out).data_ptr<scalar_t>(),
-            std::get<4>(out).data_ptr<int64_t>(), B, static_cast<int>(H), static_cast<int>(W),
-            static_cast<int>(radius), static_cast<int>(region), args.offsets);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  Tensor partials = torch::stable::new_empty(aff, {blocks, kPairStats}, ScalarType::Double);
+  Tensor finished = torch::stable::new_zeros(aff, {1}, ScalarType::Int);
+  const cudaStream_t stream = current_stream();
+  THO_DISPATCH_V2(aff.scalar_type(), "pair_loss_cuda", AT_WRAP(([&] {
+                    forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+                        aff.const_data_ptr<scalar_t>(), labels.const_data_ptr<uint8_t>(),
+                        partials.mutable_data_ptr<double>(),
+                        reinterpret_cast<unsigned int*>(finished.mutable_data_ptr<int>()),
+                        std::get<0>(out).mutable_data_ptr<scalar_t>(),
+                        std::get<1>(out).mutable_data_ptr<scalar_t>(),
+                        std::get<2>(out).mutable_data_ptr<scalar_t>(),
+                        std::get<3>(out).mutable_data_ptr<scalar_t>(),
+                        std::get<4>(out).mutable_data_ptr<int64_t>(), B, static_cast<int>(H),
+                        static_cast<int>(W), static_cast<int>(radius), static_cast<int>(region),
+                        args.offsets);
+                    check_launch();
+                  })),  // parenthesised: the launch's <<<...>>> commas
+                  AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return out;
 }
 
-at::Tensor pair_loss_backward_cuda(const std::optional<at::Tensor>& grad_loss,
-                                   const std::optional<at::Tensor>& grad_bg_loss,
-                                   const std::optional<at::Tensor>& grad_fg_loss,
-                                   const std::optional<at::Tensor>& grad_neg_loss,
-                                   const at::Tensor& counts, const at::Tensor& aff_in,
-                                   const at::Tensor& labels_in, int64_t radius, int64_t region) {
-  c10::cuda::CUDAGuard guard(aff_in.device());
+Tensor pair_loss_backward_cuda(const std::optional<Tensor>& grad_loss,
+                               const std::optional<Tensor>& grad_bg_loss,
+                               const std::optional<Tensor>& grad_fg_loss,
+                               const std::optional<Tensor>& grad_neg_loss, const Tensor& counts,
+                               const Tensor& aff_in, const Tensor& labels_in, int64_t radius,
+                               int64_t region) {
+  const torch::stable::accelerator::DeviceGuard guard(aff_in.get_device_index());
   const PairLossArgs args = prepare_pair_loss_args(aff_in, labels_in, radius, region);
-  const at::Tensor &aff = args.aff, &labels = args.labels;
+  const Tensor &aff = args.aff, &labels = args.labels;
   const PairLossGrads grads =
       prepare_pair_loss_grads(grad_loss, grad_bg_loss, grad_fg_loss, grad_neg_loss, counts, aff);
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3);
-  at::Tensor grad_aff = at::empty_like(aff);
+  Tensor grad_aff = torch::stable::empty_like(aff);  // aff is contiguous
   if (aff.numel() == 0) return grad_aff;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, aff.scalar_type(), "pair_loss_backward_cuda", [&] {
+  const cudaStream_t stream = current_stream();
+  THO_DISPATCH_V2(
+      aff.scalar_type(), "pair_loss_backward_cuda", AT_WRAP(([&] {
         LossGrads<scalar_t> g{};
         for (int i = 0; i < kLossParts; ++i)
-          g.parts[i] = grads.parts[i].defined() ? grads.parts[i].data_ptr<scalar_t>() : nullptr;
-        g.counts = grads.counts.data_ptr<int64_t>();
+          g.parts[i] =
+              grads.parts[i].defined() ? grads.parts[i].const_data_ptr<scalar_t>() : nullptr;
+        g.counts = grads.counts.const_data_ptr<int64_t>();
         backward_kernel<scalar_t><<<blocks_for(aff.numel()), kThreads, 0, stream>>>(
-            g, aff.data_ptr<scalar_t>(), labels.data_ptr<uint8_t>(), grad_aff.data_ptr<scalar_t>(),
-            B, static_cast<int>(H), static_cast<int>(W), static_cast<int>(radius),
-            static_cast<int>(region), args.offsets);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+            g, aff.const_data_ptr<scalar_t>(), labels.const_data_ptr<uint8_t>(),
+            grad_aff.mutable_data_ptr<scalar_t>(), B, static_cast<int>(H), static_cast<int>(W),
+            static_cast<int>(radius), static_cast<int>(region), args.offsets);
+        check_launch();
+      })),  // parenthesised: the launch's <<<...>>> commas
+      AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return grad_aff;
 }
 
-at::Tensor pair_classes_cuda(const at::Tensor& labels_in, int64_t radius, int64_t region) {
-  c10::cuda::CUDAGuard guard(labels_in.device());
-  const at::Tensor labels = prepare_labels(labels_in, radius, region);
+Tensor pair_classes_cuda(const Tensor& labels_in, int64_t radius, int64_t region) {
+  const torch::stable::accelerator::DeviceGuard guard(labels_in.get_device_index());
+  const Tensor labels = prepare_labels(labels_in, radius, region);
   const Offsets o = offsets_for(radius);
   const int64_t B = labels.size(0), H = labels.size(1), W = labels.size(2);
-  at::Tensor classes = at::empty({B, o.count, H, W}, labels.options().dtype(at::kByte));
+  Tensor classes = torch::stable::new_empty(labels, {B, o.count, H, W}, ScalarType::Byte);
   if (classes.numel() == 0) return classes;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   classes_kernel<<<blocks_for(classes.numel()), kThreads, 0, stream>>>(
-      labels.data_ptr<uint8_t>(), classes.data_ptr<uint8_t>(), B, static_cast<int>(H),
+      labels.const_data_ptr<uint8_t>(), classes.mutable_data_ptr<uint8_t>(), B, static_cast<int>(H),
       static_cast<int>(W), static_cast<int>(radius), static_cast<int>(region), o);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch();
   return classes;
 }
 
-TORCH_LIBRARY_IMPL(affext, CUDA, m) {
-  m.impl("pair_loss", &pair_loss_cuda);
-  m.impl("pair_loss_backward", &pair_loss_backward_cuda);
-  m.impl("pair_classes", &pair_classes_cuda);
+STABLE_TORCH_LIBRARY_IMPL(affext, CUDA, m) {
+  m.impl("pair_loss", TORCH_BOX(&pair_loss_cuda));
+  m.impl("pair_loss_backward", TORCH_BOX(&pair_loss_backward_cuda));
+  m.impl("pair_classes", TORCH_BOX(&pair_classes_cuda));
 }
 
 }  // namespace affext

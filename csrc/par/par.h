@@ -19,13 +19,12 @@
 // The per-element math below is shared by the CPU and the CUDA kernels.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <cstdint>
 #include <cstring>
 
 #include "common/macros.h"
 #include "common/scalar_math.h"
+#include "common/stable.h"
 
 namespace affext {
 
@@ -122,16 +121,16 @@ AFFEXT_HOST_DEVICE acc_t par_step_term(acc_t s, acc_t w, acc_t v) {
 }
 
 // Checks shared by the launchers (par_args.cpp); each message names the argument.
-ParStencil make_par_stencil(at::IntArrayRef dilations, double w1, double w2);
-void check_par_imgs(const at::Tensor& imgs);
+ParStencil make_par_stencil(IntList dilations, double w1, double w2);
+void check_par_imgs(const Tensor& imgs);
 // masks (or grad) against weights; K from the dilations.
-void check_par_refine_args(const char* name, const at::Tensor& masks, const at::Tensor& weights,
-                           at::IntArrayRef dilations, int64_t num_iter);
+void check_par_refine_args(const char* name, const Tensor& masks, const Tensor& weights,
+                           IntList dilations, int64_t num_iter);
 // The dtype the weights and the steps are computed in: float64 for float64, else float32.
-inline at::ScalarType par_acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
+inline ScalarType par_acc_dtype(ScalarType t) {
+  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
-// The launchers (par_cpu.cpp, par_cuda.cu) register themselves with TORCH_LIBRARY_IMPL.
+// The launchers (par_cpu.cpp, par_cuda.cu) register themselves with STABLE_TORCH_LIBRARY_IMPL.
 
 }  // namespace affext

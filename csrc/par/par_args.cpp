@@ -1,23 +1,23 @@
 // Argument checks and the stencil of PAR, shared by the CPU and CUDA launchers.
+#include "common/stable.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "common/checks.h"
 #include "par/par.h"
 
 namespace affext {
 
-ParStencil make_par_stencil(at::IntArrayRef dilations, double w1, double w2) {
+ParStencil make_par_stencil(IntList dilations, double w1, double w2) {
   const int64_t n = static_cast<int64_t>(dilations.size());
-  TORCH_CHECK_VALUE(n >= 1 && n <= kParMaxDilations, "dilations must hold 1 to ", kParMaxDilations,
-                    " values, got ", dilations);
+  AFFEXT_CHECK(n >= 1 && n <= kParMaxDilations, "dilations must hold 1 to ", kParMaxDilations,
+               " values, got ", ints_of(dilations));
   for (const int64_t d : dilations)
-    TORCH_CHECK_VALUE(d >= 1 && d <= kParMaxDilation,
-                      "dilations must be positive integers (at most ", kParMaxDilation, "), got ",
-                      dilations);
-  TORCH_CHECK_VALUE(std::isfinite(w1) && w1 > 0, "w1 must be a positive number, got ", w1);
-  TORCH_CHECK_VALUE(std::isfinite(w2) && w2 >= 0, "w2 must be a number >= 0, got ", w2);
+    AFFEXT_CHECK(d >= 1 && d <= kParMaxDilation, "dilations must be positive integers (at most ",
+                 kParMaxDilation, "), got ", ints_of(dilations));
+  AFFEXT_CHECK(std::isfinite(w1) && w1 > 0, "w1 must be a positive number, got ", w1);
+  AFFEXT_CHECK(std::isfinite(w2) && w2 >= 0, "w2 must be a number >= 0, got ", w2);
   ParStencil s{};
   s.count = static_cast<int>(n) * kParRing;
   std::vector<double> dist(s.count);
@@ -48,35 +48,35 @@ ParStencil make_par_stencil(at::IntArrayRef dilations, double w1, double w2) {
   return s;
 }
 
-void check_par_imgs(const at::Tensor& imgs) {
+void check_par_imgs(const Tensor& imgs) {
   check_dim("imgs", imgs, 4, "(B, 3, H, W)");
   check_floating("imgs", imgs);
-  TORCH_CHECK_VALUE(imgs.size(1) >= 1 && imgs.size(2) >= 1 && imgs.size(3) >= 1,
-                    "imgs must have at least one channel and one pixel, got ", imgs.sizes());
-  TORCH_CHECK_VALUE(imgs.size(2) * imgs.size(3) < (int64_t(1) << 31),
-                    "imgs has more than 2^31 pixels per channel: ", imgs.sizes());
+  AFFEXT_CHECK(imgs.size(1) >= 1 && imgs.size(2) >= 1 && imgs.size(3) >= 1,
+               "imgs must have at least one channel and one pixel, got ", sizes_of(imgs));
+  AFFEXT_CHECK(imgs.size(2) * imgs.size(3) < (int64_t(1) << 31),
+               "imgs has more than 2^31 pixels per channel: ", sizes_of(imgs));
 }
 
-void check_par_refine_args(const char* name, const at::Tensor& masks, const at::Tensor& weights,
-                           at::IntArrayRef dilations, int64_t num_iter) {
+void check_par_refine_args(const char* name, const Tensor& masks, const Tensor& weights,
+                           IntList dilations, int64_t num_iter) {
   check_dim(name, masks, 4, "(B, C, H, W)");
   check_dim("weights", weights, 4, "(B, K, H, W)");
   check_floating(name, masks);
   check_same_device(name, masks, "weights", weights);
-  TORCH_CHECK_VALUE(num_iter >= 1, "num_iter must be >= 1, got ", num_iter);
+  AFFEXT_CHECK(num_iter >= 1, "num_iter must be >= 1, got ", num_iter);
   const ParStencil s = make_par_stencil(dilations, 1.0, 0.0);
-  TORCH_CHECK_VALUE(weights.size(1) == s.count, "weights has ", weights.size(1),
-                    " neighbours but dilations ", dilations, " have K = 8 x ", dilations.size(),
-                    " = ", s.count);
-  TORCH_CHECK_VALUE(masks.size(0) == weights.size(0) && masks.size(2) == weights.size(2) &&
-                        masks.size(3) == weights.size(3),
-                    name, " ", masks.sizes(), " and weights ", weights.sizes(),
-                    " must agree in batch and size (B, ., H, W)");
-  TORCH_CHECK_VALUE(masks.size(2) * masks.size(3) < (int64_t(1) << 31), name,
-                    " has more than 2^31 pixels per channel: ", masks.sizes());
+  AFFEXT_CHECK(weights.size(1) == s.count, "weights has ", weights.size(1),
+               " neighbours but dilations ", ints_of(dilations), " have K = 8 x ", dilations.size(),
+               " = ", s.count);
+  AFFEXT_CHECK(masks.size(0) == weights.size(0) && masks.size(2) == weights.size(2) &&
+                   masks.size(3) == weights.size(3),
+               name, " ", sizes_of(masks), " and weights ", sizes_of(weights),
+               " must agree in batch and size (B, ., H, W)");
+  AFFEXT_CHECK(masks.size(2) * masks.size(3) < (int64_t(1) << 31), name,
+               " has more than 2^31 pixels per channel: ", sizes_of(masks));
   const auto acc = par_acc_dtype(masks.scalar_type());
-  TORCH_CHECK_TYPE(weights.scalar_type() == acc, "weights must be ", acc, " (the accumulation ",
-                   "type of ", name, "'s ", masks.scalar_type(), "), got ", weights.scalar_type());
+  AFFEXT_CHECK(weights.scalar_type() == acc, "weights must be ", acc, " (the accumulation ",
+               "type of ", name, "'s ", masks.scalar_type(), "), got ", weights.scalar_type());
 }
 
 }  // namespace affext

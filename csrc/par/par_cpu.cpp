@@ -1,18 +1,15 @@
-// CPU kernels of PAR (par.h). Work is split by (image, row) with at::parallel_for; within a
+// CPU kernels of PAR (par.h). Work is split by (image, row) with parallel_for; within a
 // row the innermost loops run along x over contiguous memory (a neighbour's row is a shifted
 // copy of a source row, replicated at its ends), so the compiler vectorises them. Each pixel
 // sums its terms in par.h's fixed order whatever the split: the same bits at any thread count.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/parallel.h"
 #include "par/par.h"
 
 namespace affext {
@@ -45,7 +42,7 @@ void weights_kernel(const scalar_t* imgs, acc_t* out, int64_t B, int64_t C, int 
                     const ParStencil& st, acc_t w1) {
   const int K = st.count;
   const int64_t HW = static_cast<int64_t>(H) * W;
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> nb(static_cast<size_t>(K) * W), logit(static_cast<size_t>(K) * W);
     std::vector<acc_t> centre(W), mean(W), inv(W), top(W), sum(W);
     for (int64_t row = begin; row < end; ++row) {
@@ -124,12 +121,11 @@ struct LiveSlots {
 template <typename scalar_t>
 LiveSlots live_slots(const scalar_t* masks, int64_t B, int64_t C, int64_t HW) {
   std::vector<uint8_t> live(B * C, 0);
-  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const scalar_t* p = masks + bc * HW;
       bool any = false;
-      for (int64_t i = 0; i < HW && !any; ++i)
-        any = static_cast<at::opmath_type<scalar_t>>(p[i]) != 0;
+      for (int64_t i = 0; i < HW && !any; ++i) any = static_cast<opmath_t<scalar_t>>(p[i]) != 0;
       live[bc] = any;
     }
   });
@@ -297,7 +293,7 @@ void step_forward(const acc_t* in, acc_t* out, const acc_t* weights, const LiveS
 #else
   constexpr bool avx2 = false;
 #endif
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
 #ifdef AFFEXT_PAR_AVX2
     if (avx2) return step_rows_avx2(in, out, weights, slots, begin, end, H, W, st);
 #endif
@@ -312,7 +308,7 @@ void step_adjoint(const acc_t* in, acc_t* out, const acc_t* weights, const LiveS
                   int64_t B, int H, int W, const ParStencil& st) {
   const int K = st.count;
   const int64_t HW = static_cast<int64_t>(H) * W;
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(static_cast<size_t>(slots.most()) * W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H;
@@ -348,9 +344,9 @@ void step_adjoint(const acc_t* in, acc_t* out, const acc_t* weights, const LiveS
 
 // num_iter steps (forward or adjoint) of the live channels of masks into result (zeros).
 template <bool kAdjoint, typename scalar_t>
-void refine_typed(const at::Tensor& masks, const at::Tensor& weights, const ParStencil& st,
-                  int64_t num_iter, at::Tensor& result) {
-  using acc_t = at::opmath_type<scalar_t>;
+void refine_typed(const Tensor& masks, const Tensor& weights, const ParStencil& st,
+                  int64_t num_iter, Tensor& result) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t B = masks.size(0), C = masks.size(1);
   const int H = static_cast<int>(masks.size(2)), W = static_cast<int>(masks.size(3));
   const int64_t HW = int64_t(H) * W;
@@ -359,7 +355,7 @@ void refine_typed(const at::Tensor& masks, const at::Tensor& weights, const ParS
   const int64_t n = slots.count();
   if (n == 0) return;
   std::vector<acc_t> buf0(n * HW), buf1(n * HW);
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j)
       std::copy(m + slots.channel[j] * HW, m + (slots.channel[j] + 1) * HW, buf0.data() + j * HW);
   });
@@ -372,8 +368,8 @@ void refine_typed(const at::Tensor& masks, const at::Tensor& weights, const ParS
       step_forward(bufs[it % 2], bufs[(it + 1) % 2], w, slots, B, H, W, st);
   }
   const acc_t* last = bufs[num_iter % 2];
-  scalar_t* out = result.data_ptr<scalar_t>();
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+  scalar_t* out = result.mutable_data_ptr<scalar_t>();
+  parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j)
       for (int64_t i = 0; i < HW; ++i)
         out[slots.channel[j] * HW + i] = static_cast<scalar_t>(last[j * HW + i]);
@@ -381,55 +377,56 @@ void refine_typed(const at::Tensor& masks, const at::Tensor& weights, const ParS
 }
 
 template <bool kAdjoint>
-at::Tensor refine(const char* name, const at::Tensor& masks_in, const at::Tensor& weights_in,
-                  at::IntArrayRef dilations, int64_t num_iter) {
+Tensor refine(const char* name, const Tensor& masks_in, const Tensor& weights_in, IntList dilations,
+              int64_t num_iter) {
   check_par_refine_args(name, masks_in, weights_in, dilations, num_iter);
   const ParStencil st = make_par_stencil(dilations, 1.0, 0.0);
-  const at::Tensor masks = masks_in.contiguous();
-  const at::Tensor weights = weights_in.contiguous();
-  at::Tensor result = at::zeros(masks.sizes(), masks.options());
+  const Tensor masks = torch::stable::contiguous(masks_in);
+  const Tensor weights = torch::stable::contiguous(weights_in);
+  Tensor result = torch::stable::new_zeros(masks, masks.sizes());
   if (masks.numel() == 0) return result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, masks.scalar_type(), "par_refine_cpu",
-      [&] { refine_typed<kAdjoint, scalar_t>(masks, weights, st, num_iter, result); });
+  THO_DISPATCH_V2(masks.scalar_type(), "par_refine_cpu", AT_WRAP(([&] {
+                    refine_typed<kAdjoint, scalar_t>(masks, weights, st, num_iter, result);
+                  })),  // parenthesised: the template's comma
+                  AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return result;
 }
 
-at::Tensor par_weights_cpu(const at::Tensor& imgs_in, at::IntArrayRef dilations, double w1,
-                           double w2) {
+Tensor par_weights_cpu(const Tensor& imgs_in, IntList dilations, double w1, double w2) {
   check_par_imgs(imgs_in);
   const ParStencil st = make_par_stencil(dilations, w1, w2);
-  const at::Tensor imgs = imgs_in.contiguous();
+  const Tensor imgs = torch::stable::contiguous(imgs_in);
   const int64_t B = imgs.size(0), C = imgs.size(1);
   const int H = static_cast<int>(imgs.size(2)), W = static_cast<int>(imgs.size(3));
-  const auto acc = par_acc_dtype(imgs.scalar_type());
-  at::Tensor out = at::empty({B, st.count, H, W}, imgs.options().dtype(acc));
+  const ScalarType acc = par_acc_dtype(imgs.scalar_type());
+  Tensor out = torch::stable::new_empty(imgs, {B, st.count, H, W}, acc);
   if (B == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, imgs.scalar_type(), "par_weights_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        weights_kernel<scalar_t, acc_t>(imgs.const_data_ptr<scalar_t>(), out.data_ptr<acc_t>(), B,
-                                        C, H, W, st, static_cast<acc_t>(w1));
-      });
+  THO_DISPATCH_V2(imgs.scalar_type(), "par_weights_cpu", AT_WRAP(([&] {
+                    using acc_t = opmath_t<scalar_t>;
+                    weights_kernel<scalar_t, acc_t>(imgs.const_data_ptr<scalar_t>(),
+                                                    out.mutable_data_ptr<acc_t>(), B, C, H, W, st,
+                                                    static_cast<acc_t>(w1));
+                  })),  // parenthesised: the template's comma
+                  AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return out;
 }
 
-at::Tensor par_refine_cpu(const at::Tensor& masks, const at::Tensor& weights,
-                          at::IntArrayRef dilations, int64_t num_iter) {
+Tensor par_refine_cpu(const Tensor& masks, const Tensor& weights, IntList dilations,
+                      int64_t num_iter) {
   return refine<false>("masks", masks, weights, dilations, num_iter);
 }
 
-at::Tensor par_refine_backward_cpu(const at::Tensor& grad, const at::Tensor& weights,
-                                   at::IntArrayRef dilations, int64_t num_iter) {
+Tensor par_refine_backward_cpu(const Tensor& grad, const Tensor& weights, IntList dilations,
+                               int64_t num_iter) {
   return refine<true>("grad", grad, weights, dilations, num_iter);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(affext, CPU, m) {
-  m.impl("par_weights", &par_weights_cpu);
-  m.impl("par_refine", &par_refine_cpu);
-  m.impl("par_refine_backward", &par_refine_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(affext, CPU, m) {
+  m.impl("par_weights", TORCH_BOX(&par_weights_cpu));
+  m.impl("par_refine", TORCH_BOX(&par_refine_cpu));
+  m.impl("par_refine_backward", TORCH_BOX(&par_refine_backward_cpu));
 }
 
 }  // namespace affext

@@ -10,16 +10,12 @@
 //   host synchronisation and no allocation outside torch's stream-ordered allocator: the calls
 //   can be captured in a CUDA graph.
 // Compiled, not yet run on a GPU.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "par/par.h"
 
@@ -84,7 +80,7 @@ __global__ void par_live_kernel(const scalar_t* __restrict__ masks, uint8_t* __r
   const scalar_t* plane = masks + bc * HW;
   int any = 0;
   for (int64_t i = threadIdx.x; i < HW && !any; i += blockDim.x)
-    any = static_cast<at::opmath_type<scalar_t>>(plane[i]) != 0;
+    any = static_cast<opmath_t<scalar_t>>(plane[i]) != 0;
   any = __syncthreads_or(any);
   if (threadIdx.x == 0) live[bc] = static_cast<uint8_t>(any);
 }
@@ -129,98 +125,98 @@ __global__ void par_step_kernel(const src_t* __restrict__ src, dst_t* __restrict
 }
 
 template <bool kAdjoint>
-at::Tensor refine_cuda(const char* name, const at::Tensor& masks_in, const at::Tensor& weights_in,
-                       at::IntArrayRef dilations, int64_t num_iter) {
+Tensor refine_cuda(const char* name, const Tensor& masks_in, const Tensor& weights_in,
+                   IntList dilations, int64_t num_iter) {
   check_par_refine_args(name, masks_in, weights_in, dilations, num_iter);
   const ParStencil st = make_par_stencil(dilations, 1.0, 0.0);
-  c10::cuda::CUDAGuard guard(masks_in.device());
-  const at::Tensor masks = masks_in.contiguous();
-  const at::Tensor weights = weights_in.contiguous();
+  const torch::stable::accelerator::DeviceGuard guard(masks_in.get_device_index());
+  const Tensor masks = torch::stable::contiguous(masks_in);
+  const Tensor weights = torch::stable::contiguous(weights_in);
   const int64_t B = masks.size(0), C = masks.size(1);
   const int H = static_cast<int>(masks.size(2)), W = static_cast<int>(masks.size(3));
   const int64_t HW = int64_t(H) * W, BC = B * C;
-  at::Tensor result = at::empty(masks.sizes(), masks.options());
+  Tensor result = torch::stable::empty_like(masks);  // masks is contiguous
   if (result.numel() == 0) return result;
-  TORCH_CHECK_VALUE(BC <= INT32_MAX, name,
-                    " has too many planes for the CUDA kernels: ", masks.sizes());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor live = at::empty({BC}, masks.options().dtype(at::kByte));
+  AFFEXT_CHECK(BC <= INT32_MAX, name,
+               " has too many planes for the CUDA kernels: ", sizes_of(masks));
+  const cudaStream_t stream = current_stream();
+  Tensor live = torch::stable::new_empty(masks, {BC}, ScalarType::Byte);
   const dim3 grid(blocks_for(HW) > 1024 ? 1024 : blocks_for(HW),
                   static_cast<unsigned int>(std::min<int64_t>(BC, 65535)));
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, masks.scalar_type(), "par_refine_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+  THO_DISPATCH_V2(
+      masks.scalar_type(), "par_refine_cuda", AT_WRAP(([&] {
+        using acc_t = opmath_t<scalar_t>;
         par_live_kernel<scalar_t><<<static_cast<unsigned int>(BC), kThreads, 0, stream>>>(
-            masks.data_ptr<scalar_t>(), live.data_ptr<uint8_t>(), HW);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        const acc_t* w = weights.data_ptr<acc_t>();
-        const uint8_t* lv = live.data_ptr<uint8_t>();
-        const scalar_t* first = masks.data_ptr<scalar_t>();
-        scalar_t* out = result.data_ptr<scalar_t>();
+            masks.const_data_ptr<scalar_t>(), live.mutable_data_ptr<uint8_t>(), HW);
+        check_launch();
+        const acc_t* w = weights.const_data_ptr<acc_t>();
+        const uint8_t* lv = live.const_data_ptr<uint8_t>();
+        const scalar_t* first = masks.const_data_ptr<scalar_t>();
+        scalar_t* out = result.mutable_data_ptr<scalar_t>();
         if (num_iter == 1) {
           par_step_kernel<kAdjoint, scalar_t, scalar_t, acc_t>
               <<<grid, kThreads, 0, stream>>>(first, out, w, lv, BC, C, H, W, st, true);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          check_launch();
           return;
         }
-        at::Tensor bufs = at::empty({2, BC, HW}, masks.options().dtype(weights.scalar_type()));
-        acc_t* buf[2] = {bufs.data_ptr<acc_t>(), bufs.data_ptr<acc_t>() + BC * HW};
+        Tensor bufs = torch::stable::new_empty(masks, {2, BC, HW}, weights.scalar_type());
+        acc_t* buf[2] = {bufs.mutable_data_ptr<acc_t>(), bufs.mutable_data_ptr<acc_t>() + BC * HW};
         par_step_kernel<kAdjoint, scalar_t, acc_t, acc_t>
             <<<grid, kThreads, 0, stream>>>(first, buf[0], w, lv, BC, C, H, W, st, false);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        check_launch();
         for (int64_t it = 1; it + 1 < num_iter; ++it) {
           par_step_kernel<kAdjoint, acc_t, acc_t, acc_t><<<grid, kThreads, 0, stream>>>(
               buf[(it - 1) % 2], buf[it % 2], w, lv, BC, C, H, W, st, false);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          check_launch();
         }
         par_step_kernel<kAdjoint, acc_t, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
             buf[(num_iter - 2) % 2], out, w, lv, BC, C, H, W, st, true);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+        check_launch();
+      })),  // parenthesised: the launches' <<<...>>> commas
+      AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return result;
 }
 
-at::Tensor par_weights_cuda(const at::Tensor& imgs_in, at::IntArrayRef dilations, double w1,
-                            double w2) {
+Tensor par_weights_cuda(const Tensor& imgs_in, IntList dilations, double w1, double w2) {
   check_par_imgs(imgs_in);
   const ParStencil st = make_par_stencil(dilations, w1, w2);
-  c10::cuda::CUDAGuard guard(imgs_in.device());
-  const at::Tensor imgs = imgs_in.contiguous();
+  const torch::stable::accelerator::DeviceGuard guard(imgs_in.get_device_index());
+  const Tensor imgs = torch::stable::contiguous(imgs_in);
   const int64_t B = imgs.size(0), C = imgs.size(1);
   const int H = static_cast<int>(imgs.size(2)), W = static_cast<int>(imgs.size(3));
-  const auto acc = par_acc_dtype(imgs.scalar_type());
-  at::Tensor out = at::empty({B, st.count, H, W}, imgs.options().dtype(acc));
+  const ScalarType acc = par_acc_dtype(imgs.scalar_type());
+  Tensor out = torch::stable::new_empty(imgs, {B, st.count, H, W}, acc);
   if (out.numel() == 0) return out;
-  TORCH_CHECK_VALUE(C <= INT32_MAX, "imgs has too many channels: ", imgs.sizes());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, imgs.scalar_type(), "par_weights_cuda",
-                                  [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    par_weights_kernel<scalar_t, acc_t>
-                                        <<<blocks_for(B * int64_t(H) * W), kThreads, 0, stream>>>(
-                                            imgs.data_ptr<scalar_t>(), out.data_ptr<acc_t>(), B,
-                                            static_cast<int>(C), H, W, st, static_cast<acc_t>(w1));
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                  });
+  AFFEXT_CHECK(C <= INT32_MAX, "imgs has too many channels: ", sizes_of(imgs));
+  const cudaStream_t stream = current_stream();
+  THO_DISPATCH_V2(imgs.scalar_type(), "par_weights_cuda", AT_WRAP(([&] {
+                    using acc_t = opmath_t<scalar_t>;
+                    par_weights_kernel<scalar_t, acc_t>
+                        <<<blocks_for(B * int64_t(H) * W), kThreads, 0, stream>>>(
+                            imgs.const_data_ptr<scalar_t>(), out.mutable_data_ptr<acc_t>(), B,
+                            static_cast<int>(C), H, W, st, static_cast<acc_t>(w1));
+                    check_launch();
+                  })),  // parenthesised: the launch's <<<...>>> commas
+                  AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return out;
 }
 
-at::Tensor par_refine_cuda(const at::Tensor& masks, const at::Tensor& weights,
-                           at::IntArrayRef dilations, int64_t num_iter) {
+Tensor par_refine_cuda(const Tensor& masks, const Tensor& weights, IntList dilations,
+                       int64_t num_iter) {
   return refine_cuda<false>("masks", masks, weights, dilations, num_iter);
 }
 
-at::Tensor par_refine_backward_cuda(const at::Tensor& grad, const at::Tensor& weights,
-                                    at::IntArrayRef dilations, int64_t num_iter) {
+Tensor par_refine_backward_cuda(const Tensor& grad, const Tensor& weights, IntList dilations,
+                                int64_t num_iter) {
   return refine_cuda<true>("grad", grad, weights, dilations, num_iter);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(affext, CUDA, m) {
-  m.impl("par_weights", &par_weights_cuda);
-  m.impl("par_refine", &par_refine_cuda);
-  m.impl("par_refine_backward", &par_refine_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(affext, CUDA, m) {
+  m.impl("par_weights", TORCH_BOX(&par_weights_cuda));
+  m.impl("par_refine", TORCH_BOX(&par_refine_cuda));
+  m.impl("par_refine_backward", TORCH_BOX(&par_refine_backward_cuda));
 }
 
 }  // namespace affext

@@ -22,11 +22,10 @@
 // in an order of its own; it too uses explicit FMAs only.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include "common/macros.h"
 #include "common/neighborhood.h"
 #include "common/scalar_math.h"
+#include "common/stable.h"
 
 namespace affext {
 
@@ -63,7 +62,8 @@ AFFEXT_HOST_DEVICE int walk_cam_flags(acc_t c) {
   return walk_is_finite(c) ? 0 : kCamNonFinite;
 }
 
-// Throws the ValueError for the first flag set (random_walk_args.cpp); no-op for 0.
+// Throws the error (ValueError in affext.random_walk) for the first flag set
+// (random_walk_args.cpp); no-op for 0.
 void throw_walk_value_flags(int flags);
 
 // ---------------------------------------------------------------------------------------------
@@ -209,20 +209,21 @@ AFFEXT_HOST_DEVICE int tap_dx(const Offsets& o, int j) {
 
 // The output dtype: the promoted input dtype, at least float32 (half and bfloat16 inputs walk,
 // and return, in float32). The fake kernel (affext/ops/random_walk.py) states the same rule.
-inline at::ScalarType walk_result_dtype(const at::Tensor& cam, const at::Tensor& aff) {
-  return at::promote_types(at::promote_types(cam.scalar_type(), aff.scalar_type()), at::kFloat);
+inline ScalarType walk_result_dtype(const Tensor& cam, const Tensor& aff) {
+  return promote_floating(promote_floating(cam.scalar_type(), aff.scalar_type()),
+                          ScalarType::Float);
 }
 
 // Checks of shapes and arguments shared by the CPU and CUDA launchers (random_walk_args.cpp);
 // no values are read (see WalkValueFlag).
-void check_random_walk_args(const at::Tensor& cam, const at::Tensor& aff, double beta,
-                            int64_t iterations, int64_t radius, int64_t region);
+void check_random_walk_args(const Tensor& cam, const Tensor& aff, double beta, int64_t iterations,
+                            int64_t radius, int64_t region);
 
-at::Tensor random_walk_cpu(const at::Tensor& cam, const at::Tensor& aff, double beta,
-                           int64_t iterations, int64_t radius, int64_t region);
+Tensor random_walk_cpu(const Tensor& cam, const Tensor& aff, double beta, int64_t iterations,
+                       int64_t radius, int64_t region);
 #ifdef AFFEXT_WITH_CUDA
-at::Tensor random_walk_cuda(const at::Tensor& cam, const at::Tensor& aff, double beta,
-                            int64_t iterations, int64_t radius, int64_t region);
+Tensor random_walk_cuda(const Tensor& cam, const Tensor& aff, double beta, int64_t iterations,
+                        int64_t radius, int64_t region);
 #endif
 
 }  // namespace affext

@@ -20,10 +20,10 @@
 // AVX2 path runs one OpenMP team for the whole walk, splitting each step by (channel block, row
 // pair), with one barrier per step, or, with enough channels, whole blocks per thread and no
 // barrier; the portable path splits each step by (channel chunk, row).
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -34,7 +34,7 @@
 #include <omp.h>
 #endif
 
-#include "common/checks.h"
+#include "common/parallel.h"
 #include "random_walk/random_walk.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -54,8 +54,21 @@ struct LiveSlots {
   int64_t size() const { return static_cast<int64_t>(b.size()); }
 };
 
-LiveSlots live_slots(const at::Tensor& live, int64_t B, int64_t C) {
-  const bool* live_p = live.data_ptr<bool>();
+// Whether each (image, channel) plane of the contiguous (B, C, H, W) cam has a non-zero value.
+template <typename scalar_t>
+std::vector<uint8_t> live_channels(const Tensor& cam) {
+  const int64_t planes = cam.size(0) * cam.size(1), HW = cam.size(2) * cam.size(3);
+  const scalar_t* p = cam.const_data_ptr<scalar_t>();
+  std::vector<uint8_t> live(static_cast<size_t>(planes), 0);
+  parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t l = begin; l < end; ++l)
+      live[l] = std::any_of(p + l * HW, p + (l + 1) * HW, [](scalar_t v) { return v != 0; });
+  });
+  return live;
+}
+
+LiveSlots live_slots(const std::vector<uint8_t>& live, int64_t B, int64_t C) {
+  const uint8_t* live_p = live.data();
   LiveSlots s;
   for (int64_t b = 0; b < B; ++b) {
     s.first.push_back(s.size());
@@ -88,10 +101,10 @@ void split_blocks(std::vector<ChannelBlock>& blocks, int64_t b, int64_t first, i
 // Copies between cam-shaped (B, C, H, W) tensors and the live planes of a walk's buffers:
 // slot l's plane starts at l * plane, and row y of it at row(y).
 template <typename scalar_t, typename Row>
-void copy_planes_in(const at::Tensor& cam, const LiveSlots& s, scalar_t* planes, int64_t plane,
+void copy_planes_in(const Tensor& cam, const LiveSlots& s, scalar_t* planes, int64_t plane,
                     Row row) {
   const int64_t C = cam.size(1), H = cam.size(2), W = cam.size(3);
-  const scalar_t* cam_p = cam.data_ptr<scalar_t>();
+  const scalar_t* cam_p = cam.const_data_ptr<scalar_t>();
   for (int64_t l = 0; l < s.size(); ++l) {
     const scalar_t* src = cam_p + (s.b[l] * C + s.c[l]) * H * W;
     for (int64_t y = 0; y < H; ++y)
@@ -101,9 +114,9 @@ void copy_planes_in(const at::Tensor& cam, const LiveSlots& s, scalar_t* planes,
 
 template <typename scalar_t, typename Row>
 void copy_planes_out(const scalar_t* planes, int64_t plane, Row row, const LiveSlots& s,
-                     at::Tensor& result) {
+                     Tensor& result) {
   const int64_t C = result.size(1), H = result.size(2), W = result.size(3);
-  scalar_t* res_p = result.data_ptr<scalar_t>();
+  scalar_t* res_p = result.mutable_data_ptr<scalar_t>();
   for (int64_t l = 0; l < s.size(); ++l) {
     scalar_t* dst = res_p + (s.b[l] * C + s.c[l]) * H * W;
     for (int64_t y = 0; y < H; ++y) {
@@ -113,17 +126,17 @@ void copy_planes_out(const scalar_t* planes, int64_t plane, Row row, const LiveS
   }
 }
 
-// WalkValueFlag bits OR-ed over every value of t.
+// WalkValueFlag bits OR-ed over every value of t (OR is order-free: any split gives the same).
 template <typename scalar_t, typename Flags>
-int value_flags(const at::Tensor& t, Flags flags) {
-  const scalar_t* p = t.data_ptr<scalar_t>();
-  return at::parallel_reduce(
-      0, t.numel(), 1 << 16, 0,
-      [&](int64_t begin, int64_t end, int f) {
-        for (int64_t i = begin; i < end; ++i) f |= flags(p[i]);
-        return f;
-      },
-      [](int a, int b) { return a | b; });
+int value_flags(const Tensor& t, Flags flags) {
+  const scalar_t* p = t.const_data_ptr<scalar_t>();
+  std::atomic<int> all{0};
+  parallel_for(0, t.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    int f = 0;
+    for (int64_t i = begin; i < end; ++i) f |= flags(p[i]);
+    all.fetch_or(f, std::memory_order_relaxed);
+  });
+  return all.load();
 }
 
 // Forced choices, for tests: AFFEXT_WALK_CPU_PATH=portable|avx2, and
@@ -139,9 +152,8 @@ const char* env_or_empty(const char* name) {
 constexpr int kPortableChannels = 4;
 
 template <typename scalar_t>
-void walk_portable(const at::Tensor& cam, const at::Tensor& aff, const LiveSlots& slots,
-                   double beta, int64_t iterations, const Offsets& o, int region,
-                   at::Tensor& result) {
+void walk_portable(const Tensor& cam, const Tensor& aff, const LiveSlots& slots, double beta,
+                   int64_t iterations, const Offsets& o, int region, Tensor& result) {
   using acc_t = scalar_t;
   const int64_t B = cam.size(0), H = cam.size(2), W = cam.size(3), HW = H * W;
   const WalkGrid g = make_walk_grid(H, W, o.radius);
@@ -152,15 +164,15 @@ void walk_portable(const at::Tensor& cam, const at::Tensor& aff, const LiveSlots
   // Weights (B, K, S) and inverse degrees (B, S), zero in the padding.
   std::vector<acc_t> w(static_cast<size_t>(B * K * g.S));
   std::vector<acc_t> invd(static_cast<size_t>(B * g.S), acc_t(0));
-  const scalar_t* aff_p = aff.data_ptr<scalar_t>();
-  at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+  const scalar_t* aff_p = aff.const_data_ptr<scalar_t>();
+  parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bk = begin; bk < end; ++bk)
       for (int64_t q = 0; q < g.S; ++q)
         w[bk * g.S + q] = walk_padded_weight<acc_t>(
             aff_p + bk * HW, g, o, static_cast<int>(bk % K), static_cast<int>(q / g.Wp),
             static_cast<int>(q % g.Wp), region, static_cast<acc_t>(beta));
   });
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H;
       const int y = static_cast<int>(row % H);
@@ -184,7 +196,7 @@ void walk_portable(const at::Tensor& cam, const at::Tensor& aff, const LiveSlots
   for (int64_t it = 0; it < iterations; ++it) {
     const acc_t* cur = bufs[it % 2];
     acc_t* nxt = bufs[(it + 1) % 2];
-    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const ChannelBlock& chunk = chunks[item / H];
         const int y = static_cast<int>(item % H);
@@ -515,12 +527,12 @@ std::vector<ChannelBlock> plan_channel_blocks(const LiveSlots& slots, int thread
 
 // Taps (B, H, J, W), normalised by the column sums.
 template <typename scalar_t>
-std::vector<scalar_t> build_taps(const at::Tensor& aff, double beta, const Offsets& o, int region) {
+std::vector<scalar_t> build_taps(const Tensor& aff, double beta, const Offsets& o, int region) {
   const int64_t B = aff.size(0), H = aff.size(2), W = aff.size(3), HW = H * W;
   const int64_t J = 2 * o.count + 1;
   std::vector<scalar_t> taps(static_cast<size_t>(B * H * J * W));
-  const scalar_t* aff_p = aff.data_ptr<scalar_t>();
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  const scalar_t* aff_p = aff.const_data_ptr<scalar_t>();
+  parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> t(J);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, y = row % H;
@@ -645,11 +657,10 @@ void run_steps(const std::vector<ChannelBlock>& blocks, const BlockRuns<scalar_t
 }
 
 template <typename scalar_t>
-void walk_avx2(const at::Tensor& cam, const at::Tensor& aff, const LiveSlots& slots, double beta,
-               int64_t iterations, const Offsets& o, int region, int max_block,
-               at::Tensor& result) {
+void walk_avx2(const Tensor& cam, const Tensor& aff, const LiveSlots& slots, double beta,
+               int64_t iterations, const Offsets& o, int region, int max_block, Tensor& result) {
   const int64_t B = cam.size(0), H = cam.size(2), W = cam.size(3);
-  const int threads = at::get_num_threads();
+  const int threads = static_cast<int>(num_threads());
   const std::vector<ChannelBlock> blocks = plan_channel_blocks(slots, threads, H * W, max_block);
   const std::vector<scalar_t> taps = build_taps<scalar_t>(aff, beta, o, region);
   const Layout g = choose_layout(taps, B, H, W, 2 * o.count + 1, o.radius);
@@ -669,53 +680,56 @@ bool cpu_has_avx2_fma() {
 #endif  // AFFEXT_HAVE_AVX2_PATH
 
 template <typename scalar_t>
-void walk(const at::Tensor& cam, const at::Tensor& aff, const at::Tensor& live, double beta,
-          int64_t iterations, const Offsets& o, int region, at::Tensor& result) {
+void walk(const Tensor& cam, const Tensor& aff, const std::vector<uint8_t>& live, double beta,
+          int64_t iterations, const Offsets& o, int region, Tensor& result) {
   const LiveSlots slots = live_slots(live, cam.size(0), cam.size(1));
   if (slots.size() == 0) return;  // result is already zero
   const char* path = env_or_empty("AFFEXT_WALK_CPU_PATH");
-  TORCH_CHECK_VALUE(!*path || !std::strcmp(path, "portable") || !std::strcmp(path, "avx2"),
-                    "AFFEXT_WALK_CPU_PATH must be 'portable' or 'avx2', got '", path, "'");
+  AFFEXT_CHECK(!*path || !std::strcmp(path, "portable") || !std::strcmp(path, "avx2"),
+               "AFFEXT_WALK_CPU_PATH must be 'portable' or 'avx2', got '", path, "'");
 #ifdef AFFEXT_HAVE_AVX2_PATH
   if (std::strcmp(path, "portable") != 0 && cpu_has_avx2_fma()) {
     const int max_block = *env_or_empty("AFFEXT_WALK_CPU_BLOCK")
                               ? std::atoi(env_or_empty("AFFEXT_WALK_CPU_BLOCK"))
                               : kChanBlock;
-    TORCH_CHECK_VALUE(max_block >= 1 && max_block <= kChanBlock,
-                      "AFFEXT_WALK_CPU_BLOCK must be in [1, ", kChanBlock, "]");
+    AFFEXT_CHECK(max_block >= 1 && max_block <= kChanBlock, "AFFEXT_WALK_CPU_BLOCK must be in [1, ",
+                 kChanBlock, "]");
     walk_avx2<scalar_t>(cam, aff, slots, beta, iterations, o, region, max_block, result);
     return;
   }
 #endif
-  TORCH_CHECK_VALUE(std::strcmp(path, "avx2") != 0,
-                    "AFFEXT_WALK_CPU_PATH=avx2 but this CPU or build has no AVX2+FMA path");
+  AFFEXT_CHECK(std::strcmp(path, "avx2") != 0,
+               "AFFEXT_WALK_CPU_PATH=avx2 but this CPU or build has no AVX2+FMA path");
   walk_portable<scalar_t>(cam, aff, slots, beta, iterations, o, region, result);
 }
 
 }  // namespace
 
-at::Tensor random_walk_cpu(const at::Tensor& cam_in, const at::Tensor& aff_in, double beta,
-                           int64_t iterations, int64_t radius, int64_t region) {
+Tensor random_walk_cpu(const Tensor& cam_in, const Tensor& aff_in, double beta, int64_t iterations,
+                       int64_t radius, int64_t region) {
   check_random_walk_args(cam_in, aff_in, beta, iterations, radius, region);
   const Offsets o = offsets_for(radius);
-  const auto dtype = walk_result_dtype(cam_in, aff_in);
-  TORCH_CHECK_TYPE(dtype == at::promote_types(cam_in.scalar_type(), aff_in.scalar_type()),
-                   "on the CPU cam and aff must be float32 or float64, got ", cam_in.scalar_type(),
-                   " and ", aff_in.scalar_type());
-  if (cam_in.numel() == 0) return at::zeros(cam_in.sizes(), cam_in.options().dtype(dtype));
-  const at::Tensor cam = cam_in.detach().to(dtype).contiguous();
-  const at::Tensor aff = aff_in.detach().to(dtype).contiguous();
-  at::Tensor result = at::zeros_like(cam);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "random_walk_cpu", [&] {
-    throw_walk_value_flags(value_flags<scalar_t>(aff, walk_aff_flags<scalar_t>) |
-                           value_flags<scalar_t>(cam, walk_cam_flags<scalar_t>));
-    // A channel that is zero everywhere stays zero: walk only the others.
-    const at::Tensor live = (cam != 0).flatten(2).any(2).contiguous();
-    walk<scalar_t>(cam, aff, live, beta, iterations, o, static_cast<int>(region), result);
-  });
+  const ScalarType dtype = walk_result_dtype(cam_in, aff_in);
+  AFFEXT_CHECK(dtype == promote_floating(cam_in.scalar_type(), aff_in.scalar_type()),
+               "on the CPU cam and aff must be float32 or float64, got ", cam_in.scalar_type(),
+               " and ", aff_in.scalar_type());
+  if (cam_in.numel() == 0) return torch::stable::new_zeros(cam_in, cam_in.sizes(), dtype);
+  // A kernel runs below autograd: these copies record no graph (no detach needed).
+  const Tensor cam = torch::stable::contiguous(to_dtype(cam_in, dtype));
+  const Tensor aff = torch::stable::contiguous(to_dtype(aff_in, dtype));
+  Tensor result = torch::stable::new_zeros(cam, cam.sizes());
+  THO_DISPATCH_V2(dtype, "random_walk_cpu", AT_WRAP([&] {
+                    throw_walk_value_flags(value_flags<scalar_t>(aff, walk_aff_flags<scalar_t>) |
+                                           value_flags<scalar_t>(cam, walk_cam_flags<scalar_t>));
+                    // A channel that is zero everywhere stays zero: walk only the others.
+                    const std::vector<uint8_t> live = live_channels<scalar_t>(cam);
+                    walk<scalar_t>(cam, aff, live, beta, iterations, o, static_cast<int>(region),
+                                   result);
+                  }),
+                  AT_FLOATING_TYPES);
   return result;
 }
 
-TORCH_LIBRARY_IMPL(affext, CPU, m) { m.impl("random_walk", &random_walk_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(affext, CPU, m) { m.impl("random_walk", TORCH_BOX(&random_walk_cpu)); }
 
 }  // namespace affext

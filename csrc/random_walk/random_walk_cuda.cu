@@ -50,20 +50,17 @@
 //   writes 3 MB: ~9 us at ~5.5 TB/s of L2, overlapped with ~10 us of shared-memory loads
 //   (262k pixels x 8.5 clocks over 132 SMs); ~12-15 us a step, ~3-4 ms for 256 steps.
 // Compiled, not yet run on a GPU: these are estimates, the benchmarks measure.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <tuple>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "common/launch_cache.h"
 #include "random_walk/random_walk.h"
@@ -354,10 +351,9 @@ LaunchCache<int, DeviceInfo>& device_infos() {
 DeviceInfo device_info(int device) {
   return device_infos().get(device, [device] {
     int sms = 0, coop = 0, max_smem = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
-    C10_CUDA_CHECK(
-        cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    check_cuda(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+    check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     return DeviceInfo{{sms, coop != 0, max_smem}, false};
   });
 }
@@ -368,8 +364,8 @@ template <typename acc_t, bool Resident>
 void raise_smem_limit(int device, int max_smem) {
   static LaunchCache<int, bool> raised;
   raised.get(device, [max_smem] {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(walk_kernel<acc_t, Resident>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
+    check_cuda(cudaFuncSetAttribute(walk_kernel<acc_t, Resident>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
     return true;
   });
 }
@@ -387,12 +383,12 @@ int blocks_per_sm(int device, int max_smem, int K, int tile_rows, int resident_t
     const int threads = tile_rows * kTileW;
     if (resident_tiles > 0) {
       raise_smem_limit<acc_t, true>(device, max_smem);
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, walk_kernel<acc_t, true>, threads, smem));
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, walk_kernel<acc_t, true>,
+                                                               threads, smem));
     } else {
       raise_smem_limit<acc_t, false>(device, max_smem);
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, walk_kernel<acc_t, false>, threads, smem));
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, walk_kernel<acc_t, false>,
+                                                               threads, smem));
     }
     return blocks;
   });
@@ -405,9 +401,8 @@ WalkPlan plan_walk_cuda(int64_t B, const WalkGrid& g, int K, int C, int device,
                         bool force_per_step) {
   const char* env = std::getenv("AFFEXT_WALK_CUDA_MODE");
   WalkMode mode = WalkMode::Auto;
-  TORCH_CHECK_VALUE(parse_walk_mode(env, &mode),
-                    "AFFEXT_WALK_CUDA_MODE must be resident, streamed or per-step, got '", env,
-                    "'");
+  AFFEXT_CHECK(parse_walk_mode(env, &mode),
+               "AFFEXT_WALK_CUDA_MODE must be resident, streamed or per-step, got '", env, "'");
   const DeviceInfo info = device_info(device);
   DeviceLimits limits = info.limits;
   if (info.cooperative_refused || force_per_step) {
@@ -422,13 +417,13 @@ WalkPlan plan_walk_cuda(int64_t B, const WalkGrid& g, int K, int C, int device,
     case PlanError::None:
       break;
     case PlanError::ResidentDoesNotFit:
-      TORCH_CHECK_VALUE(false, "AFFEXT_WALK_CUDA_MODE=resident, but this walk's weights do not ",
-                        "fit in shared memory (or the GPU has no cooperative launch)");
+      AFFEXT_CHECK(false, "AFFEXT_WALK_CUDA_MODE=resident, but this walk's weights do not ",
+                   "fit in shared memory (or the GPU has no cooperative launch)");
     case PlanError::SmemTooLarge:
-      TORCH_CHECK(false, "random_walk: radius ", g.P + 1, " needs ", plan.smem,
-                  " bytes of shared memory a block, the GPU has ", limits.max_smem);
+      STD_TORCH_CHECK(false, "random_walk: radius ", g.P + 1, " needs ", plan.smem,
+                      " bytes of shared memory a block, the GPU has ", limits.max_smem);
     case PlanError::NoOccupancy:
-      TORCH_CHECK(false, "random_walk: the walk kernel cannot run on this GPU");
+      STD_TORCH_CHECK(false, "random_walk: the walk kernel cannot run on this GPU");
   }
   return plan;
 }
@@ -468,7 +463,7 @@ void launch_per_step(const WalkPlan& plan, WalkParams<acc_t> params, cudaStream_
   for (int64_t s = 0; s < steps; ++s) {
     params.first_step = s;
     kernel<<<grid, block, plan.smem, stream>>>(params);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_launch();
   }
 }
 
@@ -481,72 +476,82 @@ void launch_walk(const WalkPlan& plan, WalkParams<acc_t> params, int64_t B, cons
   const cudaError_t err = launch_cooperative(plan, params, stream);
   if (err == cudaSuccess) return;
   (void)cudaGetLastError();  // a launch error is not sticky: clear it
-  if (!cooperative_refused(err)) C10_CUDA_CHECK(err);
-  TORCH_CHECK(!capturing, "random_walk: the GPU refused the cooperative launch of the walk ",
-              "kernel under CUDA graph capture (", cudaGetErrorString(err), "); run the walk ",
-              "once before capturing, so that later calls on this device plan one step a launch");
+  if (!cooperative_refused(err)) check_cuda(err);
+  STD_TORCH_CHECK(!capturing, "random_walk: the GPU refused the cooperative launch of the walk ",
+                  "kernel under CUDA graph capture (", cudaGetErrorString(err), "); run the walk ",
+                  "once before capturing, so that later calls on this device plan one step a "
+                  "launch");
   DeviceInfo info = device_info(device);
   info.cooperative_refused = true;
   device_infos().set(device, info);
-  TORCH_WARN_ONCE("affext.random_walk: the GPU refused the cooperative launch of the walk (",
-                  cudaGetErrorString(err),
-                  "); the walk runs one step a kernel launch instead (same results, slower)");
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) {  // a Python UserWarning, once a process
+    const std::string warning =
+        message("affext.random_walk: the GPU refused the cooperative launch of the walk (",
+                cudaGetErrorString(err),
+                "); the walk runs one step a kernel launch instead (same results, slower)");
+    aoti_torch_warn(__func__, __FILE__, static_cast<uint32_t>(__LINE__), warning.c_str());
+  }
   const WalkPlan fallback = plan_walk_cuda<acc_t>(B, g, K, C, device, true);
-  TORCH_INTERNAL_ASSERT(fallback.tiles_per_map == plan.tiles_per_map && !fallback.cooperative);
+  STD_TORCH_CHECK(fallback.tiles_per_map == plan.tiles_per_map && !fallback.cooperative);
   params.resident_tiles = fallback.resident_tiles;
   launch_per_step(fallback, params, stream);
 }
 
 template <typename scalar_t>
-at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64_t iterations,
-                const Offsets& o, int region) {
-  using acc_t = at::opmath_type<scalar_t>;
+Tensor walk(const Tensor& cam, const Tensor& aff, double beta, int64_t iterations, const Offsets& o,
+            int region) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t B = cam.size(0), C = cam.size(1);
   const WalkGrid g = make_walk_grid(cam.size(2), cam.size(3), o.radius);
   const int K = o.count;
-  const auto acc_options = cam.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  const auto int_options = cam.options().dtype(at::kInt);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  const int device = cam.get_device();
+  const ScalarType acc_dtype =
+      std::is_same_v<acc_t, double> ? ScalarType::Double : ScalarType::Float;
+  const ScalarType int_dtype = ScalarType::Int;
+  const cudaStream_t stream = current_stream();
+  const int device = cam.get_device_index();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  check_cuda(cudaStreamIsCapturing(stream, &capture));
   const bool capturing = capture != cudaStreamCaptureStatusNone;
   const WalkPlan plan = plan_walk_cuda<acc_t>(B, g, K, static_cast<int>(C), device, false);
 
-  at::Tensor flags = at::zeros({1}, int_options);
-  at::Tensor planes = at::zeros({2, B * C, g.S}, acc_options);
-  at::Tensor live = at::empty({B * C}, cam.options().dtype(at::kByte));
-  at::Tensor live_idx = at::empty({B, C}, int_options);
-  at::Tensor live_n = at::empty({B}, int_options);
-  at::Tensor unit_start = at::empty({B + 1}, cam.options().dtype(at::kLong));
-  at::Tensor w = at::empty({B, K, g.S}, acc_options);
-  at::Tensor invd = at::zeros({B, g.S}, acc_options);
-  at::Tensor out = at::empty(cam.sizes(), acc_options);
+  Tensor flags = torch::stable::new_zeros(cam, {1}, int_dtype);
+  Tensor planes = torch::stable::new_zeros(cam, {2, B * C, g.S}, acc_dtype);
+  Tensor live = torch::stable::new_empty(cam, {B * C}, ScalarType::Byte);
+  Tensor live_idx = torch::stable::new_empty(cam, {B, C}, int_dtype);
+  Tensor live_n = torch::stable::new_empty(cam, {B}, int_dtype);
+  Tensor unit_start = torch::stable::new_empty(cam, {B + 1}, ScalarType::Long);
+  Tensor w = torch::stable::new_empty(cam, {B, K, g.S}, acc_dtype);
+  Tensor invd = torch::stable::new_zeros(cam, {B, g.S}, acc_dtype);
+  Tensor out = torch::stable::new_empty(cam, cam.sizes(), acc_dtype);
+  acc_t* const plane_bufs[2] = {planes.mutable_data_ptr<acc_t>(),
+                                planes.mutable_data_ptr<acc_t>() + B * C * g.S};
 
   walk_planes_in_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(B * C), kThreads, 0, stream>>>(
-      cam.data_ptr<scalar_t>(), planes.data_ptr<acc_t>(), live.data_ptr<uint8_t>(),
-      flags.data_ptr<int>(), g);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cam.const_data_ptr<scalar_t>(), plane_bufs[0], live.mutable_data_ptr<uint8_t>(),
+      flags.mutable_data_ptr<int>(), g);
+  check_launch();
   walk_live_list_kernel<<<1, kThreads, 0, stream>>>(
-      live.data_ptr<uint8_t>(), live_idx.data_ptr<int>(), live_n.data_ptr<int>(),
-      unit_start.data_ptr<int64_t>(), B, static_cast<int>(C), plan.tiles_per_map);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      live.const_data_ptr<uint8_t>(), live_idx.mutable_data_ptr<int>(),
+      live_n.mutable_data_ptr<int>(), unit_start.mutable_data_ptr<int64_t>(), B,
+      static_cast<int>(C), plan.tiles_per_map);
+  check_launch();
   walk_weights_kernel<scalar_t, acc_t><<<blocks_for(B * K * g.S), kThreads, 0, stream>>>(
-      aff.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), flags.data_ptr<int>(), B, g, o, region,
-      static_cast<acc_t>(beta));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      aff.const_data_ptr<scalar_t>(), w.mutable_data_ptr<acc_t>(), flags.mutable_data_ptr<int>(), B,
+      g, o, region, static_cast<acc_t>(beta));
+  check_launch();
   walk_degrees_kernel<acc_t><<<blocks_for(B * g.H * g.W), kThreads, 0, stream>>>(
-      w.data_ptr<acc_t>(), invd.data_ptr<acc_t>(), B, g, o);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      w.const_data_ptr<acc_t>(), invd.mutable_data_ptr<acc_t>(), B, g, o);
+  check_launch();
 
   WalkParams<acc_t> params{};
-  params.w = w.data_ptr<acc_t>();
-  params.invd = invd.data_ptr<acc_t>();
-  params.planes[0] = planes[0].data_ptr<acc_t>();
-  params.planes[1] = planes[1].data_ptr<acc_t>();
-  params.live_idx = live_idx.data_ptr<int>();
-  params.live_n = live_n.data_ptr<int>();
-  params.unit_start = unit_start.data_ptr<int64_t>();
+  params.w = w.const_data_ptr<acc_t>();
+  params.invd = invd.const_data_ptr<acc_t>();
+  params.planes[0] = plane_bufs[0];
+  params.planes[1] = plane_bufs[1];
+  params.live_idx = live_idx.const_data_ptr<int>();
+  params.live_n = live_n.const_data_ptr<int>();
+  params.unit_start = unit_start.const_data_ptr<int64_t>();
   params.B = B;
   params.C = static_cast<int>(C);
   params.g = g;
@@ -561,39 +566,42 @@ at::Tensor walk(const at::Tensor& cam, const at::Tensor& aff, double beta, int64
   launch_walk(plan, params, B, g, K, static_cast<int>(C), device, capturing, stream);
 
   walk_planes_out_kernel<acc_t><<<blocks_for(B * C * g.H * g.W), kThreads, 0, stream>>>(
-      planes[iterations % 2].data_ptr<acc_t>(), live.data_ptr<uint8_t>(), out.data_ptr<acc_t>(),
+      plane_bufs[iterations % 2], live.const_data_ptr<uint8_t>(), out.mutable_data_ptr<acc_t>(),
       B * C, g);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch();
 
   if (!capturing) {
-    throw_walk_value_flags(flags.item<int>());  // the call's one host synchronisation
+    // the call's one host synchronisation
+    throw_walk_value_flags(static_cast<int>(item<int64_t>(flags)));
   } else {
-    walk_assert_values_kernel<<<1, 1, 0, stream>>>(flags.data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    walk_assert_values_kernel<<<1, 1, 0, stream>>>(flags.const_data_ptr<int>());
+    check_launch();
   }
   return out;
 }
 
 }  // namespace
 
-at::Tensor random_walk_cuda(const at::Tensor& cam_in, const at::Tensor& aff_in, double beta,
-                            int64_t iterations, int64_t radius, int64_t region) {
+Tensor random_walk_cuda(const Tensor& cam_in, const Tensor& aff_in, double beta, int64_t iterations,
+                        int64_t radius, int64_t region) {
   check_random_walk_args(cam_in, aff_in, beta, iterations, radius, region);
   const Offsets o = offsets_for(radius);
-  c10::cuda::CUDAGuard guard(cam_in.device());
-  const auto result_dtype = walk_result_dtype(cam_in, aff_in);
-  if (cam_in.numel() == 0) return at::zeros(cam_in.sizes(), cam_in.options().dtype(result_dtype));
+  const torch::stable::accelerator::DeviceGuard guard(cam_in.get_device_index());
+  const ScalarType result_dtype = walk_result_dtype(cam_in, aff_in);
+  if (cam_in.numel() == 0) return torch::stable::new_zeros(cam_in, cam_in.sizes(), result_dtype);
   // Both inputs in their promoted dtype (half and bfloat16 are read as such, summed in float32).
-  const auto dtype = at::promote_types(cam_in.scalar_type(), aff_in.scalar_type());
-  const at::Tensor cam = cam_in.detach().to(dtype).contiguous();
-  const at::Tensor aff = aff_in.detach().to(dtype).contiguous();
-  at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "random_walk_cuda", [&] {
-    out = walk<scalar_t>(cam, aff, beta, iterations, o, static_cast<int>(region));
-  });
+  // A kernel runs below autograd: these copies record no graph (no detach needed).
+  const ScalarType dtype = promote_floating(cam_in.scalar_type(), aff_in.scalar_type());
+  const Tensor cam = torch::stable::contiguous(to_dtype(cam_in, dtype));
+  const Tensor aff = torch::stable::contiguous(to_dtype(aff_in, dtype));
+  Tensor out;
+  THO_DISPATCH_V2(dtype, "random_walk_cuda", AT_WRAP([&] {
+                    out = walk<scalar_t>(cam, aff, beta, iterations, o, static_cast<int>(region));
+                  }),
+                  AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
   return out;
 }
 
-TORCH_LIBRARY_IMPL(affext, CUDA, m) { m.impl("random_walk", &random_walk_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(affext, CUDA, m) { m.impl("random_walk", TORCH_BOX(&random_walk_cuda)); }
 
 }  // namespace affext

@@ -132,8 +132,8 @@ LAYERS = [
         " | processes",
         "#9ecae1",
     ),
-    ("affext._extension", "loads affext._C, build_info()", "#c6dbef"),
-    ("csrc/", "TORCH_LIBRARY schemas; CPU and CUDA kernels by dispatch key", "#dadaeb"),
+    ("affext._extension", "loads _C.abi3.so (torch.ops.load_library), build_info()", "#c6dbef"),
+    ("csrc/", "STABLE_TORCH_LIBRARY schemas; CPU and CUDA kernels by dispatch key", "#dadaeb"),
 ]
 
 # The per-op folders under csrc/ (drawn under the kernels' layer).
@@ -145,7 +145,7 @@ CSRC = [
     ("par/", "par.h\n_cpu  _cuda"),
     (
         "common/",
-        "macros.h, checks.h\nneighborhood.h\nscalar_math.h\nparallel.h\n"
+        "stable.h, macros.h\nneighborhood.h\nscalar_math.h\nparallel.h\n"
         "cuda_utils.cuh\nlaunch_cache.h",
     ),
 ]

@@ -22,6 +22,11 @@ PY_B=$2
 WORK=${3:-$(mktemp -d)}
 mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
+# a WORKDIR inside the checkout (CI's .abi-check) is not copied into the builds' sources
+EXCLUDE_WORK=()
+case "$WORK" in
+  "$ROOT"/*) EXCLUDE_WORK=("--exclude=./${WORK#"$ROOT"/}") ;;
+esac
 OP_TESTS=(test_affinity.py test_pair_loss.py test_random_walk.py test_par.py test_dense_crf.py
   test_op_errors.py test_opcheck.py)
 
@@ -33,7 +38,7 @@ build() {
   local py=$1 dir="$WORK/$2"
   rm -rf "$dir" && mkdir -p "$dir/src" "$dir/wheel"
   (tar -C "$ROOT" --exclude=.git --exclude=build --exclude='*.so' --exclude='*.egg-info' \
-    --exclude='.venv*' -cf - . | tar -C "$dir/src" -xf -) &&
+    --exclude='.venv*' "${EXCLUDE_WORK[@]}" -cf - . | tar -C "$dir/src" -xf -) &&
     (cd "$dir/src" && AFFEXT_CUDA=0 "$py" -m pip wheel --no-deps --no-build-isolation \
     -w "$dir/wheel" .) >"$dir/build.log" 2>&1 || {
     tail -30 "$dir/build.log" >&2

@@ -1,4 +1,4 @@
-"""The launchers' argument checks (csrc/common/checks.h), for the fake kernels.
+"""The launchers' argument checks (csrc/common/stable.h), for the fake kernels and the eager calls.
 
 Each raises what its C++ counterpart raises (ValueError for shapes and values, TypeError for
 dtypes), so that a bad input fails alike eagerly and under FakeTensorMode / torch.compile;

@@ -385,8 +385,15 @@ inline void slice_chunk(const Lattice& lat, const float* __restrict__ val, int64
 // Scratch of one lattice's filter: two (M + 1, Cp) buffers, row 0 the missing vertex (zero).
 struct FilterBuffers {
   std::vector<float> a, b;
-  FilterBuffers(const Lattice& lat, int64_t Cp)
-      : a((lat.M + 1) * Cp, 0.f), b((lat.M + 1) * Cp, 0.f) {}
+  FilterBuffers() = default;
+  FilterBuffers(const Lattice& lat, int64_t Cp) { fit(lat, Cp); }
+  // sized for lat and Cp channels, row 0 zero; the other rows are written before they are read
+  void fit(const Lattice& lat, int64_t Cp) {
+    a.resize((lat.M + 1) * Cp);
+    b.resize((lat.M + 1) * Cp);
+    std::fill(a.begin(), a.begin() + Cp, 0.f);
+    std::fill(b.begin(), b.begin() + Cp, 0.f);
+  }
 };
 
 // The symmetric normaliser n = 1 / sqrt(L 1 + 1e-20), then folded into the weights: the splat
@@ -395,10 +402,14 @@ template <int D>
 void normalise(Lattice& lat, float compat) {
   constexpr int D1 = D + 1;
   const int64_t N = lat.N, M = lat.M;
-  std::vector<float> ones(N * kLanes, 1.f);
   FilterBuffers buf(lat, kLanes);
+  // the splat of all ones: each vertex's weights summed in its terms' order (w * 1 is w)
   parallel_for(1, M + 1, kGrain, [&](int64_t begin, int64_t end) {
-    splat_range(lat, ones.data(), kLanes, buf.a.data(), begin, end);
+    for (int64_t v = begin; v < end; ++v) {
+      float sum = 0.f;
+      for (int64_t i = lat.start[v]; i < lat.start[v + 1]; ++i) sum += lat.splat_w[i];
+      std::fill(&buf.a[v * kLanes], &buf.a[v * kLanes] + kLanes, sum);
+    }
   });
   blur(lat, kLanes, buf.a.data(), buf.b.data());
   lat.norm.resize(N);
@@ -507,6 +518,17 @@ void update_pixels(const Lattice& g, const float* vg, const Lattice& b, const fl
   }
 }
 
+// The scratch of one image's mean field, kept between calls (WorkspaceLease): the
+// bilateral lattice and its build's keys, the marginals and the filters' buffers. Reused
+// vectors keep their pages, where fresh ones (about 250 bytes a pixel with la + ha) cost a
+// page fault every 4 KiB, a fifth of a 375 x 500 image's time.
+struct Workspace {
+  Lattice b;
+  std::vector<uint64_t> b_keys, b_vertex_key;
+  std::vector<float> logp, q;
+  FilterBuffers fg, fb;
+};
+
 struct CrfSettings {
   int64_t iterations;
   float gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb, bilateral_compat;
@@ -517,9 +539,12 @@ struct CrfSettings {
 // pixels (`threads` of them: 1 where the caller runs one image a thread). g is null when the
 // Gaussian lattice is at hand.
 void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings& s, Lattice* g,
-                    Lattice* b, int64_t threads) {
+                    Workspace& ws, int64_t threads) {
   const int64_t N = H * W;
-  std::vector<uint64_t> g_keys, b_keys, g_vertex_key, b_vertex_key;
+  Lattice* b = &ws.b;
+  std::vector<uint64_t>& b_keys = ws.b_keys;
+  std::vector<uint64_t>& b_vertex_key = ws.b_vertex_key;
+  std::vector<uint64_t> g_keys, g_vertex_key;
   if (g)
     embed_pixels<crf::kGaussianDim>(*g, g_keys, H, W, rgb, s.gaussian_sxy, 0.f,
                                     s.packing.gaussian.bits);
@@ -543,19 +568,43 @@ void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings&
     if (g) number_vertices<crf::kGaussianDim>(*g, g_keys, g_vertex_key, g_table, threads);
   }
   std::vector<uint64_t>().swap(g_keys);
-  std::vector<uint64_t>().swap(b_keys);
   if (g) {
     link_vertices<crf::kGaussianDim>(*g, g_table, g_vertex_key, s.packing.gaussian.bits);
     normalise<crf::kGaussianDim>(*g, s.gaussian_compat);
   }
   link_vertices<crf::kBilateralDim>(*b, b_table, b_vertex_key, s.packing.bilateral.bits);
   normalise<crf::kBilateralDim>(*b, s.bilateral_compat);
-  for (Lattice* lat : {g, b}) {
-    if (!lat) continue;  // what the filter no longer needs
-    std::vector<float>().swap(lat->weight);
-    std::vector<float>().swap(lat->norm);
+  if (g) {  // what the filter no longer needs (the workspace's lattice keeps its vectors)
+    std::vector<float>().swap(g->weight);
+    std::vector<float>().swap(g->norm);
   }
 }
+
+// Workspaces not in use, at most one a thread of torch's pool: a run over many images
+// reuses them (each holds its last image's memory, ~50 MB at 375 x 500 with la + ha).
+std::mutex workspace_mutex;
+std::vector<std::unique_ptr<Workspace>> idle_workspaces;
+
+struct WorkspaceLease {
+  std::unique_ptr<Workspace> ws;
+  WorkspaceLease() {
+    {
+      std::lock_guard<std::mutex> lock(workspace_mutex);
+      if (!idle_workspaces.empty()) {
+        ws = std::move(idle_workspaces.back());
+        idle_workspaces.pop_back();
+      }
+    }
+    if (!ws) ws = std::make_unique<Workspace>();
+  }
+  ~WorkspaceLease() {
+    std::lock_guard<std::mutex> lock(workspace_mutex);
+    if (static_cast<int64_t>(idle_workspaces.size()) < num_threads())
+      idle_workspaces.push_back(std::move(ws));
+  }
+  WorkspaceLease(const WorkspaceLease&) = delete;
+  WorkspaceLease& operator=(const WorkspaceLease&) = delete;
+};
 
 // The Gaussian lattice depends on the image's size and the Gaussian settings alone, not on its
 // pixels: the lattices of the last kKeptGaussians sizes are kept (~10 MB each at 375 x 500),
@@ -593,6 +642,36 @@ void keep_gaussian(int64_t H, int64_t W, const CrfSettings& s, std::shared_ptr<c
   if (kept.size() > kKeptGaussians) kept.pop_back();
 }
 
+// The splat of both lattices as one range of vertices, [1, g.M] then g.M + [1, b.M], cut into
+// pieces of about equal work (a bilateral vertex has about three times the terms of a
+// Gaussian one): cuts[k] is piece k's first vertex, cuts.back() one past the last. One piece
+// where the work is too small to share.
+std::vector<int64_t> splat_pieces(const Lattice& g, const Lattice& b, int64_t Cp) {
+  const int64_t Mg = g.M, total_v = g.M + b.M;
+  const int64_t g_terms = g.start[Mg + 1] - g.start[1];
+  const auto terms_before = [&](int64_t v) {  // terms of the vertices before v
+    return v <= Mg + 1 ? g.start[v] - g.start[1] : g_terms + b.start[v - Mg] - b.start[1];
+  };
+  const int64_t total = terms_before(total_v + 1) + total_v;  // a vertex's store counts one
+  const int64_t pieces = std::min<int64_t>(
+      {total * Cp * 4 / kMinParallelWork, 8 * num_threads(), std::max<int64_t>(1, total_v)});
+  std::vector<int64_t> cuts(1, 1);
+  for (int64_t k = 1; k < std::max<int64_t>(1, pieces); ++k) {
+    const int64_t target = total * k / pieces;
+    int64_t lo = cuts.back(), hi = total_v + 1;  // first v with terms_before(v) + v - 1 >= target
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (terms_before(mid) + mid - 1 >= target)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    if (lo > cuts.back()) cuts.push_back(lo);
+  }
+  cuts.push_back(total_v + 1);
+  return cuts;
+}
+
 // Mean field for the S stacks of n labels that share one image.
 // scores: S stacks of (n, H, W); out likewise. Per iteration three kinds of parallel loop:
 // the splat of both lattices (over their vertices), the blurs (over vertices, one axis at a
@@ -602,47 +681,81 @@ void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, i
                int64_t W, const CrfSettings& s, int64_t threads) {
   const int64_t N = H * W, C = S * n, Cp = (C + kLanes - 1) / kLanes * kLanes;
   std::shared_ptr<const Lattice> g = cached_gaussian(H, W, s);
-  Lattice b;
+  WorkspaceLease lease;
+  Workspace& ws = *lease.ws;
+  const Lattice& b = ws.b;
   if (g) {
-    build_lattices(H, W, rgb, s, nullptr, &b, threads);
+    build_lattices(H, W, rgb, s, nullptr, ws, threads);
   } else {
     auto fresh = std::make_shared<Lattice>();
-    build_lattices(H, W, rgb, s, fresh.get(), &b, threads);
+    build_lattices(H, W, rgb, s, fresh.get(), ws, threads);
     keep_gaussian(H, W, s, fresh);
     g = std::move(fresh);
   }
-  // Pixel-major working layout: (N, Cp), the stacks' labels side by side, zero padding.
-  std::vector<float> logp(N * Cp, 0.f), q(N * Cp, 0.f);
+  // Pixel-major working layout: (N, Cp), the stacks' labels side by side, zero padding (every
+  // element written below).
+  ws.logp.resize(N * Cp);
+  ws.q.resize(N * Cp);
+  float* const logp = ws.logp.data();
+  float* const q = ws.q.data();
   maybe_parallel(0, N, 4 * C, [&](int64_t begin, int64_t end) {
     std::vector<float> col(C);
     for (int64_t p = begin; p < end; ++p) {
       for (int64_t c = 0; c < C; ++c) col[c] = scores[c * N + p];
       for (int64_t st = 0; st < S; ++st)
         crf::unary_pixel(&col[st * n], n, 1, &logp[p * Cp + st * n], &q[p * Cp + st * n]);
+      for (int64_t c = C; c < Cp; ++c) logp[p * Cp + c] = q[p * Cp + c] = 0.f;
     }
   });
   const Lattice& gl = *g;
-  FilterBuffers fg(gl, Cp), fb(b, Cp);
-  const int64_t Mg = gl.M, Mb = b.M;
-  const int64_t terms = gl.N * (gl.d + 1) + b.N * (b.d + 1);
-  const int64_t splat_work = terms * Cp / std::max<int64_t>(1, Mg + Mb) + Cp;
+  FilterBuffers& fg = ws.fg;
+  FilterBuffers& fb = ws.fb;
+  fg.fit(gl, Cp);
+  fb.fit(b, Cp);
+  const int64_t Mg = gl.M;
+  const std::vector<int64_t> cuts = splat_pieces(gl, b, Cp);
+  const int64_t pieces = static_cast<int64_t>(cuts.size()) - 1;
+  // the two lattices' blurs side by side where each is too small to split
+  const bool blurs_apart = std::max(gl.M, b.M) * 3 * Cp < kMinParallelWork;
   for (int64_t it = 0; it < s.iterations; ++it) {
-    maybe_parallel(1, Mg + Mb + 1, splat_work, [&](int64_t begin, int64_t end) {
-      const int64_t gb = std::min(begin, Mg + 1), ge = std::min(end, Mg + 1);
-      if (gb < ge) splat_range(gl, q.data(), Cp, fg.a.data(), gb, ge);
-      const int64_t bb = std::max(begin, Mg + 1) - Mg, be = std::max(end, Mg + 1) - Mg;
-      if (bb < be) splat_range(b, q.data(), Cp, fb.a.data(), bb, be);
-    });
-    blur(gl, Cp, fg.a.data(), fg.b.data());
-    blur(b, Cp, fb.a.data(), fb.b.data());
+    const auto splat_pieces_range = [&](int64_t begin, int64_t end) {
+      const int64_t first = cuts[begin], last = cuts[end];
+      const int64_t gb = std::min(first, Mg + 1), ge = std::min(last, Mg + 1);
+      if (gb < ge) splat_range(gl, q, Cp, fg.a.data(), gb, ge);
+      const int64_t bb = std::max(first, Mg + 1) - Mg, be = std::max(last, Mg + 1) - Mg;
+      if (bb < be) splat_range(b, q, Cp, fb.a.data(), bb, be);
+    };
+    if (pieces > 1)
+      parallel_for(0, pieces, 1, splat_pieces_range);
+    else
+      splat_pieces_range(0, pieces);
+    if (blurs_apart && num_threads() > 1) {
+      parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t which = begin; which < end; ++which) {
+          if (which == 0)
+            blur(b, Cp, fb.a.data(), fb.b.data());
+          else
+            blur(gl, Cp, fg.a.data(), fg.b.data());
+        }
+      });
+    } else {
+      blur(gl, Cp, fg.a.data(), fg.b.data());
+      blur(b, Cp, fb.a.data(), fb.b.data());
+    }
     maybe_parallel(0, N, 12 * Cp, [&](int64_t begin, int64_t end) {
-      update_pixels(gl, fg.a.data(), b, fb.a.data(), logp.data(), S, n, Cp, begin, end, q.data());
+      update_pixels(gl, fg.a.data(), b, fb.a.data(), logp, S, n, Cp, begin, end, q);
     });
   }
-  maybe_parallel(0, C, N, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c)
-      for (int64_t p = 0; p < N; ++p) out[c * N + p] = q[p * Cp + c];
-  });
+  // back to (C, H, W), by blocks of pixels (each block's rows of q read once, from L1)
+  constexpr int64_t kOutBlock = 256;
+  maybe_parallel(0, (N + kOutBlock - 1) / kOutBlock, kOutBlock * C,
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t blk = begin; blk < end; ++blk) {
+                     const int64_t p0 = blk * kOutBlock, p1 = std::min(N, p0 + kOutBlock);
+                     for (int64_t c = 0; c < C; ++c)
+                       for (int64_t p = p0; p < p1; ++p) out[c * N + p] = q[p * Cp + c];
+                   }
+                 });
 }
 
 }  // namespace

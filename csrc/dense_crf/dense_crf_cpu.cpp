@@ -527,7 +527,21 @@ struct Workspace {
   std::vector<uint64_t> b_keys, b_vertex_key;
   std::vector<float> logp, q;
   FilterBuffers fg, fb;
+  // the bytes its vectors hold
+  int64_t bytes() const {
+    const auto of = [](const auto& v) {
+      return static_cast<int64_t>(v.capacity() *
+                                  sizeof(typename std::decay_t<decltype(v)>::value_type));
+    };
+    return of(b.vertex) + of(b.weight) + of(b.start) + of(b.splat_p) + of(b.splat_w) +
+           of(b.slice_w) + of(b.nbr) + of(b.norm) + of(b_keys) + of(b_vertex_key) + of(logp) +
+           of(q) + of(fg.a) + of(fg.b) + of(fb.a) + of(fb.b);
+  }
 };
+
+// Idle workspaces are kept up to this many bytes in all (about five 375 x 500 images with
+// la + ha): an image larger than that frees its own, and its build's scratch early.
+constexpr int64_t kKeptWorkspaceBytes = int64_t(256) << 20;
 
 struct CrfSettings {
   int64_t iterations;
@@ -574,16 +588,22 @@ void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings&
   }
   link_vertices<crf::kBilateralDim>(*b, b_table, b_vertex_key, s.packing.bilateral.bits);
   normalise<crf::kBilateralDim>(*b, s.bilateral_compat);
-  if (g) {  // what the filter no longer needs (the workspace's lattice keeps its vectors)
-    std::vector<float>().swap(g->weight);
-    std::vector<float>().swap(g->norm);
+  // What the filter no longer needs: the Gaussian lattice's, and the workspace's where it is
+  // too large to be kept (a small one keeps its pages for the next call).
+  for (Lattice* lat : {g, ws.bytes() > kKeptWorkspaceBytes ? b : nullptr}) {
+    if (!lat) continue;
+    std::vector<float>().swap(lat->weight);
+    std::vector<float>().swap(lat->norm);
+    if (lat == b) std::vector<uint64_t>().swap(b_keys);
   }
 }
 
-// Workspaces not in use, at most one a thread of torch's pool: a run over many images
-// reuses them (each holds its last image's memory, ~50 MB at 375 x 500 with la + ha).
+// Workspaces not in use, at most one a thread of torch's pool and kKeptWorkspaceBytes in
+// all: a run over many images reuses them (each holds its last image's memory, ~50 MB at
+// 375 x 500 with la + ha).
 std::mutex workspace_mutex;
 std::vector<std::unique_ptr<Workspace>> idle_workspaces;
+int64_t idle_bytes = 0;
 
 struct WorkspaceLease {
   std::unique_ptr<Workspace> ws;
@@ -593,14 +613,23 @@ struct WorkspaceLease {
       if (!idle_workspaces.empty()) {
         ws = std::move(idle_workspaces.back());
         idle_workspaces.pop_back();
+        idle_bytes -= ws->bytes();
       }
     }
     if (!ws) ws = std::make_unique<Workspace>();
   }
   ~WorkspaceLease() {
-    std::lock_guard<std::mutex> lock(workspace_mutex);
-    if (static_cast<int64_t>(idle_workspaces.size()) < num_threads())
-      idle_workspaces.push_back(std::move(ws));
+    try {
+      const int64_t bytes = ws->bytes();
+      const int64_t threads = num_threads();
+      std::lock_guard<std::mutex> lock(workspace_mutex);
+      if (static_cast<int64_t>(idle_workspaces.size()) < threads &&
+          idle_bytes + bytes <= kKeptWorkspaceBytes) {
+        idle_workspaces.push_back(std::move(ws));
+        idle_bytes += bytes;
+      }
+    } catch (...) {  // (nothing may leave a destructor) the workspace is freed instead
+    }
   }
   WorkspaceLease(const WorkspaceLease&) = delete;
   WorkspaceLease& operator=(const WorkspaceLease&) = delete;

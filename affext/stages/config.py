@@ -52,10 +52,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         # psa's starts from an ImageNet classifier (tiny has none). The ASPP head half as wide
         # as tiny's feature (64): on the embedded set, from the same pseudo labels, it scored
         # higher than a 128-wide head at less cost (segmentation mIoU 81.9 in 8 epochs, 83.0
-        # in 10, against 76.0 in 7); its rates
-        # DeepLab v3's share of the crop's map (6, 12, 18 cells of 32, as DeepLab's on 33);
-        # 8 epochs, what the time budget allows; DeepLab v2's inference scales (0.5, 0.75, 1)
-        # of the working size.
+        # in 10, against 76.0 in 7); its rates DeepLab v3's share of the crop's map (6, 12, 18
+        # cells of 32, as DeepLab's on 33); 8 epochs, what the time budget allows; DeepLab
+        # v2's inference scales (0.5, 0.75, 1) of the working size.
         "train_seg": {
             "epochs": 8,
             "init_from": "train-cam",

@@ -248,9 +248,13 @@ void link_vertices(Lattice& lat, const VertexTable& table, const std::vector<uin
 // cores).
 constexpr int64_t kMinParallelWork = 1 << 20;
 
+inline bool too_small_to_share(int64_t items, int64_t work_per_item) {
+  return items * work_per_item < kMinParallelWork;
+}
+
 template <typename F>
 void maybe_parallel(int64_t begin, int64_t end, int64_t work_per_item, const F& f) {
-  if ((end - begin) * work_per_item < kMinParallelWork) {
+  if (too_small_to_share(end - begin, work_per_item)) {
     f(begin, end);
     return;
   }
@@ -346,6 +350,9 @@ void splat_range(const Lattice& lat, const float* in, int64_t Cp, float* a, int6
   });
 }
 
+// A blur pass's work per vertex (three rows of Cp floats).
+constexpr int64_t blur_work(int64_t Cp) { return 3 * Cp; }
+
 // [1/2, 1, 1/2] along each lattice axis in turn; the result ends in a (b is scratch).
 void blur(const Lattice& lat, int64_t Cp, float* a, float* b) {
   const int64_t M = lat.M;
@@ -353,7 +360,7 @@ void blur(const Lattice& lat, int64_t Cp, float* a, float* b) {
   float* nxt = b;
   for (int j = 0; j <= lat.d; ++j) {
     const int32_t* nb = &lat.nbr[static_cast<size_t>(j) * (M + 1) * 2];
-    maybe_parallel(1, M + 1, 3 * Cp, [&](int64_t begin, int64_t end) {
+    maybe_parallel(1, M + 1, blur_work(Cp), [&](int64_t begin, int64_t end) {
       const float* __restrict__ src = cur;
       float* __restrict__ dst = nxt;
       for (int64_t v = begin; v < end; ++v) {
@@ -521,7 +528,8 @@ void update_pixels(const Lattice& g, const float* vg, const Lattice& b, const fl
 // The scratch of one image's mean field, kept between calls (WorkspaceLease): the
 // bilateral lattice and its build's keys, the marginals and the filters' buffers. Reused
 // vectors keep their pages, where fresh ones (about 250 bytes a pixel with la + ha) cost a
-// page fault every 4 KiB, a fifth of a 375 x 500 image's time.
+// page fault every 4 KiB (at 375 x 500 with la + ha: the build 54 -> 25 ms, the marginals'
+// set-up 22 -> 11 ms).
 struct Workspace {
   Lattice b;
   std::vector<uint64_t> b_keys, b_vertex_key;
@@ -590,11 +598,14 @@ void build_lattices(int64_t H, int64_t W, const uint8_t* rgb, const CrfSettings&
   normalise<crf::kBilateralDim>(*b, s.bilateral_compat);
   // What the filter no longer needs: the Gaussian lattice's, and the workspace's where it is
   // too large to be kept (a small one keeps its pages for the next call).
-  for (Lattice* lat : {g, ws.bytes() > kKeptWorkspaceBytes ? b : nullptr}) {
-    if (!lat) continue;
-    std::vector<float>().swap(lat->weight);
-    std::vector<float>().swap(lat->norm);
-    if (lat == b) std::vector<uint64_t>().swap(b_keys);
+  const auto release_build_scratch = [](Lattice& lat) {
+    std::vector<float>().swap(lat.weight);
+    std::vector<float>().swap(lat.norm);
+  };
+  if (g) release_build_scratch(*g);
+  if (ws.bytes() > kKeptWorkspaceBytes) {
+    release_build_scratch(*b);
+    std::vector<uint64_t>().swap(b_keys);
   }
 }
 
@@ -744,8 +755,8 @@ void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, i
   const int64_t Mg = gl.M;
   const std::vector<int64_t> cuts = splat_pieces(gl, b, Cp);
   const int64_t pieces = static_cast<int64_t>(cuts.size()) - 1;
-  // the two lattices' blurs side by side where each is too small to split
-  const bool blurs_apart = std::max(gl.M, b.M) * 3 * Cp < kMinParallelWork;
+  // the two lattices' blurs side by side where each runs on one thread (blur's own test)
+  const bool blurs_apart = too_small_to_share(std::max(gl.M, b.M), blur_work(Cp));
   for (int64_t it = 0; it < s.iterations; ++it) {
     const auto splat_pieces_range = [&](int64_t begin, int64_t end) {
       const int64_t first = cuts[begin], last = cuts[end];
@@ -754,11 +765,8 @@ void crf_group(const uint8_t* rgb, const float* scores, float* out, int64_t S, i
       const int64_t bb = std::max(first, Mg + 1) - Mg, be = std::max(last, Mg + 1) - Mg;
       if (bb < be) splat_range(b, q, Cp, fb.a.data(), bb, be);
     };
-    if (pieces > 1)
-      parallel_for(0, pieces, 1, splat_pieces_range);
-    else
-      splat_pieces_range(0, pieces);
-    if (blurs_apart && num_threads() > 1) {
+    parallel_for(0, pieces, 1, splat_pieces_range);  // one piece: run in this thread
+    if (blurs_apart) {
       parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
         for (int64_t which = begin; which < end; ++which) {
           if (which == 0)
